@@ -1,0 +1,128 @@
+//! The messages of the control protocol: one enum per direction, the protocol version
+//! in the first message of each side, every variant documented.
+//!
+//! A connection to the server is either a *control* connection (long-lived, one per
+//! peer) or a *probe* connection (one per punch attempt, opened from the local port
+//! the peer will punch from, so that the server sees that port's NAT mapping).
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+/// The protocol version this build speaks. Bumped on any incompatible change.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// What a connection to the server is for; sent in [`ClientMsg::Hello`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ConnKind {
+    /// The peer's long-lived control connection.
+    Control,
+    /// A probe connection for one punch attempt of a paired session.
+    Probe {
+        /// The session, as announced in [`ServerMsg::Paired`].
+        session: u64,
+        /// The attempt number, from 1.
+        attempt: u8,
+        /// The probe socket's local address (a LAN address behind a NAT).
+        local: SocketAddr,
+    },
+}
+
+/// How a peer wants to be paired.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Pairing {
+    /// Pair with the next peer that also asks for `Any` (the C demo's behaviour).
+    Any,
+    /// Pair only with a peer that presents the same code.
+    Code(String),
+}
+
+/// How a punch attempt ended, reported by each peer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    /// A direct link is up.
+    Direct {
+        /// The attempt that succeeded.
+        attempt: u8,
+        /// Milliseconds from the punch signal to the link being authenticated.
+        millis: u32,
+    },
+    /// The attempt failed; another may follow.
+    AttemptFailed {
+        /// The attempt that failed.
+        attempt: u8,
+        /// Why, for the server's log.
+        reason: String,
+    },
+    /// All attempts failed; the peer gives up on a direct link.
+    GaveUp {
+        /// Why, for the server's log.
+        reason: String,
+    },
+}
+
+/// Messages from a peer to the server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientMsg {
+    /// First message on every connection.
+    Hello {
+        /// Must equal the server's [`PROTOCOL_VERSION`].
+        version: u16,
+        /// What this connection is for.
+        kind: ConnKind,
+    },
+    /// Ask to be paired with another peer (control connection).
+    Pair(Pairing),
+    /// Answer to [`ServerMsg::Ping`] with the same nonce.
+    Pong(u64),
+    /// The result of a punch attempt (control connection).
+    Report {
+        /// The session the report is about.
+        session: u64,
+        /// What happened.
+        outcome: Outcome,
+    },
+}
+
+/// Messages from the server to a peer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ServerMsg {
+    /// Answer to [`ClientMsg::Hello`]: accepted.
+    Welcome {
+        /// The server's [`PROTOCOL_VERSION`].
+        version: u16,
+        /// The address this connection arrives from, as the server sees it: the peer's
+        /// NAT mapping for the connection's local port.
+        observed: SocketAddr,
+    },
+    /// The server refuses this connection or request; the reason is for humans.
+    Refused(String),
+    /// RTT measurement and liveness; answer with [`ClientMsg::Pong`].
+    Ping(u64),
+    /// Waiting for a partner (answer to [`ClientMsg::Pair`]).
+    Waiting,
+    /// Paired with another peer: open a probe connection for attempt 1.
+    Paired {
+        /// Names the session in probes and reports.
+        session: u64,
+        /// Whether this side is the Noise initiator of the link (the later arrival).
+        initiator: bool,
+    },
+    /// On a probe connection: punch now.
+    Punch {
+        /// The other peer's public address for this attempt (its probe's mapping).
+        peer_public: SocketAddr,
+        /// The other peer's local address of its probe (tried too when both peers
+        /// share a public IP).
+        peer_local: SocketAddr,
+        /// This side's own public address for this attempt.
+        own_public: SocketAddr,
+    },
+    /// The other peer of the session is gone; stop.
+    PeerGone {
+        /// The session that ended.
+        session: u64,
+        /// Why.
+        reason: String,
+    },
+}

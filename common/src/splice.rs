@@ -1,0 +1,1 @@
+//! Byte pumping. PLACEHOLDER

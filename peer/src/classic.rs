@@ -1,0 +1,1 @@
+//! The original C demo's client (`peer --classic`). PLACEHOLDER.

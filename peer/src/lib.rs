@@ -1,0 +1,7 @@
+//! The peer: keeps a control connection to the rendezvous server, punches direct
+//! links to other peers, and runs `pipe` (and, in `--classic` mode, the C demo's
+//! client) over them.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod classic;

@@ -1,0 +1,1 @@
+//! The original C demo's text protocol (`rendezvous --classic`). PLACEHOLDER.
