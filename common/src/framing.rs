@@ -71,6 +71,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Channel<S> {
             .map_err(|_| FrameError::Timeout(limit))?
     }
 
+    /// Flushes and closes the connection cleanly (for a `NoiseStream`, sends the
+    /// end-of-stream marker).
+    pub async fn close(&mut self) -> Result<(), FrameError> {
+        SinkExt::<bytes::Bytes>::close(&mut self.framed).await?;
+        Ok(())
+    }
+
     /// The underlying stream.
     pub fn get_ref(&self) -> &S {
         self.framed.get_ref()
@@ -110,7 +117,7 @@ mod tests {
             wire::encode(&ClientMsg::Pong(7)).unwrap(),
             [0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 7]
         );
-        assert_eq!(wire::encode(&ServerMsg::Waiting).unwrap(), [0, 0, 0, 4]);
+        assert_eq!(wire::encode(&ServerMsg::Waiting).unwrap(), [0, 0, 0, 3]);
     }
 
     #[test]

@@ -29,7 +29,7 @@ pub enum ConnKind {
 }
 
 /// How a peer wants to be paired.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Hash)]
 pub enum Pairing {
     /// Pair with the next peer that also asks for `Any` (the C demo's behaviour).
     Any,

@@ -5,3 +5,6 @@
 #![warn(missing_docs)]
 
 pub mod classic;
+pub mod client;
+pub mod link;
+pub mod pipe;

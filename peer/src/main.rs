@@ -1,1 +1,107 @@
-fn main() {}
+//! `peer`: the punchline client. Parses arguments, sets up logging, runs, exits.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use peer::client::ServerConfig;
+
+/// Connect to another machine behind NAT through a punchline rendezvous server.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about = None)]
+struct Args {
+    /// The rendezvous server, HOST[:PORT] (default port 8877).
+    #[arg(long, short, env = "PUNCHLINE_SERVER")]
+    server: String,
+    /// The server's token (must match the server's --token).
+    #[arg(long, env = "PUNCHLINE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Behave like the original C demo's client (text protocol, no encryption).
+    #[arg(long)]
+    classic: bool,
+    /// With --classic: stop after sending this many messages (client1).
+    #[arg(long, requires = "classic")]
+    count: Option<u32>,
+    /// More logging (-v info, -vv debug); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Pair with another peer and bridge stdin/stdout over a direct, encrypted link.
+    ///
+    /// Run it on two machines: `tar c dir | peer -s HOST pipe --code X` on one and
+    /// `peer -s HOST pipe --code X | tar x` on the other. Without --code, the first two
+    /// peers to arrive pair up (like the C demo).
+    Pipe {
+        /// Pair only with a peer using the same code; the link key derives from it.
+        #[arg(long, env = "PUNCHLINE_CODE", hide_env_values = true)]
+        code: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    init_tracing(args.verbose);
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("peer: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async {
+        tokio::select! {
+            r = run(args) => r,
+            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+        }
+    });
+    // Do not wait for a blocked stdin reader.
+    rt.shutdown_background();
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("punchline: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let addr = common::resolve_server(&args.server, common::defaults::SERVER_PORT)
+        .await
+        .with_context(|| format!("cannot resolve server {:?}", args.server))?;
+    if args.classic {
+        return peer::classic::run(addr, args.count, tokio::io::stdout())
+            .await
+            .map_err(Into::into);
+    }
+    let cfg = ServerConfig {
+        addr,
+        token: args.token,
+    };
+    match args.command {
+        Some(Command::Pipe { code }) => {
+            peer::pipe::run(&cfg, code, tokio::io::stdin(), tokio::io::stdout()).await?;
+            Ok(())
+        }
+        None => anyhow::bail!("no command given: try `peer --server HOST pipe` or `peer --help`"),
+    }
+}
+
+fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

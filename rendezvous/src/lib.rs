@@ -4,3 +4,6 @@
 #![warn(missing_docs)]
 
 pub mod classic;
+pub mod server;
+
+pub use server::{spawn, Config, Handle};

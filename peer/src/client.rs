@@ -1,0 +1,193 @@
+//! The peer's connections to the rendezvous server: the long-lived control connection
+//! (behind a task that answers pings) and the short probe connections of punch attempts.
+
+use std::net::SocketAddr;
+
+use common::{
+    defaults::HANDSHAKE_TIMEOUT,
+    framing::{Channel, FrameError},
+    proto::{ClientMsg, ConnKind, ServerMsg, PROTOCOL_VERSION},
+    secure::{self, HandshakeError, NoiseStream, Psk},
+};
+use tokio::{
+    net::{TcpSocket, TcpStream},
+    sync::mpsc,
+    task::JoinHandle,
+};
+use tracing::debug;
+
+/// A message channel to the server.
+pub type ServerChannel = Channel<NoiseStream<TcpStream>>;
+
+/// Where the server is and how to authenticate to it.
+#[derive(Clone)]
+pub struct ServerConfig {
+    /// The server's address.
+    pub addr: SocketAddr,
+    /// The server's token, if it has one.
+    pub token: Option<String>,
+}
+
+impl std::fmt::Debug for ServerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerConfig")
+            .field("addr", &self.addr)
+            .field("token", &self.token.as_ref().map(|_| "MASKED"))
+            .finish()
+    }
+}
+
+/// Why talking to the server failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// TCP connect failed.
+    #[error("cannot reach the rendezvous server at {addr}: {err}")]
+    Connect {
+        /// The server.
+        addr: SocketAddr,
+        /// What the OS said.
+        err: std::io::Error,
+    },
+    /// The handshake failed (usually a wrong token).
+    #[error("rendezvous server {addr}: {err}")]
+    Handshake {
+        /// The server.
+        addr: SocketAddr,
+        /// Why.
+        err: HandshakeError,
+    },
+    /// The server refused a request.
+    #[error("rendezvous server refused: {0}")]
+    Refused(String),
+    /// The connection failed or carried something unexpected.
+    #[error("rendezvous server connection: {0}")]
+    Frame(#[from] FrameError),
+    /// The server sent a message that makes no sense here.
+    #[error("rendezvous server sent an unexpected message: {0}")]
+    Unexpected(String),
+    /// The server did not answer in time.
+    #[error("rendezvous server {0} did not complete the handshake within {HANDSHAKE_TIMEOUT:?}")]
+    Timeout(SocketAddr),
+}
+
+/// Connects to the server (from `socket` if given, e.g. one bound to a shareable
+/// port), runs the handshake and `Hello`, and returns the channel and the address the
+/// server sees.
+pub async fn connect(
+    cfg: &ServerConfig,
+    kind: ConnKind,
+    socket: Option<TcpSocket>,
+) -> Result<(ServerChannel, SocketAddr), ClientError> {
+    let addr = cfg.addr;
+    let fut = async {
+        let stream = match socket {
+            Some(s) => s.connect(addr).await,
+            None => TcpStream::connect(addr).await,
+        }
+        .map_err(|err| ClientError::Connect { addr, err })?;
+        let _ = stream.set_nodelay(true);
+        let psk = Psk::server(cfg.token.as_deref());
+        let noise = secure::initiate(stream, &psk)
+            .await
+            .map_err(|err| match err {
+                HandshakeError::Refused(r) => ClientError::Refused(r),
+                err => ClientError::Handshake { addr, err },
+            })?;
+        let mut ch = Channel::new(noise);
+        ch.send(&ClientMsg::Hello {
+            version: PROTOCOL_VERSION,
+            kind,
+        })
+        .await?;
+        match ch.recv::<ServerMsg>().await {
+            Ok(ServerMsg::Welcome { observed, .. }) => Ok((ch, observed)),
+            Ok(ServerMsg::Refused(r)) => Err(ClientError::Refused(r)),
+            Ok(other) => Err(ClientError::Unexpected(format!("{other:?}"))),
+            // A wrong token shows up here when the server's refusal raced the close.
+            Err(FrameError::Closed) => Err(ClientError::Refused(
+                "connection closed during the handshake (wrong token?)".into(),
+            )),
+            Err(e) => Err(e.into()),
+        }
+    };
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, fut)
+        .await
+        .map_err(|_| ClientError::Timeout(addr))?
+}
+
+/// The control connection, run by a task that answers pings. Send requests through
+/// `tx`; everything else the server says arrives on `rx`. When the connection ends,
+/// `rx` yields `None` and [`Control::closed`] says why.
+#[derive(Debug)]
+pub struct Control {
+    /// Requests to the server.
+    pub tx: mpsc::Sender<ClientMsg>,
+    /// Messages from the server (pings are answered by the task).
+    pub rx: mpsc::Receiver<ServerMsg>,
+    /// This connection's address as the server sees it.
+    pub observed: SocketAddr,
+    task: JoinHandle<Result<(), FrameError>>,
+}
+
+impl Control {
+    /// Connects and starts the task.
+    pub async fn connect(cfg: &ServerConfig) -> Result<Self, ClientError> {
+        let (mut ch, observed) = connect(cfg, ConnKind::Control, None).await?;
+        let (tx, mut out_rx) = mpsc::channel::<ClientMsg>(16);
+        let (in_tx, rx) = mpsc::channel::<ServerMsg>(16);
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    msg = ch.recv::<ServerMsg>() => match msg {
+                        Ok(ServerMsg::Ping(n)) => ch.send(&ClientMsg::Pong(n)).await?,
+                        Ok(m) => { if in_tx.send(m).await.is_err() { return Ok(()); } }
+                        Err(FrameError::Closed) => return Ok(()),
+                        Err(e) => return Err(e),
+                    },
+                    out = out_rx.recv() => match out {
+                        Some(m) => ch.send(&m).await?,
+                        None => return ch.close().await,
+                    },
+                }
+            }
+        });
+        debug!(%observed, "control connection up");
+        Ok(Self {
+            tx,
+            rx,
+            observed,
+            task,
+        })
+    }
+
+    /// Sends a request.
+    pub async fn send(&self, msg: ClientMsg) -> Result<(), ClientError> {
+        self.tx
+            .send(msg)
+            .await
+            .map_err(|_| ClientError::Frame(FrameError::Closed))
+    }
+
+    /// Receives the next message; an error if the connection ended.
+    pub async fn recv(&mut self) -> Result<ServerMsg, ClientError> {
+        match self.rx.recv().await {
+            Some(m) => Ok(m),
+            None => Err(self.closed().await),
+        }
+    }
+
+    /// Closes the connection cleanly (bounded by a short timeout).
+    pub async fn close(self) {
+        let Control { tx, rx, task, .. } = self;
+        drop((tx, rx));
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), task).await;
+    }
+
+    /// Why the control connection ended.
+    async fn closed(&mut self) -> ClientError {
+        match (&mut self.task).await {
+            Ok(Err(e)) => ClientError::Frame(e),
+            _ => ClientError::Frame(FrameError::Closed),
+        }
+    }
+}

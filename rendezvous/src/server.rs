@@ -1,0 +1,521 @@
+//! The rendezvous server: a listener, a task per connection, explicit shutdown.
+//!
+//! Every connection starts with the Noise handshake (PSK from the token) and a
+//! `Hello` within [`HANDSHAKE_TIMEOUT`], inside its own task, so a slow or silent
+//! client stalls nobody. A control connection can ask to be paired; a probe
+//! connection carries one punch attempt: the server measures its RTT, waits for the
+//! other side's probe, and sends both `Punch` signals timed so they arrive together.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::Duration,
+};
+
+use common::{
+    defaults::{
+        HANDSHAKE_TIMEOUT, IDLE_TIMEOUT, MAX_NAME_LEN, MAX_WAITING, PING_INTERVAL, PROBE_PINGS,
+        PROBE_WAIT,
+    },
+    framing::{Channel, FrameError},
+    proto::{ClientMsg, ConnKind, Outcome, Pairing, ServerMsg, PROTOCOL_VERSION},
+    secure::{self, NoiseStream, Psk},
+};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::{mpsc, oneshot},
+    task::JoinHandle,
+    time::Instant,
+};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::{debug, info, info_span, warn, Instrument};
+
+type Chan = Channel<NoiseStream<TcpStream>>;
+
+/// How the server runs.
+#[derive(Clone)]
+pub struct Config {
+    /// Where to listen.
+    pub bind: SocketAddr,
+    /// Peers must know this token; `None` accepts anyone (still encrypted).
+    pub token: Option<String>,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("bind", &self.bind)
+            .field("token", &self.token.as_ref().map(|_| "MASKED"))
+            .finish()
+    }
+}
+
+/// A running server.
+#[derive(Debug)]
+pub struct Handle {
+    local_addr: SocketAddr,
+    shutdown: CancellationToken,
+    join: JoinHandle<()>,
+}
+
+impl Handle {
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Asks the server and all its connection tasks to stop.
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
+    /// Waits until every task has stopped.
+    pub async fn join(self) {
+        let _ = self.join.await;
+    }
+}
+
+/// Binds and starts the server.
+pub async fn spawn(config: Config) -> std::io::Result<Handle> {
+    let listener = TcpListener::bind(config.bind).await?;
+    let local_addr = listener.local_addr()?;
+    let shutdown = CancellationToken::new();
+    let server = Arc::new(Server {
+        psk: Psk::server(config.token.as_deref()),
+        state: Mutex::new(State::default()),
+        next_id: AtomicU64::new(1),
+    });
+    let token = shutdown.clone();
+    let join = tokio::spawn(async move { accept_loop(listener, server, token).await });
+    Ok(Handle {
+        local_addr,
+        shutdown,
+        join,
+    })
+}
+
+struct Server {
+    psk: Psk,
+    state: Mutex<State>,
+    next_id: AtomicU64,
+}
+
+#[derive(Default)]
+struct State {
+    waiting: HashMap<Pairing, Waiter>,
+    tickets: HashMap<u64, Ticket>,
+    attempts: HashMap<(u64, u8), [Option<ProbeSlot>; 2]>,
+}
+
+struct Waiter {
+    conn: u64,
+    tx: mpsc::Sender<ServerMsg>,
+}
+
+#[derive(Clone)]
+struct Ticket {
+    session: u64,
+    side: usize,
+    conn: u64,
+    other: u64,
+    other_tx: mpsc::Sender<ServerMsg>,
+}
+
+struct ProbeSlot {
+    public: SocketAddr,
+    local: SocketAddr,
+    rtt: Duration,
+    go: oneshot::Sender<(ServerMsg, Duration)>,
+}
+
+impl Server {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the maps inconsistent in a way
+        // worse than a lost pairing, so a poisoned lock is used as is.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+async fn accept_loop(listener: TcpListener, server: Arc<Server>, shutdown: CancellationToken) {
+    let tracker = TaskTracker::new();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            acc = listener.accept() => match acc {
+                Ok((stream, addr)) => {
+                    let server = server.clone();
+                    let token = shutdown.child_token();
+                    let id = server.next_id.fetch_add(1, Ordering::Relaxed);
+                    tracker.spawn(
+                        async move {
+                            tokio::select! {
+                                _ = token.cancelled() => {}
+                                r = handle(server, stream, addr, id) => if let Err(e) = r {
+                                    warn!(%e, "connection closed with an error");
+                                }
+                            }
+                        }
+                        .instrument(info_span!("conn", id, %addr)),
+                    );
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    warn!(%e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+    tracker.close();
+    tracker.wait().await;
+}
+
+/// Why a connection ended.
+#[derive(Debug, thiserror::Error)]
+enum ConnError {
+    #[error("handshake: {0}")]
+    Handshake(#[from] secure::HandshakeError),
+    #[error("{0}")]
+    Frame(#[from] FrameError),
+    #[error("timed out after {0:?} during the handshake")]
+    HandshakeTimeout(Duration),
+    #[error("refused: {0}")]
+    Refused(String),
+}
+
+async fn handle(
+    server: Arc<Server>,
+    stream: TcpStream,
+    addr: SocketAddr,
+    id: u64,
+) -> Result<(), ConnError> {
+    let _ = stream.set_nodelay(true);
+    let setup = async {
+        let noise = secure::respond(stream, &server.psk, "wrong or missing token").await?;
+        let mut ch = Channel::new(noise);
+        let hello: ClientMsg = ch.recv().await?;
+        Ok::<_, ConnError>((ch, hello))
+    };
+    let (mut ch, hello) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, setup).await {
+        Err(_) => {
+            warn!("refused: no handshake within {HANDSHAKE_TIMEOUT:?}");
+            return Err(ConnError::HandshakeTimeout(HANDSHAKE_TIMEOUT));
+        }
+        Ok(Err(ConnError::Handshake(secure::HandshakeError::BadSecret))) => {
+            warn!("refused: wrong or missing token (handshake failed)");
+            return Ok(());
+        }
+        Ok(Err(e)) => {
+            warn!(%e, "refused: bad handshake");
+            return Ok(());
+        }
+        Ok(Ok(x)) => x,
+    };
+    let kind = match hello {
+        ClientMsg::Hello { version, kind } if version == PROTOCOL_VERSION => kind,
+        ClientMsg::Hello { version, .. } => {
+            let reason = format!("protocol version {version} is not supported; this server speaks version {PROTOCOL_VERSION}");
+            warn!("refused: {reason}");
+            let _ = ch.send(&ServerMsg::Refused(reason.clone())).await;
+            return Err(ConnError::Refused(reason));
+        }
+        other => {
+            let reason = format!("expected Hello first, got {}", msg_name(&other));
+            warn!("refused: {reason}");
+            let _ = ch.send(&ServerMsg::Refused(reason.clone())).await;
+            return Err(ConnError::Refused(reason));
+        }
+    };
+    ch.send(&ServerMsg::Welcome {
+        version: PROTOCOL_VERSION,
+        observed: addr,
+    })
+    .await?;
+    match kind {
+        ConnKind::Control => control(server, ch, id).await,
+        ConnKind::Probe {
+            session,
+            attempt,
+            local,
+        } => probe(server, ch, addr, session, attempt, local).await,
+    }
+}
+
+fn msg_name(m: &ClientMsg) -> &'static str {
+    match m {
+        ClientMsg::Hello { .. } => "Hello",
+        ClientMsg::Pair(_) => "Pair",
+        ClientMsg::Pong(_) => "Pong",
+        ClientMsg::Report { .. } => "Report",
+    }
+}
+
+async fn control(server: Arc<Server>, mut ch: Chan, id: u64) -> Result<(), ConnError> {
+    info!("peer connected");
+    let (tx, mut rx) = mpsc::channel::<ServerMsg>(16);
+    let mut ping = tokio::time::interval(PING_INTERVAL);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_heard = Instant::now();
+    let mut ping_sent: Option<(u64, Instant)> = None;
+    let result = loop {
+        tokio::select! {
+            msg = ch.recv::<ClientMsg>() => {
+                let msg = match msg {
+                    Ok(m) => m,
+                    Err(FrameError::Closed) => break Ok(()),
+                    Err(FrameError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                        info!("peer went away without closing");
+                        break Ok(());
+                    }
+                    Err(e) => break Err(e.into()),
+                };
+                last_heard = Instant::now();
+                match msg {
+                    ClientMsg::Pong(n) => {
+                        if let Some((sent_n, at)) = ping_sent.take() {
+                            if sent_n == n { debug!(rtt_ms = at.elapsed().as_millis() as u64, "pong"); }
+                        }
+                    }
+                    ClientMsg::Pair(pairing) => {
+                        if let Err(reason) = pair(&server, id, pairing, &tx) {
+                            warn!("pair request refused: {reason}");
+                            ch.send(&ServerMsg::Refused(reason)).await?;
+                        }
+                    }
+                    ClientMsg::Report { session, outcome } => report(&server, id, session, outcome),
+                    ClientMsg::Hello { .. } => {
+                        let reason = "Hello sent twice".to_string();
+                        let _ = ch.send(&ServerMsg::Refused(reason.clone())).await;
+                        break Err(ConnError::Refused(reason));
+                    }
+                }
+            }
+            Some(out) = rx.recv() => ch.send(&out).await?,
+            _ = ping.tick() => {
+                if last_heard.elapsed() > IDLE_TIMEOUT {
+                    warn!("peer silent for {IDLE_TIMEOUT:?}; dropping it");
+                    break Ok(());
+                }
+                let n = rand::random();
+                ping_sent = Some((n, Instant::now()));
+                ch.send(&ServerMsg::Ping(n)).await?;
+            }
+        }
+    };
+    forget_conn(&server, id);
+    info!("peer disconnected");
+    result
+}
+
+fn pair(
+    server: &Server,
+    id: u64,
+    pairing: Pairing,
+    tx: &mpsc::Sender<ServerMsg>,
+) -> Result<(), String> {
+    if let Pairing::Code(code) = &pairing {
+        if code.is_empty() || code.len() > MAX_NAME_LEN {
+            return Err(format!("pairing code must be 1 to {MAX_NAME_LEN} bytes"));
+        }
+    }
+    let mut st = server.lock();
+    if st.waiting.values().any(|w| w.conn == id) || st.tickets.values().any(|t| t.conn == id) {
+        return Err("this connection is already waiting or paired".into());
+    }
+    match st.waiting.remove(&pairing) {
+        Some(w) if !w.tx.is_closed() => {
+            let session: u64 = rand::random();
+            let (t_first, t_second): (u64, u64) = (rand::random(), rand::random());
+            st.tickets.insert(
+                t_first,
+                Ticket {
+                    session,
+                    side: 0,
+                    conn: w.conn,
+                    other: t_second,
+                    other_tx: tx.clone(),
+                },
+            );
+            st.tickets.insert(
+                t_second,
+                Ticket {
+                    session,
+                    side: 1,
+                    conn: id,
+                    other: t_first,
+                    other_tx: w.tx.clone(),
+                },
+            );
+            info!(session = format_args!("{session:016x}"), "paired");
+            // The later arrival initiates the link's Noise handshake (the C demo's
+            // client2 is the one that dials first).
+            let _ = w.tx.try_send(ServerMsg::Paired {
+                session: t_first,
+                initiator: false,
+            });
+            let _ = tx.try_send(ServerMsg::Paired {
+                session: t_second,
+                initiator: true,
+            });
+            Ok(())
+        }
+        _ => {
+            if st.waiting.len() >= MAX_WAITING {
+                return Err("server is busy: too many peers waiting".into());
+            }
+            st.waiting.insert(
+                pairing,
+                Waiter {
+                    conn: id,
+                    tx: tx.clone(),
+                },
+            );
+            let _ = tx.try_send(ServerMsg::Waiting);
+            Ok(())
+        }
+    }
+}
+
+fn report(server: &Server, id: u64, ticket: u64, outcome: Outcome) {
+    let st = server.lock();
+    let Some(t) = st.tickets.get(&ticket).filter(|t| t.conn == id) else {
+        debug!("report for a session that has ended ignored");
+        return;
+    };
+    let session = format_args!("{:016x}", t.session);
+    match outcome {
+        Outcome::Direct { attempt, millis } => info!(%session, attempt, millis, "link direct"),
+        Outcome::AttemptFailed { attempt, reason } => {
+            info!(%session, attempt, %reason, "punch attempt failed")
+        }
+        Outcome::GaveUp { reason } => warn!(%session, %reason, "no direct link"),
+    }
+}
+
+fn forget_conn(server: &Server, id: u64) {
+    let mut st = server.lock();
+    st.waiting.retain(|_, w| w.conn != id);
+    let mine: Vec<u64> = st
+        .tickets
+        .iter()
+        .filter(|(_, t)| t.conn == id)
+        .map(|(k, _)| *k)
+        .collect();
+    for ticket in mine {
+        if let Some(t) = st.tickets.remove(&ticket) {
+            st.tickets.remove(&t.other);
+            st.attempts.retain(|(s, _), _| *s != t.session);
+            let _ = t.other_tx.try_send(ServerMsg::PeerGone {
+                session: t.other,
+                reason: "the other peer disconnected from the server".into(),
+            });
+        }
+    }
+}
+
+async fn probe(
+    server: Arc<Server>,
+    mut ch: Chan,
+    public: SocketAddr,
+    ticket: u64,
+    attempt: u8,
+    local: SocketAddr,
+) -> Result<(), ConnError> {
+    let Some(t) = server.lock().tickets.get(&ticket).cloned() else {
+        let reason = "unknown or finished session".to_string();
+        ch.send(&ServerMsg::Refused(reason.clone())).await?;
+        return Err(ConnError::Refused(reason));
+    };
+    // RTT: the minimum of a few ping round trips on this very connection.
+    let mut rtt = Duration::MAX;
+    for _ in 0..PROBE_PINGS {
+        let n: u64 = rand::random();
+        let sent = Instant::now();
+        ch.send(&ServerMsg::Ping(n)).await?;
+        loop {
+            match ch.recv_timeout::<ClientMsg>(PROBE_WAIT).await? {
+                ClientMsg::Pong(m) if m == n => break,
+                ClientMsg::Pong(_) => continue,
+                other => {
+                    let reason = format!("unexpected {} on a probe connection", msg_name(&other));
+                    let _ = ch.send(&ServerMsg::Refused(reason.clone())).await;
+                    return Err(ConnError::Refused(reason));
+                }
+            }
+        }
+        rtt = rtt.min(sent.elapsed());
+    }
+    let (go_tx, go_rx) = oneshot::channel();
+    let ready = {
+        let mut st = server.lock();
+        let slots = st
+            .attempts
+            .entry((t.session, attempt))
+            .or_insert_with(|| [None, None]);
+        slots[t.side] = Some(ProbeSlot {
+            public,
+            local,
+            rtt,
+            go: go_tx,
+        });
+        if slots.iter().all(Option::is_some) {
+            st.attempts.remove(&(t.session, attempt))
+        } else {
+            None
+        }
+    };
+    if let Some([Some(a), Some(b)]) = ready {
+        // Fire together: the farther peer is signalled at once, the nearer one half
+        // the RTT difference later (libp2p DCUtR's RTT/2 rule).
+        let (da, db) = if a.rtt > b.rtt {
+            (Duration::ZERO, (a.rtt - b.rtt) / 2)
+        } else {
+            ((b.rtt - a.rtt) / 2, Duration::ZERO)
+        };
+        info!(
+            session = format_args!("{:016x}", t.session),
+            attempt,
+            a = %a.public, b = %b.public,
+            rtt_a_ms = a.rtt.as_secs_f64() * 1e3, rtt_b_ms = b.rtt.as_secs_f64() * 1e3,
+            "signalling punch"
+        );
+        let _ = a.go.send((
+            ServerMsg::Punch {
+                peer_public: b.public,
+                peer_local: b.local,
+                own_public: a.public,
+            },
+            da,
+        ));
+        let _ = b.go.send((
+            ServerMsg::Punch {
+                peer_public: a.public,
+                peer_local: a.local,
+                own_public: b.public,
+            },
+            db,
+        ));
+    }
+    let (msg, delay) = match tokio::time::timeout(PROBE_WAIT, go_rx).await {
+        Ok(Ok(x)) => x,
+        _ => {
+            server.lock().attempts.remove(&(t.session, attempt));
+            let reason =
+                format!("the other peer did not join attempt {attempt} within {PROBE_WAIT:?}");
+            let _ = ch.send(&ServerMsg::Refused(reason.clone())).await;
+            return Err(ConnError::Refused(reason));
+        }
+    };
+    tokio::time::sleep(delay).await;
+    ch.send(&msg).await?;
+    // Keep the probe (and so the peer's NAT mapping) open until the peer closes it.
+    match ch.recv_timeout::<ClientMsg>(PROBE_WAIT * 3).await {
+        Err(FrameError::Closed) | Err(FrameError::Timeout(_)) => Ok(()),
+        Err(e) => Err(e.into()),
+        Ok(_) => Ok(()),
+    }
+}
