@@ -11,10 +11,10 @@ use peer::client::ServerConfig;
 #[command(version, about, long_about = None)]
 struct Args {
     /// The rendezvous server, HOST[:PORT] (default port 8877).
-    #[arg(long, short, env = "PUNCHLINE_SERVER")]
-    server: String,
+    #[arg(long, short, env = "PUNCHLINE_SERVER", global = true)]
+    server: Option<String>,
     /// The server's token (must match the server's --token).
-    #[arg(long, env = "PUNCHLINE_TOKEN", hide_env_values = true)]
+    #[arg(long, env = "PUNCHLINE_TOKEN", hide_env_values = true, global = true)]
     token: Option<String>,
     /// Behave like the original C demo's client (text protocol, no encryption).
     #[arg(long)]
@@ -23,7 +23,7 @@ struct Args {
     #[arg(long, requires = "classic")]
     count: Option<u32>,
     /// More logging (-v info, -vv debug); RUST_LOG overrides.
-    #[arg(short, long, action = clap::ArgAction::Count)]
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
     #[command(subcommand)]
     command: Option<Command>,
@@ -71,9 +71,12 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let addr = common::resolve_server(&args.server, common::defaults::SERVER_PORT)
+    let Some(server) = args.server else {
+        anyhow::bail!("no rendezvous server given: use --server HOST[:PORT] (or PUNCHLINE_SERVER)");
+    };
+    let addr = common::resolve_server(&server, common::defaults::SERVER_PORT)
         .await
-        .with_context(|| format!("cannot resolve server {:?}", args.server))?;
+        .with_context(|| format!("cannot resolve server {server:?}"))?;
     if args.classic {
         return peer::classic::run(addr, args.count, tokio::io::stdout())
             .await

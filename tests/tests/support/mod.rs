@@ -1,0 +1,162 @@
+//! Shared by the integration tests: finding the real binaries, running them with
+//! their output captured, and waiting for what they print (never a fixed sleep).
+//!
+//! The binaries are the workspace's own `rendezvous` and `peer`, found next to the
+//! test executable's profile directory (`target/<profile>/`). The README's test
+//! command builds them first (`cargo build --workspace --release`).
+#![allow(dead_code, unreachable_pub)]
+
+use std::{
+    io::{BufRead, BufReader, Read},
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    sync::{Arc, Condvar, Mutex},
+    time::{Duration, Instant},
+};
+
+/// Path of a workspace binary built in the same profile as this test.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let profile_dir = exe.parent().and_then(|d| d.parent()).expect("target/<profile>/deps/<test>");
+    let path = profile_dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the workspace first (`cargo build --workspace --release`, as the README's test command does)",
+        path.display()
+    );
+    path
+}
+
+#[derive(Default)]
+struct Lines {
+    lines: Vec<String>,
+    closed: bool,
+}
+
+/// Lines a process printed on one stream, with a way to wait for a pattern.
+#[derive(Clone, Default)]
+pub struct Log(Arc<(Mutex<Lines>, Condvar)>);
+
+impl Log {
+    fn follow(self, stream: impl Read + Send + 'static) {
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines() {
+                let Ok(line) = line else { break };
+                let (m, cv) = &*self.0;
+                m.lock().unwrap().lines.push(line);
+                cv.notify_all();
+            }
+            let (m, cv) = &*self.0;
+            m.lock().unwrap().closed = true;
+            cv.notify_all();
+        });
+    }
+
+    /// Waits until a line contains `pat`; returns it. Panics with the log on timeout.
+    pub fn wait_for(&self, pat: &str, limit: Duration) -> String {
+        let (m, cv) = &*self.0;
+        let deadline = Instant::now() + limit;
+        let mut g = m.lock().unwrap();
+        loop {
+            if let Some(l) = g.lines.iter().find(|l| l.contains(pat)) {
+                return l.clone();
+            }
+            let now = Instant::now();
+            if now >= deadline || g.closed {
+                panic!("no line containing {pat:?} within {limit:?}; output was:\n{}", g.lines.join("\n"));
+            }
+            g = cv.wait_timeout(g, deadline - now).unwrap().0;
+        }
+    }
+
+    /// Everything so far.
+    pub fn text(&self) -> String {
+        self.0 .0.lock().unwrap().lines.join("\n")
+    }
+
+    /// Whether some line contains `pat`.
+    pub fn contains(&self, pat: &str) -> bool {
+        self.0 .0.lock().unwrap().lines.iter().any(|l| l.contains(pat))
+    }
+}
+
+/// A child process killed on drop, with stderr (and optionally stdout) captured.
+pub struct Proc {
+    pub child: Child,
+    pub stdout: Log,
+    pub stderr: Log,
+    pub name: String,
+}
+
+impl Proc {
+    /// Starts `cmd` with stdout and stderr captured line by line and stdin null.
+    pub fn spawn(name: &str, mut cmd: Command) -> Proc {
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.env("NO_COLOR", "1").env("RUST_LOG_STYLE", "never");
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        let (stdout, stderr) = (Log::default(), Log::default());
+        stdout.clone().follow(child.stdout.take().unwrap());
+        stderr.clone().follow(child.stderr.take().unwrap());
+        Proc { child, stdout, stderr, name: name.to_string() }
+    }
+
+    /// Waits for the exit with a bound; kills and panics on timeout.
+    pub fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            if Instant::now() >= deadline {
+                let _ = self.child.kill();
+                panic!("{} did not exit within {limit:?}; stderr:\n{}", self.name, self.stderr.text());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts the rendezvous server with `args` (plus `--port 0` unless given) and waits
+/// until it listens; returns it and its address.
+pub fn rendezvous(mut cmd: Command, args: &[&str]) -> (Proc, std::net::SocketAddr) {
+    cmd.args(args);
+    if !args.contains(&"--port") {
+        cmd.args(["--port", "0"]);
+    }
+    let p = Proc::spawn("rendezvous", cmd);
+    let line = p.stdout.wait_for("listening on", Duration::from_secs(10));
+    let addr = line.split_whitespace().nth(2).expect("address").parse().expect("socket address");
+    (p, addr)
+}
+
+/// A command for a workspace binary on this host.
+pub fn local(name: &str) -> Command {
+    Command::new(bin(name))
+}
+
+/// sha256 of bytes, hex.
+pub fn sha256(data: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Deterministic pseudo-random bytes (fast; no need for crypto quality).
+pub fn data(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407) | 1;
+    let mut v = Vec::with_capacity(len + 8);
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
