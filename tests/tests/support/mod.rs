@@ -17,7 +17,10 @@ use std::{
 /// Path of a workspace binary built in the same profile as this test.
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
-    let profile_dir = exe.parent().and_then(|d| d.parent()).expect("target/<profile>/deps/<test>");
+    let profile_dir = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .expect("target/<profile>/deps/<test>");
     let path = profile_dir.join(name);
     assert!(
         path.exists(),
@@ -63,7 +66,10 @@ impl Log {
             }
             let now = Instant::now();
             if now >= deadline || g.closed {
-                panic!("no line containing {pat:?} within {limit:?}; output was:\n{}", g.lines.join("\n"));
+                panic!(
+                    "no line containing {pat:?} within {limit:?}; output was:\n{}",
+                    g.lines.join("\n")
+                );
             }
             g = cv.wait_timeout(g, deadline - now).unwrap().0;
         }
@@ -76,7 +82,13 @@ impl Log {
 
     /// Whether some line contains `pat`.
     pub fn contains(&self, pat: &str) -> bool {
-        self.0 .0.lock().unwrap().lines.iter().any(|l| l.contains(pat))
+        self.0
+             .0
+            .lock()
+            .unwrap()
+            .lines
+            .iter()
+            .any(|l| l.contains(pat))
     }
 }
 
@@ -91,13 +103,68 @@ pub struct Proc {
 impl Proc {
     /// Starts `cmd` with stdout and stderr captured line by line and stdin null.
     pub fn spawn(name: &str, mut cmd: Command) -> Proc {
-        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         cmd.env("NO_COLOR", "1").env("RUST_LOG_STYLE", "never");
-        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
         let (stdout, stderr) = (Log::default(), Log::default());
         stdout.clone().follow(child.stdout.take().unwrap());
         stderr.clone().follow(child.stderr.take().unwrap());
-        Proc { child, stdout, stderr, name: name.to_string() }
+        Proc {
+            child,
+            stdout,
+            stderr,
+            name: name.to_string(),
+        }
+    }
+
+    /// Starts `cmd` with stdin fed from `input` by a thread (closed at its end, so the
+    /// child sees EOF), and stdout collected in full (returned by [`Proc::output`]).
+    pub fn spawn_piped(
+        name: &str,
+        mut cmd: Command,
+        input: Input,
+    ) -> (Proc, std::thread::JoinHandle<Vec<u8>>) {
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd.env("NO_COLOR", "1").env("RUST_LOG_STYLE", "never");
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        let mut stdin = child.stdin.take().unwrap();
+        std::thread::spawn(move || {
+            use std::io::Write;
+            match input {
+                Input::Bytes(b) => {
+                    let _ = stdin.write_all(&b);
+                }
+                Input::Endless => {
+                    let chunk = data(1 << 16, 3);
+                    while stdin.write_all(&chunk).is_ok() {}
+                }
+            }
+        });
+        let mut out = child.stdout.take().unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = out.read_to_end(&mut v);
+            v
+        });
+        let stderr = Log::default();
+        stderr.clone().follow(child.stderr.take().unwrap());
+        (
+            Proc {
+                child,
+                stdout: Log::default(),
+                stderr,
+                name: name.to_string(),
+            },
+            reader,
+        )
     }
 
     /// Waits for the exit with a bound; kills and panics on timeout.
@@ -109,7 +176,11 @@ impl Proc {
             }
             if Instant::now() >= deadline {
                 let _ = self.child.kill();
-                panic!("{} did not exit within {limit:?}; stderr:\n{}", self.name, self.stderr.text());
+                panic!(
+                    "{} did not exit within {limit:?}; stderr:\n{}",
+                    self.name,
+                    self.stderr.text()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -123,6 +194,14 @@ impl Drop for Proc {
     }
 }
 
+/// What a piped child reads on stdin.
+pub enum Input {
+    /// These bytes, then EOF.
+    Bytes(Vec<u8>),
+    /// Data until the child stops reading.
+    Endless,
+}
+
 /// Starts the rendezvous server with `args` (plus `--port 0` unless given) and waits
 /// until it listens; returns it and its address.
 pub fn rendezvous(mut cmd: Command, args: &[&str]) -> (Proc, std::net::SocketAddr) {
@@ -132,7 +211,12 @@ pub fn rendezvous(mut cmd: Command, args: &[&str]) -> (Proc, std::net::SocketAdd
     }
     let p = Proc::spawn("rendezvous", cmd);
     let line = p.stdout.wait_for("listening on", Duration::from_secs(10));
-    let addr = line.split_whitespace().nth(2).expect("address").parse().expect("socket address");
+    let addr = line
+        .split_whitespace()
+        .nth(2)
+        .expect("address")
+        .parse()
+        .expect("socket address");
     (p, addr)
 }
 
@@ -144,12 +228,18 @@ pub fn local(name: &str) -> Command {
 /// sha256 of bytes, hex.
 pub fn sha256(data: &[u8]) -> String {
     use sha2::Digest;
-    sha2::Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
+    sha2::Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Deterministic pseudo-random bytes (fast; no need for crypto quality).
 pub fn data(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407) | 1;
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407)
+        | 1;
     let mut v = Vec::with_capacity(len + 8);
     while v.len() < len {
         x ^= x << 13;
