@@ -33,7 +33,10 @@ fn peer_pipe(addr: std::net::SocketAddr, token: Option<&str>, code: &str) -> Pro
 
 #[test]
 fn wrong_or_missing_token_is_refused_with_a_reason_on_both_sides() {
-    let (srv, addr) = rendezvous(local("rendezvous"), &["--bind", "127.0.0.1", "--token", "right"]);
+    let (srv, addr) = rendezvous(
+        local("rendezvous"),
+        &["--bind", "127.0.0.1", "--token", "right"],
+    );
     for token in [Some("wrong"), None] {
         let mut p = peer_pipe(addr, token, "c");
         let st = p.wait_exit(T);
@@ -52,12 +55,16 @@ fn wrong_or_missing_token_is_refused_with_a_reason_on_both_sides() {
 #[test]
 fn a_server_without_token_warns_at_start() {
     let (srv, _addr) = rendezvous(local("rendezvous"), &["--bind", "127.0.0.1"]);
-    srv.stderr.wait_for("no --token given: ANY peer may use this server", T);
+    srv.stderr
+        .wait_for("no --token given: ANY peer may use this server", T);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_input_is_refused_and_others_keep_working() {
-    let (srv, addr) = rendezvous(local("rendezvous"), &["--bind", "127.0.0.1", "--token", "tk"]);
+    let (srv, addr) = rendezvous(
+        local("rendezvous"),
+        &["--bind", "127.0.0.1", "--token", "tk"],
+    );
     let psk = Psk::server(Some("tk"));
 
     // 1. A connection that sends nothing, held open the whole time.
@@ -66,12 +73,18 @@ async fn hostile_input_is_refused_and_others_keep_working() {
     // 2. A wrong protocol version gets a clear refusal.
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let mut ch = Channel::new(secure::initiate(tcp, &psk).await.unwrap());
-    ch.send(&ClientMsg::Hello { version: 99, kind: ConnKind::Control }).await.unwrap();
+    ch.send(&ClientMsg::Hello {
+        version: 99,
+        kind: ConnKind::Control,
+    })
+    .await
+    .unwrap();
     match ch.recv::<ServerMsg>().await.unwrap() {
         ServerMsg::Refused(r) => assert!(r.contains("protocol version 99 is not supported"), "{r}"),
         other => panic!("expected Refused, got {other:?}"),
     }
-    srv.stderr.wait_for("protocol version 99 is not supported", T);
+    srv.stderr
+        .wait_for("protocol version 99 is not supported", T);
 
     // 3. Random bytes: refused, connection closed, no panic.
     let mut junk = TcpStream::connect(addr).unwrap();
@@ -84,20 +97,32 @@ async fn hostile_input_is_refused_and_others_keep_working() {
     // 4. Valid handshake, then a frame header announcing 4 GiB.
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let mut noise = secure::initiate(tcp, &psk).await.unwrap();
-    let hello = common::wire::encode(&ClientMsg::Hello { version: 1, kind: ConnKind::Control }).unwrap();
-    noise.write_all(&(hello.len() as u32).to_be_bytes()).await.unwrap();
+    let hello = common::wire::encode(&ClientMsg::Hello {
+        version: 1,
+        kind: ConnKind::Control,
+    })
+    .unwrap();
+    noise
+        .write_all(&(hello.len() as u32).to_be_bytes())
+        .await
+        .unwrap();
     noise.write_all(&hello).await.unwrap();
     noise.write_all(&[0xff, 0xff, 0xff, 0xff]).await.unwrap();
     noise.flush().await.unwrap();
     srv.stderr.wait_for("frame size too big", T);
 
     // 5. Meanwhile honest peers pair and pipe data.
-    let (mut a, mut b) = (peer_pipe(addr, Some("tk"), "honest"), peer_pipe(addr, Some("tk"), "honest"));
+    let (mut a, mut b) = (
+        peer_pipe(addr, Some("tk"), "honest"),
+        peer_pipe(addr, Some("tk"), "honest"),
+    );
     assert!(a.wait_exit(T).success(), "{}", a.stderr.text());
     assert!(b.wait_exit(T).success(), "{}", b.stderr.text());
 
     // 6. The silent connection is cut after the handshake timeout, with a log line.
-    silent.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    silent
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
     let n = silent.read(&mut [0u8; 16]).unwrap_or(0);
     assert_eq!(n, 0, "the server must close a silent connection");
     srv.stderr.wait_for("refused: no handshake within", T);
