@@ -1,1 +1,54 @@
-//! lab
+//! punchline's NAT lab: real NATs on one machine, made of network namespaces, veth
+//! pairs, bridges and nftables, for integration tests of the whole project.
+//!
+//! A [`Lab`] is built from a [`LabSpec`]: an "internet" bridge (203.0.113.0/24) with the
+//! rendezvous server on it (203.0.113.10 and .11), and two sites, each a home router
+//! with a NAT profile ([`NatProfile`]) and a behaviour towards unsolicited packets
+//! ([`Unsolicited`]) in front of a LAN (10.0.1.0/24, 10.0.2.0/24), optionally behind a
+//! carrier-grade NAT ([`CgnatProfile`]), or both hosts behind one router
+//! ([`LabSpec::same_nat`]). Each site's internet link runs through `lab-delay` (this
+//! crate's binary), which holds every frame for the site's one-way delay and ages
+//! IPv4 TTLs by 10 as a longer path would. The reference for all of it is
+//! `shared/NATLAB.md`.
+//!
+//! ```no_run
+//! use lab::{Host, Lab, LabSpec, Site};
+//!
+//! if !lab::require_lab() {
+//!     return;
+//! }
+//! let lab = Lab::new(LabSpec::default()).unwrap();
+//! let server = lab
+//!     .command(Host::Server, "rendezvous")
+//!     .args(["--listen", &format!("{}:8877", lab.server_ip())])
+//!     .spawn()
+//!     .unwrap();
+//! let before = lab.server_tcp_bytes().unwrap();
+//! // ... run peers with lab.command(Host::A, ...) and lab.command(Host::B, ...) ...
+//! let relayed = lab.server_tcp_bytes().unwrap() - before;
+//! # drop(server);
+//! # let _ = (relayed, lab.public_ip(Site::A));
+//! // Dropping `lab` kills everything in its namespaces and deletes them.
+//! ```
+//!
+//! Lab tests need root, `ip` (iproute2), `nft` (nftables), `ethtool` and `ping`
+//! (iputils-ping); [`require_lab`] skips them elsewhere, except in CI.
+#![warn(missing_docs)]
+
+mod lab {
+    pub(crate) mod cmd;
+    pub(crate) mod delay;
+    pub(crate) mod env;
+    pub(crate) mod error;
+    pub(crate) mod nft;
+    pub(crate) mod spec;
+    pub(crate) mod topology;
+}
+
+pub use lab::env::{cleanup_stale_labs, find_binary, lab_available, require_lab};
+pub use lab::error::{Error, Result};
+pub use lab::spec::{
+    CgnatProfile, Host, LabSpec, NatProfile, Site, SiteSpec, Unsolicited, DEFAULT_DELAY_A_MS,
+    DEFAULT_DELAY_B_MS,
+};
+pub use lab::topology::{Lab, TcpCounters, INTERNET_IP, SERVER_ALT_IP, SERVER_IP};

@@ -1,0 +1,158 @@
+//! The nftables rules of the lab's NAT boxes and of the server's byte counters, as
+//! `nft` command strings (one table, chain or rule each; see NATLAB.md). Pure
+//! functions: the topology module runs them.
+//!
+//! Every box names its links the same: `wan` towards the internet, `lan` towards its
+//! hosts (a bridge on home routers, a veth on a CGNAT box).
+
+use std::net::Ipv4Addr;
+
+use super::spec::{NatProfile, Unsolicited};
+
+/// The base firewall of every NAT box (table `inet fw`): forward only what the LAN
+/// started, what is part of a known connection, and what a DNAT (port forward, full
+/// cone) let in; plus the `input` chain whose rules say what unsolicited packets get
+/// ([`unsolicited_rules`]).
+///
+/// An unsolicited SYN to the public address, even to a port mapped for another peer,
+/// matches no conntrack entry and no DNAT, so its destination stays the box itself:
+/// the `input` chain sees it, never `forward`.
+pub(crate) fn firewall() -> Vec<String> {
+    vec![
+        "add table inet fw".into(),
+        "add chain inet fw forward { type filter hook forward priority 0; policy drop; }".into(),
+        "add rule inet fw forward ct state established,related accept".into(),
+        r#"add rule inet fw forward iifname "lan" oifname "wan" accept"#.into(),
+        "add rule inet fw forward ct status dnat accept".into(),
+        "add chain inet fw input { type filter hook input priority 0; policy accept; }".into(),
+    ]
+}
+
+/// The `input` rules for unsolicited packets arriving on `wan`.
+///
+/// Rejects are stateless: the rejected packet's conntrack entry is never confirmed, so
+/// a later outbound flow to that peer keeps its port (NATLAB.md: a box that answers
+/// with ICMP from its own stack keeps state, and the next mapping changes port).
+pub(crate) fn unsolicited_rules(unsolicited: Unsolicited) -> Vec<String> {
+    let head = r#"add rule inet fw input iifname "wan" ct state != { established, related }"#;
+    match unsolicited {
+        Unsolicited::Rst => vec![
+            format!("{head} meta l4proto tcp reject with tcp reset"),
+            format!("{head} meta l4proto udp reject with icmp type port-unreachable"),
+        ],
+        Unsolicited::Drop => vec![format!("{head} drop")],
+        Unsolicited::Icmp => vec![format!(
+            "{head} meta l4proto {{ tcp, udp }} reject with icmp type port-unreachable"
+        )],
+    }
+}
+
+/// The `masquerade` flag that gives a new port per destination. Both `random` and
+/// `fully-random` did so on kernel 6.18 (`random` hashes the destination into the
+/// port); `fully-random` draws every port anew, the harshest symmetric NAT.
+const SYMMETRIC_FLAG: &str = "fully-random";
+
+/// The NAT table (`ip nat`) of a box whose LAN is `lan_net`.
+pub(crate) fn nat_table(lan_net: &str, profile: NatProfile) -> Vec<String> {
+    let mut cmds: Vec<String> = vec![
+        "add table ip nat".into(),
+        "add chain ip nat prerouting { type nat hook prerouting priority -100; }".into(),
+        "add chain ip nat postrouting { type nat hook postrouting priority 100; }".into(),
+    ];
+    let masq =
+        format!(r#"add rule ip nat postrouting oifname "wan" ip saddr {lan_net} masquerade"#);
+    match profile {
+        NatProfile::PortRestricted => cmds.push(masq),
+        NatProfile::Symmetric => cmds.push(format!("{masq} {SYMMETRIC_FLAG}")),
+        NatProfile::FullCone => {
+            cmds.push(masq);
+            // Every outbound mapping (public port → private address and port) goes into
+            // a map, per protocol; prerouting sends any inbound connection to a mapped
+            // port there. Priority 200: after the masquerade at 100 chose the port.
+            cmds.push(
+                "add chain ip nat fullcone { type filter hook postrouting priority 200; }".into(),
+            );
+            for proto in ["tcp", "udp"] {
+                cmds.push(format!(
+                    "add map ip nat fc_{proto} {{ type inet_service : ipv4_addr . inet_service; flags dynamic,timeout; timeout 5m; }}"
+                ));
+                cmds.push(format!(
+                    r#"add rule ip nat fullcone oifname "wan" meta l4proto {proto} ct status snat update @fc_{proto} {{ ct reply proto-dst : ct original ip saddr . ct original proto-src }}"#
+                ));
+                cmds.push(format!(
+                    r#"add rule ip nat prerouting iifname "wan" dnat ip addr . port to {proto} dport map @fc_{proto}"#
+                ));
+            }
+        }
+    }
+    cmds
+}
+
+/// The port-forward table (`ip portfwd`), apart from `ip nat` so that switching the NAT
+/// profile keeps the forwards. Priority -110: before the full-cone map's DNAT.
+pub(crate) fn forward_table() -> Vec<String> {
+    vec![
+        "add table ip portfwd".into(),
+        "add chain ip portfwd prerouting { type nat hook prerouting priority -110; }".into(),
+    ]
+}
+
+/// Forwards TCP and UDP `port` arriving on `wan` to `to` (same port).
+pub(crate) fn forward_rule(port: u16, to: Ipv4Addr) -> String {
+    format!(
+        r#"add rule ip portfwd prerouting iifname "wan" meta l4proto {{ tcp, udp }} th dport {port} dnat to {to}"#
+    )
+}
+
+/// Name of the server's counter of TCP bytes received on its link.
+pub(crate) const COUNTER_IN: &str = "tcp_in";
+/// Name of the server's counter of TCP bytes sent on its link.
+pub(crate) const COUNTER_OUT: &str = "tcp_out";
+
+/// The server's accounting table (`inet acct`): named counters of all TCP packets and
+/// bytes (IP length) in and out of its link `eth0`, whatever the port.
+pub(crate) fn accounting() -> Vec<String> {
+    vec![
+        "add table inet acct".into(),
+        format!("add counter inet acct {COUNTER_IN}"),
+        format!("add counter inet acct {COUNTER_OUT}"),
+        "add chain inet acct count_in { type filter hook input priority -300; }".into(),
+        format!(
+            r#"add rule inet acct count_in iifname "eth0" meta l4proto tcp counter name "{COUNTER_IN}""#
+        ),
+        "add chain inet acct count_out { type filter hook output priority -300; }".into(),
+        format!(
+            r#"add rule inet acct count_out oifname "eth0" meta l4proto tcp counter name "{COUNTER_OUT}""#
+        ),
+    ]
+}
+
+/// Packets and bytes of one named counter in `nft list counters` output.
+pub(crate) fn parse_counter(listing: &str, name: &str) -> Option<(u64, u64)> {
+    let mut in_counter = false;
+    for line in listing.lines() {
+        let line = line.trim();
+        if let Some(rest) = line.strip_prefix("counter ") {
+            in_counter = rest.trim_end_matches('{').trim() == name;
+        } else if in_counter && line.starts_with("packets ") {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if let ["packets", p, "bytes", b, ..] = fields.as_slice() {
+                return Some((p.parse().ok()?, b.parse().ok()?));
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_counters() {
+        let listing = "table inet acct {\n\tcounter tcp_in {\n\t\tpackets 3 bytes 180\n\t}\n\n\tcounter tcp_out {\n\t\tpackets 2 bytes 120\n\t}\n}\n";
+        assert_eq!(parse_counter(listing, COUNTER_IN), Some((3, 180)));
+        assert_eq!(parse_counter(listing, COUNTER_OUT), Some((2, 120)));
+        assert_eq!(parse_counter(listing, "other"), None);
+    }
+}
