@@ -1,1 +1,289 @@
-//! The original C demo's text protocol (`rendezvous --classic`). PLACEHOLDER.
+//! The original C demo's rendezvous server (`rendezvous --classic`), byte for byte.
+//!
+//! The protocol is a few text lines, each ended by `\n` and a NUL byte:
+//!
+//! * the first client to arrive gets `first\n\0` and stays connected;
+//! * when a second client arrives, it gets `<ip1> <port1> <port2>\n\0` (client1's
+//!   address as this server sees it, then its own seen port), client1 gets
+//!   `<ip2> <port2>\n\0`, and both connections are closed. The next client to arrive
+//!   is a new first, pair after pair, forever.
+//!
+//! What the clients do with these lines is described in `peer::classic`; the
+//! reference implementations are `demos/c/classic_server.c` and `classic_client.c`.
+//!
+//! Everything is decided in the accept loop, which never waits for a client: a
+//! classic client never writes to the server, so nothing is ever read, and each line
+//! (under 64 bytes) is written with one non-blocking `send` on a socket whose send
+//! buffer is empty (a client that was only ever sent 7 bytes). Such a send takes the
+//! whole line at once, or the connection is already broken. So one slow or hostile
+//! client stalls nobody, and the server holds at most one connection (the waiting
+//! client1) at any time.
+//!
+//! Two things the C server does not do: when a second client arrives, the waiting
+//! client1 is checked first (a non-blocking `MSG_PEEK` of one byte). If it has left
+//! (EOF or error) or has sent anything (so it is no classic client), it is dropped
+//! and the newcomer becomes the first. And a newcomer whose line cannot be sent
+//! leaves client1 waiting for the next one. Addresses are printed like the C server's
+//! `inet_ntoa` for IPv4 (IPv4-mapped IPv6 addresses too, when listening on `[::]`);
+//! a genuine IPv6 client gets its address in the usual IPv6 text form.
+
+use std::{io, mem::MaybeUninit, net::SocketAddr, time::Duration};
+
+use socket2::SockRef;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+/// The line the first client of a pair receives: the C demo's `"first\n"` with its
+/// terminating NUL.
+pub const FIRST_LINE: &[u8] = b"first\n\0";
+
+/// Pause after the first of a run of failed `accept`s (out of file descriptors, a
+/// connection reset before it was accepted). It doubles after each further failure.
+/// Short, because the usual cause (a reset connection) is already gone.
+const ACCEPT_BACKOFF_START: Duration = Duration::from_millis(50);
+
+/// Longest pause between two `accept`s that fail in a row: file descriptors may take
+/// a while to be freed, but the server should come back within seconds when they are.
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// After this many failed `accept`s in a row (about two minutes of nothing but
+/// failures with the pauses above) the listener itself is taken to be broken, and
+/// [`serve`] returns the error so that a supervisor can restart the process.
+const ACCEPT_MAX_FAILURES: u32 = 30;
+
+/// A connected client, with its address as this server sees it.
+#[derive(Debug)]
+struct Client {
+    stream: TcpStream,
+    addr: SocketAddr,
+}
+
+/// Runs the classic server on `listener` until `shutdown` is cancelled, pairing
+/// clients in arrival order.
+///
+/// Returns `Ok(())` on shutdown (the waiting client, if any, is disconnected), and an
+/// error only if `accept` keeps failing ([`ACCEPT_MAX_FAILURES`] times in a row).
+pub async fn serve(listener: TcpListener, shutdown: CancellationToken) -> io::Result<()> {
+    let local = listener.local_addr()?;
+    info!(%local, "classic server ready");
+    let mut waiting: Option<Client> = None;
+    let mut failures = 0u32;
+    loop {
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, addr)) => {
+                failures = 0;
+                let addr = SocketAddr::new(addr.ip().to_canonical(), addr.port());
+                waiting = arrive(waiting.take(), Client { stream, addr });
+            }
+            Err(err) => {
+                failures += 1;
+                if failures >= ACCEPT_MAX_FAILURES {
+                    warn!(%err, failures, "accept keeps failing; giving up");
+                    return Err(err);
+                }
+                let pause = accept_backoff(failures);
+                warn!(%err, ?pause, "accept failed; retrying");
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = tokio::time::sleep(pause) => {}
+                }
+            }
+        }
+    }
+    if let Some(client1) = waiting {
+        debug!(client1 = %client1.addr, "shutting down: disconnecting the waiting client");
+    }
+    info!(%local, "classic server stopped");
+    Ok(())
+}
+
+/// The pause after the `failures`-th failed `accept` in a row.
+fn accept_backoff(failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(16);
+    ACCEPT_BACKOFF_START
+        .saturating_mul(1 << doublings)
+        .min(ACCEPT_BACKOFF_MAX)
+}
+
+/// Handles a newly arrived client; returns the client now waiting for a partner.
+fn arrive(waiting: Option<Client>, newcomer: Client) -> Option<Client> {
+    if let Some(client1) = waiting {
+        match still_waiting(&client1.stream) {
+            Ok(()) => return pair(client1, newcomer),
+            Err(reason) => info!(
+                client1 = %client1.addr,
+                %reason,
+                newcomer = %newcomer.addr,
+                "the waiting client is gone; the newcomer takes its place"
+            ),
+        }
+    }
+    match send_now(&newcomer.stream, FIRST_LINE) {
+        Ok(()) => {
+            info!(client1 = %newcomer.addr, "first client: waiting for a second");
+            Some(newcomer)
+        }
+        Err(err) => {
+            debug!(client = %newcomer.addr, %err, "cannot greet a new client; dropped");
+            None
+        }
+    }
+}
+
+/// Sends both clients their lines and closes both connections. Returns client1 back
+/// if client2 could not be told (client1 then keeps waiting for the next client).
+fn pair(client1: Client, client2: Client) -> Option<Client> {
+    let (a1, a2) = (client1.addr, client2.addr);
+    // The same order as the C server: client2 first.
+    let to_client2 = format!("{} {} {}\n\0", a1.ip(), a1.port(), a2.port());
+    if let Err(err) = send_now(&client2.stream, to_client2.as_bytes()) {
+        debug!(client = %a2, %err, "cannot send the pairing line; dropped");
+        return Some(client1);
+    }
+    let to_client1 = format!("{} {}\n\0", a2.ip(), a2.port());
+    match send_now(&client1.stream, to_client1.as_bytes()) {
+        Ok(()) => info!(client1 = %a1, client2 = %a2, "paired"),
+        // It left between the check and now: client2 will wait for it in vain.
+        Err(err) => warn!(client1 = %a1, client2 = %a2, %err, "client1 left while being paired"),
+    }
+    // Dropping both streams closes them; the kernel still delivers the queued lines.
+    None
+}
+
+/// Whether a waiting client is still there and silent, checked without reading: a
+/// one-byte non-blocking peek that must find nothing to read. EOF means the client
+/// left, data means it is no classic client (those never write to the server).
+fn still_waiting(stream: &TcpStream) -> io::Result<()> {
+    let mut byte = [MaybeUninit::<u8>::uninit(); 1];
+    // A direct `recv(MSG_PEEK)` on the (non-blocking) socket, rather than tokio's
+    // cached readiness, which may not have seen a FIN that already arrived.
+    match SockRef::from(stream).peek(&mut byte) {
+        Err(err) if err.kind() == io::ErrorKind::WouldBlock => Ok(()),
+        Err(err) => Err(err),
+        Ok(0) => Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "it closed the connection",
+        )),
+        Ok(_) => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "it sent data, which a classic client never does",
+        )),
+    }
+}
+
+/// Writes `line` at once with one non-blocking `send`, or fails: see the module
+/// documentation for why a short line to one of our clients can always be sent whole.
+fn send_now(stream: &TcpStream, line: &[u8]) -> io::Result<()> {
+    // A direct `send`, as tokio's `try_write` would refuse (WouldBlock) until the
+    // runtime has polled a freshly accepted socket once.
+    let sent = SockRef::from(stream).send(line)?;
+    if sent == line.len() {
+        Ok(())
+    } else {
+        Err(io::Error::new(
+            io::ErrorKind::WriteZero,
+            format!("only {sent} of {} bytes fit in the send buffer", line.len()),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::{
+        io::{AsyncReadExt, AsyncWriteExt},
+        net::{TcpListener, TcpStream},
+        time::timeout,
+    };
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+
+    const LIMIT: Duration = Duration::from_secs(10);
+
+    async fn start() -> io::Result<(
+        SocketAddr,
+        CancellationToken,
+        tokio::task::JoinHandle<io::Result<()>>,
+    )> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let token = CancellationToken::new();
+        let task = tokio::spawn(serve(listener, token.clone()));
+        Ok((addr, token, task))
+    }
+
+    async fn read_exact(stream: &mut TcpStream, len: usize) -> io::Result<Vec<u8>> {
+        let mut buf = vec![0; len];
+        timeout(LIMIT, stream.read_exact(&mut buf)).await??;
+        Ok(buf)
+    }
+
+    async fn read_to_end(stream: &mut TcpStream) -> io::Result<Vec<u8>> {
+        let mut buf = Vec::new();
+        timeout(LIMIT, stream.take(1024).read_to_end(&mut buf)).await??;
+        Ok(buf)
+    }
+
+    fn port(stream: &TcpStream) -> io::Result<u16> {
+        Ok(stream.local_addr()?.port())
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        assert_eq!(accept_backoff(1), Duration::from_millis(50));
+        assert_eq!(accept_backoff(2), Duration::from_millis(100));
+        assert_eq!(accept_backoff(5), Duration::from_millis(800));
+        assert_eq!(accept_backoff(29), ACCEPT_BACKOFF_MAX);
+    }
+
+    #[tokio::test]
+    async fn pairs_in_arrival_order_with_exact_bytes() -> io::Result<()> {
+        let (addr, token, task) = start().await?;
+        for _ in 0..2 {
+            let mut a = TcpStream::connect(addr).await?;
+            assert_eq!(read_exact(&mut a, 7).await?, FIRST_LINE);
+            let mut b = TcpStream::connect(addr).await?;
+            let (pa, pb) = (port(&a)?, port(&b)?);
+            let line_b = read_to_end(&mut b).await?;
+            assert_eq!(line_b, format!("127.0.0.1 {pa} {pb}\n\0").as_bytes());
+            let line_a = read_to_end(&mut a).await?;
+            assert_eq!(line_a, format!("127.0.0.1 {pb}\n\0").as_bytes());
+        }
+        token.cancel();
+        timeout(LIMIT, task).await??
+    }
+
+    #[tokio::test]
+    async fn a_departed_or_talking_first_is_replaced() -> io::Result<()> {
+        let (addr, token, task) = start().await?;
+        // Gone before anyone else came.
+        let mut gone = TcpStream::connect(addr).await?;
+        assert_eq!(read_exact(&mut gone, 7).await?, FIRST_LINE);
+        drop(gone);
+        let mut talker = TcpStream::connect(addr).await?;
+        assert_eq!(read_exact(&mut talker, 7).await?, FIRST_LINE);
+        // Not a classic client: it talks.
+        talker.write_all(b"GET / HTTP/1.0\r\n\r\n").await?;
+        let mut a = TcpStream::connect(addr).await?;
+        assert_eq!(read_exact(&mut a, 7).await?, FIRST_LINE);
+        let mut b = TcpStream::connect(addr).await?;
+        let (pa, pb) = (port(&a)?, port(&b)?);
+        assert_eq!(
+            read_to_end(&mut b).await?,
+            format!("127.0.0.1 {pa} {pb}\n\0").as_bytes()
+        );
+        assert_eq!(
+            read_to_end(&mut a).await?,
+            format!("127.0.0.1 {pb}\n\0").as_bytes()
+        );
+        token.cancel();
+        timeout(LIMIT, task).await??
+    }
+}
