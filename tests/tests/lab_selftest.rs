@@ -511,6 +511,24 @@ fn teardown_removes_everything() {
 }
 
 #[test]
+fn failed_build_leaves_nothing() {
+    if !lab::require_lab() {
+        return;
+    }
+    // A delay program that exits at once: Lab::new fails after the rest of the lab
+    // was built.
+    let err = Lab::new(LabSpec::default().delay_binary("/bin/false")).unwrap_err();
+    println!("failed build: {err}");
+    let message = err.to_string();
+    let ns = message
+        .split_whitespace()
+        .find(|w| w.starts_with("pl-") && w.ends_with("-inet"))
+        .unwrap_or_else(|| panic!("no namespace named in {message:?}"));
+    let prefix = ns.trim_end_matches("-inet");
+    assert_eq!(lab_namespaces(prefix), Vec::<String>::new());
+}
+
+#[test]
 fn delayed_path_throughput() {
     if !lab::require_lab() {
         return;

@@ -24,13 +24,18 @@ const PING_WAIT_SECS: &str = "0.3";
 /// The `lab-delay` program to use: the spec's, else `$LAB_DELAY_BIN`, else the one next
 /// to the running executable.
 pub(crate) fn delay_binary(configured: Option<&Path>) -> Result<PathBuf> {
-    if let Some(path) = configured {
-        return Ok(path.to_path_buf());
+    let path = match (configured, std::env::var_os("LAB_DELAY_BIN")) {
+        (Some(path), _) => path.to_path_buf(),
+        (None, Some(path)) => PathBuf::from(path),
+        (None, None) => return find_binary("lab-delay"),
+    };
+    if !path.is_file() {
+        return Err(Error::Binary {
+            name: "lab-delay".into(),
+            reason: format!("{} is not a file", path.display()),
+        });
     }
-    if let Some(path) = std::env::var_os("LAB_DELAY_BIN") {
-        return Ok(PathBuf::from(path));
-    }
-    find_binary("lab-delay")
+    Ok(path)
 }
 
 /// Starts `lab-delay` in namespace `ns`, forwarding between interfaces `a` and `b` with
@@ -55,16 +60,20 @@ pub(crate) fn spawn(bin: &Path, ns: &str, a: &str, b: &str, delay_ms: u32) -> Re
             let _ = tx.send(first);
         });
     }
-    match rx.recv_timeout(START_TIMEOUT) {
-        Ok(first) if first.trim() == "ready" => Ok(child),
-        outcome => {
-            let _ = child.kill();
-            let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
-            Err(Error::NotReady(format!(
-                "`{line}` did not report ready within {START_TIMEOUT:?} (got {outcome:?}, {status})"
-            )))
-        }
+    let outcome = rx.recv_timeout(START_TIMEOUT);
+    if outcome
+        .as_deref()
+        .is_ok_and(|first| first.trim() == "ready")
+    {
+        return Ok(child);
     }
+    let _ = child.kill();
+    let status = child.wait().map(|s| s.to_string()).unwrap_or_default();
+    Err(Error::NotReady(match outcome {
+        Ok(first) if first.is_empty() => format!("`{line}` exited before it was ready ({status})"),
+        Ok(first) => format!("`{line}` said {first:?} instead of ready ({status})"),
+        Err(_) => format!("`{line}` did not report ready within {START_TIMEOUT:?}"),
+    }))
 }
 
 /// Pings `to` from namespace `ns` until it answers, for at most [`PATH_TIMEOUT`].
