@@ -6,7 +6,7 @@
 //! with a NAT profile ([`NatProfile`]) and a behaviour towards unsolicited packets
 //! ([`Unsolicited`]) in front of a LAN (10.0.1.0/24, 10.0.2.0/24), optionally behind a
 //! carrier-grade NAT ([`CgnatProfile`]), or both hosts behind one router
-//! ([`LabSpec::same_nat`]). Each site's internet link runs through `lab-delay` (this
+//! ([`LabSpec::same_nat`], with or without [`LabSpec::hairpin`]). Each site's internet link runs through `lab-delay` (this
 //! crate's binary), which holds every frame for the site's one-way delay and ages
 //! IPv4 TTLs by 10 as a longer path would. The reference for all of it is
 //! `shared/NATLAB.md`.

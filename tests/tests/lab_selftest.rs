@@ -457,6 +457,39 @@ fn cgnat_layouts_and_same_nat() {
             lab.public_ip(Site::A)
         );
     }
+    // Without hairpinning, host B cannot reach host A through A's public mapping.
+    let _listen_a = Listener::tcp(&lab, Host::A, 40010, "accept");
+    let r = connect(&lab, Host::A, sock(lab.server_ip(), 5008), 40010, &[]);
+    assert!(r.starts_with("connected"), "{r}");
+    let r = connect(&lab, Host::B, sock(lab.public_ip(Site::A), 40010), 0, &[]);
+    assert_eq!(field(&r, "kind"), "refused", "{r}");
+}
+
+#[test]
+fn same_nat_hairpin() {
+    if !lab::require_lab() {
+        return;
+    }
+    let lab = new_lab(LabSpec::default().same_nat().hairpin(Site::A));
+    let public = lab.public_ip(Site::A);
+    // Host A's port 40010 is mapped (by a connection to the server); host B reaches it
+    // at the public address and appears with its own public address and port.
+    let mut listen_a = Listener::tcp(&lab, Host::A, 40010, "accept");
+    let _srv = Listener::tcp(&lab, Host::Server, 5008, "accept");
+    let r = connect(&lab, Host::A, sock(lab.server_ip(), 5008), 40010, &[]);
+    assert!(r.starts_with("connected"), "{r}");
+    let r = connect(&lab, Host::B, sock(public, 40010), 40011, &[]);
+    println!("hairpin: host B -> {public}:40010: {r}");
+    assert!(r.starts_with("connected"), "{r}");
+    let peer = addr_field(&listen_a.expect("accepted"), "peer");
+    assert_eq!(peer, sock(public, 40011));
+
+    // Port forwards hairpin too.
+    lab.forward_port_to(Host::A, 5020).unwrap();
+    let mut listen = Listener::tcp(&lab, Host::A, 5020, "accept");
+    let r = connect(&lab, Host::B, sock(public, 5020), 0, &[]);
+    assert!(r.starts_with("connected"), "{r}");
+    assert_eq!(*addr_field(&listen.expect("accepted"), "peer").ip(), public);
 }
 
 #[test]

@@ -294,7 +294,9 @@ fn recv_frame(fd: RawFd, buf: &mut [u8]) -> io::Result<Option<Option<usize>>> {
     if n < 0 {
         let err = io::Error::last_os_error();
         return match err.raw_os_error() {
-            Some(libc::EAGAIN) | Some(libc::EINTR) => Ok(None),
+            // ENETDOWN: reported once when the link goes down; frames flow again when
+            // it comes back up.
+            Some(libc::EAGAIN | libc::EINTR | libc::ENETDOWN) => Ok(None),
             _ => Err(err),
         };
     }
@@ -314,7 +316,8 @@ fn recv_frame(fd: RawFd, buf: &mut [u8]) -> io::Result<Option<Option<usize>>> {
     Ok(Some(Some(n)))
 }
 
-/// Sends one frame. A full device queue drops the frame, as a router would.
+/// Sends one frame. A full device queue or a downed link drops the frame, as a router
+/// would.
 fn send_frame(fd: RawFd, frame: &[u8]) -> io::Result<()> {
     loop {
         // SAFETY: frame is valid for reads of its length.
@@ -325,7 +328,8 @@ fn send_frame(fd: RawFd, frame: &[u8]) -> io::Result<()> {
         let err = io::Error::last_os_error();
         match err.raw_os_error() {
             Some(libc::EINTR) => continue,
-            Some(libc::ENOBUFS) | Some(libc::EAGAIN) => return Ok(()),
+            // Full queue, or the link is down (a test cut it): the frame is lost.
+            Some(libc::ENOBUFS | libc::EAGAIN | libc::ENETDOWN | libc::ENXIO) => return Ok(()),
             _ => return Err(err),
         }
     }

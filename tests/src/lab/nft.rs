@@ -52,8 +52,13 @@ pub(crate) fn unsolicited_rules(unsolicited: Unsolicited) -> Vec<String> {
 /// port); `fully-random` draws every port anew, the harshest symmetric NAT.
 const SYMMETRIC_FLAG: &str = "fully-random";
 
-/// The NAT table (`ip nat`) of a box whose LAN is `lan_net`.
-pub(crate) fn nat_table(lan_net: &str, profile: NatProfile) -> Vec<String> {
+/// The NAT table (`ip nat`) of a box whose LAN is `lan_net`; with `hairpin`, the box's
+/// WAN address, to which LAN hosts may connect to reach each other's mappings.
+pub(crate) fn nat_table(
+    lan_net: &str,
+    profile: NatProfile,
+    hairpin: Option<Ipv4Addr>,
+) -> Vec<String> {
     let mut cmds: Vec<String> = vec![
         "add table ip nat".into(),
         "add chain ip nat prerouting { type nat hook prerouting priority -100; }".into(),
@@ -61,29 +66,44 @@ pub(crate) fn nat_table(lan_net: &str, profile: NatProfile) -> Vec<String> {
     ];
     let masq =
         format!(r#"add rule ip nat postrouting oifname "wan" ip saddr {lan_net} masquerade"#);
-    match profile {
-        NatProfile::PortRestricted => cmds.push(masq),
-        NatProfile::Symmetric => cmds.push(format!("{masq} {SYMMETRIC_FLAG}")),
-        NatProfile::FullCone => {
-            cmds.push(masq);
-            // Every outbound mapping (public port → private address and port) goes into
-            // a map, per protocol; prerouting sends any inbound connection to a mapped
-            // port there. Priority 200: after the masquerade at 100 chose the port.
-            cmds.push(
-                "add chain ip nat fullcone { type filter hook postrouting priority 200; }".into(),
-            );
-            for proto in ["tcp", "udp"] {
-                cmds.push(format!(
-                    "add map ip nat fc_{proto} {{ type inet_service : ipv4_addr . inet_service; flags dynamic,timeout; timeout 5m; }}"
-                ));
-                cmds.push(format!(
-                    r#"add rule ip nat fullcone oifname "wan" meta l4proto {proto} ct status snat update @fc_{proto} {{ ct reply proto-dst : ct original ip saddr . ct original proto-src }}"#
-                ));
-                cmds.push(format!(
-                    r#"add rule ip nat prerouting iifname "wan" dnat ip addr . port to {proto} dport map @fc_{proto}"#
-                ));
-            }
+    cmds.push(match profile {
+        NatProfile::Symmetric => format!("{masq} {SYMMETRIC_FLAG}"),
+        NatProfile::PortRestricted | NatProfile::FullCone => masq,
+    });
+    if profile == NatProfile::FullCone || hairpin.is_some() {
+        // Every outbound mapping (public port → private address and port) goes into a
+        // map, per protocol. Priority 200: after the masquerade at 100 chose the port.
+        cmds.push(
+            "add chain ip nat mappings { type filter hook postrouting priority 200; }".into(),
+        );
+        for proto in ["tcp", "udp"] {
+            cmds.push(format!(
+                "add map ip nat map_{proto} {{ type inet_service : ipv4_addr . inet_service; flags dynamic,timeout; timeout 5m; }}"
+            ));
+            cmds.push(format!(
+                r#"add rule ip nat mappings oifname "wan" meta l4proto {proto} ct status snat update @map_{proto} {{ ct reply proto-dst : ct original ip saddr . ct original proto-src }}"#
+            ));
         }
+    }
+    if profile == NatProfile::FullCone {
+        // Full cone: any inbound connection to a mapped port goes to its owner.
+        for proto in ["tcp", "udp"] {
+            cmds.push(format!(
+                r#"add rule ip nat prerouting iifname "wan" dnat ip addr . port to {proto} dport map @map_{proto}"#
+            ));
+        }
+    }
+    if let Some(public) = hairpin {
+        // Hairpin: LAN → own public address:mapped port goes to the port's owner, with
+        // the caller's source rewritten to the public address (port kept when free).
+        for proto in ["tcp", "udp"] {
+            cmds.push(format!(
+                r#"add rule ip nat prerouting iifname "lan" ip daddr {public} dnat ip addr . port to {proto} dport map @map_{proto}"#
+            ));
+        }
+        cmds.push(format!(
+            r#"add rule ip nat postrouting oifname "lan" ip saddr {lan_net} ct status dnat snat ip to {public}"#
+        ));
     }
     cmds
 }
@@ -97,11 +117,19 @@ pub(crate) fn forward_table() -> Vec<String> {
     ]
 }
 
-/// Forwards TCP and UDP `port` arriving on `wan` to `to` (same port).
-pub(crate) fn forward_rule(port: u16, to: Ipv4Addr) -> String {
-    format!(
-        r#"add rule ip portfwd prerouting iifname "wan" meta l4proto {{ tcp, udp }} th dport {port} dnat to {to}"#
-    )
+/// Forwards TCP and UDP `port` arriving on `wan` to `to` (same port); with `hairpin`
+/// (the box's WAN address), also when LAN hosts connect to that address.
+pub(crate) fn forward_rules(port: u16, to: Ipv4Addr, hairpin: Option<Ipv4Addr>) -> Vec<String> {
+    let tail = format!("meta l4proto {{ tcp, udp }} th dport {port} dnat to {to}");
+    let mut rules = vec![format!(
+        r#"add rule ip portfwd prerouting iifname "wan" {tail}"#
+    )];
+    if let Some(public) = hairpin {
+        rules.push(format!(
+            r#"add rule ip portfwd prerouting iifname "lan" ip daddr {public} {tail}"#
+        ));
+    }
+    rules
 }
 
 /// Name of the server's counter of TCP bytes received on its link.

@@ -133,6 +133,11 @@ pub struct SiteSpec {
     pub cgnat: Option<CgnatProfile>,
     /// A second host on the LAN ([`Host::A2`] / [`Host::B2`]).
     pub second_host: bool,
+    /// Hairpinning on the home router: a LAN host connecting to the router's own WAN
+    /// address reaches the LAN host that owns that public port (any outbound mapping,
+    /// or a port forward), and sees the connection come from the caller's public
+    /// address and port. Off by default, as on many home routers.
+    pub hairpin: bool,
 }
 
 impl SiteSpec {
@@ -144,6 +149,7 @@ impl SiteSpec {
             delay_ms,
             cgnat: None,
             second_host: false,
+            hairpin: false,
         }
     }
 }
@@ -228,6 +234,12 @@ impl LabSpec {
     /// Adds a second host to `site`'s LAN.
     pub fn second_host(mut self, site: Site) -> LabSpec {
         self.site_mut(site).second_host = true;
+        self
+    }
+
+    /// Turns on hairpinning on `site`'s home router ([`SiteSpec::hairpin`]).
+    pub fn hairpin(mut self, site: Site) -> LabSpec {
+        self.site_mut(site).hairpin = true;
         self
     }
 

@@ -209,7 +209,7 @@ impl Lab {
     pub fn set_nat(&self, site: Site, profile: NatProfile) -> Result<()> {
         let site = self.real_site(site);
         let mut cmds = vec!["delete table ip nat".to_string()];
-        cmds.extend(nft::nat_table(&lan_net(site), profile));
+        cmds.extend(nft::nat_table(&lan_net(site), profile, self.hairpin(site)));
         cmd::nft_batch(&self.namespace(Host::router(site)), &cmds).map(drop)
     }
 
@@ -243,16 +243,12 @@ impl Lab {
         }
         let site = self.site_of(host);
         let router = Host::router(site);
-        cmd::nft(
-            &self.namespace(router),
-            &nft::forward_rule(port, self.host_ip(host)),
-        )?;
+        let rules = nft::forward_rules(port, self.host_ip(host), self.hairpin(site));
+        Self::nft_all(&self.namespace(router), &rules)?;
         let cgnat = Host::cgnat(site);
         if self.has(cgnat) {
-            cmd::nft(
-                &self.namespace(cgnat),
-                &nft::forward_rule(port, self.host_ip(router)),
-            )?;
+            let rules = nft::forward_rules(port, self.host_ip(router), None);
+            Self::nft_all(&self.namespace(cgnat), &rules)?;
         }
         Ok(())
     }
@@ -347,6 +343,15 @@ impl Lab {
             hosts.push((Host::B, "h3"));
         }
         hosts
+    }
+
+    /// The address LAN hosts hairpin through, if `site`'s router hairpins: its WAN
+    /// address (behind a CGNAT: the 100.64 one).
+    fn hairpin(&self, site: Site) -> Option<Ipv4Addr> {
+        self.spec
+            .site(site)
+            .hairpin
+            .then(|| self.router_wan_ip(site))
     }
 
     fn router_wan_ip(&self, site: Site) -> Ipv4Addr {
@@ -600,7 +605,7 @@ impl Lab {
                 CgnatProfile::EndpointIndependent => NatProfile::PortRestricted,
                 CgnatProfile::Symmetric => NatProfile::Symmetric,
             };
-            self.nat_box(&edge, "100.64.0.0/10", nat, spec.unsolicited)?;
+            self.nat_box(&edge, "100.64.0.0/10", nat, spec.unsolicited, None)?;
         }
 
         cmd::ip(&router, &["link", "add", "lan", "type", "bridge"])?;
@@ -615,14 +620,22 @@ impl Lab {
             Self::up(&ns, "eth0")?;
             cmd::ip(&ns, &["route", "add", "default", "via", &gateway])?;
         }
-        self.nat_box(&router, &lan_net(site), spec.nat, spec.unsolicited)
+        let hairpin = self.hairpin(site);
+        self.nat_box(&router, &lan_net(site), spec.nat, spec.unsolicited, hairpin)
     }
 
     /// Firewall, unsolicited-packet rules, NAT and port-forward tables of a NAT box.
-    fn nat_box(&self, ns: &str, lan: &str, nat: NatProfile, u: Unsolicited) -> Result<()> {
+    fn nat_box(
+        &self,
+        ns: &str,
+        lan: &str,
+        nat: NatProfile,
+        u: Unsolicited,
+        hairpin: Option<Ipv4Addr>,
+    ) -> Result<()> {
         Self::nft_all(ns, &nft::firewall())?;
         Self::nft_all(ns, &nft::unsolicited_rules(u))?;
-        Self::nft_all(ns, &nft::nat_table(lan, nat))?;
+        Self::nft_all(ns, &nft::nat_table(lan, nat, hairpin))?;
         Self::nft_all(ns, &nft::forward_table())
     }
 
