@@ -48,14 +48,22 @@ impl TcpCounters {
 /// made with nftables, and a `lab-delay` process per delayed link.
 ///
 /// ```text
-///   host A 10.0.1.2 ─┐                                        ┌─ host B 10.0.2.2
-///  (host A2 10.0.1.3)├─ router A ══ delay ══╗     ╔══ delay ══ router B ─┤(host B2 10.0.2.3)
-///            LAN bridge  WAN 203.0.113.21   ║     ║  WAN 203.0.113.22   LAN bridge
-///                  (or home router 100.64.1.2 → CGNAT A 203.0.113.21)
-///                                        internet bridge 203.0.113.0/24
-///                                                 │
-///                                  server 203.0.113.10 and .11
+///  host A  10.0.1.2 ─┐                                       ┌─ host B  10.0.2.2
+///  host A2 10.0.1.3 ─┤ router A               router B       ├─ host B2 10.0.2.3
+///      LAN bridge    └ 10.0.1.1   WAN .21    WAN .22  10.0.2.1 ┘    LAN bridge
+///                                    │           │
+///                         lab-delay 10 ms     lab-delay 15 ms
+///                                    │           │
+///                 ═══════ internet bridge 203.0.113.0/24 (.1) ═══════
+///                                          │
+///                              server 203.0.113.10 and .11
+///
+///  with a CGNAT: router A WAN 100.64.1.2 ── 100.64.1.1 CGNAT A WAN 203.0.113.21
+///  same NAT:     host B is 10.0.1.3 behind router A; no site B
 /// ```
+///
+/// The stations on the internet bridge have fixed MACs and permanent ARP entries for
+/// each other, so that no first packet waits for ARP through the delay lines.
 ///
 /// Namespaces are named `pl-{pid}-{n}-{role}` (role `inet`, `srv`, `ra`, `ha`, `ha2`,
 /// `cga`, `rb`, ...), unique per lab across threads and processes; interfaces are
