@@ -66,3 +66,61 @@ pub const MAX_NAME_LEN: usize = 128;
 /// How many peers may wait for a partner at once on one server (bounds memory under a
 /// flood of authenticated clients).
 pub const MAX_WAITING: usize = 4096;
+
+/// Largest STUN message read or sent (RFC 8489 §6.1: 548 bytes fit any IPv4 path
+/// unfragmented; Binding requests and responses are under 120 bytes). Larger requests
+/// are dropped unread.
+pub const MAX_STUN_MESSAGE: usize = 548;
+
+/// A STUN response is never more than this many times the size of its request, so
+/// the server cannot amplify a spoofed request into a flood. A bare 20-byte request
+/// gets at most 80 bytes back; optional attributes are left out to stay within it.
+pub const STUN_AMPLIFICATION: usize = 4;
+
+/// STUN over TCP (the server's alternate endpoints): a connection must send its next
+/// request within this time, or it is closed. Long enough for `peer nat-check` to keep
+/// its mappings while it tests the other endpoints.
+pub const STUN_TCP_IDLE: Duration = Duration::from_secs(10);
+
+/// Requests answered on one STUN-over-TCP connection before the server closes it.
+pub const STUN_TCP_MAX_REQUESTS: usize = 8;
+
+/// STUN-over-TCP connections served at once; more wait in the kernel's backlog.
+pub const STUN_TCP_MAX_CONNS: usize = 256;
+
+/// First STUN retransmission timeout of `peer nat-check` over UDP (RFC 8489 §6.2.1
+/// recommends 500 ms); each retransmission doubles it.
+pub const STUN_RTO: Duration = Duration::from_millis(500);
+
+/// Each `peer nat-check` test gives up after this long (RFC 8489's full schedule
+/// takes 39.5 s; a filtering test that gets no answer is a *result*, so the bound is
+/// short: transmissions at 0, 0.5 and 1.5 s, then 1.5 s more to hear back).
+pub const STUN_TEST_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Relayed links one server carries at once. Each costs two sockets and two 64 KiB
+/// buffers; the cap keeps a flood of sessions from exhausting file descriptors.
+pub const MAX_RELAYS: usize = 1024;
+
+/// Services (names) one server keeps registered at once.
+pub const MAX_SERVICES: usize = 4096;
+
+/// How long a peer waits before its first background attempt to turn a relayed link
+/// into a direct one; doubled after each failure up to [`REPUNCH_MAX_BACKOFF`].
+pub const REPUNCH_FIRST_BACKOFF: Duration = Duration::from_secs(2);
+
+/// The longest wait between background direct attempts on a relayed link (NAT
+/// mappings and routes change on the scale of minutes).
+pub const REPUNCH_MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// Direct attempts a service link makes before falling back to the relay: one, so
+/// that the user's first connection waits at most one punch window; further attempts
+/// run in the background while the relay carries the traffic.
+pub const SERVICE_DIRECT_ATTEMPTS: u8 = 1;
+
+/// Reconnecting to the server after it went away: first delay, doubled up to the max,
+/// reset after [`RECONNECT_STABLE`] of uptime (rathole's pattern).
+pub const RECONNECT_FIRST_BACKOFF: Duration = Duration::from_millis(500);
+/// See [`RECONNECT_FIRST_BACKOFF`].
+pub const RECONNECT_MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// See [`RECONNECT_FIRST_BACKOFF`].
+pub const RECONNECT_STABLE: Duration = Duration::from_secs(60);

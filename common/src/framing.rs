@@ -134,6 +134,10 @@ mod tests {
                 },
             },
             ClientMsg::Pair(Pairing::Any),
+            ClientMsg::Hello { version: 1, kind: ConnKind::Relay { session: 3 } },
+            ClientMsg::Register { name: "ssh".into() },
+            ClientMsg::Connect { name: "ssh".into() },
+            ClientMsg::Repunch { session: 4 },
             ClientMsg::Report {
                 session: 1,
                 outcome: crate::proto::Outcome::Direct {

@@ -10,11 +10,13 @@
 
 pub mod defaults;
 pub mod framing;
+pub mod mux;
 pub mod net;
 pub mod proto;
 pub mod punch;
 pub mod secure;
 pub mod splice;
+pub mod stun;
 pub mod wire;
 
 /// Parses `HOST[:PORT]`, using `default_port` when no port is given, and resolves it.

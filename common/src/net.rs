@@ -43,3 +43,66 @@ pub fn set_link_options(stream: &TcpStream) -> io::Result<()> {
     sock.set_tcp_user_timeout(Some(USER_TIMEOUT))?;
     Ok(())
 }
+
+/// A stream with bytes already read from it put back in front: what a connection
+/// that switches from frames to raw bytes carries over from its frame buffer.
+#[derive(Debug)]
+pub struct Prefixed<T> {
+    prefix: bytes::BytesMut,
+    inner: T,
+}
+
+impl<T> Prefixed<T> {
+    /// `inner`, whose reads first return `prefix`.
+    pub fn new(inner: T, prefix: bytes::BytesMut) -> Self {
+        Self { prefix, inner }
+    }
+
+    /// `inner` with nothing in front.
+    pub fn plain(inner: T) -> Self {
+        Self::new(inner, bytes::BytesMut::new())
+    }
+
+    /// The wrapped stream.
+    pub fn get_ref(&self) -> &T {
+        &self.inner
+    }
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Prefixed<T> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if !this.prefix.is_empty() {
+            let n = this.prefix.len().min(buf.remaining());
+            buf.put_slice(&this.prefix.split_to(n));
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Prefixed<T> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// The transport under every peer-to-peer link: a punched TCP connection, or a relay
+/// connection to the server with the bytes that arrived with its last frame.
+pub type LinkIo = Prefixed<TcpStream>;

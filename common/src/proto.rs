@@ -26,6 +26,14 @@ pub enum ConnKind {
         /// The probe socket's local address (a LAN address behind a NAT).
         local: SocketAddr,
     },
+    /// One half of a relayed link: once the other peer's half arrives, the server
+    /// sends [`ServerMsg::RelayReady`] and from then on splices raw bytes between the
+    /// two connections. The link's own Noise channel runs inside, end to end: the
+    /// server sees only its ciphertext.
+    Relay {
+        /// The session, as announced in [`ServerMsg::Paired`] or [`ServerMsg::Incoming`].
+        session: u64,
+    },
 }
 
 /// How a peer wants to be paired.
@@ -82,6 +90,23 @@ pub enum ClientMsg {
         /// What happened.
         outcome: Outcome,
     },
+    /// Offer a named service to visitors (control connection, the owner).
+    Register {
+        /// The service's name, unique on the server.
+        name: String,
+    },
+    /// Ask for a link to the owner of a named service (control connection, the
+    /// visitor). Answered with [`ServerMsg::Paired`] or [`ServerMsg::Refused`].
+    Connect {
+        /// The service's name.
+        name: String,
+    },
+    /// Ask for another direct attempt on a session whose link is relayed; the server
+    /// answers both peers with [`ServerMsg::Repunch`].
+    Repunch {
+        /// The session.
+        session: u64,
+    },
 }
 
 /// Messages from the server to a peer.
@@ -124,5 +149,30 @@ pub enum ServerMsg {
         session: u64,
         /// Why.
         reason: String,
+    },
+    /// Answer to [`ClientMsg::Register`]: the service is online.
+    Registered {
+        /// The service's name.
+        name: String,
+    },
+    /// To a service's owner: a visitor asks for a link. The owner is the Noise
+    /// responder; open probes (and, if punching fails, a relay half) for `session`.
+    Incoming {
+        /// Names this side of the new session.
+        session: u64,
+        /// The service asked for.
+        name: String,
+        /// The visitor's address as the server sees it (for logs).
+        visitor: SocketAddr,
+    },
+    /// On a relay connection: the other half is here; from now on the connection
+    /// carries raw bytes to and from the other peer.
+    RelayReady,
+    /// Run one more punch attempt for a relayed session, numbered `attempt`.
+    Repunch {
+        /// This side's session ticket.
+        session: u64,
+        /// The attempt number to put in the probe's `Hello`.
+        attempt: u8,
     },
 }

@@ -120,6 +120,9 @@ pub enum PunchError {
         /// What the OS said.
         err: io::Error,
     },
+    /// A connection was made, but the other peer holds a different secret.
+    #[error("the other peer holds a different secret (wrong --secret or --code)")]
+    WrongSecret,
     /// No connection authenticated before the deadline.
     #[error("no direct connection within {window:?} ({detail})")]
     Timeout {
@@ -149,7 +152,7 @@ pub struct Plan {
 #[derive(Debug)]
 pub struct Link {
     /// The encrypted stream.
-    pub stream: NoiseStream<TcpStream>,
+    pub stream: NoiseStream<net::LinkIo>,
     /// The other side's address as this side sees it.
     pub remote: SocketAddr,
 }
@@ -224,35 +227,58 @@ async fn dial_loop(local: SocketAddr, target: SocketAddr, until: Instant, tx: mp
     }
 }
 
-async fn handshake(
-    stream: TcpStream,
-    initiator: bool,
-    psk: Psk,
-) -> Result<NoiseStream<TcpStream>, String> {
-    let _ = net::set_link_options(&stream);
+/// Why a link could not be authenticated.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// The other peer holds a different secret.
+    #[error("the other peer holds a different secret (wrong --secret or --code)")]
+    WrongSecret,
+    /// Anything else: timeouts, closed connections.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// The refusal the responder sends to an initiator with a different secret.
+const WRONG_SECRET: &str = "wrong link secret";
+
+/// Runs the link's Noise handshake over `io` (a punched connection or a relayed one)
+/// and the initiator's confirmation, within [`LINK_HANDSHAKE_TIMEOUT`].
+pub async fn authenticate<T>(io: T, initiator: bool, psk: &Psk) -> Result<NoiseStream<T>, AuthError>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let fail = |e: std::io::Error| AuthError::Failed(e.to_string());
     let fut = async move {
         if initiator {
-            let mut s = secure::initiate(stream, &psk)
-                .await
-                .map_err(|e| e.to_string())?;
-            s.write_all(CONFIRM).await.map_err(|e| e.to_string())?;
-            s.flush().await.map_err(|e| e.to_string())?;
+            let mut s = secure::initiate(io, psk).await.map_err(|e| match e {
+                secure::HandshakeError::Refused(r) if r == WRONG_SECRET => AuthError::WrongSecret,
+                secure::HandshakeError::BadSecret => AuthError::WrongSecret,
+                e => AuthError::Failed(e.to_string()),
+            })?;
+            s.write_all(CONFIRM).await.map_err(fail)?;
+            s.flush().await.map_err(fail)?;
             Ok(s)
         } else {
-            let mut s = secure::respond(stream, &psk, "wrong link secret")
-                .await
-                .map_err(|e| e.to_string())?;
+            let mut s = secure::respond(io, psk, WRONG_SECRET).await.map_err(|e| match e {
+                secure::HandshakeError::BadSecret => AuthError::WrongSecret,
+                e => AuthError::Failed(e.to_string()),
+            })?;
             let mut buf = [0u8; 8];
-            s.read_exact(&mut buf).await.map_err(|e| e.to_string())?;
+            s.read_exact(&mut buf).await.map_err(fail)?;
             if &buf != CONFIRM {
-                return Err("bad link confirmation".to_string());
+                return Err(AuthError::Failed("bad link confirmation".into()));
             }
             Ok(s)
         }
     };
     tokio::time::timeout(LINK_HANDSHAKE_TIMEOUT, fut)
         .await
-        .map_err(|_| "handshake timed out".to_string())?
+        .map_err(|_| AuthError::Failed("handshake timed out".into()))?
+}
+
+async fn handshake(stream: TcpStream, initiator: bool, psk: Psk) -> Result<NoiseStream<net::LinkIo>, AuthError> {
+    let _ = net::set_link_options(&stream);
+    authenticate(net::Prefixed::plain(stream), initiator, &psk).await
 }
 
 /// Runs one attempt (see the module docs).
@@ -283,7 +309,7 @@ pub async fn punch(plan: &Plan) -> Result<Link, PunchError> {
     // Initiator: one handshake at a time, so that the responder can never complete on
     // a different connection than the initiator. Responder: answer on any.
     let mut pending: Vec<(TcpStream, SocketAddr)> = Vec::new();
-    let mut handshakes: JoinSet<(Result<NoiseStream<TcpStream>, String>, SocketAddr)> =
+    let mut handshakes: JoinSet<(Result<NoiseStream<net::LinkIo>, AuthError>, SocketAddr)> =
         JoinSet::new();
     let hard_deadline = until + LINK_HANDSHAKE_TIMEOUT;
     let mut accepting = true;
@@ -323,6 +349,7 @@ pub async fn punch(plan: &Plan) -> Result<Link, PunchError> {
             },
             Some(done) = handshakes.join_next(), if !handshakes.is_empty() => match done {
                 Ok((Ok(stream), remote)) => return Ok(Link { stream, remote }),
+                Ok((Err(AuthError::WrongSecret), _)) => return Err(PunchError::WrongSecret),
                 Ok((Err(e), remote)) => { debug!(%remote, %e, "handshake failed"); seen.handshakes_failed.push(format!("{remote}: {e}")); }
                 Err(e) => seen.handshakes_failed.push(e.to_string()),
             },

@@ -246,6 +246,16 @@ impl<T> NoiseStream<T> {
         &self.io
     }
 
+    /// Leaves the encrypted channel: returns the transport and the raw bytes already
+    /// read from it but not yet decrypted (to be handled as raw data). Fails if
+    /// decrypted bytes are still unread or encrypted bytes unsent, which would be lost.
+    pub fn into_raw(self) -> io::Result<(T, BytesMut)> {
+        if !self.plain.is_empty() || !self.wbuf.is_empty() {
+            return Err(io::Error::other("cannot leave the encrypted channel with data still buffered"));
+        }
+        Ok((self.io, self.rbuf))
+    }
+
     fn encrypt_frame(&mut self, plain: &[u8]) -> io::Result<()> {
         let n = self
             .state

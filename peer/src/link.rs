@@ -1,29 +1,53 @@
-//! Bringing up a direct link with a paired peer: probe connections, punch attempts,
-//! reports to the server. The decisions are `common::punch::Attempts`'; this module
-//! only does the I/O around them.
+//! Bringing up a link with a paired peer: probe connections and punch attempts for a
+//! direct link, and the relay through the server when punching cannot work. The
+//! decisions are `common::punch::Attempts`'; this module only does the I/O.
 
 use std::{net::SocketAddr, time::Duration};
 
 use common::{
     defaults::{PROBE_WAIT, PUNCH_WINDOW},
-    net,
+    framing::FrameError,
+    net::{self, LinkIo, Prefixed},
     proto::{ClientMsg, ConnKind, Outcome, ServerMsg},
-    punch::{self, Attempts, Link, Plan, Step},
-    secure::Psk,
+    punch::{self, Attempts, AuthError, Plan, PunchError, Step},
+    secure::{NoiseStream, Psk},
 };
-use tokio::time::Instant;
+use tokio::{sync::mpsc, time::Instant};
 use tracing::{debug, info};
 
-use crate::client::{self, ClientError, Control, ServerConfig};
+use crate::client::{self, ClientError, ServerConfig};
+
+/// An authenticated, encrypted link to the other peer.
+pub type LinkStream = NoiseStream<LinkIo>;
+
+/// How a link runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Path {
+    /// A punched TCP connection between the peers.
+    Direct,
+    /// Two connections spliced by the rendezvous server (end-to-end encrypted).
+    Relayed,
+}
+
+impl std::fmt::Display for Path {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Path::Direct => "direct",
+            Path::Relayed => "relayed",
+        })
+    }
+}
 
 /// What is known about a link that came up.
 #[derive(Debug, Clone)]
 pub struct LinkInfo {
-    /// The other peer's address.
+    /// Direct or relayed.
+    pub path: Path,
+    /// The other peer's address (the server's, for a relayed link).
     pub remote: SocketAddr,
-    /// The attempt that succeeded.
+    /// The attempt that succeeded (0 for the relay).
     pub attempt: u8,
-    /// From the punch signal to the authenticated link.
+    /// From the punch signal (or the relay request) to the authenticated link.
     pub signal_to_link: Duration,
 }
 
@@ -33,7 +57,7 @@ pub enum LinkError {
     /// The server connection failed.
     #[error(transparent)]
     Server(#[from] ClientError),
-    /// Every attempt failed.
+    /// Every direct attempt failed and the relay was not allowed.
     #[error("no direct connection could be made after {attempts} attempts ({reason}); the NATs on the way probably map each destination to a new port (symmetric NAT)")]
     NoDirect {
         /// Attempts made.
@@ -41,113 +65,130 @@ pub enum LinkError {
         /// What each attempt saw.
         reason: String,
     },
+    /// The relay failed too.
+    #[error("no direct connection ({direct}), and the relay failed: {relay}")]
+    RelayFailed {
+        /// Why direct failed.
+        direct: String,
+        /// Why the relay failed.
+        relay: String,
+    },
+    /// The other peer holds a different secret.
+    #[error("the other peer holds a different secret: check --secret / --code on both sides")]
+    WrongSecret,
     /// The other peer left.
     #[error("the other peer left: {0}")]
     PeerGone(String),
 }
 
-/// Punches a direct link for the paired session `ticket`.
+/// The per-session side of the control connection: requests out, this session's
+/// messages in.
+#[derive(Debug)]
+pub struct SessionIo<'a> {
+    /// Requests to the server.
+    pub tx: &'a mpsc::Sender<ClientMsg>,
+    /// Messages about this session.
+    pub rx: &'a mut mpsc::Receiver<ServerMsg>,
+}
+
+/// How hard to try.
+#[derive(Debug, Clone, Copy)]
+pub struct Strategy {
+    /// Direct attempts before giving up on direct.
+    pub attempts: u8,
+    /// Whether to fall back to the relay.
+    pub relay: bool,
+}
+
+/// Brings up a link for the paired session `ticket`: direct attempts, then the relay.
 pub async fn establish(
     cfg: &ServerConfig,
-    control: &mut Control,
+    io: SessionIo<'_>,
     ticket: u64,
     initiator: bool,
     psk: &Psk,
-) -> Result<(Link, LinkInfo), LinkError> {
-    let mut attempts = Attempts::default();
+    strategy: Strategy,
+) -> Result<(LinkStream, LinkInfo), LinkError> {
+    let SessionIo { tx, rx } = io;
+    let mut attempts = Attempts::new(strategy.attempts);
     let mut step = attempts.start();
-    loop {
+    let reason = loop {
         let attempt = match step {
             Step::Attempt(n) => n,
+            Step::GiveUp(reason) => break reason,
             // `Done` only follows a success, which has returned already.
-            Step::Done => {
-                return Err(LinkError::NoDirect {
-                    attempts: 0,
-                    reason: "internal: no link".into(),
-                })
-            }
-            Step::GiveUp(reason) => {
-                let _ = control
-                    .send(ClientMsg::Report {
-                        session: ticket,
-                        outcome: Outcome::GaveUp {
-                            reason: reason.clone(),
-                        },
-                    })
-                    .await;
-                return Err(LinkError::NoDirect {
-                    attempts: attempts.current(),
-                    reason,
-                });
-            }
+            Step::Done => break "internal: no link".into(),
         };
-        let result = one_attempt(cfg, control, ticket, attempt, initiator, psk).await;
-        match result {
-            Ok((link, info)) => {
-                let millis = info.signal_to_link.as_millis().min(u32::MAX as u128) as u32;
-                let _ = control
-                    .send(ClientMsg::Report {
-                        session: ticket,
-                        outcome: Outcome::Direct { attempt, millis },
-                    })
-                    .await;
-                return Ok((link, info));
-            }
+        match direct_attempt(cfg, tx, rx, ticket, attempt, initiator, psk).await {
+            Ok(x) => return Ok(x),
             Err(AttemptError::Fatal(e)) => return Err(e),
-            Err(AttemptError::Failed(reason)) => {
-                info!(attempt, %reason, "punch attempt failed");
-                let _ = control
-                    .send(ClientMsg::Report {
-                        session: ticket,
-                        outcome: Outcome::AttemptFailed {
-                            attempt,
-                            reason: reason.clone(),
-                        },
-                    })
-                    .await;
-                step = attempts.on_result(Err(reason));
-            }
+            Err(AttemptError::Failed(reason)) => step = attempts.on_result(Err(reason)),
         }
+    };
+    let _ = tx.send(ClientMsg::Report { session: ticket, outcome: Outcome::GaveUp { reason: reason.clone() } }).await;
+    if !strategy.relay {
+        return Err(LinkError::NoDirect { attempts: attempts.current(), reason });
     }
+    info!(%reason, "no direct link; relaying through the server");
+    relay(cfg, ticket, initiator, psk).await.map_err(|e| match e {
+        LinkError::WrongSecret => LinkError::WrongSecret,
+        e => LinkError::RelayFailed { direct: reason, relay: e.to_string() },
+    })
 }
 
-enum AttemptError {
-    Failed(String),
-    Fatal(LinkError),
-}
-
-async fn one_attempt(
+/// One direct attempt (`attempt` as numbered by the peers or by the server's
+/// `Repunch`), reported to the server either way.
+pub async fn direct_attempt(
     cfg: &ServerConfig,
-    control: &mut Control,
+    tx: &mpsc::Sender<ClientMsg>,
+    rx: &mut mpsc::Receiver<ServerMsg>,
     ticket: u64,
     attempt: u8,
     initiator: bool,
     psk: &Psk,
-) -> Result<(Link, LinkInfo), AttemptError> {
+) -> Result<(LinkStream, LinkInfo), AttemptError> {
+    let result = punch_once(cfg, rx, ticket, attempt, initiator, psk).await;
+    let outcome = match &result {
+        Ok((_, info)) => Outcome::Direct { attempt, millis: info.signal_to_link.as_millis().min(u32::MAX as u128) as u32 },
+        Err(AttemptError::Failed(reason)) => {
+            info!(attempt, %reason, "punch attempt failed");
+            Outcome::AttemptFailed { attempt, reason: reason.clone() }
+        }
+        Err(AttemptError::Fatal(e)) => Outcome::AttemptFailed { attempt, reason: e.to_string() },
+    };
+    let _ = tx.send(ClientMsg::Report { session: ticket, outcome }).await;
+    result
+}
+
+/// Why one attempt failed.
+#[derive(Debug)]
+pub enum AttemptError {
+    /// This attempt failed; another may work.
+    Failed(String),
+    /// No attempt can work (wrong secret, peer gone, server gone).
+    Fatal(LinkError),
+}
+
+async fn punch_once(
+    cfg: &ServerConfig,
+    rx: &mut mpsc::Receiver<ServerMsg>,
+    ticket: u64,
+    attempt: u8,
+    initiator: bool,
+    psk: &Psk,
+) -> Result<(LinkStream, LinkInfo), AttemptError> {
     // A fresh local port per attempt: the same 4-tuple twice fails with EADDRNOTAVAIL.
     let sock = net::reusable_socket(net::any_addr(cfg.addr, 0))
         .map_err(|e| AttemptError::Failed(format!("probe socket: {e}")))?;
-    let local_port = sock
-        .local_addr()
-        .map_err(|e| AttemptError::Failed(e.to_string()))?
-        .port();
-    let probe_local = probe_local_addr(cfg, local_port)
-        .await
-        .map_err(AttemptError::Failed)?;
-    let (mut probe, _observed) = client::connect(
-        cfg,
-        ConnKind::Probe {
-            session: ticket,
-            attempt,
-            local: probe_local,
-        },
-        Some(sock),
-    )
-    .await
-    .map_err(|e| match e {
-        ClientError::Refused(r) => AttemptError::Failed(format!("probe refused: {r}")),
-        e => AttemptError::Failed(e.to_string()),
-    })?;
+    let local_port = sock.local_addr().map_err(|e| AttemptError::Failed(e.to_string()))?.port();
+    let probe_local = probe_local_addr(cfg, local_port).await.map_err(AttemptError::Failed)?;
+    let (mut probe, _observed) =
+        client::connect(cfg, ConnKind::Probe { session: ticket, attempt, local: probe_local }, Some(sock))
+            .await
+            .map_err(|e| match e {
+                ClientError::Refused(r) => AttemptError::Failed(format!("probe refused: {r}")),
+                e => AttemptError::Failed(e.to_string()),
+            })?;
     let deadline = Instant::now() + PROBE_WAIT + Duration::from_secs(2);
     let punch_msg = loop {
         tokio::select! {
@@ -158,57 +199,64 @@ async fn one_attempt(
                 Ok(other) => return Err(AttemptError::Failed(format!("unexpected {other:?} on the probe"))),
                 Err(e) => return Err(AttemptError::Failed(format!("probe connection: {e}"))),
             },
-            m = control.recv() => match m {
-                Ok(ServerMsg::PeerGone { reason, .. }) => return Err(AttemptError::Fatal(LinkError::PeerGone(reason))),
-                Ok(other) => debug!(?other, "ignored while punching"),
-                Err(e) => return Err(AttemptError::Fatal(e.into())),
+            m = rx.recv() => match m {
+                Some(ServerMsg::PeerGone { reason, .. }) => return Err(AttemptError::Fatal(LinkError::PeerGone(reason))),
+                Some(other) => debug!(?other, "ignored while punching"),
+                None => return Err(AttemptError::Fatal(LinkError::Server(ClientError::Frame(FrameError::Closed)))),
             },
             _ = tokio::time::sleep_until(deadline) => return Err(AttemptError::Failed("no punch signal from the server".into())),
         }
     };
     let signalled = Instant::now();
-    let ServerMsg::Punch {
-        peer_public,
-        peer_local,
-        own_public,
-    } = punch_msg
-    else {
+    let ServerMsg::Punch { peer_public, peer_local, own_public } = punch_msg else {
         return Err(AttemptError::Failed("internal: not a punch".into()));
     };
     let targets = punch::targets(peer_public, peer_local, own_public);
     info!(attempt, ?targets, %own_public, "punching");
-    let plan = Plan {
-        local_port,
-        targets,
-        window: PUNCH_WINDOW,
-        initiator,
-        psk: psk.clone(),
-    };
+    let plan = Plan { local_port, targets, window: PUNCH_WINDOW, initiator, psk: psk.clone() };
     let result = punch::punch(&plan).await;
     // The probe kept our NAT mapping alive while punching; the link holds it now.
     let _ = tokio::time::timeout(Duration::from_millis(500), probe.close()).await;
     match result {
         Ok(link) => {
-            let info = LinkInfo {
-                remote: link.remote,
-                attempt,
-                signal_to_link: signalled.elapsed(),
-            };
-            Ok((link, info))
+            let info = LinkInfo { path: Path::Direct, remote: link.remote, attempt, signal_to_link: signalled.elapsed() };
+            Ok((link.stream, info))
         }
+        Err(PunchError::WrongSecret) => Err(AttemptError::Fatal(LinkError::WrongSecret)),
         Err(e) => Err(AttemptError::Failed(e.to_string())),
     }
+}
+
+/// Brings up the relayed link of session `ticket`: a relay connection to the server,
+/// spliced to the other peer's, with the link's own Noise handshake inside.
+pub async fn relay(cfg: &ServerConfig, ticket: u64, initiator: bool, psk: &Psk) -> Result<(LinkStream, LinkInfo), LinkError> {
+    let started = Instant::now();
+    let (mut ch, _) = client::connect(cfg, ConnKind::Relay { session: ticket }, None).await?;
+    match ch.recv_timeout::<ServerMsg>(PROBE_WAIT + Duration::from_secs(2)).await {
+        Ok(ServerMsg::RelayReady) => {}
+        Ok(ServerMsg::Refused(r)) => return Err(ClientError::Refused(r).into()),
+        Ok(other) => return Err(ClientError::Unexpected(format!("{other:?}")).into()),
+        Err(e) => return Err(ClientError::Frame(e).into()),
+    }
+    // What was read past the last frame comes first, then what the Noise layer had
+    // read but not decrypted: both are the start of the raw stream.
+    let (noise, mut rest) = ch.into_parts();
+    let (tcp, undecrypted) = noise.into_raw().map_err(|e| ClientError::Frame(FrameError::Io(e)))?;
+    rest.unsplit(undecrypted);
+    let _ = net::set_link_options(&tcp);
+    let remote = cfg.addr;
+    let stream = punch::authenticate(Prefixed::new(tcp, rest), initiator, psk).await.map_err(|e| match e {
+        AuthError::WrongSecret => LinkError::WrongSecret,
+        AuthError::Failed(r) => LinkError::RelayFailed { direct: String::new(), relay: r },
+    })?;
+    Ok((stream, LinkInfo { path: Path::Relayed, remote, attempt: 0, signal_to_link: started.elapsed() }))
 }
 
 /// The local address a connection from `port` to the server uses (the LAN address
 /// behind a NAT), found with a connected UDP socket: no packet is sent.
 async fn probe_local_addr(cfg: &ServerConfig, port: u16) -> Result<SocketAddr, String> {
-    let udp = tokio::net::UdpSocket::bind(net::any_addr(cfg.addr, 0))
-        .await
-        .map_err(|e| e.to_string())?;
-    udp.connect(cfg.addr)
-        .await
-        .map_err(|e| format!("no route to the server: {e}"))?;
+    let udp = tokio::net::UdpSocket::bind(net::any_addr(cfg.addr, 0)).await.map_err(|e| e.to_string())?;
+    udp.connect(cfg.addr).await.map_err(|e| format!("no route to the server: {e}"))?;
     let ip = udp.local_addr().map_err(|e| e.to_string())?.ip();
     Ok(SocketAddr::new(ip, port))
 }

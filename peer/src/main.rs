@@ -40,6 +40,26 @@ enum Command {
         /// Pair only with a peer using the same code; the link key derives from it.
         #[arg(long, env = "PUNCHLINE_CODE", hide_env_values = true)]
         code: Option<String>,
+        /// Fail instead of relaying through the server when no direct link can be made.
+        #[arg(long)]
+        no_relay: bool,
+    },
+    /// Find out what the NAT in front of this machine does, over TCP and UDP, and
+    /// whether direct links will work.
+    ///
+    /// Asks the rendezvous server (--server; start it with --alt-addr for the full
+    /// picture) or any standard STUN server (--stun). Reports the public address,
+    /// whether the local port is kept, mapping and filtering behaviour, hairpinning,
+    /// and a verdict. Takes about 3 seconds.
+    NatCheck {
+        /// Use this STUN server instead of the rendezvous server, HOST[:PORT] (default
+        /// port 3478). An RFC 5780 server (e.g. coturn with two addresses) gives mapping
+        /// and filtering.
+        #[arg(long, value_name = "HOST:PORT")]
+        stun: Option<String>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -71,6 +91,9 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    if let Some(Command::NatCheck { stun, json }) = &args.command {
+        return nat_check(&args, stun.as_deref(), *json).await;
+    }
     let Some(server) = args.server else {
         anyhow::bail!("no rendezvous server given: use --server HOST[:PORT] (or PUNCHLINE_SERVER)");
     };
@@ -87,12 +110,44 @@ async fn run(args: Args) -> anyhow::Result<()> {
         token: args.token,
     };
     match args.command {
-        Some(Command::Pipe { code }) => {
-            peer::pipe::run(&cfg, code, tokio::io::stdin(), tokio::io::stdout()).await?;
+        Some(Command::Pipe { code, no_relay }) => {
+            peer::pipe::run(&cfg, code, !no_relay, tokio::io::stdin(), tokio::io::stdout()).await?;
             Ok(())
         }
+        Some(Command::NatCheck { .. }) => unreachable!("handled above"),
         None => anyhow::bail!("no command given: try `peer --server HOST pipe` or `peer --help`"),
     }
+}
+
+/// `peer nat-check`: runs the checks and prints the report (JSON with `--json`).
+async fn nat_check(args: &Args, stun: Option<&str>, json: bool) -> anyhow::Result<()> {
+    use peer::natcheck::{self, Target};
+    let target = match (stun, &args.server) {
+        (Some(stun), _) => Target::Stun(
+            common::resolve_server(stun, 3478)
+                .await
+                .with_context(|| format!("cannot resolve STUN server {stun:?}"))?,
+        ),
+        (None, Some(server)) => Target::Rendezvous(ServerConfig {
+            addr: common::resolve_server(server, common::defaults::SERVER_PORT)
+                .await
+                .with_context(|| format!("cannot resolve server {server:?}"))?,
+            token: args.token.clone(),
+        }),
+        (None, None) => anyhow::bail!(
+            "no server given: use --server HOST[:PORT] (or PUNCHLINE_SERVER), or --stun HOST[:PORT]"
+        ),
+    };
+    let report = natcheck::run(&target).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", natcheck::render(&report));
+    }
+    if !report.reached_server() {
+        anyhow::bail!("the server answered neither over TCP nor over UDP");
+    }
+    Ok(())
 }
 
 fn init_tracing(verbose: u8) {

@@ -4,6 +4,7 @@
 use std::{io::IsTerminal, time::Duration};
 
 use common::{
+    defaults::PUNCH_ATTEMPTS,
     proto::{ClientMsg, Pairing, ServerMsg},
     secure::Psk,
     splice::{self, Counter},
@@ -16,7 +17,7 @@ use tracing::info;
 
 use crate::{
     client::{ClientError, Control, ServerConfig},
-    link::{self, LinkError, LinkInfo},
+    link::{self, LinkError, LinkInfo, Path, SessionIo, Strategy},
 };
 
 /// Why a pipe failed.
@@ -59,10 +60,12 @@ pub fn pipe_psk(code: Option<&str>, token: Option<&str>) -> Psk {
     Psk::derive("pipe", &[code.unwrap_or(""), token.unwrap_or("")])
 }
 
-/// Runs a pipe between `input`/`output` and the paired peer's.
+/// Runs a pipe between `input`/`output` and the paired peer's, relayed through the
+/// server if no direct link can be made and `relay` allows it.
 pub async fn run<R, W>(
     cfg: &ServerConfig,
     code: Option<String>,
+    relay: bool,
     input: R,
     output: W,
 ) -> Result<Summary, PipeError>
@@ -86,13 +89,24 @@ where
     };
     status("paired; punching a direct connection");
     let psk = pipe_psk(code.as_deref(), cfg.token.as_deref());
-    let (link, info) = link::establish(cfg, &mut control, ticket, initiator, &psk).await?;
-    status(&format!(
-        "link up: direct, remote {}, attempt {}, {} ms after signal",
-        info.remote,
-        info.attempt,
-        info.signal_to_link.as_millis()
-    ));
+    let io = SessionIo { tx: &control.tx, rx: &mut control.rx };
+    // A pipe is one byte stream: it cannot move to a direct link later, so it tries
+    // every direct attempt before falling back to the relay.
+    let strategy = Strategy { attempts: PUNCH_ATTEMPTS, relay };
+    let (link, info) = link::establish(cfg, io, ticket, initiator, &psk, strategy).await?;
+    match info.path {
+        Path::Direct => status(&format!(
+            "link up: direct, remote {}, attempt {}, {} ms after signal",
+            info.remote,
+            info.attempt,
+            info.signal_to_link.as_millis()
+        )),
+        Path::Relayed => status(&format!(
+            "link up: relayed through the server {} (end-to-end encrypted), {} ms after the relay request",
+            info.remote,
+            info.signal_to_link.as_millis()
+        )),
+    }
     // The link no longer needs the server.
     control.close().await;
 
@@ -100,9 +114,10 @@ where
     let start = Instant::now();
     let progress = std::io::stderr().is_terminal().then(|| {
         let (s, r) = (sent.clone(), received.clone());
-        tokio::spawn(async move { show_progress(s, r, start).await })
+        let path = info.path;
+        tokio::spawn(async move { show_progress(path, s, r, start).await })
     });
-    let (rd, wr) = tokio::io::split(link.stream);
+    let (rd, wr) = tokio::io::split(link);
     let result = tokio::try_join!(
         splice::pump(input, wr, &sent),
         splice::pump(rd, output, &received)
@@ -140,14 +155,14 @@ fn status(msg: &str) {
     eprintln!("punchline: {msg}");
 }
 
-async fn show_progress(sent: Counter, received: Counter, start: Instant) {
+async fn show_progress(path: Path, sent: Counter, received: Counter, start: Instant) {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {
         tick.tick().await;
         let secs = start.elapsed().as_secs_f64().max(1e-6);
         let (s, r) = (sent.get(), received.get());
         eprint!(
-            "\r\x1b[Kpunchline: direct | sent {:.1} MB | received {:.1} MB | {:.1} MB/s",
+            "\r\x1b[Kpunchline: {path} | sent {:.1} MB | received {:.1} MB | {:.1} MB/s",
             s as f64 / 1e6,
             r as f64 / 1e6,
             (s + r) as f64 / secs / 1e6

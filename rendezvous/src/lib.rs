@@ -1,9 +1,12 @@
 //! The rendezvous server: learns each peer's NAT mapping, pairs peers, times the
-//! punch signal, and (in `--classic` mode) speaks the original C demo's protocol.
+//! punch signal, answers STUN (RFC 8489, RFC 5780 with an alternate address), and (in
+//! `--classic` mode) speaks the original C demo's protocol.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod classic;
+mod relay;
 pub mod server;
+mod stun;
 
 pub use server::{spawn, Config, Handle};

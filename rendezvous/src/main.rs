@@ -21,12 +21,38 @@ struct Args {
     /// Shared token peers must present. Without one, anyone may use the server.
     #[arg(long, env = "PUNCHLINE_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// A second address for STUN NAT behaviour discovery (RFC 5780), IP[:PORT]. PORT
+    /// defaults to the TCP port + 1 (any free port with --port 0). With another IP than
+    /// --bind (which must then be an address, not 0.0.0.0), clients can test both IP and
+    /// port changes; with the same IP, or a wildcard --bind, only port changes.
+    #[arg(long, value_name = "IP[:PORT]", value_parser = parse_alt)]
+    alt_addr: Option<AltAddr>,
     /// Speak the original C demo's text protocol instead (unencrypted).
     #[arg(long)]
     classic: bool,
     /// More logging (-v debug); RUST_LOG overrides. Default: info.
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
+}
+
+/// `--alt-addr`: an IP and maybe a port.
+#[derive(Debug, Clone, Copy)]
+struct AltAddr {
+    ip: IpAddr,
+    port: Option<u16>,
+}
+
+fn parse_alt(s: &str) -> Result<AltAddr, String> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(AltAddr {
+            ip: a.ip(),
+            port: Some(a.port()),
+        });
+    }
+    s.trim_matches(['[', ']'])
+        .parse::<IpAddr>()
+        .map(|ip| AltAddr { ip, port: None })
+        .map_err(|_| format!("{s:?} is not IP or IP:PORT"))
 }
 
 fn main() -> ExitCode {
@@ -74,13 +100,23 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if args.token.is_none() {
         warn!("no --token given: ANY peer may use this server (traffic is still encrypted)");
     }
+    let alt_addr = args.alt_addr.map(|a| {
+        let port = a
+            .port
+            .unwrap_or(if args.port == 0 { 0 } else { args.port.wrapping_add(1) });
+        SocketAddr::new(a.ip, port)
+    });
     let handle = rendezvous::spawn(rendezvous::Config {
         bind,
         token: args.token,
+        alt_addr,
     })
     .await
     .with_context(|| format!("cannot listen on {bind}"))?;
     println!("listening on {}", handle.local_addr());
+    if let Some(alt) = handle.alt_addr() {
+        println!("stun alternate {alt}");
+    }
     let _ = tokio::signal::ctrl_c().await;
     handle.shutdown();
     handle.join().await;

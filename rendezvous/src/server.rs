@@ -18,8 +18,8 @@ use std::{
 
 use common::{
     defaults::{
-        HANDSHAKE_TIMEOUT, IDLE_TIMEOUT, MAX_NAME_LEN, MAX_WAITING, PING_INTERVAL, PROBE_PINGS,
-        PROBE_WAIT,
+        HANDSHAKE_TIMEOUT, IDLE_TIMEOUT, MAX_NAME_LEN, MAX_SERVICES, MAX_WAITING, PING_INTERVAL,
+        PROBE_PINGS, PROBE_WAIT, PUNCH_ATTEMPTS,
     },
     framing::{Channel, FrameError},
     proto::{ClientMsg, ConnKind, Outcome, Pairing, ServerMsg, PROTOCOL_VERSION},
@@ -43,6 +43,20 @@ pub struct Config {
     pub bind: SocketAddr,
     /// Peers must know this token; `None` accepts anyone (still encrypted).
     pub token: Option<String>,
+    /// An alternate address for RFC 5780 STUN behaviour discovery (port 0: any free
+    /// port). STUN over UDP is always answered on `bind`'s port; see `stun.rs`.
+    pub alt_addr: Option<SocketAddr>,
+}
+
+impl Config {
+    /// A server on `bind` without token or alternate address.
+    pub fn new(bind: SocketAddr) -> Config {
+        Config {
+            bind,
+            token: None,
+            alt_addr: None,
+        }
+    }
 }
 
 impl std::fmt::Debug for Config {
@@ -50,6 +64,7 @@ impl std::fmt::Debug for Config {
         f.debug_struct("Config")
             .field("bind", &self.bind)
             .field("token", &self.token.as_ref().map(|_| "MASKED"))
+            .field("alt_addr", &self.alt_addr)
             .finish()
     }
 }
@@ -58,6 +73,7 @@ impl std::fmt::Debug for Config {
 #[derive(Debug)]
 pub struct Handle {
     local_addr: SocketAddr,
+    alt_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     join: JoinHandle<()>,
 }
@@ -66,6 +82,11 @@ impl Handle {
     /// The address the server listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The alternate STUN endpoint (OTHER-ADDRESS), if the server has one.
+    pub fn alt_addr(&self) -> Option<SocketAddr> {
+        self.alt_addr
     }
 
     /// Asks the server and all its connection tasks to stop.
@@ -79,20 +100,29 @@ impl Handle {
     }
 }
 
-/// Binds and starts the server.
+/// Binds and starts the server (and its STUN responder on the same port).
 pub async fn spawn(config: Config) -> std::io::Result<Handle> {
-    let listener = TcpListener::bind(config.bind).await?;
+    let (listener, stun) = crate::stun::bind(config.bind, config.alt_addr).await?;
+    crate::stun::log_layout(&stun);
+    let alt_addr = stun.alt_addr();
     let local_addr = listener.local_addr()?;
     let shutdown = CancellationToken::new();
     let server = Arc::new(Server {
         psk: Psk::server(config.token.as_deref()),
         state: Mutex::new(State::default()),
         next_id: AtomicU64::new(1),
+        relays: Default::default(),
     });
     let token = shutdown.clone();
-    let join = tokio::spawn(async move { accept_loop(listener, server, token).await });
+    let join = tokio::spawn(async move {
+        tokio::join!(
+            accept_loop(listener, server, token.clone()),
+            stun.run(token)
+        );
+    });
     Ok(Handle {
         local_addr,
+        alt_addr,
         shutdown,
         join,
     })
@@ -102,6 +132,7 @@ struct Server {
     psk: Psk,
     state: Mutex<State>,
     next_id: AtomicU64,
+    relays: crate::relay::Relays,
 }
 
 #[derive(Default)]
@@ -109,6 +140,9 @@ struct State {
     waiting: HashMap<Pairing, Waiter>,
     tickets: HashMap<u64, Ticket>,
     attempts: HashMap<(u64, u8), [Option<ProbeSlot>; 2]>,
+    services: HashMap<String, Waiter>,
+    /// The next attempt number a `Repunch` hands out, per session.
+    next_attempt: HashMap<u64, u8>,
 }
 
 struct Waiter {
@@ -236,7 +270,19 @@ async fn handle(
     })
     .await?;
     match kind {
-        ConnKind::Control => control(server, ch, id).await,
+        ConnKind::Control => control(server, ch, id, addr).await,
+        ConnKind::Relay { session } => {
+            let Some(t) = server.lock().tickets.get(&session).cloned() else {
+                let reason = "relay for an unknown or finished session".to_string();
+                ch.send(&ServerMsg::Refused(reason.clone())).await?;
+                return Err(ConnError::Refused(reason));
+            };
+            server
+                .relays
+                .join(t.session, ch)
+                .await
+                .map_err(|e| ConnError::Refused(format!("relay: {e}")))
+        }
         ConnKind::Probe {
             session,
             attempt,
@@ -251,10 +297,18 @@ fn msg_name(m: &ClientMsg) -> &'static str {
         ClientMsg::Pair(_) => "Pair",
         ClientMsg::Pong(_) => "Pong",
         ClientMsg::Report { .. } => "Report",
+        ClientMsg::Register { .. } => "Register",
+        ClientMsg::Connect { .. } => "Connect",
+        ClientMsg::Repunch { .. } => "Repunch",
     }
 }
 
-async fn control(server: Arc<Server>, mut ch: Chan, id: u64) -> Result<(), ConnError> {
+async fn control(
+    server: Arc<Server>,
+    mut ch: Chan,
+    id: u64,
+    addr: SocketAddr,
+) -> Result<(), ConnError> {
     info!("peer connected");
     let (tx, mut rx) = mpsc::channel::<ServerMsg>(16);
     let mut ping = tokio::time::interval(PING_INTERVAL);
@@ -287,6 +341,23 @@ async fn control(server: Arc<Server>, mut ch: Chan, id: u64) -> Result<(), ConnE
                         }
                     }
                     ClientMsg::Report { session, outcome } => report(&server, id, session, outcome),
+                    ClientMsg::Register { name } => {
+                        let reply = match register(&server, id, &name, &tx) {
+                            Ok(()) => ServerMsg::Registered { name },
+                            Err(reason) => {
+                                warn!("register refused: {reason}");
+                                ServerMsg::Refused(reason)
+                            }
+                        };
+                        ch.send(&reply).await?;
+                    }
+                    ClientMsg::Connect { name } => {
+                        if let Err(reason) = connect(&server, id, addr, &name, &tx) {
+                            info!("connect refused: {reason}");
+                            ch.send(&ServerMsg::Refused(reason)).await?;
+                        }
+                    }
+                    ClientMsg::Repunch { session } => repunch(&server, id, session, &tx),
                     ClientMsg::Hello { .. } => {
                         let reason = "Hello sent twice".to_string();
                         let _ = ch.send(&ServerMsg::Refused(reason.clone())).await;
@@ -328,28 +399,7 @@ fn pair(
     }
     match st.waiting.remove(&pairing) {
         Some(w) if !w.tx.is_closed() => {
-            let session: u64 = rand::random();
-            let (t_first, t_second): (u64, u64) = (rand::random(), rand::random());
-            st.tickets.insert(
-                t_first,
-                Ticket {
-                    session,
-                    side: 0,
-                    conn: w.conn,
-                    other: t_second,
-                    other_tx: tx.clone(),
-                },
-            );
-            st.tickets.insert(
-                t_second,
-                Ticket {
-                    session,
-                    side: 1,
-                    conn: id,
-                    other: t_first,
-                    other_tx: w.tx.clone(),
-                },
-            );
+            let (session, t_first, t_second) = new_session(&mut st, (w.conn, &w.tx), (id, tx));
             info!(session = format_args!("{session:016x}"), "paired");
             // The later arrival initiates the link's Noise handshake (the C demo's
             // client2 is the one that dials first).
@@ -380,6 +430,136 @@ fn pair(
     }
 }
 
+/// Records a session between two control connections; returns its id and the two
+/// sides' tickets (side 0 first).
+fn new_session(
+    st: &mut State,
+    a: (u64, &mpsc::Sender<ServerMsg>),
+    b: (u64, &mpsc::Sender<ServerMsg>),
+) -> (u64, u64, u64) {
+    let session: u64 = rand::random();
+    let (ta, tb): (u64, u64) = (rand::random(), rand::random());
+    st.tickets.insert(
+        ta,
+        Ticket {
+            session,
+            side: 0,
+            conn: a.0,
+            other: tb,
+            other_tx: b.1.clone(),
+        },
+    );
+    st.tickets.insert(
+        tb,
+        Ticket {
+            session,
+            side: 1,
+            conn: b.0,
+            other: ta,
+            other_tx: a.1.clone(),
+        },
+    );
+    (session, ta, tb)
+}
+
+fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_NAME_LEN || name.chars().any(char::is_control) {
+        return Err(format!(
+            "service names must be 1 to {MAX_NAME_LEN} bytes without control characters"
+        ));
+    }
+    Ok(())
+}
+
+fn register(
+    server: &Server,
+    id: u64,
+    name: &str,
+    tx: &mpsc::Sender<ServerMsg>,
+) -> Result<(), String> {
+    check_name(name)?;
+    let mut st = server.lock();
+    if let Some(owner) = st.services.get(name) {
+        if owner.conn != id && !owner.tx.is_closed() {
+            return Err(format!("service {name:?} is already registered by another peer"));
+        }
+    }
+    if st.services.len() >= MAX_SERVICES {
+        return Err("server is busy: too many services".into());
+    }
+    st.services.insert(
+        name.to_string(),
+        Waiter {
+            conn: id,
+            tx: tx.clone(),
+        },
+    );
+    info!(service = name, "service registered");
+    Ok(())
+}
+
+fn connect(
+    server: &Server,
+    id: u64,
+    visitor: SocketAddr,
+    name: &str,
+    tx: &mpsc::Sender<ServerMsg>,
+) -> Result<(), String> {
+    check_name(name)?;
+    let mut st = server.lock();
+    let Some(owner) = st.services.get(name) else {
+        return Err(format!("no service named {name:?} is online"));
+    };
+    let (oconn, otx) = (owner.conn, owner.tx.clone());
+    if otx.is_closed() {
+        return Err(format!("the owner of service {name:?} is offline"));
+    }
+    if oconn == id {
+        return Err("a peer cannot connect to its own service".into());
+    }
+    let (session, t_owner, t_visitor) = new_session(&mut st, (oconn, &otx), (id, tx));
+    info!(service = name, session = format_args!("{session:016x}"), %visitor, "visitor paired with owner");
+    let incoming = ServerMsg::Incoming {
+        session: t_owner,
+        name: name.to_string(),
+        visitor,
+    };
+    if otx.try_send(incoming).is_err() {
+        st.tickets.remove(&t_owner);
+        st.tickets.remove(&t_visitor);
+        return Err(format!("the owner of service {name:?} is not answering"));
+    }
+    let _ = tx.try_send(ServerMsg::Paired {
+        session: t_visitor,
+        initiator: true,
+    });
+    Ok(())
+}
+
+fn repunch(server: &Server, id: u64, ticket: u64, tx: &mpsc::Sender<ServerMsg>) {
+    let mut st = server.lock();
+    let Some(t) = st.tickets.get(&ticket).filter(|t| t.conn == id).cloned() else {
+        let _ = tx.try_send(ServerMsg::PeerGone {
+            session: ticket,
+            reason: "the session has ended on the server".into(),
+        });
+        return;
+    };
+    // Attempt numbers after the initial ones, wrapping: a pair of probe slots is
+    // freed as soon as it is used, so a number can come back safely.
+    let next = st.next_attempt.entry(t.session).or_insert(PUNCH_ATTEMPTS);
+    *next = if *next == u8::MAX { PUNCH_ATTEMPTS + 1 } else { *next + 1 };
+    let attempt = *next;
+    let _ = tx.try_send(ServerMsg::Repunch {
+        session: ticket,
+        attempt,
+    });
+    let _ = t.other_tx.try_send(ServerMsg::Repunch {
+        session: t.other,
+        attempt,
+    });
+}
+
 fn report(server: &Server, id: u64, ticket: u64, outcome: Outcome) {
     let st = server.lock();
     let Some(t) = st.tickets.get(&ticket).filter(|t| t.conn == id) else {
@@ -399,6 +579,7 @@ fn report(server: &Server, id: u64, ticket: u64, outcome: Outcome) {
 fn forget_conn(server: &Server, id: u64) {
     let mut st = server.lock();
     st.waiting.retain(|_, w| w.conn != id);
+    st.services.retain(|_, w| w.conn != id);
     let mine: Vec<u64> = st
         .tickets
         .iter()
@@ -409,6 +590,7 @@ fn forget_conn(server: &Server, id: u64) {
         if let Some(t) = st.tickets.remove(&ticket) {
             st.tickets.remove(&t.other);
             st.attempts.retain(|(s, _), _| *s != t.session);
+            st.next_attempt.remove(&t.session);
             let _ = t.other_tx.try_send(ServerMsg::PeerGone {
                 session: t.other,
                 reason: "the other peer disconnected from the server".into(),

@@ -4,7 +4,7 @@
 //! The binaries are the workspace's own `rendezvous` and `peer`, found next to the
 //! test executable's profile directory (`target/<profile>/`). The README's test
 //! command builds them first (`cargo build --workspace --release`).
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
 use std::{
     io::{BufRead, BufReader, Read},

@@ -1,0 +1,1 @@
+//! Streams over one connection (yamux). Placeholder: being written.
