@@ -9,3 +9,5 @@ pub mod client;
 pub mod link;
 pub mod natcheck;
 pub mod pipe;
+pub mod hub;
+pub mod service;

@@ -44,6 +44,44 @@ enum Command {
         #[arg(long)]
         no_relay: bool,
     },
+    /// Offer a local TCP service to visitors under NAME (frp's xtcp).
+    ///
+    /// Visitors run `peer connect NAME --secret S --listen ADDR`; each of their
+    /// connections reaches --local on this machine, over a direct link when punching
+    /// works, relayed through the server (end-to-end encrypted) when not.
+    Serve {
+        /// The service's name, unique on the server.
+        name: String,
+        /// The local service, ADDR:PORT.
+        #[arg(long)]
+        local: std::net::SocketAddr,
+        /// The shared secret visitors must know (the link key derives from it).
+        #[arg(long, env = "PUNCHLINE_SECRET", hide_env_values = true)]
+        secret: String,
+        /// Most visitors (links) at once.
+        #[arg(long, default_value_t = 64)]
+        max_links: usize,
+        /// Most streams (connections) at once per link.
+        #[arg(long, default_value_t = 256)]
+        max_streams: usize,
+    },
+    /// Reach the service NAME of another peer through a local listener.
+    ///
+    /// Every connection to --listen becomes a stream on one link to the owner. The
+    /// first connection brings the link up (or --keep-open does at once).
+    Connect {
+        /// The service's name.
+        name: String,
+        /// The shared secret (must match the owner's).
+        #[arg(long, env = "PUNCHLINE_SECRET", hide_env_values = true)]
+        secret: String,
+        /// Local listener, ADDR:PORT (port 0: any free port, printed at start).
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: std::net::SocketAddr,
+        /// Bring the link up at once and keep it up (fail now if it cannot be made).
+        #[arg(long)]
+        keep_open: bool,
+    },
     /// Find out what the NAT in front of this machine does, over TCP and UDP, and
     /// whether direct links will work.
     ///
@@ -112,6 +150,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
     match args.command {
         Some(Command::Pipe { code, no_relay }) => {
             peer::pipe::run(&cfg, code, !no_relay, tokio::io::stdin(), tokio::io::stdout()).await?;
+            Ok(())
+        }
+        Some(Command::Serve { name, local, secret, max_links, max_streams }) => {
+            let svc = peer::service::ServeConfig { name, local, secret, max_links, max_streams };
+            peer::service::serve(cfg, svc).await?;
+            Ok(())
+        }
+        Some(Command::Connect { name, secret, listen, keep_open }) => {
+            let svc = peer::service::ConnectConfig { name, secret, listen, keep_open };
+            peer::service::connect(cfg, svc).await?;
             Ok(())
         }
         Some(Command::NatCheck { .. }) => unreachable!("handled above"),

@@ -1,0 +1,155 @@
+//! A control connection that comes back: connects to the server, reconnects with
+//! backoff when it goes away (rathole's pattern: the delay resets after stable
+//! uptime), replays the registration, and routes the server's per-session messages to
+//! the session's task.
+//!
+//! Links do not depend on it: a direct link keeps working while the server is gone.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use common::{
+    defaults::{RECONNECT_FIRST_BACKOFF, RECONNECT_MAX_BACKOFF, RECONNECT_STABLE},
+    proto::{ClientMsg, ServerMsg},
+};
+use tokio::{sync::mpsc, task::JoinHandle, time::Instant};
+use tracing::{info, warn};
+
+use crate::client::{ClientError, Control, ServerConfig};
+
+type Routes = Arc<Mutex<HashMap<u64, mpsc::Sender<ServerMsg>>>>;
+
+/// What the hub tells its owner besides routed session messages.
+#[derive(Debug)]
+pub enum HubEvent {
+    /// Connected (again); the registration, if any, was sent.
+    Up,
+    /// The connection is gone; reconnecting.
+    Down(String),
+    /// A message not about a routed session (`Paired`, `Incoming`, `Refused`, ...).
+    Msg(ServerMsg),
+    /// The server refused the connection itself (a wrong token): reconnecting cannot help.
+    Fatal(ClientError),
+}
+
+/// Handle to the hub task.
+#[derive(Debug)]
+pub struct Hub {
+    /// Requests to the server; dropped while the connection is down.
+    pub tx: mpsc::Sender<ClientMsg>,
+    /// Events for the owner.
+    pub events: mpsc::Receiver<HubEvent>,
+    routes: Routes,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Hub {
+    /// Starts the hub; `hello` is sent after every (re)connection (e.g. `Register`).
+    pub fn start(cfg: ServerConfig, hello: Option<ClientMsg>) -> Hub {
+        let (tx, out_rx) = mpsc::channel(64);
+        let (ev_tx, events) = mpsc::channel(64);
+        let routes: Routes = Arc::default();
+        let task = tokio::spawn(run(cfg, hello, out_rx, ev_tx, routes.clone()));
+        Hub { tx, events, routes, task }
+    }
+
+    /// Routes the server's messages about session `ticket` to the returned receiver
+    /// (until it is dropped).
+    pub fn route(&self, ticket: u64) -> mpsc::Receiver<ServerMsg> {
+        let (tx, rx) = mpsc::channel(16);
+        let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
+        routes.retain(|_, tx| !tx.is_closed());
+        routes.insert(ticket, tx);
+        rx
+    }
+}
+
+fn ticket_of(msg: &ServerMsg) -> Option<u64> {
+    match msg {
+        ServerMsg::PeerGone { session, .. } | ServerMsg::Repunch { session, .. } => Some(*session),
+        _ => None,
+    }
+}
+
+async fn run(
+    cfg: ServerConfig,
+    hello: Option<ClientMsg>,
+    mut out_rx: mpsc::Receiver<ClientMsg>,
+    events: mpsc::Sender<HubEvent>,
+    routes: Routes,
+) {
+    let mut backoff = RECONNECT_FIRST_BACKOFF;
+    loop {
+        let mut control = match Control::connect(&cfg).await {
+            Ok(c) => c,
+            Err(ClientError::Refused(r)) if r.contains("token") => {
+                let _ = events.send(HubEvent::Fatal(ClientError::Refused(r))).await;
+                return;
+            }
+            Err(e) => {
+                warn!(%e, retry_in = ?backoff, "cannot reach the rendezvous server");
+                let _ = events.send(HubEvent::Down(e.to_string())).await;
+                drain_while_down(&mut out_rx, backoff).await;
+                backoff = (backoff * 2).min(RECONNECT_MAX_BACKOFF);
+                continue;
+            }
+        };
+        let up_since = Instant::now();
+        if let Some(h) = &hello {
+            let _ = control.send(h.clone()).await;
+        }
+        info!(server = %cfg.addr, "connected to the rendezvous server");
+        if events.send(HubEvent::Up).await.is_err() {
+            return;
+        }
+        let why = loop {
+            tokio::select! {
+                m = control.recv() => match m {
+                    Ok(msg) => {
+                        let route = ticket_of(&msg).and_then(|t| {
+                            routes.lock().unwrap_or_else(|p| p.into_inner()).get(&t).cloned()
+                        });
+                        match route {
+                            Some(r) => { let _ = r.send(msg).await; }
+                            None => if events.send(HubEvent::Msg(msg)).await.is_err() { return; },
+                        }
+                    }
+                    Err(e) => break e.to_string(),
+                },
+                out = out_rx.recv() => match out {
+                    Some(m) => if let Err(e) = control.send(m).await { break e.to_string(); },
+                    None => { control.close().await; return; }
+                },
+            }
+        };
+        warn!(%why, "lost the rendezvous server; links stay up, reconnecting");
+        // Sessions end on the server with the connection: their tasks learn it when
+        // their route closes.
+        routes.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        if events.send(HubEvent::Down(why)).await.is_err() {
+            return;
+        }
+        if up_since.elapsed() > RECONNECT_STABLE {
+            backoff = RECONNECT_FIRST_BACKOFF;
+        }
+        drain_while_down(&mut out_rx, backoff).await;
+        backoff = (backoff * 2).min(RECONNECT_MAX_BACKOFF);
+    }
+}
+
+/// Waits `d`, dropping requests meanwhile (they would be stale on a new connection).
+async fn drain_while_down(out_rx: &mut mpsc::Receiver<ClientMsg>, d: Duration) {
+    let until = Instant::now() + d;
+    while let Ok(Some(m)) = tokio::time::timeout_at(until, out_rx.recv()).await {
+        info!(?m, "dropped: not connected to the server");
+    }
+}

@@ -1,0 +1,429 @@
+//! Named services over peer links (frp's xtcp, over TCP): `peer serve` offers a local
+//! TCP service under a name; `peer connect` opens a local listener whose connections
+//! reach it. All connections of a visitor share one link as yamux streams.
+//!
+//! A link is direct when punching works: one attempt, so that the first connection
+//! waits at most one punch window; otherwise it runs relayed through the server at
+//! once, end-to-end encrypted with a key from the secret, and the visitor keeps trying
+//! to go direct in the background with backoff. Once direct, new streams use the
+//! direct link and old ones finish on the relay.
+//!
+//! Every stream starts with a header naming the service (`[1, len_hi, len_lo, name]`),
+//! so an owner never serves a stream meant for something else.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use common::{
+    defaults::{REPUNCH_FIRST_BACKOFF, REPUNCH_MAX_BACKOFF, SERVICE_DIRECT_ATTEMPTS},
+    mux::{Mux, MuxConfig, MuxStream, Role},
+    proto::{ClientMsg, ServerMsg},
+    secure::Psk,
+    splice::{self, Counter},
+};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+    sync::{mpsc, Mutex, Semaphore},
+    task::JoinSet,
+    time::Instant,
+};
+use tracing::{debug, info, info_span, warn, Instrument};
+
+use crate::{
+    client::{ClientError, ServerConfig},
+    hub::{Hub, HubEvent},
+    link::{self, LinkError, LinkInfo, Path, SessionIo, Strategy},
+};
+
+/// Stream header version byte.
+const HEADER_V1: u8 = 1;
+/// How long an owner waits for a stream's header.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a visitor waits for the server to pair it with the owner.
+const PAIR_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The link key of a service: from its name and secret. The server never sees it.
+pub fn service_psk(name: &str, secret: &str) -> Psk {
+    Psk::derive("service", &[name, secret])
+}
+
+/// Why a service command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// The server connection failed for good (wrong token).
+    #[error(transparent)]
+    Server(#[from] ClientError),
+    /// The server refused the request.
+    #[error("rendezvous server refused: {0}")]
+    Refused(String),
+    /// The link could not be made.
+    #[error(transparent)]
+    Link(#[from] LinkError),
+    /// The local listener could not be opened.
+    #[error("cannot listen on {addr}: {err}")]
+    Listen {
+        /// Where.
+        addr: SocketAddr,
+        /// Why.
+        err: std::io::Error,
+    },
+}
+
+/// What the owner serves.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// The service's name.
+    pub name: String,
+    /// The local service every stream is connected to.
+    pub local: SocketAddr,
+    /// The shared secret.
+    pub secret: String,
+    /// Most links (visitors) at once.
+    pub max_links: usize,
+    /// Most streams at once per link.
+    pub max_streams: usize,
+}
+
+fn status(msg: &str) {
+    eprintln!("punchline: {msg}");
+}
+
+/// Runs the owner side until a fatal error.
+pub async fn serve(cfg: ServerConfig, svc: ServeConfig) -> Result<(), ServiceError> {
+    let mut hub = Hub::start(cfg.clone(), Some(ClientMsg::Register { name: svc.name.clone() }));
+    let svc = Arc::new(svc);
+    let links = Arc::new(Semaphore::new(svc.max_links));
+    let mut tasks = JoinSet::new();
+    loop {
+        let Some(ev) = hub.events.recv().await else { return Ok(()) };
+        match ev {
+            HubEvent::Fatal(e) => return Err(e.into()),
+            HubEvent::Up | HubEvent::Down(_) => {}
+            HubEvent::Msg(ServerMsg::Registered { name }) => {
+                status(&format!("service {name:?} registered; serving {}", svc.local))
+            }
+            HubEvent::Msg(ServerMsg::Refused(r)) => return Err(ServiceError::Refused(r)),
+            HubEvent::Msg(ServerMsg::Incoming { session, name, visitor }) => {
+                if name != svc.name {
+                    continue;
+                }
+                let Ok(permit) = links.clone().try_acquire_owned() else {
+                    warn!(%visitor, max = svc.max_links, "link refused: too many links");
+                    let _ = hub.tx.try_send(ClientMsg::Report {
+                        session,
+                        outcome: common::proto::Outcome::GaveUp { reason: "owner at its link limit".into() },
+                    });
+                    continue;
+                };
+                let rx = hub.route(session);
+                let (cfg, svc, tx) = (cfg.clone(), svc.clone(), hub.tx.clone());
+                tasks.spawn(
+                    async move {
+                        owner_link(cfg, svc, tx, rx, session).await;
+                        drop(permit);
+                    }
+                    .instrument(info_span!("link", %visitor)),
+                );
+            }
+            HubEvent::Msg(other) => debug!(?other, "ignored"),
+        }
+        while tasks.try_join_next().is_some() {}
+    }
+}
+
+async fn owner_link(
+    cfg: ServerConfig,
+    svc: Arc<ServeConfig>,
+    tx: mpsc::Sender<ClientMsg>,
+    mut rx: mpsc::Receiver<ServerMsg>,
+    ticket: u64,
+) {
+    let psk = service_psk(&svc.name, &svc.secret);
+    let io = SessionIo { tx: &tx, rx: &mut rx };
+    let strategy = Strategy { attempts: SERVICE_DIRECT_ATTEMPTS, relay: true };
+    let (stream, info) = match link::establish(&cfg, io, ticket, false, &psk, strategy).await {
+        Ok(x) => x,
+        Err(LinkError::WrongSecret) => {
+            warn!("a visitor presented a wrong secret; nothing exposed");
+            status("refused a visitor with a wrong secret");
+            return;
+        }
+        Err(e) => {
+            warn!(%e, "link failed");
+            return;
+        }
+    };
+    info!(path = %info.path, remote = %info.remote, "link up");
+    let mux_cfg = MuxConfig { max_streams: svc.max_streams, ..MuxConfig::default() };
+    let (mux, inbound) = Mux::start(stream, Role::Server, mux_cfg.clone());
+    let mut streams = JoinSet::new();
+    let mut inbounds = vec![inbound];
+    let mut muxes = vec![mux];
+    loop {
+        // Accept streams from every link of this session (relay and, later, direct).
+        let next = async {
+            let (s, i, _) = futures::future::select_all(inbounds.iter_mut().map(|r| Box::pin(r.recv()))).await;
+            (s, i)
+        };
+        tokio::select! {
+            (s, i) = next => match s {
+                Some(s) => { streams.spawn(serve_stream(svc.clone(), s)); }
+                None => {
+                    inbounds.remove(i);
+                    muxes.remove(i);
+                    if inbounds.is_empty() { break; }
+                }
+            },
+            m = rx.recv() => match m {
+                Some(ServerMsg::Repunch { attempt, .. }) => {
+                    match link::direct_attempt(&cfg, &tx, &mut rx, ticket, attempt, false, &psk).await {
+                        Ok((stream, info)) => {
+                            info!(remote = %info.remote, "link upgraded to direct");
+                            let (mux, inbound) = Mux::start(stream, Role::Server, mux_cfg.clone());
+                            inbounds.push(inbound);
+                            muxes.push(mux);
+                        }
+                        Err(e) => debug!(?e, "background attempt failed"),
+                    }
+                }
+                Some(other) => debug!(?other, "ignored"),
+                // The server connection is gone; the links stay until they end.
+                None => rx = mpsc::channel(1).1,
+            },
+            Some(_) = streams.join_next(), if !streams.is_empty() => {}
+        }
+    }
+    while streams.join_next().await.is_some() {}
+    info!("link closed");
+}
+
+async fn serve_stream(svc: Arc<ServeConfig>, mut s: MuxStream) {
+    let header = async {
+        let v = s.read_u8().await?;
+        let len = s.read_u16().await? as usize;
+        let mut name = vec![0u8; len];
+        s.read_exact(&mut name).await?;
+        Ok::<_, std::io::Error>((v, name))
+    };
+    match tokio::time::timeout(HEADER_TIMEOUT, header).await {
+        Ok(Ok((HEADER_V1, name))) if name == svc.name.as_bytes() => {}
+        other => {
+            warn!(?other, "stream with a bad header refused");
+            return;
+        }
+    }
+    let local = match TcpStream::connect(svc.local).await {
+        Ok(l) => l,
+        Err(e) => {
+            warn!(local = %svc.local, %e, "cannot reach the local service");
+            return;
+        }
+    };
+    let _ = local.set_nodelay(true);
+    splice_both(s, local).await;
+}
+
+/// Copies both ways with half-close; ends when both directions ended.
+async fn splice_both(a: MuxStream, b: TcpStream) {
+    let (ar, aw) = tokio::io::split(a);
+    let (br, bw) = b.into_split();
+    let (c1, c2) = (Counter::default(), Counter::default());
+    let r = tokio::join!(splice::pump(ar, bw, &c1), splice::pump(br, aw, &c2));
+    debug!(up = c1.get(), down = c2.get(), ok = r.0.is_ok() && r.1.is_ok(), "stream done");
+}
+
+/// What the visitor does.
+#[derive(Debug, Clone)]
+pub struct ConnectConfig {
+    /// The service's name.
+    pub name: String,
+    /// The shared secret.
+    pub secret: String,
+    /// The local listener.
+    pub listen: SocketAddr,
+    /// Bring the link up at once and keep it up.
+    pub keep_open: bool,
+}
+
+struct Current {
+    mux: Mux,
+    info: LinkInfo,
+}
+
+struct Visitor {
+    cfg: ServerConfig,
+    svc: ConnectConfig,
+    hub: Mutex<Hub>,
+    current: Mutex<Option<Current>>,
+}
+
+/// Runs the visitor side: a local listener whose connections reach the service.
+pub async fn connect(cfg: ServerConfig, svc: ConnectConfig) -> Result<(), ServiceError> {
+    let listener = TcpListener::bind(svc.listen)
+        .await
+        .map_err(|err| ServiceError::Listen { addr: svc.listen, err })?;
+    let local = listener.local_addr().map_err(|err| ServiceError::Listen { addr: svc.listen, err })?;
+    println!("listening on {local}");
+    let keep_open = svc.keep_open;
+    let v = Arc::new(Visitor { hub: Mutex::new(Hub::start(cfg.clone(), None)), cfg, svc, current: Mutex::new(None) });
+    if keep_open {
+        v.link().await?;
+    }
+    let mut tasks = JoinSet::new();
+    loop {
+        tokio::select! {
+            acc = listener.accept() => match acc {
+                Ok((conn, from)) => {
+                    let v = v.clone();
+                    tasks.spawn(async move { v.forward(conn).await }.instrument(info_span!("conn", %from)));
+                }
+                Err(e) => {
+                    warn!(%e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+        }
+    }
+}
+
+impl Visitor {
+    async fn forward(self: Arc<Self>, conn: TcpStream) {
+        let _ = conn.set_nodelay(true);
+        let mux = match self.link().await {
+            Ok(m) => m,
+            Err(e) => {
+                status(&format!("error: {e}"));
+                return;
+            }
+        };
+        let mut s = match mux.open().await {
+            Ok(s) => s,
+            Err(e) => {
+                status(&format!("error: cannot open a stream: {e}"));
+                return;
+            }
+        };
+        let name = self.svc.name.as_bytes();
+        let mut header = vec![HEADER_V1];
+        header.extend_from_slice(&(name.len() as u16).to_be_bytes());
+        header.extend_from_slice(name);
+        if let Err(e) = s.write_all(&header).await {
+            status(&format!("error: stream refused: {e}"));
+            return;
+        }
+        splice_both(s, conn).await;
+    }
+
+    /// The current link's mux, bringing a link up if there is none.
+    async fn link(self: &Arc<Self>) -> Result<Mux, ServiceError> {
+        let mut cur = self.current.lock().await;
+        if let Some(c) = cur.as_ref() {
+            if !c.mux.is_closed() {
+                return Ok(c.mux.clone());
+            }
+            info!(path = %c.info.path, "link closed; making a new one");
+        }
+        let started = Instant::now();
+        let (ticket, rx) = self.pair().await?;
+        let mut rx = rx;
+        let psk = service_psk(&self.svc.name, &self.svc.secret);
+        let tx = self.hub.lock().await.tx.clone();
+        let io = SessionIo { tx: &tx, rx: &mut rx };
+        let strategy = Strategy { attempts: SERVICE_DIRECT_ATTEMPTS, relay: true };
+        let (stream, info) = link::establish(&self.cfg, io, ticket, true, &psk, strategy).await?;
+        status(&format!(
+            "link up: {} to service {:?}, remote {}, {} ms after the request",
+            info.path,
+            self.svc.name,
+            info.remote,
+            started.elapsed().as_millis()
+        ));
+        let (mux, _inbound) = Mux::start(stream, Role::Client, MuxConfig::default());
+        if info.path == Path::Relayed {
+            tokio::spawn(self.clone().upgrade(ticket, rx, tx));
+        }
+        *cur = Some(Current { mux: mux.clone(), info });
+        Ok(mux)
+    }
+
+    async fn pair(&self) -> Result<(u64, mpsc::Receiver<ServerMsg>), ServiceError> {
+        let mut hub = self.hub.lock().await;
+        // Stale events from an earlier request or connection are of no use now.
+        while let Ok(ev) = hub.events.try_recv() {
+            if let HubEvent::Fatal(e) = ev {
+                return Err(e.into());
+            }
+        }
+        hub.tx
+            .send(ClientMsg::Connect { name: self.svc.name.clone() })
+            .await
+            .map_err(|_| ServiceError::Refused("not connected to the rendezvous server".into()))?;
+        let deadline = Instant::now() + PAIR_TIMEOUT;
+        loop {
+            let ev = tokio::time::timeout_at(deadline, hub.events.recv())
+                .await
+                .map_err(|_| ServiceError::Refused(format!("no answer from the rendezvous server within {PAIR_TIMEOUT:?}")))?;
+            match ev {
+                Some(HubEvent::Msg(ServerMsg::Paired { session, .. })) => return Ok((session, hub.route(session))),
+                Some(HubEvent::Msg(ServerMsg::Refused(r))) => return Err(ServiceError::Refused(r)),
+                Some(HubEvent::Fatal(e)) => return Err(e.into()),
+                Some(HubEvent::Down(why)) => {
+                    return Err(ServiceError::Refused(format!("rendezvous server unreachable: {why}")))
+                }
+                Some(_) => {}
+                None => return Err(ServiceError::Refused("internal: hub stopped".into())),
+            }
+        }
+    }
+
+    /// While the link is relayed, keeps asking for direct attempts with backoff; on
+    /// success, new streams use the direct link and the relayed one is closed once its
+    /// streams have finished.
+    async fn upgrade(self: Arc<Self>, ticket: u64, mut rx: mpsc::Receiver<ServerMsg>, tx: mpsc::Sender<ClientMsg>) {
+        let psk = service_psk(&self.svc.name, &self.svc.secret);
+        let mut backoff = REPUNCH_FIRST_BACKOFF;
+        loop {
+            tokio::time::sleep(backoff).await;
+            let relayed = match self.current.lock().await.as_ref() {
+                Some(c) if c.info.path == Path::Relayed && !c.mux.is_closed() => c.mux.clone(),
+                _ => return,
+            };
+            if tx.send(ClientMsg::Repunch { session: ticket }).await.is_err() {
+                return;
+            }
+            let attempt = loop {
+                match tokio::time::timeout(PAIR_TIMEOUT, rx.recv()).await {
+                    Ok(Some(ServerMsg::Repunch { attempt, .. })) => break Some(attempt),
+                    Ok(Some(ServerMsg::PeerGone { .. })) | Ok(None) => return,
+                    Ok(Some(_)) => {}
+                    Err(_) => break None,
+                }
+            };
+            let Some(attempt) = attempt else { continue };
+            match link::direct_attempt(&self.cfg, &tx, &mut rx, ticket, attempt, true, &psk).await {
+                Ok((stream, info)) => {
+                    status(&format!("link upgraded: direct, remote {}, attempt {attempt}", info.remote));
+                    let (mux, _inbound) = Mux::start(stream, Role::Client, MuxConfig::default());
+                    *self.current.lock().await = Some(Current { mux, info });
+                    // Old streams finish on the relay; then it closes.
+                    tokio::spawn(async move {
+                        while relayed.active_streams() > 0 && !relayed.is_closed() {
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                        }
+                        relayed.close();
+                    });
+                    return;
+                }
+                Err(link::AttemptError::Fatal(e)) => {
+                    debug!(%e, "no more background attempts");
+                    return;
+                }
+                Err(link::AttemptError::Failed(reason)) => {
+                    debug!(%reason, next_in = ?backoff, "background attempt failed");
+                    backoff = (backoff * 2).min(REPUNCH_MAX_BACKOFF);
+                }
+            }
+        }
+    }
+}
