@@ -2,7 +2,8 @@
 //!
 //! * `stream-check echo PORT`: listens on `0.0.0.0:PORT` (0: any), prints
 //!   `listening on ADDR`, and echoes every connection back, passing the half-close
-//!   through (it shuts down its write side after the client's EOF).
+//!   through (it shuts down its write side after the client's EOF); prints
+//!   `accepted from ADDR` for each connection.
 //! * `stream-check run ADDR --streams K --bytes N`: opens K connections at once, sends
 //!   N deterministic bytes on each, half-closes, reads the echo and compares sha256.
 //!   Prints `ok streams=K bytes_each=N secs=S mbit_per_s=X` (payload one way) or
@@ -35,6 +36,9 @@ fn echo(port: u16) -> std::io::Result<()> {
     println!("listening on {}", l.local_addr()?);
     for conn in l.incoming() {
         let Ok(mut c) = conn else { continue };
+        if let Ok(peer) = c.peer_addr() {
+            println!("accepted from {peer}");
+        }
         std::thread::spawn(move || {
             let Ok(mut w) = c.try_clone() else { return };
             let _ = std::io::copy(&mut c, &mut w);
