@@ -175,6 +175,11 @@ pub async fn run(
     let socket = reusable_socket(any_addr(server, 0)).map_err(connect_err)?;
     let mut conn = socket.connect(server).await.map_err(connect_err)?;
     let local = conn.local_addr().map_err(ClassicError::Server)?;
+    // Client1 may wait long for a partner: keepalives turn a server that vanished
+    // into an error instead of an endless wait.
+    if let Err(err) = set_link_options(&conn) {
+        debug!(%err, "cannot set keepalives on the server connection");
+    }
     debug!(%server, %local, "connected to the classic server");
     let mut lines = LineReader::default();
     let role = parse_role(&lines.next(&mut conn).await?)?;
@@ -211,10 +216,11 @@ async fn client1(client2: SocketAddr, count: Option<u32>) -> Result<(), ClassicE
     let mut tick = tokio::time::interval(SEND_INTERVAL);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut sent = 0u32;
-    while count.map_or(true, |n| sent < n) {
+    // Forever when there is no count.
+    while count != Some(sent) {
         tick.tick().await;
         link.write_all(MESSAGE).await.map_err(ClassicError::Link)?;
-        sent += 1;
+        sent = sent.saturating_add(1);
         debug!(sent, "message sent");
     }
     link.shutdown().await.map_err(ClassicError::Link)?;
@@ -497,7 +503,7 @@ mod tests {
 
     #[tokio::test]
     async fn reads_lines_that_arrive_together_or_in_pieces() -> Result<(), ClassicError> {
-        let mut input: &[u8] = b"first\n\0127.0.0.1 9\n\0";
+        let mut input: &[u8] = b"first\n\x00127.0.0.1 9\n\0";
         let mut lines = LineReader::default();
         assert_eq!(lines.next(&mut input).await?, b"first\n");
         assert_eq!(lines.next(&mut input).await?, b"127.0.0.1 9\n");

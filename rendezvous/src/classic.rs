@@ -19,16 +19,20 @@
 //! client stalls nobody, and the server holds at most one connection (the waiting
 //! client1) at any time.
 //!
-//! Two things the C server does not do: when a second client arrives, the waiting
-//! client1 is checked first (a non-blocking `MSG_PEEK` of one byte). If it has left
-//! (EOF or error) or has sent anything (so it is no classic client), it is dropped
-//! and the newcomer becomes the first. And a newcomer whose line cannot be sent
-//! leaves client1 waiting for the next one. Addresses are printed like the C server's
-//! `inet_ntoa` for IPv4 (IPv4-mapped IPv6 addresses too, when listening on `[::]`);
-//! a genuine IPv6 client gets its address in the usual IPv6 text form.
+//! What the C server does not do: when a second client arrives, the waiting client1
+//! is checked first (a non-blocking `MSG_PEEK` of one byte). If it has left (EOF, or
+//! an error such as a keepalive timeout) or has sent anything (so it is no classic
+//! client), it is dropped and the newcomer becomes the first. And a newcomer whose
+//! line cannot be sent leaves client1 waiting for the next one.
+//!
+//! Addresses are printed as the C server's `inet_ntoa` prints them for IPv4 (also for
+//! IPv4-mapped IPv6 addresses, when listening on `[::]`); a genuine IPv6 client gets
+//! its address in the usual IPv6 text form, which our client accepts and the C one
+//! does not.
 
 use std::{io, mem::MaybeUninit, net::SocketAddr, time::Duration};
 
+use common::net::set_link_options;
 use socket2::SockRef;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -41,16 +45,16 @@ pub const FIRST_LINE: &[u8] = b"first\n\0";
 /// Pause after the first of a run of failed `accept`s (out of file descriptors, a
 /// connection reset before it was accepted). It doubles after each further failure.
 /// Short, because the usual cause (a reset connection) is already gone.
-const ACCEPT_BACKOFF_START: Duration = Duration::from_millis(50);
+pub const ACCEPT_BACKOFF_START: Duration = Duration::from_millis(50);
 
 /// Longest pause between two `accept`s that fail in a row: file descriptors may take
 /// a while to be freed, but the server should come back within seconds when they are.
-const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(5);
+pub const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// After this many failed `accept`s in a row (about two minutes of nothing but
 /// failures with the pauses above) the listener itself is taken to be broken, and
 /// [`serve`] returns the error so that a supervisor can restart the process.
-const ACCEPT_MAX_FAILURES: u32 = 30;
+pub const ACCEPT_MAX_FAILURES: u32 = 30;
 
 /// A connected client, with its address as this server sees it.
 #[derive(Debug)]
@@ -125,6 +129,11 @@ fn arrive(waiting: Option<Client>, newcomer: Client) -> Option<Client> {
     }
     match send_now(&newcomer.stream, FIRST_LINE) {
         Ok(()) => {
+            // Keepalives, so that a client1 that vanishes without closing (power cut,
+            // NAT reboot) shows as an error to `still_waiting` within seconds.
+            if let Err(err) = set_link_options(&newcomer.stream) {
+                debug!(client1 = %newcomer.addr, %err, "cannot set keepalives");
+            }
             info!(client1 = %newcomer.addr, "first client: waiting for a second");
             Some(newcomer)
         }
@@ -260,30 +269,52 @@ mod tests {
         timeout(LIMIT, task).await??
     }
 
+    /// A connected pair: the server's side (as `serve` holds it) and the client's.
+    async fn connection() -> io::Result<(Client, TcpStream)> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let client = TcpStream::connect(listener.local_addr()?).await?;
+        let (stream, addr) = listener.accept().await?;
+        Ok((Client { stream, addr }, client))
+    }
+
+    /// Polls [`still_waiting`] until it fails (bounded); returns the error kind.
+    async fn until_gone(client: &Client) -> io::Result<io::ErrorKind> {
+        for _ in 0..1000 {
+            if let Err(err) = still_waiting(&client.stream) {
+                return Ok(err.kind());
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Err(io::Error::other("still waiting after 5 s"))
+    }
+
     #[tokio::test]
-    async fn a_departed_or_talking_first_is_replaced() -> io::Result<()> {
-        let (addr, token, task) = start().await?;
-        // Gone before anyone else came.
-        let mut gone = TcpStream::connect(addr).await?;
-        assert_eq!(read_exact(&mut gone, 7).await?, FIRST_LINE);
-        drop(gone);
-        let mut talker = TcpStream::connect(addr).await?;
-        assert_eq!(read_exact(&mut talker, 7).await?, FIRST_LINE);
-        // Not a classic client: it talks.
-        talker.write_all(b"GET / HTTP/1.0\r\n\r\n").await?;
-        let mut a = TcpStream::connect(addr).await?;
-        assert_eq!(read_exact(&mut a, 7).await?, FIRST_LINE);
-        let mut b = TcpStream::connect(addr).await?;
-        let (pa, pb) = (port(&a)?, port(&b)?);
-        assert_eq!(
-            read_to_end(&mut b).await?,
-            format!("127.0.0.1 {pa} {pb}\n\0").as_bytes()
-        );
-        assert_eq!(
-            read_to_end(&mut a).await?,
-            format!("127.0.0.1 {pb}\n\0").as_bytes()
-        );
-        token.cancel();
-        timeout(LIMIT, task).await??
+    async fn a_waiting_client_that_left_or_talked_is_noticed() -> io::Result<()> {
+        let (quiet, _quiet_peer) = connection().await?;
+        assert!(still_waiting(&quiet.stream).is_ok());
+
+        let (gone, gone_peer) = connection().await?;
+        drop(gone_peer);
+        assert_eq!(until_gone(&gone).await?, io::ErrorKind::UnexpectedEof);
+
+        let (talker, mut talker_peer) = connection().await?;
+        talker_peer.write_all(b"hello").await?;
+        assert_eq!(until_gone(&talker).await?, io::ErrorKind::InvalidData);
+        // Noticing does not consume: the bytes are still unread.
+        assert_eq!(until_gone(&talker).await?, io::ErrorKind::InvalidData);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_newcomer_replaces_a_waiting_client_that_left() -> io::Result<()> {
+        let (gone, gone_peer) = connection().await?;
+        drop(gone_peer);
+        until_gone(&gone).await?;
+        let (newcomer, mut newcomer_peer) = connection().await?;
+        let newcomer_addr = newcomer.addr;
+        let waiting = arrive(Some(gone), newcomer);
+        assert_eq!(waiting.map(|c| c.addr), Some(newcomer_addr));
+        assert_eq!(read_exact(&mut newcomer_peer, 7).await?, FIRST_LINE);
+        Ok(())
     }
 }
