@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the tests and the NAT lab need on a fresh Debian machine (as root):
 # nftables and iproute2 for the lab's NATs and namespaces, ethtool to turn off veth
-# offloads for the lab's delay program, a C compiler for the original C demo programs.
+# offloads for the lab's delay program, a C compiler for the original C demo programs,
+# coturn and stun-client for the STUN interoperability tests.
 set -euo pipefail
 need=()
 command -v nft >/dev/null || need+=(nftables)
@@ -9,6 +10,10 @@ command -v ip >/dev/null || need+=(iproute2)
 command -v ethtool >/dev/null || need+=(ethtool)
 command -v cc >/dev/null || need+=(gcc libc6-dev)
 command -v ping >/dev/null || need+=(iputils-ping)
+# STUN interoperability (tests/tests/stun.rs): coturn as a reference server (and its
+# turnutils_natdiscovery RFC 5780 client), stun-client's RFC 3489 `stun`.
+command -v turnserver >/dev/null || need+=(coturn)
+command -v stun >/dev/null || need+=(stun-client)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then
     echo "setup: installing ${need[*]}" >&2

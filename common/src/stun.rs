@@ -370,7 +370,10 @@ mod tests {
         let good = binding_request([0; 12], Change::PORT).unwrap();
         assert!(decode(&good).is_ok());
         assert_eq!(decode(&good[..19]), Err(DecodeError::Truncated(19)));
-        assert!(matches!(decode(&good[..24]), Err(DecodeError::Length { .. })));
+        assert!(matches!(
+            decode(&good[..24]),
+            Err(DecodeError::Length { .. })
+        ));
         let mut no_cookie = good.clone();
         no_cookie[4] = 0;
         assert_eq!(decode(&no_cookie), Err(DecodeError::NoCookie));

@@ -520,18 +520,26 @@ enum Held {
 
 /// One Binding request over TCP from `sock` to `dest`: the connection and the
 /// answer.
-async fn stun_over_tcp(sock: TcpSocket, dest: SocketAddr) -> Result<(TcpStream, Message), TcpTestError> {
+async fn stun_over_tcp(
+    sock: TcpSocket,
+    dest: SocketAddr,
+) -> Result<(TcpStream, Message), TcpTestError> {
     let exchange = async {
         let mut stream = sock.connect(dest).await?;
         let tid = new_tid();
-        let req = stun::binding_request(tid, Change::NONE).map_err(|e| TcpTestError::Stun(e.to_string()))?;
+        let req = stun::binding_request(tid, Change::NONE)
+            .map_err(|e| TcpTestError::Stun(e.to_string()))?;
         stream.write_all(&req).await?;
         let bytes = stun::read_message(&mut stream).await?;
         let msg = stun::decode(&bytes).map_err(|e| TcpTestError::Stun(e.to_string()))?;
         if msg.tid != tid {
             return Err(TcpTestError::Stun("answer to another transaction".into()));
         }
-        mapped(&Some(Heard { from: dest, msg: msg.clone() })).map_err(TcpTestError::Stun)?;
+        mapped(&Some(Heard {
+            from: dest,
+            msg: msg.clone(),
+        }))
+        .map_err(TcpTestError::Stun)?;
         Ok((stream, msg))
     };
     tokio::time::timeout(STUN_TEST_TIMEOUT, exchange)
@@ -551,7 +559,9 @@ async fn first_tcp(
         }
         Target::Stun(addr) => {
             let (s, msg) = stun_over_tcp(sock, *addr).await?;
-            let public = msg.mapped.ok_or_else(|| TcpTestError::Stun("no mapped address".into()))?;
+            let public = msg
+                .mapped
+                .ok_or_else(|| TcpTestError::Stun("no mapped address".into()))?;
             Ok((Held::Stream(s), public, msg.other))
         }
     }
@@ -585,7 +595,14 @@ async fn tcp_suite(target: &Target, other: Option<SocketAddr>) -> Result<Transpo
     let other = other.or(stun_other);
     let mapping = async {
         let Some(other) = other else {
-            return (Err("the server's alternate address is unknown (no OTHER-ADDRESS over UDP)".to_string()), Vec::new(), Vec::new());
+            return (
+                Err(
+                    "the server's alternate address is unknown (no OTHER-ADDRESS over UDP)"
+                        .to_string(),
+                ),
+                Vec::new(),
+                Vec::new(),
+            );
         };
         let two_ips = other.ip() != primary.ip();
         let dests = if two_ips {
@@ -598,13 +615,22 @@ async fn tcp_suite(target: &Target, other: Option<SocketAddr>) -> Result<Transpo
         for dest in dests {
             let sock = match reusable_socket(local) {
                 Ok(s) => s,
-                Err(e) => return (Err(format!("cannot share the local port: {e}")), obs, streams),
+                Err(e) => {
+                    return (
+                        Err(format!("cannot share the local port: {e}")),
+                        obs,
+                        streams,
+                    )
+                }
             };
             match stun_over_tcp(sock, dest).await {
                 Ok((s, msg)) => {
                     streams.push(s);
                     if let Some(public) = msg.mapped {
-                        obs.push(Observation { server: dest, public });
+                        obs.push(Observation {
+                            server: dest,
+                            public,
+                        });
                     }
                 }
                 Err(e) => return (Err(format!("{dest}: {e}")), obs, streams),
@@ -617,7 +643,9 @@ async fn tcp_suite(target: &Target, other: Option<SocketAddr>) -> Result<Transpo
         let result = match (two_ips, obs.as_slice()) {
             (true, [o2]) => Ok(classify_mapping(m1, o2.public, None)),
             (true, [o2, o3]) => Ok(classify_mapping(m1, o2.public, Some(o3.public))),
-            (false, [o2]) if o2.public == m1 => Ok(Behaviour::EndpointIndependentOrAddressDependent),
+            (false, [o2]) if o2.public == m1 => {
+                Ok(Behaviour::EndpointIndependentOrAddressDependent)
+            }
             (false, [_]) => Ok(Behaviour::AddressAndPortDependent),
             _ => Err("no answer from the alternate endpoints".to_string()),
         };
@@ -667,7 +695,11 @@ async fn tcp_hairpin(listener: &TcpListener, public: SocketAddr) -> bool {
                 return false;
             };
             let mut got = [0u8; 8];
-            if tokio::io::AsyncReadExt::read_exact(&mut s, &mut got).await.is_ok() && got == nonce {
+            if tokio::io::AsyncReadExt::read_exact(&mut s, &mut got)
+                .await
+                .is_ok()
+                && got == nonce
+            {
                 return true;
             }
         }
@@ -678,7 +710,9 @@ async fn tcp_hairpin(listener: &TcpListener, public: SocketAddr) -> bool {
             ok = accept => ok,
         }
     };
-    tokio::time::timeout(STUN_TEST_TIMEOUT, race).await.unwrap_or(false)
+    tokio::time::timeout(STUN_TEST_TIMEOUT, race)
+        .await
+        .unwrap_or(false)
 }
 
 // ---------------------------------------------------------------------------------
@@ -775,7 +809,10 @@ fn transport_text(out: &mut String, title: &str, t: &Transport) {
     if seen.len() > 1 {
         let _ = writeln!(out, "                   ({})", seen.join(", "));
     }
-    let filtering = t.filtering.map(Behaviour::describe).unwrap_or("not measured");
+    let filtering = t
+        .filtering
+        .map(Behaviour::describe)
+        .unwrap_or("not measured");
     let _ = writeln!(out, "  filtering        {filtering}");
     let _ = writeln!(out, "  hairpinning      {}", yes_no(t.hairpinning));
     for n in &t.notes {
@@ -824,9 +861,15 @@ mod tests {
     #[test]
     fn mapping_classes() {
         let m1 = a("203.0.113.21:4000");
-        assert_eq!(classify_mapping(m1, m1, None), Behaviour::EndpointIndependent);
+        assert_eq!(
+            classify_mapping(m1, m1, None),
+            Behaviour::EndpointIndependent
+        );
         let m2 = a("203.0.113.21:4001");
-        assert_eq!(classify_mapping(m1, m2, Some(m2)), Behaviour::AddressDependent);
+        assert_eq!(
+            classify_mapping(m1, m2, Some(m2)),
+            Behaviour::AddressDependent
+        );
         assert_eq!(
             classify_mapping(m1, m2, Some(a("203.0.113.21:4002"))),
             Behaviour::AddressAndPortDependent
@@ -862,7 +905,10 @@ mod tests {
             verdict: v,
             notes: vec![],
         });
-        assert!(text.contains("Direct links will work with peers behind any NAT"), "{text}");
+        assert!(
+            text.contains("Direct links will work with peers behind any NAT"),
+            "{text}"
+        );
         let json = serde_json::to_value(transport(eim, Some(apd))).unwrap();
         assert_eq!(json["mapping"], "endpoint-independent");
         assert_eq!(json["filtering"], "address-and-port-dependent");

@@ -129,7 +129,8 @@ impl Responder {
         for i in 0..2 {
             for p in 0..2 {
                 if socks[i][p].is_some() {
-                    let (layout, socks, token) = (self.layout.clone(), socks.clone(), shutdown.clone());
+                    let (layout, socks, token) =
+                        (self.layout.clone(), socks.clone(), shutdown.clone());
                     tracker.spawn(serve_udp(layout, socks, (i, p), token));
                 }
             }
@@ -395,7 +396,10 @@ pub(crate) fn answer(
     if !msg.unknown_required.is_empty() {
         return error(420, "Unknown Attribute", &msg.unknown_required);
     }
-    let to = (at.0 ^ usize::from(msg.change.ip), at.1 ^ usize::from(msg.change.port));
+    let to = (
+        at.0 ^ usize::from(msg.change.ip),
+        at.1 ^ usize::from(msg.change.port),
+    );
     if !layout.has(to) {
         return if layout.has_alternate() {
             error(400, "no alternate IP address", &[])
@@ -413,7 +417,13 @@ pub(crate) fn answer(
     let candidates = [
         (full, true),
         (full, false),
-        (Reply { origin: None, ..full }, false),
+        (
+            Reply {
+                origin: None,
+                ..full
+            },
+            false,
+        ),
         (
             Reply {
                 origin: None,
@@ -466,7 +476,10 @@ mod legacy {
         bound: usize,
     ) -> Option<(Slot, Vec<u8>)> {
         let change = change_request(&req[HEADER_LEN..])?;
-        let to = (at.0 ^ usize::from(change.ip), at.1 ^ usize::from(change.port));
+        let to = (
+            at.0 ^ usize::from(change.ip),
+            at.1 ^ usize::from(change.port),
+        );
         let mut out = Vec::with_capacity(HEADER_LEN + 60);
         if layout.has(to) {
             out.extend_from_slice(&0x0101u16.to_be_bytes());
@@ -560,7 +573,13 @@ mod tests {
             (Change::NONE, (0, 0)),
             (Change::PORT, (0, 1)),
             (Change::BOTH, (1, 1)),
-            (Change { ip: true, port: false }, (1, 0)),
+            (
+                Change {
+                    ip: true,
+                    port: false,
+                },
+                (1, 0),
+            ),
         ] {
             let req = binding_request([9; 12], change).unwrap();
             let (to, bytes) = answer(&l, (0, 0), from(), &req).unwrap();
@@ -594,7 +613,11 @@ mod tests {
         for i in 0..2 {
             for p in 0..2 {
                 l.present[i][p] = true;
-                l.names[i][p] = Some(format!("[2001:db8::{}]:{}", i + 1, 3478 + p).parse().unwrap());
+                l.names[i][p] = Some(
+                    format!("[2001:db8::{}]:{}", i + 1, 3478 + p)
+                        .parse()
+                        .unwrap(),
+                );
             }
         }
         let v6: SocketAddr = "[2001:db8:ffff::7]:40000".parse().unwrap();
@@ -615,9 +638,15 @@ mod tests {
         assert_eq!(to, (1, 1));
         assert_eq!(&bytes[..2], &[1, 1]);
         assert_eq!(&bytes[4..20], &[0xab; 16]);
-        assert_eq!(usize::from(u16::from_be_bytes([bytes[2], bytes[3]])), bytes.len() - 20);
+        assert_eq!(
+            usize::from(u16::from_be_bytes([bytes[2], bytes[3]])),
+            bytes.len() - 20
+        );
         // MAPPED-ADDRESS first: family 1, port 40000, 198.51.100.7.
-        assert_eq!(&bytes[20..32], &[0, 1, 0, 8, 0, 1, 0x9c, 0x40, 198, 51, 100, 7]);
+        assert_eq!(
+            &bytes[20..32],
+            &[0, 1, 0, 8, 0, 1, 0x9c, 0x40, 198, 51, 100, 7]
+        );
         assert!(bytes.len() <= req.len() * STUN_AMPLIFICATION);
         // Truncated attributes: dropped.
         req[3] = 12;
@@ -635,7 +664,13 @@ mod tests {
         indication[1] = 0x11;
         let mut wrong_len = good.clone();
         wrong_len[3] = 4;
-        for junk in [&good[..10], &response, &indication, &wrong_len, &[0xffu8; 64][..]] {
+        for junk in [
+            &good[..10],
+            &response,
+            &indication,
+            &wrong_len,
+            &[0xffu8; 64][..],
+        ] {
             assert!(answer(&l, (0, 0), from(), junk).is_none(), "{junk:?}");
         }
     }
