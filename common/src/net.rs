@@ -106,3 +106,28 @@ impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Prefixed<T> {
 /// The transport under every peer-to-peer link: a punched TCP connection, or a relay
 /// connection to the server with the bytes that arrived with its last frame.
 pub type LinkIo = Prefixed<TcpStream>;
+
+/// Reads the header that starts a data stream (see `proto::stream_header`) and returns
+/// the name in it; fails on a wrong version, a bad name, or after `limit`.
+pub async fn read_stream_header<R: tokio::io::AsyncRead + Unpin>(
+    r: &mut R,
+    limit: std::time::Duration,
+) -> io::Result<String> {
+    use tokio::io::AsyncReadExt;
+    let read = async {
+        let v = r.read_u8().await?;
+        if v != crate::proto::STREAM_HEADER_V1 {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, format!("unknown stream header version {v}")));
+        }
+        let len = r.read_u16().await? as usize;
+        if len > crate::defaults::MAX_NAME_LEN {
+            return Err(io::Error::new(io::ErrorKind::InvalidData, "stream header name too long"));
+        }
+        let mut name = vec![0u8; len];
+        r.read_exact(&mut name).await?;
+        String::from_utf8(name).map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "stream header name is not UTF-8"))
+    };
+    tokio::time::timeout(limit, read)
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no stream header in time"))?
+}

@@ -26,6 +26,14 @@ pub enum ConnKind {
         /// The probe socket's local address (a LAN address behind a NAT).
         local: SocketAddr,
     },
+    /// The data connection of a peer that exposes services through the server: after
+    /// `Welcome` it carries yamux (the server opens one stream per user connection,
+    /// the peer accepts them). `instance` ties it to the peer's control connection
+    /// (the value the peer sent in its [`ClientMsg::Expose`] requests).
+    Data {
+        /// The peer process's random instance id.
+        instance: u64,
+    },
     /// One half of a relayed link: once the other peer's half arrives, the server
     /// sends [`ServerMsg::RelayReady`] and from then on splices raw bytes between the
     /// two connections. The link's own Noise channel runs inside, end to end: the
@@ -107,6 +115,51 @@ pub enum ClientMsg {
         /// The session.
         session: u64,
     },
+    /// Expose a local service through the server (frp's tcp and http proxies).
+    /// Answered with [`ServerMsg::Exposed`] or [`ServerMsg::Refused`]. User connections
+    /// arrive as streams on the peer's data connection ([`ConnKind::Data`]), each
+    /// starting with the stream header naming `name`.
+    Expose {
+        /// The proxy's name, unique per peer; names the streams.
+        name: String,
+        /// The peer process's random instance id: a peer that reconnects with the same
+        /// id takes its exposures back; another peer cannot take them while in use.
+        instance: u64,
+        /// What to expose.
+        spec: ExposeSpec,
+    },
+}
+
+/// What a peer exposes through the server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExposeSpec {
+    /// The server listens on `remote_port` (0: the server chooses) and carries every
+    /// connection to the peer.
+    Tcp {
+        /// The port on the server.
+        remote_port: u16,
+    },
+    /// The server routes HTTP requests on its vhost port by Host and path.
+    Http(HttpRoute),
+}
+
+/// An HTTP virtual host route (frp's http proxy options).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpRoute {
+    /// Host names served (`www.example.com`, `*.example.com`).
+    pub domains: Vec<String>,
+    /// A name under the server's subdomain host (`web` → `web.example.com`).
+    pub subdomain: Option<String>,
+    /// Path prefixes served (empty: `/`); the longest match wins.
+    pub locations: Vec<String>,
+    /// Replace the Host header sent upstream.
+    pub host_rewrite: Option<String>,
+    /// Require HTTP basic auth with this user and password.
+    pub basic_auth: Option<(String, String)>,
+    /// Headers set on requests going upstream.
+    pub request_headers: Vec<(String, String)>,
+    /// Headers set on responses going back to the client.
+    pub response_headers: Vec<(String, String)>,
 }
 
 /// Messages from the server to a peer.
@@ -168,6 +221,15 @@ pub enum ServerMsg {
     /// On a relay connection: the other half is here; from now on the connection
     /// carries raw bytes to and from the other peer.
     RelayReady,
+    /// Answer to [`ClientMsg::Expose`]: the service is reachable.
+    Exposed {
+        /// The proxy's name.
+        name: String,
+        /// For TCP: the port the server listens on (useful when 0 was asked for).
+        remote_port: Option<u16>,
+        /// For HTTP: the URLs the server routes to it.
+        urls: Vec<String>,
+    },
     /// Run one more punch attempt for a relayed session, numbered `attempt`.
     Repunch {
         /// This side's session ticket.
@@ -175,4 +237,18 @@ pub enum ServerMsg {
         /// The attempt number to put in the probe's `Hello`.
         attempt: u8,
     },
+}
+
+/// Version byte of the header that starts every data stream.
+pub const STREAM_HEADER_V1: u8 = 1;
+
+/// The header that starts every data stream (service links and exposures alike):
+/// version, name length (u16, big endian), the name of the service or proxy.
+pub fn stream_header(name: &str) -> Vec<u8> {
+    let name = &name.as_bytes()[..name.len().min(u16::MAX as usize)];
+    let mut h = Vec::with_capacity(3 + name.len());
+    h.push(STREAM_HEADER_V1);
+    h.extend_from_slice(&(name.len() as u16).to_be_bytes());
+    h.extend_from_slice(name);
+    h
 }

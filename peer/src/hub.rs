@@ -54,7 +54,7 @@ impl Drop for Hub {
 
 impl Hub {
     /// Starts the hub; `hello` is sent after every (re)connection (e.g. `Register`).
-    pub fn start(cfg: ServerConfig, hello: Option<ClientMsg>) -> Hub {
+    pub fn start(cfg: ServerConfig, hello: Vec<ClientMsg>) -> Hub {
         let (tx, out_rx) = mpsc::channel(64);
         let (ev_tx, events) = mpsc::channel(64);
         let routes: Routes = Arc::default();
@@ -82,7 +82,7 @@ fn ticket_of(msg: &ServerMsg) -> Option<u64> {
 
 async fn run(
     cfg: ServerConfig,
-    hello: Option<ClientMsg>,
+    hello: Vec<ClientMsg>,
     mut out_rx: mpsc::Receiver<ClientMsg>,
     events: mpsc::Sender<HubEvent>,
     routes: Routes,
@@ -104,7 +104,7 @@ async fn run(
             }
         };
         let up_since = Instant::now();
-        if let Some(h) = &hello {
+        for h in &hello {
             let _ = control.send(h.clone()).await;
         }
         info!(server = %cfg.addr, "connected to the rendezvous server");

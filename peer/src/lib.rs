@@ -11,3 +11,4 @@ pub mod natcheck;
 pub mod pipe;
 pub mod hub;
 pub mod service;
+pub mod expose;

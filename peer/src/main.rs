@@ -82,6 +82,12 @@ enum Command {
         #[arg(long)]
         keep_open: bool,
     },
+    /// Expose a local service through the server to ordinary clients (frp's tcp and
+    /// http proxies): a TCP port on the server, or an HTTP virtual host.
+    Expose {
+        #[command(subcommand)]
+        kind: ExposeKind,
+    },
     /// Find out what the NAT in front of this machine does, over TCP and UDP, and
     /// whether direct links will work.
     ///
@@ -99,6 +105,107 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum ExposeKind {
+    /// The server listens on --remote-port and carries each connection to --local.
+    Tcp {
+        /// The local service, ADDR:PORT.
+        #[arg(long)]
+        local: std::net::SocketAddr,
+        /// The port on the server (must be inside the server's --allow-ports; 0: the
+        /// server chooses and the port is printed).
+        #[arg(long)]
+        remote_port: u16,
+        /// The proxy's name (default: tcp-PORT of --local).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// The server's vhost port routes requests for --domain (or --subdomain) here.
+    Http {
+        /// The local HTTP service, ADDR:PORT.
+        #[arg(long)]
+        local: std::net::SocketAddr,
+        /// Host names to serve (repeat; wildcards like *.example.com allowed).
+        #[arg(long = "domain")]
+        domains: Vec<String>,
+        /// A name under the server's --subdomain-host.
+        #[arg(long)]
+        subdomain: Option<String>,
+        /// Path prefixes to serve (repeat; default /). The longest match wins.
+        #[arg(long = "location")]
+        locations: Vec<String>,
+        /// Require HTTP basic auth, USER:PASSWORD.
+        #[arg(long, env = "PUNCHLINE_HTTP_AUTH", hide_env_values = true)]
+        basic_auth: Option<String>,
+        /// Replace the Host header sent to the local service.
+        #[arg(long)]
+        host_rewrite: Option<String>,
+        /// Set a request header, NAME=VALUE (repeat).
+        #[arg(long = "request-header", value_parser = parse_header)]
+        request_headers: Vec<(String, String)>,
+        /// Set a response header, NAME=VALUE (repeat).
+        #[arg(long = "response-header", value_parser = parse_header)]
+        response_headers: Vec<(String, String)>,
+        /// The proxy's name (default: http-PORT of --local).
+        #[arg(long)]
+        name: Option<String>,
+    },
+}
+
+fn parse_header(s: &str) -> Result<(String, String), String> {
+    let (k, v) = s.split_once('=').ok_or_else(|| format!("expected NAME=VALUE, got {s:?}"))?;
+    if k.is_empty() || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+        return Err(format!("bad header name {k:?}"));
+    }
+    Ok((k.to_string(), v.to_string()))
+}
+
+fn expose_proxy(kind: ExposeKind) -> anyhow::Result<peer::expose::Proxy> {
+    use common::proto::{ExposeSpec, HttpRoute};
+    Ok(match kind {
+        ExposeKind::Tcp { local, remote_port, name } => peer::expose::Proxy {
+            name: name.unwrap_or_else(|| format!("tcp-{}", local.port())),
+            local,
+            spec: ExposeSpec::Tcp { remote_port },
+        },
+        ExposeKind::Http {
+            local,
+            domains,
+            subdomain,
+            locations,
+            basic_auth,
+            host_rewrite,
+            request_headers,
+            response_headers,
+            name,
+        } => {
+            if domains.is_empty() && subdomain.is_none() {
+                anyhow::bail!("expose http needs --domain or --subdomain");
+            }
+            let basic_auth = match basic_auth {
+                Some(s) => {
+                    let (u, p) = s.split_once(':').ok_or_else(|| anyhow::anyhow!("--basic-auth wants USER:PASSWORD"))?;
+                    Some((u.to_string(), p.to_string()))
+                }
+                None => None,
+            };
+            peer::expose::Proxy {
+                name: name.unwrap_or_else(|| format!("http-{}", local.port())),
+                local,
+                spec: ExposeSpec::Http(HttpRoute {
+                    domains,
+                    subdomain,
+                    locations,
+                    host_rewrite,
+                    basic_auth,
+                    request_headers,
+                    response_headers,
+                }),
+            }
+        }
+    })
 }
 
 fn main() -> ExitCode {
@@ -160,6 +267,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Some(Command::Connect { name, secret, listen, keep_open }) => {
             let svc = peer::service::ConnectConfig { name, secret, listen, keep_open };
             peer::service::connect(cfg, svc).await?;
+            Ok(())
+        }
+        Some(Command::Expose { kind }) => {
+            peer::expose::run(cfg, vec![expose_proxy(kind)?]).await?;
             Ok(())
         }
         Some(Command::NatCheck { .. }) => unreachable!("handled above"),

@@ -21,7 +21,7 @@ use common::{
     splice::{self, Counter},
 };
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
+    io::AsyncWriteExt,
     net::{TcpListener, TcpStream},
     sync::{mpsc, Mutex, Semaphore},
     task::JoinSet,
@@ -35,8 +35,6 @@ use crate::{
     link::{self, LinkError, LinkInfo, Path, SessionIo, Strategy},
 };
 
-/// Stream header version byte.
-const HEADER_V1: u8 = 1;
 /// How long an owner waits for a stream's header.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a visitor waits for the server to pair it with the owner.
@@ -90,7 +88,7 @@ fn status(msg: &str) {
 
 /// Runs the owner side until a fatal error.
 pub async fn serve(cfg: ServerConfig, svc: ServeConfig) -> Result<(), ServiceError> {
-    let mut hub = Hub::start(cfg.clone(), Some(ClientMsg::Register { name: svc.name.clone() }));
+    let mut hub = Hub::start(cfg.clone(), vec![ClientMsg::Register { name: svc.name.clone() }]);
     let svc = Arc::new(svc);
     let links = Arc::new(Semaphore::new(svc.max_links));
     let mut tasks = JoinSet::new();
@@ -198,15 +196,8 @@ async fn owner_link(
 }
 
 async fn serve_stream(svc: Arc<ServeConfig>, mut s: MuxStream) {
-    let header = async {
-        let v = s.read_u8().await?;
-        let len = s.read_u16().await? as usize;
-        let mut name = vec![0u8; len];
-        s.read_exact(&mut name).await?;
-        Ok::<_, std::io::Error>((v, name))
-    };
-    match tokio::time::timeout(HEADER_TIMEOUT, header).await {
-        Ok(Ok((HEADER_V1, name))) if name == svc.name.as_bytes() => {}
+    match common::net::read_stream_header(&mut s, HEADER_TIMEOUT).await {
+        Ok(name) if name == svc.name => {}
         other => {
             warn!(?other, "stream with a bad header refused");
             return;
@@ -224,7 +215,7 @@ async fn serve_stream(svc: Arc<ServeConfig>, mut s: MuxStream) {
 }
 
 /// Copies both ways with half-close; ends when both directions ended.
-async fn splice_both(a: MuxStream, b: TcpStream) {
+pub(crate) async fn splice_both(a: MuxStream, b: TcpStream) {
     let (ar, aw) = tokio::io::split(a);
     let (br, bw) = b.into_split();
     let (c1, c2) = (Counter::default(), Counter::default());
@@ -265,7 +256,7 @@ pub async fn connect(cfg: ServerConfig, svc: ConnectConfig) -> Result<(), Servic
     let local = listener.local_addr().map_err(|err| ServiceError::Listen { addr: svc.listen, err })?;
     println!("listening on {local}");
     let keep_open = svc.keep_open;
-    let v = Arc::new(Visitor { hub: Mutex::new(Hub::start(cfg.clone(), None)), cfg, svc, current: Mutex::new(None) });
+    let v = Arc::new(Visitor { hub: Mutex::new(Hub::start(cfg.clone(), Vec::new())), cfg, svc, current: Mutex::new(None) });
     if keep_open {
         v.link().await?;
     }
@@ -304,10 +295,7 @@ impl Visitor {
                 return;
             }
         };
-        let name = self.svc.name.as_bytes();
-        let mut header = vec![HEADER_V1];
-        header.extend_from_slice(&(name.len() as u16).to_be_bytes());
-        header.extend_from_slice(name);
+        let header = common::proto::stream_header(&self.svc.name);
         if let Err(e) = s.write_all(&header).await {
             status(&format!("error: stream refused: {e}"));
             return;

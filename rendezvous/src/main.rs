@@ -27,6 +27,10 @@ struct Args {
     /// port changes; with the same IP, or a wildcard --bind, only port changes.
     #[arg(long, value_name = "IP[:PORT]", value_parser = parse_alt)]
     alt_addr: Option<AltAddr>,
+    /// Ports peers may expose with `peer expose tcp`, e.g. `2000-3000,3389`. Default:
+    /// any port.
+    #[arg(long, value_name = "RANGES", value_parser = rendezvous::expose::AllowPorts::parse)]
+    allow_ports: Option<rendezvous::expose::AllowPorts>,
     /// Speak the original C demo's text protocol instead (unencrypted).
     #[arg(long)]
     classic: bool,
@@ -110,6 +114,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         bind,
         token: args.token,
         alt_addr,
+        allow_ports: args.allow_ports.unwrap_or_default(),
     })
     .await
     .with_context(|| format!("cannot listen on {bind}"))?;

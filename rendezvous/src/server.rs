@@ -46,6 +46,8 @@ pub struct Config {
     /// An alternate address for RFC 5780 STUN behaviour discovery (port 0: any free
     /// port). STUN over UDP is always answered on `bind`'s port; see `stun.rs`.
     pub alt_addr: Option<SocketAddr>,
+    /// Ports peers may expose (`expose tcp`); empty: any.
+    pub allow_ports: crate::expose::AllowPorts,
 }
 
 impl Config {
@@ -55,6 +57,7 @@ impl Config {
             bind,
             token: None,
             alt_addr: None,
+            allow_ports: Default::default(),
         }
     }
 }
@@ -112,6 +115,7 @@ pub async fn spawn(config: Config) -> std::io::Result<Handle> {
         state: Mutex::new(State::default()),
         next_id: AtomicU64::new(1),
         relays: Default::default(),
+        exposures: crate::expose::Exposures::new(config.bind.ip(), config.allow_ports.clone()),
     });
     let token = shutdown.clone();
     let join = tokio::spawn(async move {
@@ -133,6 +137,7 @@ struct Server {
     state: Mutex<State>,
     next_id: AtomicU64,
     relays: crate::relay::Relays,
+    exposures: Arc<crate::expose::Exposures>,
 }
 
 #[derive(Default)]
@@ -271,6 +276,26 @@ async fn handle(
     .await?;
     match kind {
         ConnKind::Control => control(server, ch, id, addr).await,
+        ConnKind::Data { instance } => {
+            let (mux, mut inbound) = common::mux::Mux::start(
+                ch.into_parts().0,
+                common::mux::Role::Client,
+                common::mux::MuxConfig::default(),
+            );
+            if let Err(reason) = server.exposures.attach_data(instance, mux.clone()) {
+                warn!("data connection refused: {reason}");
+                mux.close();
+                return Err(ConnError::Refused(reason));
+            }
+            info!("data connection up");
+            // The server only opens streams on it; streams the peer opens are refused.
+            tokio::select! {
+                _ = mux.closed() => {}
+                _ = async { while let Some(s) = inbound.recv().await { drop(s); } } => {}
+            }
+            info!("data connection closed");
+            Ok(())
+        }
         ConnKind::Relay { session } => {
             let Some(t) = server.lock().tickets.get(&session).cloned() else {
                 let reason = "relay for an unknown or finished session".to_string();
@@ -300,6 +325,7 @@ fn msg_name(m: &ClientMsg) -> &'static str {
         ClientMsg::Register { .. } => "Register",
         ClientMsg::Connect { .. } => "Connect",
         ClientMsg::Repunch { .. } => "Repunch",
+        ClientMsg::Expose { .. } => "Expose",
     }
 }
 
@@ -358,6 +384,16 @@ async fn control(
                         }
                     }
                     ClientMsg::Repunch { session } => repunch(&server, id, session, &tx),
+                    ClientMsg::Expose { name, instance, spec } => {
+                        let reply = match server.exposures.expose(id, instance, &name, &spec).await {
+                            Ok(remote_port) => ServerMsg::Exposed { name, remote_port, urls: Vec::new() },
+                            Err(reason) => {
+                                warn!(proxy = %name, "expose refused: {reason}");
+                                ServerMsg::Refused(format!("{name}: {reason}"))
+                            }
+                        };
+                        ch.send(&reply).await?;
+                    }
                     ClientMsg::Hello { .. } => {
                         let reason = "Hello sent twice".to_string();
                         let _ = ch.send(&ServerMsg::Refused(reason.clone())).await;
@@ -378,6 +414,7 @@ async fn control(
         }
     };
     forget_conn(&server, id);
+    server.exposures.control_gone(id);
     info!("peer disconnected");
     result
 }

@@ -6,6 +6,8 @@
 //! Each case prints one `MATRIX` line with the count and the time from the punch
 //! signal to the authenticated link (median, max).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::{net::SocketAddr, time::Duration};

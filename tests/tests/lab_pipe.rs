@@ -2,6 +2,8 @@
 //! between them, sha256-checked, with plain TCP between the same two namespaces
 //! measured in the same run for comparison; and a peer killed mid-transfer.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::time::{Duration, Instant};

@@ -4,6 +4,8 @@
 //! link that becomes direct when a NAT changes; the server killed mid-transfer; wrong
 //! secrets, unknown services and a visitor flooding past the owner's cap.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::{net::SocketAddr, time::Duration};

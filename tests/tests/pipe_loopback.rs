@@ -1,6 +1,8 @@
 //! `peer pipe` on loopback (no NAT: the lab tests cover punching). Data both ways
 //! intact with half-close, and a peer killed mid-transfer makes the other fail fast.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::time::Duration;

@@ -3,6 +3,8 @@
 //! refused or timed out with a clear log line, and meanwhile two honest peers pair and
 //! move data through a pipe: the server keeps serving.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::{

@@ -1,0 +1,275 @@
+//! frp-style exposure: TCP ports (and, through `vhost`, HTTP hosts) on the server that
+//! lead to services of peers behind NAT.
+//!
+//! A peer sends `Expose` requests on its control connection, tagged with a random
+//! per-process *instance* id, and opens one *data* connection (Noise, then yamux) with
+//! the same id. For every user connection the server opens a yamux stream toward the
+//! peer (no round trip: yamux opens lazily), writes the stream header naming the
+//! proxy, and splices. When a peer's control connection goes, its exposures stay
+//! reserved for [`GRACE`] so that the same instance can reconnect and take them back
+//! (same ports); meanwhile user connections are refused at once (HTTP: 502).
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use common::{
+    mux::{Mux, MuxStream},
+    proto::ExposeSpec,
+};
+use tokio::{
+    io::AsyncWriteExt,
+    net::{TcpListener, TcpStream},
+    task::JoinHandle,
+};
+use tracing::{debug, info, info_span, warn, Instrument};
+
+/// How long the exposures of a peer whose control connection went away stay reserved
+/// for it. Covers a server restart or a network blip with the peer's reconnect backoff.
+pub const GRACE: Duration = Duration::from_secs(60);
+
+/// Ports peers may expose: inclusive ranges; empty means any.
+#[derive(Debug, Clone, Default)]
+pub struct AllowPorts(pub Vec<(u16, u16)>);
+
+impl AllowPorts {
+    /// Whether `port` may be exposed.
+    pub fn contains(&self, port: u16) -> bool {
+        self.0.is_empty() || self.0.iter().any(|&(a, b)| (a..=b).contains(&port))
+    }
+
+    /// Parses `2000-3000,3001`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let mut v = Vec::new();
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (a, b) = part.split_once('-').unwrap_or((part, part));
+            let a: u16 = a.trim().parse().map_err(|_| format!("bad port {a:?} in {s:?}"))?;
+            let b: u16 = b.trim().parse().map_err(|_| format!("bad port {b:?} in {s:?}"))?;
+            if a > b || a == 0 {
+                return Err(format!("bad port range {part:?}"));
+            }
+            v.push((a, b));
+        }
+        Ok(Self(v))
+    }
+}
+
+impl std::fmt::Display for AllowPorts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("any");
+        }
+        let parts: Vec<String> =
+            self.0.iter().map(|&(a, b)| if a == b { a.to_string() } else { format!("{a}-{b}") }).collect();
+        f.write_str(&parts.join(","))
+    }
+}
+
+/// One peer process's exposures.
+#[derive(Default)]
+struct Instance {
+    /// The control connection that owns it now (None: in its grace period).
+    conn: Option<u64>,
+    data: Option<Mux>,
+    tcp: HashMap<String, TcpExposure>,
+    /// Bumped on every disconnect, so that a stale grace timer does nothing.
+    epoch: u64,
+}
+
+struct TcpExposure {
+    port: u16,
+    task: JoinHandle<()>,
+}
+
+/// The registry of all exposures.
+pub(crate) struct Exposures {
+    bind_ip: std::net::IpAddr,
+    allow: AllowPorts,
+    instances: Mutex<HashMap<u64, Instance>>,
+    /// Port → instance, for conflicts.
+    ports: Mutex<HashMap<u16, u64>>,
+}
+
+impl Exposures {
+    pub(crate) fn new(bind_ip: std::net::IpAddr, allow: AllowPorts) -> Arc<Self> {
+        Arc::new(Self { bind_ip, allow, instances: Mutex::default(), ports: Mutex::default() })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Instance>> {
+        self.instances.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Handles an `Expose` request from control connection `conn`.
+    pub(crate) async fn expose(
+        self: &Arc<Self>,
+        conn: u64,
+        instance: u64,
+        name: &str,
+        spec: &ExposeSpec,
+    ) -> Result<Option<u16>, String> {
+        {
+            let mut all = self.lock();
+            let inst = all.entry(instance).or_default();
+            match inst.conn {
+                Some(c) if c != conn => return Err("this instance id is in use by another connection".into()),
+                _ => inst.conn = Some(conn),
+            }
+            if let ExposeSpec::Tcp { remote_port } = spec {
+                if let Some(existing) = inst.tcp.get(name) {
+                    if *remote_port == 0 || *remote_port == existing.port {
+                        // The same instance taking its exposure back (after a reconnect).
+                        return Ok(Some(existing.port));
+                    }
+                }
+            }
+        }
+        match spec {
+            ExposeSpec::Tcp { remote_port } => self.expose_tcp(instance, name, *remote_port).await.map(Some),
+            ExposeSpec::Http(_) => Err("HTTP exposure needs the server's --vhost-http-port".into()),
+        }
+    }
+
+    async fn expose_tcp(self: &Arc<Self>, instance: u64, name: &str, port: u16) -> Result<u16, String> {
+        if port != 0 && !self.allow.contains(port) {
+            return Err(format!("port {port} is not allowed on this server (allowed: {})", self.allow));
+        }
+        if port != 0 {
+            if let Some(&owner) = self.ports.lock().unwrap_or_else(|p| p.into_inner()).get(&port) {
+                if owner != instance {
+                    return Err(format!("port {port} is already exposed by another peer"));
+                }
+            }
+        }
+        let listener = self.bind(port).await?;
+        let port = listener.local_addr().map_err(|e| e.to_string())?.port();
+        self.ports.lock().unwrap_or_else(|p| p.into_inner()).insert(port, instance);
+        let me = self.clone();
+        let proxy = name.to_string();
+        let task = tokio::spawn(
+            async move { me.accept_loop(listener, instance, proxy).await }
+                .instrument(info_span!("tcp", port, proxy = name)),
+        );
+        let mut all = self.lock();
+        let inst = all.entry(instance).or_default();
+        if let Some(old) = inst.tcp.insert(name.to_string(), TcpExposure { port, task }) {
+            old.task.abort();
+            if old.port != port {
+                self.ports.lock().unwrap_or_else(|p| p.into_inner()).remove(&old.port);
+            }
+        }
+        info!(port, proxy = name, "tcp port exposed");
+        Ok(port)
+    }
+
+    async fn bind(&self, port: u16) -> Result<TcpListener, String> {
+        if port == 0 {
+            // The server chooses: a free port inside the allowed ranges.
+            if self.allow.0.is_empty() {
+                return TcpListener::bind((self.bind_ip, 0)).await.map_err(|e| format!("cannot listen: {e}"));
+            }
+            for &(a, b) in &self.allow.0 {
+                for p in a..=b {
+                    if self.ports.lock().unwrap_or_else(|p| p.into_inner()).contains_key(&p) {
+                        continue;
+                    }
+                    if let Ok(l) = TcpListener::bind((self.bind_ip, p)).await {
+                        return Ok(l);
+                    }
+                }
+            }
+            return Err(format!("no free port left in the allowed ranges ({})", self.allow));
+        }
+        TcpListener::bind((self.bind_ip, port)).await.map_err(|e| format!("cannot listen on port {port}: {e}"))
+    }
+
+    async fn accept_loop(self: Arc<Self>, listener: TcpListener, instance: u64, proxy: String) {
+        loop {
+            let (user, from) = match listener.accept().await {
+                Ok(x) => x,
+                Err(e) => {
+                    warn!(%e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let me = self.clone();
+            let proxy = proxy.clone();
+            tokio::spawn(
+                async move {
+                    match me.open(instance, &proxy).await {
+                        Ok(stream) => splice(user, stream).await,
+                        Err(e) => debug!(%e, "user connection refused"),
+                    }
+                }
+                .instrument(info_span!("user", %from)),
+            );
+        }
+    }
+
+    /// Opens a stream to `instance` for `proxy`, header written.
+    pub(crate) async fn open(&self, instance: u64, proxy: &str) -> std::io::Result<MuxStream> {
+        let mux = self.lock().get(&instance).and_then(|i| i.data.clone());
+        let Some(mux) = mux.filter(|m| !m.is_closed()) else {
+            return Err(std::io::Error::new(std::io::ErrorKind::NotConnected, "the peer is offline"));
+        };
+        let mut s = mux.open().await.map_err(std::io::Error::other)?;
+        s.write_all(&common::proto::stream_header(proxy)).await?;
+        Ok(s)
+    }
+
+    /// A data connection arrived for `instance`.
+    pub(crate) fn attach_data(&self, instance: u64, mux: Mux) -> Result<(), String> {
+        let mut all = self.lock();
+        let Some(inst) = all.get_mut(&instance) else {
+            return Err("no exposures for this instance: send Expose first".into());
+        };
+        if let Some(old) = inst.data.replace(mux) {
+            old.close();
+        }
+        Ok(())
+    }
+
+    /// The control connection `conn` went away: keep its exposures for [`GRACE`].
+    pub(crate) fn control_gone(self: &Arc<Self>, conn: u64) {
+        let mut all = self.lock();
+        for (&id, inst) in all.iter_mut().filter(|(_, i)| i.conn == Some(conn)) {
+            inst.conn = None;
+            inst.epoch += 1;
+            let epoch = inst.epoch;
+            let me = self.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(GRACE).await;
+                me.expire(id, epoch);
+            });
+        }
+    }
+
+    fn expire(&self, instance: u64, epoch: u64) {
+        let mut all = self.lock();
+        if all.get(&instance).is_some_and(|i| i.conn.is_none() && i.epoch == epoch) {
+            if let Some(inst) = all.remove(&instance) {
+                let mut ports = self.ports.lock().unwrap_or_else(|p| p.into_inner());
+                for (name, t) in inst.tcp {
+                    t.task.abort();
+                    ports.remove(&t.port);
+                    info!(port = t.port, proxy = name, "exposure expired");
+                }
+                if let Some(m) = inst.data {
+                    m.close();
+                }
+            }
+        }
+    }
+}
+
+async fn splice(user: TcpStream, stream: MuxStream) {
+    let _ = user.set_nodelay(true);
+    let (ur, uw) = user.into_split();
+    let (sr, sw) = tokio::io::split(stream);
+    let (c1, c2) = (common::splice::Counter::default(), common::splice::Counter::default());
+    let _ = tokio::join!(common::splice::pump(ur, sw, &c1), common::splice::pump(sr, uw, &c2));
+    debug!(up = c1.get(), down = c2.get(), "user connection done");
+}
+
