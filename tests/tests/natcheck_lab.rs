@@ -49,7 +49,13 @@ fn start_check(lab: &Lab, host: Host, server: SocketAddr) -> Proc {
 fn report(mut p: Proc) -> String {
     let st = p.wait_exit(T);
     let text = p.stdout.text();
-    assert!(st.success(), "{}: {text}\n{}", p.name, p.stderr.text());
+    eprintln!("--- {}:\n{text}", p.name);
+    assert!(
+        st.success(),
+        "{} ({st}): {text}\n{}",
+        p.name,
+        p.stderr.text()
+    );
     text
 }
 
@@ -91,7 +97,11 @@ fn check(report: &str, e: &Expect) {
             e.mapping
         );
         if let Some(kept) = e.port_kept {
-            assert_eq!(field(report, section, "local port kept"), kept, "{section}: {report}");
+            assert_eq!(
+                field(report, section, "local port kept"),
+                kept,
+                "{section}: {report}"
+            );
         }
         assert_eq!(
             field(report, section, "hairpinning"),
@@ -99,7 +109,11 @@ fn check(report: &str, e: &Expect) {
             "{section}: {report}"
         );
     }
-    assert_eq!(field(report, "UDP", "filtering"), e.udp_filtering, "{report}");
+    assert_eq!(
+        field(report, "UDP", "filtering"),
+        e.udp_filtering,
+        "{report}"
+    );
     assert!(
         report.contains(&format!("Verdict: {}", e.verdict)),
         "expected verdict {:?}:\n{report}",
@@ -134,7 +148,10 @@ fn port_restricted_symmetric_and_full_cone_are_told_apart() {
             verdict: "port-restricted cone NAT",
         },
     );
-    assert!(a.contains("expect relay with peers behind symmetric NATs"), "{a}");
+    assert!(
+        a.contains("expect relay with peers behind symmetric NATs"),
+        "{a}"
+    );
     check(
         &b,
         &Expect {
