@@ -66,19 +66,17 @@ pub async fn run(cfg: ServerConfig, proxies: Vec<Proxy>) -> Result<(), ServiceEr
                 first_round = false;
             }
             HubEvent::Msg(ServerMsg::Exposed { name, remote_port, urls }) => {
-                if first_round {
-                    match remote_port {
-                        Some(p) => {
-                            println!("exposed {name} tcp {p}");
-                            status(&format!("exposed {name}: tcp port {p} on the server"));
-                        }
-                        None => {
-                            println!("exposed {name} http {}", urls.join(" "));
-                            status(&format!("exposed {name}: {}", urls.join(", ")));
-                        }
+                // Printed on every registration: after a server restart a port the
+                // server chose may differ.
+                match remote_port {
+                    Some(p) => {
+                        println!("exposed {name} tcp {p}");
+                        status(&format!("exposed {name}: tcp port {p} on the server"));
                     }
-                } else {
-                    info!(proxy = %name, "exposure restored");
+                    None => {
+                        println!("exposed {name} http {}", urls.join(" "));
+                        status(&format!("exposed {name}: {}", urls.join(", ")));
+                    }
                 }
                 if data.as_ref().is_none_or(|d| d.is_finished()) {
                     let (cfg, locals) = (cfg.clone(), locals.clone());
