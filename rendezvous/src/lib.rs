@@ -9,5 +9,6 @@ pub mod expose;
 mod relay;
 pub mod server;
 mod stun;
+pub mod vhost;
 
 pub use server::{spawn, Config, Handle};

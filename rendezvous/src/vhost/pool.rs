@@ -1,0 +1,202 @@
+//! Upstream connections to a route's peer: one HTTP/1.1 client connection per
+//! stream, kept alive and reused.
+//!
+//! A request takes the newest idle connection ([`Pool::checkout`]), or opens a
+//! stream and starts a client connection on it. The connection goes back to the pool
+//! when the response body has been read to its end ([`UpstreamBody`]); a response cut
+//! short, a timeout or an upgrade keeps it out, and hyper closes it.
+
+use std::{
+    collections::VecDeque,
+    io,
+    pin::Pin,
+    sync::{Arc, Mutex, PoisonError},
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use common::mux::MuxStream;
+use futures::future::BoxFuture;
+use hyper::{
+    body::{Body, Frame, Incoming, SizeHint},
+    client::conn::http1::{self, SendRequest},
+};
+use hyper_util::rt::TokioIo;
+use tokio::time::Instant;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::debug;
+
+use super::proxy::UpBody;
+
+/// Opens a byte stream to the peer that serves a route, already past the stream
+/// header (the server writes it). Returns an error when the peer is offline or its
+/// connection cannot take another stream; the request is then answered 502.
+///
+/// Called for each new upstream connection, not for each request. A server whose
+/// peers reconnect should look up the owner's current connection inside the
+/// opener, or [`super::Vhosts::add`] the route again with a new one.
+pub type Opener = Arc<dyn Fn() -> BoxFuture<'static, io::Result<MuxStream>> + Send + Sync>;
+
+/// A client connection to the peer, idle.
+struct Idle {
+    sender: SendRequest<UpBody>,
+    since: Instant,
+}
+
+/// The upstream connections of one route.
+pub(super) struct Pool {
+    opener: Opener,
+    /// Newest at the back: taken from the back, expired from the front.
+    idle: Mutex<VecDeque<Idle>>,
+}
+
+/// Where upstream connection tasks run: the vhost server's tracker, stopped with it.
+pub(super) struct Tasks {
+    pub(super) tracker: TaskTracker,
+    pub(super) shutdown: CancellationToken,
+}
+
+/// Why no upstream connection could be had.
+pub(super) enum ConnectError {
+    /// The opener failed: the peer is offline or refuses streams.
+    Open(io::Error),
+    /// HTTP/1 setup on the stream failed.
+    Handshake(hyper::Error),
+}
+
+impl Pool {
+    pub(super) fn new(opener: Opener) -> Pool {
+        Pool {
+            opener,
+            idle: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Idle>> {
+        self.idle.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// An idle connection ready for a request, if there is one.
+    pub(super) async fn checkout(&self, idle_timeout: Duration) -> Option<SendRequest<UpBody>> {
+        loop {
+            let idle = self.lock().pop_back()?;
+            if idle.sender.is_closed() || idle.since.elapsed() >= idle_timeout {
+                continue;
+            }
+            let mut sender = idle.sender;
+            // Right after a response ends the connection may need a moment to
+            // become ready for the next request; a closed one errors.
+            if sender.ready().await.is_ok() {
+                return Some(sender);
+            }
+        }
+    }
+
+    /// Opens a new stream and starts an HTTP/1.1 client connection on it.
+    pub(super) async fn connect(&self, tasks: &Tasks) -> Result<SendRequest<UpBody>, ConnectError> {
+        let stream = (self.opener)().await.map_err(ConnectError::Open)?;
+        let id = stream.id();
+        let (sender, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(ConnectError::Handshake)?;
+        let shutdown = tasks.shutdown.clone();
+        tasks.tracker.spawn(async move {
+            tokio::select! {
+                res = conn.with_upgrades() => {
+                    if let Err(e) = res {
+                        debug!(stream = id, %e, "upstream connection ended");
+                    }
+                }
+                () = shutdown.cancelled() => {}
+            }
+        });
+        Ok(sender)
+    }
+
+    /// Returns a connection whose response has ended; keeps at most `max_idle`.
+    pub(super) fn checkin(&self, sender: SendRequest<UpBody>, max_idle: usize) {
+        if sender.is_closed() || max_idle == 0 {
+            return;
+        }
+        let mut idle = self.lock();
+        while idle.len() >= max_idle {
+            idle.pop_front();
+        }
+        idle.push_back(Idle {
+            sender,
+            since: Instant::now(),
+        });
+    }
+
+    /// Drops connections idle for `idle_timeout` or closed.
+    pub(super) fn expire(&self, idle_timeout: Duration) {
+        let mut idle = self.lock();
+        idle.retain(|i| !i.sender.is_closed() && i.since.elapsed() < idle_timeout);
+    }
+
+    /// Drops every idle connection.
+    pub(super) fn clear(&self) {
+        self.lock().clear();
+    }
+}
+
+/// A connection lent to one request, to be returned when its response has ended.
+pub(super) struct Lease {
+    pub(super) sender: SendRequest<UpBody>,
+    pub(super) entry: Arc<super::table::Entry>,
+    pub(super) max_idle: usize,
+}
+
+/// The body of a response from the peer. Returns the connection to the pool when
+/// dropped after the end of the body (hyper drops it once it has written the last
+/// byte); dropped earlier, the connection is closed with it.
+pub(super) struct UpstreamBody {
+    inner: Incoming,
+    lease: Option<Lease>,
+    ended: bool,
+}
+
+impl UpstreamBody {
+    pub(super) fn new(inner: Incoming, lease: Option<Lease>) -> Self {
+        UpstreamBody {
+            inner,
+            lease,
+            ended: false,
+        }
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        if let Some(lease) = self.lease.take() {
+            if self.ended || self.inner.is_end_stream() {
+                lease.entry.pool.checkin(lease.sender, lease.max_idle);
+            }
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = hyper::body::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let res = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(None) = res {
+            self.ended = true;
+        }
+        res
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

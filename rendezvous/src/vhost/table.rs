@@ -1,0 +1,521 @@
+//! The routing table: which route serves a Host and path, and who may claim what.
+//!
+//! Writers ([`Vhosts::add`], [`Vhosts::remove`]) are rare: they rebuild an immutable
+//! [`Table`] from the list of routes under a mutex and swap it in. Readers (every
+//! request) take a read lock just long enough to find the route and clone its `Arc`.
+
+use std::{
+    collections::{HashMap, HashSet},
+    fmt,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex, PoisonError, RwLock,
+    },
+};
+
+use base64::Engine as _;
+use common::proto::HttpRoute;
+use hyper::header::{HeaderName, HeaderValue};
+
+use super::{
+    pool::{Opener, Pool},
+    MAX_ROUTE_DOMAINS, MAX_ROUTE_HEADERS, MAX_ROUTE_LOCATIONS,
+};
+
+/// One HTTP proxy of one peer, as the server registers it.
+pub struct Route {
+    /// The proxy's name, unique per owner (frp's `[[proxies]] name`).
+    pub proxy: String,
+    /// Where it is served and how requests and responses are changed.
+    pub http: HttpRoute,
+    /// Opens a stream to the peer for this proxy (see [`Opener`]).
+    pub opener: Opener,
+    /// The peer process's instance id: routes are claimed per owner.
+    pub owner: u64,
+}
+
+impl fmt::Debug for Route {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Route")
+            .field("proxy", &self.proxy)
+            .field("owner", &self.owner)
+            .field("domains", &self.http.domains)
+            .field("subdomain", &self.http.subdomain)
+            .field("locations", &self.http.locations)
+            .field(
+                "basic_auth",
+                &self.http.basic_auth.as_ref().map(|_| "MASKED"),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+/// A registered route, ready for serving: names and headers parsed once.
+pub(super) struct Entry {
+    pub(super) proxy: String,
+    pub(super) owner: u64,
+    /// Normalized host names: lowercase, `*.suffix` or `*` for wildcards.
+    hosts: Vec<String>,
+    /// Path prefixes, each starting with `/`.
+    locations: Vec<String>,
+    /// `Basic` credentials expected, as the decoded `user:password` bytes.
+    pub(super) auth: Option<Vec<u8>>,
+    pub(super) host_rewrite: Option<HeaderValue>,
+    pub(super) request_headers: Vec<(HeaderName, HeaderValue)>,
+    pub(super) response_headers: Vec<(HeaderName, HeaderValue)>,
+    online: AtomicBool,
+    pub(super) pool: Pool,
+}
+
+impl Entry {
+    pub(super) fn is_online(&self) -> bool {
+        self.online.load(Ordering::Acquire)
+    }
+
+    fn owned_by(&self, owner: u64, proxy: &str) -> bool {
+        self.owner == owner && self.proxy == proxy
+    }
+}
+
+/// A route's claim on a path prefix of a host.
+struct Loc {
+    prefix: Box<str>,
+    entry: Arc<Entry>,
+}
+
+/// The immutable lookup structure (rebuilt on every change).
+#[derive(Default)]
+struct Table {
+    /// Exact host names (custom domains and subdomains), each with its locations,
+    /// longest prefix first.
+    exact: HashMap<Box<str>, Vec<Loc>>,
+    /// Wildcards by the suffix after `*.`; `*` alone is the empty suffix.
+    wildcard: HashMap<Box<str>, Vec<Loc>>,
+}
+
+impl Table {
+    fn build(entries: &[Arc<Entry>]) -> Table {
+        let mut t = Table::default();
+        for e in entries {
+            for host in &e.hosts {
+                let (map, key) = match host.strip_prefix("*.") {
+                    Some(suffix) => (&mut t.wildcard, suffix),
+                    None if host == "*" => (&mut t.wildcard, ""),
+                    None => (&mut t.exact, host.as_str()),
+                };
+                let locs = map.entry(key.into()).or_default();
+                for prefix in &e.locations {
+                    locs.push(Loc {
+                        prefix: prefix.as_str().into(),
+                        entry: e.clone(),
+                    });
+                }
+            }
+        }
+        for locs in t.exact.values_mut().chain(t.wildcard.values_mut()) {
+            locs.sort_by_key(|l| std::cmp::Reverse(l.prefix.len()));
+        }
+        t
+    }
+
+    /// The route for `host` (normalized) and `path`: exact names first, then
+    /// wildcards from the most specific suffix to `*`; within a name, the longest
+    /// location that prefixes the path. A name whose locations all miss falls
+    /// through to the wildcards, as in frp.
+    fn find(&self, host: &str, path: &str) -> Option<&Arc<Entry>> {
+        if let Some(e) = longest(self.exact.get(host), path) {
+            return Some(e);
+        }
+        if self.wildcard.is_empty() {
+            return None;
+        }
+        let mut rest = host;
+        while let Some(dot) = rest.find('.') {
+            rest = &rest[dot + 1..];
+            if let Some(e) = longest(self.wildcard.get(rest), path) {
+                return Some(e);
+            }
+        }
+        longest(self.wildcard.get(""), path)
+    }
+}
+
+/// The entry of the longest location that prefixes `path` (`locs` is sorted).
+fn longest<'t>(locs: Option<&'t Vec<Loc>>, path: &str) -> Option<&'t Arc<Entry>> {
+    locs?
+        .iter()
+        .find(|l| path.starts_with(&*l.prefix))
+        .map(|l| &l.entry)
+}
+
+/// The vhost routing table, shared (in an `Arc`) by whoever registers routes and
+/// [`super::serve`].
+pub struct Vhosts {
+    /// Names under which `subdomain` routes live (frp's `subDomainHost`).
+    subdomain_host: Option<String>,
+    /// The public port of the vhost listener, for the URLs [`Vhosts::add`] reports.
+    http_port: u16,
+    /// Every route; the source the table is built from. Held while a change is made.
+    entries: Mutex<Vec<Arc<Entry>>>,
+    table: RwLock<Arc<Table>>,
+}
+
+impl fmt::Debug for Vhosts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Vhosts")
+            .field("subdomain_host", &self.subdomain_host)
+            .field("routes", &self.lock_entries().len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Vhosts {
+    /// An empty table. `subdomain_host` (frp's `subDomainHost`, e.g. `example.com`)
+    /// enables routes by `subdomain`; without it they are refused.
+    pub fn new(subdomain_host: Option<String>) -> Self {
+        Vhosts {
+            subdomain_host: subdomain_host
+                .map(|h| h.trim().trim_end_matches('.').to_ascii_lowercase())
+                .filter(|h| !h.is_empty()),
+            http_port: 80,
+            entries: Mutex::new(Vec::new()),
+            table: RwLock::new(Arc::new(Table::default())),
+        }
+    }
+
+    /// Sets the public port of the vhost listener, so that the URLs returned by
+    /// [`Vhosts::add`] carry it (80, the default, is left out).
+    pub fn with_http_port(mut self, port: u16) -> Self {
+        self.http_port = port;
+        self
+    }
+
+    /// Registers a route, online, and returns the URLs it serves.
+    ///
+    /// The same owner adding the same proxy again replaces it (a reconnecting peer
+    /// takes its route back). Fails, changing nothing, when the route is invalid
+    /// (no domain nor subdomain, a malformed name, location or header, a subdomain
+    /// without the server's subdomain host) or when one of its host + location pairs
+    /// is already claimed by another proxy; the error names the host, the location
+    /// and both claimants.
+    pub fn add(&self, route: Route) -> Result<Vec<String>, String> {
+        let entry = Arc::new(self.entry(route)?);
+        let mut entries = self.lock_entries();
+        let mut claimed = HashMap::new();
+        for e in entries.iter() {
+            if e.owned_by(entry.owner, &entry.proxy) {
+                continue;
+            }
+            for h in &e.hosts {
+                for l in &e.locations {
+                    claimed.insert((h.as_str(), l.as_str()), e);
+                }
+            }
+        }
+        for h in &entry.hosts {
+            for l in &entry.locations {
+                if let Some(other) = claimed.get(&(h.as_str(), l.as_str())) {
+                    return Err(format!(
+                        "host {h} location {l} is already served by proxy '{}' of peer \
+                         instance {:016x}; proxy '{}' of peer instance {:016x} cannot claim it too",
+                        other.proxy, other.owner, entry.proxy, entry.owner
+                    ));
+                }
+            }
+        }
+        let urls = self.urls(&entry);
+        entries.retain(|e| !e.owned_by(entry.owner, &entry.proxy));
+        entries.push(entry);
+        self.publish(&entries);
+        Ok(urls)
+    }
+
+    /// Marks every route of `owner` online or offline. Requests for an offline
+    /// route are answered 502 at once; its idle upstream connections are dropped.
+    /// The route stays claimed until [`Vhosts::remove`].
+    pub fn set_online(&self, owner: u64, online: bool) {
+        for e in self.lock_entries().iter().filter(|e| e.owner == owner) {
+            e.online.store(online, Ordering::Release);
+            if !online {
+                e.pool.clear();
+            }
+        }
+    }
+
+    /// Removes `owner`'s route `proxy` (no-op if there is none). Requests in flight
+    /// finish; new ones no longer find it.
+    pub fn remove(&self, owner: u64, proxy: &str) {
+        let mut entries = self.lock_entries();
+        let before = entries.len();
+        entries.retain(|e| !e.owned_by(owner, proxy));
+        if entries.len() != before {
+            self.publish(&entries);
+        }
+    }
+
+    /// Removes every route of `owner`.
+    pub fn remove_owner(&self, owner: u64) {
+        let mut entries = self.lock_entries();
+        let before = entries.len();
+        entries.retain(|e| e.owner != owner);
+        if entries.len() != before {
+            self.publish(&entries);
+        }
+    }
+
+    /// The route for a request: `host` normalized by [`normalize_host`].
+    pub(super) fn find(&self, host: &str, path: &str) -> Option<Arc<Entry>> {
+        self.table
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .find(host, path)
+            .cloned()
+    }
+
+    /// Drops idle upstream connections that have been idle too long, in every route.
+    pub(super) fn sweep(&self, idle_timeout: std::time::Duration) {
+        let entries: Vec<_> = self.lock_entries().clone();
+        for e in entries {
+            e.pool.expire(idle_timeout);
+        }
+    }
+
+    fn lock_entries(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Entry>>> {
+        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn publish(&self, entries: &[Arc<Entry>]) {
+        let table = Arc::new(Table::build(entries));
+        *self.table.write().unwrap_or_else(PoisonError::into_inner) = table;
+    }
+
+    fn urls(&self, e: &Entry) -> Vec<String> {
+        let port = match self.http_port {
+            80 => String::new(),
+            p => format!(":{p}"),
+        };
+        let mut urls = Vec::new();
+        for h in &e.hosts {
+            for l in &e.locations {
+                urls.push(format!("http://{h}{port}{l}"));
+            }
+        }
+        urls
+    }
+
+    /// Validates and parses a route.
+    fn entry(&self, route: Route) -> Result<Entry, String> {
+        let Route {
+            proxy,
+            http,
+            opener,
+            owner,
+        } = route;
+        let what = format!("http proxy '{proxy}'");
+        if http.domains.len() > MAX_ROUTE_DOMAINS
+            || http.locations.len() > MAX_ROUTE_LOCATIONS
+            || http.request_headers.len() > MAX_ROUTE_HEADERS
+            || http.response_headers.len() > MAX_ROUTE_HEADERS
+        {
+            return Err(format!(
+                "{what}: at most {MAX_ROUTE_DOMAINS} domains, {MAX_ROUTE_LOCATIONS} locations \
+                 and {MAX_ROUTE_HEADERS} request and response headers each"
+            ));
+        }
+        let mut hosts = Vec::new();
+        for d in &http.domains {
+            hosts.push(normalize_domain(d).map_err(|e| format!("{what}: domain {d:?}: {e}"))?);
+        }
+        if let Some(sub) = &http.subdomain {
+            let Some(base) = &self.subdomain_host else {
+                return Err(format!(
+                    "{what}: subdomain {sub:?} needs the server's subdomain host \
+                     (subDomainHost), which is not set"
+                ));
+            };
+            let label = sub.trim().to_ascii_lowercase();
+            if label.is_empty()
+                || label.contains('.')
+                || label.contains('*')
+                || normalize_domain(&label).is_err()
+            {
+                return Err(format!(
+                    "{what}: subdomain {sub:?} is not a single DNS label"
+                ));
+            }
+            hosts.push(format!("{label}.{base}"));
+        }
+        if hosts.is_empty() {
+            return Err(format!("{what}: needs at least one domain or a subdomain"));
+        }
+        dedup(&mut hosts);
+        let mut locations = Vec::new();
+        for l in &http.locations {
+            let l = l.trim();
+            let l = if l.is_empty() { "/" } else { l };
+            if !l.starts_with('/') || l.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(format!(
+                    "{what}: location {l:?} must be a path starting with /"
+                ));
+            }
+            locations.push(l.to_string());
+        }
+        if locations.is_empty() {
+            locations.push("/".to_string());
+        }
+        dedup(&mut locations);
+        let host_rewrite = http
+            .host_rewrite
+            .as_deref()
+            .map(|h| HeaderValue::from_str(h.trim()))
+            .transpose()
+            .map_err(|_| {
+                format!(
+                    "{what}: host rewrite {:?} is not a valid Host",
+                    http.host_rewrite
+                )
+            })?;
+        let headers = |list: &[(String, String)], kind: &str| {
+            list.iter()
+                .map(|(n, v)| {
+                    let name = HeaderName::from_bytes(n.trim().as_bytes());
+                    let value = HeaderValue::from_str(v);
+                    match (name, value) {
+                        (Ok(n), Ok(v)) => Ok((n, v)),
+                        _ => Err(format!(
+                            "{what}: {kind} header {n:?}: {v:?} is not a valid header"
+                        )),
+                    }
+                })
+                .collect::<Result<Vec<_>, _>>()
+        };
+        let request_headers = headers(&http.request_headers, "request")?;
+        let response_headers = headers(&http.response_headers, "response")?;
+        let auth = http.basic_auth.as_ref().map(|(user, password)| {
+            let mut creds = user.as_bytes().to_vec();
+            creds.push(b':');
+            creds.extend_from_slice(password.as_bytes());
+            creds
+        });
+        Ok(Entry {
+            proxy,
+            owner,
+            hosts,
+            locations,
+            auth,
+            host_rewrite,
+            request_headers,
+            response_headers,
+            online: AtomicBool::new(true),
+            pool: Pool::new(opener),
+        })
+    }
+}
+
+fn dedup(v: &mut Vec<String>) {
+    let mut seen = HashSet::new();
+    v.retain(|s| seen.insert(s.clone()));
+}
+
+/// Checks a configured host name and puts it in the form the table uses: lowercase,
+/// no trailing dot; `*` or a leading `*.` label for wildcards; letters, digits, `-`
+/// and `_` in dot-separated labels (IPv4 literals included).
+fn normalize_domain(d: &str) -> Result<String, &'static str> {
+    let d = d.trim().trim_end_matches('.').to_ascii_lowercase();
+    if d == "*" {
+        return Ok(d);
+    }
+    if d.is_empty() || d.len() > 253 {
+        return Err("must be a host name of 1 to 253 characters");
+    }
+    let name = d.strip_prefix("*.").unwrap_or(&d);
+    let labels_ok = name.split('.').all(|l| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    });
+    if !labels_ok {
+        return Err(
+            "must be a host name (letters, digits, '-', '_' in dot-separated labels), \
+                    optionally starting with '*.', without port",
+        );
+    }
+    Ok(d)
+}
+
+/// The host of a request, as the table stores names: the port stripped, lowercase,
+/// no trailing dot. Borrows when nothing needs changing (the common case).
+pub(super) fn normalize_host(host: &str) -> std::borrow::Cow<'_, str> {
+    let host = if host.starts_with('[') {
+        host.find(']').map_or(host, |i| &host[..=i])
+    } else {
+        host.rsplit_once(':').map_or(host, |(h, _)| h)
+    };
+    let host = host.strip_suffix('.').unwrap_or(host);
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        host.to_ascii_lowercase().into()
+    } else {
+        host.into()
+    }
+}
+
+/// Whether an `Authorization` header carries the expected `Basic` credentials
+/// (`user:password` bytes). The comparison does not stop at the first difference.
+pub(super) fn basic_auth_ok(header: Option<&HeaderValue>, expected: &[u8]) -> bool {
+    let Some(value) = header.and_then(|h| h.to_str().ok()) else {
+        return false;
+    };
+    let Some((scheme, b64)) = value.trim().split_once(' ') else {
+        return false;
+    };
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return false;
+    }
+    let Ok(given) = base64::engine::general_purpose::STANDARD.decode(b64.trim()) else {
+        return false;
+    };
+    given.len() == expected.len()
+        && given
+            .iter()
+            .zip(expected)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_are_normalized() {
+        assert_eq!(normalize_host("Example.COM:8080"), "example.com");
+        assert_eq!(normalize_host("example.com."), "example.com");
+        assert_eq!(normalize_host("[::1]:80"), "[::1]");
+        assert!(matches!(
+            normalize_host("a.b"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        assert_eq!(
+            normalize_domain(" WWW.Example.com. ").as_deref(),
+            Ok("www.example.com")
+        );
+        assert_eq!(
+            normalize_domain("*.example.com").as_deref(),
+            Ok("*.example.com")
+        );
+        assert!(normalize_domain("a.*.com").is_err());
+        assert!(normalize_domain("example.com:80").is_err());
+        assert!(normalize_domain("").is_err());
+    }
+
+    #[test]
+    fn basic_auth() {
+        let v = HeaderValue::from_static("Basic dGVzdDp0ZXN0"); // test:test
+        assert!(basic_auth_ok(Some(&v), b"test:test"));
+        assert!(!basic_auth_ok(Some(&v), b"test:tesT"));
+        assert!(!basic_auth_ok(None, b"test:test"));
+        let v = HeaderValue::from_static("bearer dGVzdDp0ZXN0");
+        assert!(!basic_auth_ok(Some(&v), b"test:test"));
+    }
+}
