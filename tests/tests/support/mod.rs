@@ -16,18 +16,9 @@ use std::{
 
 /// Path of a workspace binary built in the same profile as this test.
 pub fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let profile_dir = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .expect("target/<profile>/deps/<test>");
-    let path = profile_dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: build the workspace first (`cargo build --workspace --release`, as the README's test command does)",
-        path.display()
-    );
-    path
+    lab::find_binary(name).unwrap_or_else(|e| {
+        panic!("{e}: build the workspace first (`cargo build --workspace --release`, as the README's test command does)")
+    })
 }
 
 #[derive(Default)]
