@@ -6,6 +6,7 @@
 
 pub mod classic;
 pub mod client;
+pub mod config;
 pub mod link;
 pub mod natcheck;
 pub mod pipe;

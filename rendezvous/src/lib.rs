@@ -5,6 +5,7 @@
 #![warn(missing_docs)]
 
 pub mod classic;
+pub mod config;
 pub mod expose;
 mod relay;
 pub mod server;
