@@ -85,6 +85,10 @@ pub const STUN_TCP_IDLE: Duration = Duration::from_secs(10);
 /// Requests answered on one STUN-over-TCP connection before the server closes it.
 pub const STUN_TCP_MAX_REQUESTS: usize = 8;
 
+/// How long the server tries a TCP dial-back (`peer nat-check`'s TCP filtering test)
+/// before it reports that the client's NAT dropped the SYN: a SYN and one retransmit.
+pub const STUN_DIAL_BACK_TIMEOUT: Duration = Duration::from_millis(2500);
+
 /// STUN-over-TCP connections served at once; more wait in the kernel's backlog.
 pub const STUN_TCP_MAX_CONNS: usize = 256;
 

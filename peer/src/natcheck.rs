@@ -15,8 +15,11 @@
 //!   names the observed address; the alternate endpoints speak STUN over TCP (see the
 //!   server's `stun.rs`). With `--stun`, every endpoint is STUN over TCP. Hairpinning:
 //!   a connection from a fresh socket to one's own mapped address reaches one's own
-//!   listener on the mapped port. TCP filtering would need the server to dial in and
-//!   is not measured; the verdict takes filtering from UDP.
+//!   listener on the mapped port. Filtering: a punchline server with two IP addresses
+//!   dials back from its other IP, or its other port, to a port that has only talked
+//!   to one of its endpoints (the server's CHANGE-REQUEST over TCP), and says whether
+//!   the SYN got through or what the NAT did with it (RST/ICMP or silence). Elsewhere
+//!   TCP filtering is not measured and the verdict takes filtering from UDP.
 //!
 //! Nothing here panics or waits without bound: every exchange is under
 //! [`STUN_TEST_TIMEOUT`], and STUN over UDP retransmits after [`STUN_RTO`], doubling.
@@ -128,6 +131,8 @@ pub struct Transport {
     pub filtering: Option<Behaviour>,
     /// Whether a packet or connection to one's own public address comes back.
     pub hairpinning: Option<bool>,
+    /// TCP: what the NAT did with the server's refused dial-back SYN.
+    pub unsolicited_syn: Option<UnsolicitedSyn>,
     /// The public addresses seen by each server endpoint, from the one local port.
     pub observations: Vec<Observation>,
     /// Why something was not measured, or what to keep in mind.
@@ -651,7 +656,16 @@ async fn tcp_suite(target: &Target, other: Option<SocketAddr>) -> Result<Transpo
         };
         (result, obs, streams)
     };
-    let (mapping, hairpin) = tokio::join!(mapping, tcp_hairpin(&listener, m1));
+    let filtering = async {
+        match (target, other) {
+            (Target::Rendezvous(_), Some(other)) if other.ip() != primary.ip() => {
+                Some(tcp_filtering(other).await)
+            }
+            _ => None,
+        }
+    };
+    let (mapping, hairpin, filtering) =
+        tokio::join!(mapping, tcp_hairpin(&listener, m1), filtering);
     let (mapping, obs, streams) = mapping;
     t.observations.extend(obs);
     match mapping {
@@ -659,11 +673,18 @@ async fn tcp_suite(target: &Target, other: Option<SocketAddr>) -> Result<Transpo
         Err(e) => t.notes.push(format!("mapping not measured: {e}")),
     }
     t.hairpinning = Some(hairpin);
-    t.notes.push(
-        "filtering is not measured over TCP (the server would have to dial in); \
-         the verdict uses UDP's"
-            .into(),
-    );
+    match filtering {
+        Some(Ok((b, unsolicited))) => {
+            t.filtering = Some(b);
+            t.unsolicited_syn = unsolicited;
+        }
+        Some(Err(e)) => t.notes.push(format!("filtering not measured: {e}")),
+        None => t.notes.push(
+            "filtering is not measured over TCP (it needs a punchline server with a second \
+             IP address to dial back); the verdict uses UDP's"
+                .into(),
+        ),
+    }
     held.extend(streams.into_iter().map(Held::Stream));
     for h in held {
         match h {
@@ -676,6 +697,93 @@ async fn tcp_suite(target: &Target, other: Option<SocketAddr>) -> Result<Transpo
         }
     }
     Ok(t)
+}
+
+/// TCP filtering (the server's dial-back, see its `stun.rs`): two probes side by side,
+/// each from its own port that talks only to the alternate endpoint `other` (A2:P2),
+/// asking for a dial-back from the other IP (A1:P2) and from the other port (A2:P1).
+/// Also says what the NAT did with a refused dial-back's SYN.
+async fn tcp_filtering(other: SocketAddr) -> Result<(Behaviour, Option<UnsolicitedSyn>), String> {
+    let change_ip = Change {
+        ip: true,
+        port: false,
+    };
+    let (ip, port) = tokio::join!(
+        dial_back_probe(other, change_ip),
+        dial_back_probe(other, Change::PORT)
+    );
+    let (ip, port) = (ip?, port?);
+    let behaviour = match (&ip, &port) {
+        (Ok(()), _) => Behaviour::EndpointIndependent,
+        (Err(_), Ok(())) => Behaviour::AddressDependent,
+        (Err(_), Err(_)) => Behaviour::AddressAndPortDependent,
+    };
+    let unsolicited = [ip, port].into_iter().find_map(Result::err);
+    Ok((behaviour, unsolicited))
+}
+
+/// What a NAT does with a SYN nobody asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UnsolicitedSyn {
+    /// It answers with a TCP RST or an ICMP error: a punch that arrives too early is
+    /// refused, and redialing at once fixes it.
+    Refused,
+    /// It drops it silently: an early SYN is retransmitted by the kernel.
+    Dropped,
+}
+
+/// One dial-back request from a port of its own: `Ok(Ok(()))` if the server's
+/// connection got through, `Ok(Err(what the NAT did))` if not.
+async fn dial_back_probe(
+    other: SocketAddr,
+    change: Change,
+) -> Result<Result<(), UnsolicitedSyn>, String> {
+    let io = |e: std::io::Error| e.to_string();
+    let lsock = reusable_socket(any_addr(other, 0)).map_err(io)?;
+    let port = lsock.local_addr().map_err(io)?.port();
+    let listener = lsock.listen(4).map_err(io)?;
+    let sock = reusable_socket(any_addr(other, port)).map_err(io)?;
+    let exchange = async {
+        let mut stream = sock.connect(other).await.map_err(io)?;
+        let tid = new_tid();
+        let req = stun::binding_request(tid, change).map_err(|e| e.to_string())?;
+        stream.write_all(&req).await.map_err(io)?;
+        let bytes = stun::read_message(&mut stream).await.map_err(io)?;
+        let msg = stun::decode(&bytes).map_err(|e| e.to_string())?;
+        if msg.tid != tid {
+            return Err("answer to another transaction".to_string());
+        }
+        match (msg.class, &msg.error) {
+            (Class::Success, _) => Ok(Ok(())),
+            (_, Some((500, reason))) if reason.contains("refused") => {
+                Ok(Err(UnsolicitedSyn::Refused))
+            }
+            (_, Some((500, reason))) if reason.contains("no answer") => {
+                Ok(Err(UnsolicitedSyn::Dropped))
+            }
+            (_, Some((code, reason))) => Err(format!("the server said {code} {reason}")),
+            _ => Err("an unexpected answer".to_string()),
+        }
+    };
+    // Accept (and drop) the dial-back while waiting for the verdict on the request's
+    // own connection, so the listener's backlog never fills.
+    let drain = async {
+        loop {
+            if listener.accept().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    let bounded = async {
+        tokio::select! {
+            r = exchange => r,
+            _ = drain => Err("unreachable".to_string()),
+        }
+    };
+    tokio::time::timeout(STUN_TEST_TIMEOUT * 2, bounded)
+        .await
+        .map_err(|_| format!("no answer from {other} within {:?}", STUN_TEST_TIMEOUT * 2))?
 }
 
 /// Whether a connection from a fresh socket to `public` (this side's own mapping)
@@ -725,9 +833,12 @@ fn verdict(tcp: &Transport, udp: &Transport) -> Verdict {
         _ => (None, ""),
     };
     let behind_nat = tcp.behind_nat.or(udp.behind_nat);
-    let filtering = udp.filtering;
+    let (filtering, filtering_from) = match (tcp.filtering, udp.filtering) {
+        (Some(f), _) => (Some(f), "TCP filtering"),
+        (None, f) => (f, "UDP filtering"),
+    };
     let basis = match (mapping, filtering) {
-        (Some(_), Some(_)) => format!("{mapping_from}, UDP filtering"),
+        (Some(_), Some(_)) => format!("{mapping_from}, {filtering_from}"),
         (Some(_), None) => mapping_from.to_string(),
         _ => "nothing conclusive".to_string(),
     };
@@ -815,6 +926,13 @@ fn transport_text(out: &mut String, title: &str, t: &Transport) {
         .unwrap_or("not measured");
     let _ = writeln!(out, "  filtering        {filtering}");
     let _ = writeln!(out, "  hairpinning      {}", yes_no(t.hairpinning));
+    if let Some(u) = t.unsolicited_syn {
+        let what = match u {
+            UnsolicitedSyn::Refused => "refused (RST or ICMP): an early punch is redialed at once",
+            UnsolicitedSyn::Dropped => "dropped silently: an early punch is retransmitted",
+        };
+        let _ = writeln!(out, "  unsolicited SYN  {what}");
+    }
     for n in &t.notes {
         let _ = writeln!(out, "  note: {n}");
     }

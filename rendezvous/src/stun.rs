@@ -30,6 +30,15 @@
 //! them, no second protocol is invented, and the Noise port is not demultiplexed by
 //! sniffing. A STUN-over-TCP connection gets a few requests and a short idle time.
 //!
+//! Over TCP a CHANGE-REQUEST cannot change where a response comes from on the same
+//! connection, so it asks for a *dial-back* instead (this server's extension): the
+//! server connects from the changed alternate endpoint to the very address the
+//! request's connection comes from (an established connection, so never a spoofed or
+//! third-party address), sends the response there, and answers on the original
+//! connection whether the dial-back got through, or what the NAT did with the
+//! unsolicited SYN (RST, ICMP, silence). At most one dial-back runs per connection at
+//! a time, each bounded by [`STUN_DIAL_BACK_TIMEOUT`].
+//!
 //! # Hostile input
 //!
 //! A datagram that is not a well-formed Binding request (short, no magic cookie and not
@@ -57,8 +66,8 @@ use std::{
 
 use common::{
     defaults::{
-        MAX_STUN_MESSAGE, STUN_AMPLIFICATION, STUN_TCP_IDLE, STUN_TCP_MAX_CONNS,
-        STUN_TCP_MAX_REQUESTS,
+        MAX_STUN_MESSAGE, STUN_AMPLIFICATION, STUN_DIAL_BACK_TIMEOUT, STUN_TCP_IDLE,
+        STUN_TCP_MAX_CONNS, STUN_TCP_MAX_REQUESTS,
     },
     stun::{self, Change, Class, Reply, BINDING_REQUEST, HEADER_LEN},
 };
@@ -81,6 +90,9 @@ pub(crate) struct Layout {
     /// `names[ip][port]`: its address as clients should see it (`None` when the
     /// server listens on a wildcard address and has no alternate to name itself by).
     names: [[Option<SocketAddr>; 2]; 2],
+    /// `tcp_bound[ip][port]`: where a STUN-over-TCP listener (shareable with
+    /// `SO_REUSEPORT`, so that dial-backs can leave from it) is bound.
+    tcp_bound: [[Option<SocketAddr>; 2]; 2],
 }
 
 impl Layout {
@@ -143,6 +155,11 @@ impl Responder {
         tracker.close();
         tracker.wait().await;
     }
+}
+
+/// A STUN-over-TCP listener whose address dial-backs can share (`SO_REUSEPORT`).
+fn stun_listener(addr: SocketAddr) -> io::Result<TcpListener> {
+    common::net::reusable_socket(addr)?.listen(1024)
 }
 
 fn in_use(e: &io::Error) -> bool {
@@ -221,7 +238,8 @@ async fn try_bind(
     }
     udp[0][1] = Some(Arc::new(first));
     layout.present[0][1] = true;
-    tcp.push(((0, 1), TcpListener::bind((a1, p2)).await?));
+    tcp.push(((0, 1), stun_listener(SocketAddr::new(a1, p2))?));
+    layout.tcp_bound[0][1] = Some(SocketAddr::new(a1, p2));
     let name_ip = |i: usize| match (i, two_ips) {
         (1, _) => a2,
         (_, true) => a1,
@@ -233,7 +251,8 @@ async fn try_bind(
         for p in [(0usize, p1), (1, p2)] {
             udp[1][p.0] = Some(Arc::new(UdpSocket::bind((a2, p.1)).await?));
             layout.present[1][p.0] = true;
-            tcp.push(((1, p.0), TcpListener::bind((a2, p.1)).await?));
+            tcp.push(((1, p.0), stun_listener(SocketAddr::new(a2, p.1))?));
+            layout.tcp_bound[1][p.0] = Some(SocketAddr::new(a2, p.1));
         }
     }
     for (i, row) in layout.names.iter_mut().enumerate() {
@@ -342,7 +361,7 @@ async fn stun_over_tcp(layout: &Layout, at: Slot, mut stream: TcpStream, from: S
             }
             Err(_) => return,
         };
-        let Some(reply) = answer_tcp(layout, at, from, &req) else {
+        let Some(reply) = answer_tcp(layout, at, from, &req).await else {
             debug!("STUN over TCP: not a Binding request; closing");
             return;
         };
@@ -352,7 +371,13 @@ async fn stun_over_tcp(layout: &Layout, at: Slot, mut stream: TcpStream, from: S
     }
 }
 
-fn answer_tcp(layout: &Layout, at: Slot, from: SocketAddr, req: &[u8]) -> Option<Vec<u8>> {
+/// The answer to one request over TCP. A CHANGE-REQUEST asks for a *dial-back*: the
+/// server connects from the changed endpoint to the address this connection comes
+/// from (never anywhere else) and sends the Binding response over that connection;
+/// this connection then gets the same response if the dial-back got through, or a
+/// 500 error saying what the client's NAT did with the unsolicited SYN. That is how
+/// `peer nat-check` measures TCP filtering.
+async fn answer_tcp(layout: &Layout, at: Slot, from: SocketAddr, req: &[u8]) -> Option<Vec<u8>> {
     let msg = stun::decode(req).ok()?;
     if msg.class != Class::Request || !msg.binding {
         return None;
@@ -360,7 +385,25 @@ fn answer_tcp(layout: &Layout, at: Slot, from: SocketAddr, req: &[u8]) -> Option
     let reply = if !msg.unknown_required.is_empty() {
         stun::binding_error(msg.tid, 420, "Unknown Attribute", &msg.unknown_required)
     } else if msg.change.any() {
-        stun::binding_error(msg.tid, 400, "CHANGE-REQUEST needs UDP", &[])
+        let to = (
+            at.0 ^ usize::from(msg.change.ip),
+            at.1 ^ usize::from(msg.change.port),
+        );
+        let reply = Reply {
+            mapped: from,
+            other: layout.other(to),
+            origin: layout.name(to),
+        };
+        match layout.tcp_bound[to.0][to.1] {
+            None => stun::binding_error(msg.tid, 400, "no TCP endpoint to dial back from", &[]),
+            Some(source) => {
+                let bytes = stun::binding_success(msg.tid, &reply, true).ok()?;
+                match dial_back(source, from, &bytes).await {
+                    Ok(()) => Ok(bytes),
+                    Err(why) => stun::binding_error(msg.tid, 500, &why, &[]),
+                }
+            }
+        }
     } else {
         let reply = Reply {
             mapped: from,
@@ -370,6 +413,26 @@ fn answer_tcp(layout: &Layout, at: Slot, from: SocketAddr, req: &[u8]) -> Option
         stun::binding_success(msg.tid, &reply, true)
     };
     reply.ok()
+}
+
+/// Connects from `source` to `to` and sends `bytes`; on failure, why, in words that
+/// say what the NAT in front of `to` did.
+async fn dial_back(source: SocketAddr, to: SocketAddr, bytes: &[u8]) -> Result<(), String> {
+    let attempt = async {
+        let sock = common::net::reusable_socket(source)?;
+        let mut s = sock.connect(to).await?;
+        s.write_all(bytes).await?;
+        let _ = s.shutdown().await;
+        Ok::<(), io::Error>(())
+    };
+    match tokio::time::timeout(STUN_DIAL_BACK_TIMEOUT, attempt).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionRefused => {
+            Err("dial-back refused (RST or ICMP)".into())
+        }
+        Ok(Err(e)) => Err(format!("dial-back failed: {}", e.kind())),
+        Err(_) => Err("dial-back got no answer (dropped)".into()),
+    }
 }
 
 /// The answer to one UDP datagram that arrived at endpoint `at` from `from`: the

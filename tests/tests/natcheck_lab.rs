@@ -3,7 +3,7 @@
 //! `peer nat-check` behind each NAT profile, and the report checked against what the
 //! profile is:
 //!
-//! | profile | mapping | filtering (UDP) | verdict |
+//! | profile | mapping | filtering (TCP and UDP) | verdict |
 //! |---|---|---|---|
 //! | port-restricted (`masquerade`) | endpoint-independent, port kept | address-and-port-dependent | port-restricted cone |
 //! | symmetric (`masquerade fully-random`) | address-and-port-dependent | address-and-port-dependent | symmetric |
@@ -11,6 +11,8 @@
 //! | port-restricted behind an endpoint-independent CGNAT | endpoint-independent | address-and-port-dependent | port-restricted cone: the two NATs count as one |
 //! | port-restricted behind a symmetric CGNAT | dependent | address-and-port-dependent | symmetric |
 //!
+//! TCP filtering comes from the server's dial-backs, which also show what the NAT does
+//! with an unsolicited SYN (RST by default, silence with `Unsolicited::Drop`).
 //! Hairpinning is reported "no" on the lab's default routers and "yes" on a router
 //! with the lab's hairpinning turned on.
 #![allow(clippy::unwrap_used)]
@@ -19,7 +21,7 @@ mod support;
 
 use std::{net::SocketAddr, time::Duration};
 
-use lab::{CgnatProfile, Host, Lab, LabSpec, NatProfile, Site};
+use lab::{CgnatProfile, Host, Lab, LabSpec, NatProfile, Site, Unsolicited};
 use support::*;
 
 const T: Duration = Duration::from_secs(30);
@@ -77,7 +79,8 @@ fn field(report: &str, section: &str, name: &str) -> String {
 struct Expect<'a> {
     public_ip: std::net::Ipv4Addr,
     mapping: &'a [&'a str],
-    udp_filtering: &'a str,
+    filtering: &'a str,
+    unsolicited_syn: &'a str,
     port_kept: Option<&'a str>,
     hairpinning: &'a str,
     verdict: &'a str,
@@ -109,11 +112,19 @@ fn check(report: &str, e: &Expect) {
             "{section}: {report}"
         );
     }
-    assert_eq!(
-        field(report, "UDP", "filtering"),
-        e.udp_filtering,
-        "{report}"
-    );
+    for section in ["TCP", "UDP"] {
+        assert_eq!(
+            field(report, section, "filtering"),
+            e.filtering,
+            "{section}: {report}"
+        );
+    }
+    if e.filtering != "endpoint-independent" {
+        assert!(
+            field(report, "TCP", "unsolicited SYN").starts_with(e.unsolicited_syn),
+            "{report}"
+        );
+    }
     assert!(
         report.contains(&format!("Verdict: {}", e.verdict)),
         "expected verdict {:?}:\n{report}",
@@ -142,7 +153,8 @@ fn port_restricted_symmetric_and_full_cone_are_told_apart() {
         &Expect {
             public_ip: lab.public_ip(Site::A),
             mapping: &["endpoint-independent"],
-            udp_filtering: "address-and-port-dependent",
+            filtering: "address-and-port-dependent",
+            unsolicited_syn: "refused",
             port_kept: Some("yes"),
             hairpinning: "no",
             verdict: "port-restricted cone NAT",
@@ -157,7 +169,8 @@ fn port_restricted_symmetric_and_full_cone_are_told_apart() {
         &Expect {
             public_ip: lab.public_ip(Site::B),
             mapping: DEPENDENT,
-            udp_filtering: "address-and-port-dependent",
+            filtering: "address-and-port-dependent",
+            unsolicited_syn: "refused",
             port_kept: None,
             hairpinning: "no",
             verdict: "symmetric NAT",
@@ -172,13 +185,34 @@ fn port_restricted_symmetric_and_full_cone_are_told_apart() {
         &Expect {
             public_ip: lab.public_ip(Site::A),
             mapping: &["endpoint-independent"],
-            udp_filtering: "endpoint-independent",
+            filtering: "endpoint-independent",
+            unsolicited_syn: "",
             port_kept: Some("yes"),
             hairpinning: "no",
             verdict: "full cone NAT",
         },
     );
     assert!(a.contains("symmetric ones included"), "{a}");
+
+    // Port-restricted again, now dropping unsolicited packets: the dial-back's SYN
+    // goes unanswered, and the report says so.
+    lab.set_nat(Site::A, NatProfile::PortRestricted)
+        .expect("set_nat");
+    lab.set_unsolicited(Site::A, Unsolicited::Drop)
+        .expect("set_unsolicited");
+    let a = report(start_check(&lab, Host::A, addr));
+    check(
+        &a,
+        &Expect {
+            public_ip: lab.public_ip(Site::A),
+            mapping: &["endpoint-independent"],
+            filtering: "address-and-port-dependent",
+            unsolicited_syn: "dropped silently",
+            port_kept: Some("yes"),
+            hairpinning: "no",
+            verdict: "port-restricted cone NAT",
+        },
+    );
 }
 
 #[test]
@@ -205,7 +239,8 @@ fn carrier_grade_nat_counts_as_one_layer() {
         &Expect {
             public_ip: lab.public_ip(Site::A),
             mapping: &["endpoint-independent"],
-            udp_filtering: "address-and-port-dependent",
+            filtering: "address-and-port-dependent",
+            unsolicited_syn: "refused",
             port_kept: None,
             hairpinning: "no",
             verdict: "port-restricted cone NAT",
@@ -217,7 +252,8 @@ fn carrier_grade_nat_counts_as_one_layer() {
         &Expect {
             public_ip: lab.public_ip(Site::B),
             mapping: DEPENDENT,
-            udp_filtering: "address-and-port-dependent",
+            filtering: "address-and-port-dependent",
+            unsolicited_syn: "refused",
             port_kept: None,
             hairpinning: "no",
             verdict: "symmetric NAT",
@@ -238,7 +274,8 @@ fn hairpinning_router_is_reported() {
         &Expect {
             public_ip: lab.public_ip(Site::A),
             mapping: &["endpoint-independent"],
-            udp_filtering: "address-and-port-dependent",
+            filtering: "address-and-port-dependent",
+            unsolicited_syn: "refused",
             port_kept: Some("yes"),
             hairpinning: "yes",
             verdict: "port-restricted cone NAT",

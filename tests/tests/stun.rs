@@ -254,7 +254,8 @@ fn our_client_against_our_server_with_two_addresses() {
         "{report}"
     );
     assert_open(&report, "UDP", true);
-    assert_open(&report, "TCP", false);
+    // TCP filtering too: the server dialed back from its other IP.
+    assert_open(&report, "TCP", true);
     // TCP asked the Noise port and STUN over TCP on the alternate IP.
     let other_ip = format!("via 127.0.0.2:{}", addr.port());
     assert_eq!(report.matches(&other_ip).count(), 2, "{report}");
@@ -473,24 +474,67 @@ fn stun_over_tcp_answers_and_closes_on_junk() {
             r[2..4].copy_from_slice(&[0xff, 0xfc]);
             r
         }),
-        (
-            "change request over TCP",
-            stun::binding_request([0; 12], Change::PORT).unwrap(),
-        ),
     ] {
         let mut c = TcpStream::connect(alt).unwrap();
         c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         c.write_all(&bytes).unwrap();
         let mut got = Vec::new();
         let _ = c.read_to_end(&mut got);
-        if what == "change request over TCP" {
-            // 400: CHANGE-REQUEST is a UDP thing; then the connection stays usable.
-            let m = stun::decode(&got).unwrap();
-            assert_eq!(m.error.unwrap().0, 400);
-        } else {
-            assert!(got.is_empty(), "{what}: answered {got:?}");
-        }
+        assert!(got.is_empty(), "{what}: answered {got:?}");
     }
+}
+
+/// Over TCP a CHANGE-REQUEST asks the server to dial back from the changed endpoint
+/// to the connection's own address: it arrives at a listener sharing that port, and
+/// the original connection hears whether it got through; without a listener, the
+/// refusal is reported.
+#[test]
+fn change_request_over_tcp_dials_back_to_the_requester_only() {
+    let (_srv, addr, alt) = server_with_alt();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        use tokio::io::AsyncWriteExt;
+        let local: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let lsock = common::net::reusable_socket(local).unwrap();
+        let port = lsock.local_addr().unwrap().port();
+        let listener = lsock.listen(4).unwrap();
+        let sock = common::net::reusable_socket(SocketAddr::new(local.ip(), port)).unwrap();
+        let mut c = sock.connect(alt).await.unwrap();
+        // From alt (127.0.0.2:P2), change IP: the dial-back leaves from 127.0.0.1:P2.
+        let tid = [0x42; 12];
+        let change_ip = Change {
+            ip: true,
+            port: false,
+        };
+        c.write_all(&stun::binding_request(tid, change_ip).unwrap())
+            .await
+            .unwrap();
+        let (mut back, from) = tokio::time::timeout(T, listener.accept())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(from, SocketAddr::new(addr.ip(), alt.port()));
+        let m = stun::decode(&stun::read_message(&mut back).await.unwrap()).unwrap();
+        assert_eq!((m.class, m.tid), (Class::Success, tid));
+        assert_eq!(m.mapped, Some(c.local_addr().unwrap()));
+        assert_eq!(m.origin, Some(from));
+        let m = stun::decode(&stun::read_message(&mut c).await.unwrap()).unwrap();
+        assert_eq!((m.class, m.tid), (Class::Success, tid));
+
+        // Nobody listening on the requester's port: the SYN is refused, and said so.
+        drop(listener);
+        let mut c = tokio::net::TcpStream::connect(alt).await.unwrap();
+        c.write_all(&stun::binding_request([0x43; 12], Change::PORT).unwrap())
+            .await
+            .unwrap();
+        let m = stun::decode(&stun::read_message(&mut c).await.unwrap()).unwrap();
+        let (code, reason) = m.error.unwrap();
+        assert_eq!(code, 500);
+        assert!(reason.contains("refused"), "{reason}");
+    });
 }
 
 #[test]
