@@ -10,6 +10,11 @@ use peer::client::ServerConfig;
 #[derive(Parser, Debug)]
 #[command(version, about, long_about = None)]
 struct Args {
+    /// Config file: punchline's or frp's `frpc.toml` (serverAddr, serverPort,
+    /// auth.token, [[proxies]] of type tcp, http and xtcp, [[visitors]] of type xtcp).
+    /// Without a command, runs everything the file lists. --server and --token override.
+    #[arg(long, short = 'c', value_name = "FILE", global = true)]
+    config: Option<std::path::PathBuf>,
     /// The rendezvous server, HOST[:PORT] (default port 8877).
     #[arg(long, short, env = "PUNCHLINE_SERVER", global = true)]
     server: Option<String>,
@@ -239,8 +244,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(Command::NatCheck { stun, json }) = &args.command {
         return nat_check(&args, stun.as_deref(), *json).await;
     }
-    let Some(server) = args.server else {
-        anyhow::bail!("no rendezvous server given: use --server HOST[:PORT] (or PUNCHLINE_SERVER)");
+    let file = match &args.config {
+        Some(path) => Some(peer::config::load(path)?),
+        None => None,
+    };
+    let Some(server) = args.server.clone().or_else(|| file.as_ref().map(|f| f.server.clone())) else {
+        anyhow::bail!("no rendezvous server given: use --server HOST[:PORT] (or PUNCHLINE_SERVER, or -c FILE)");
     };
     let addr = common::resolve_server(&server, common::defaults::SERVER_PORT)
         .await
@@ -252,9 +261,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     let cfg = ServerConfig {
         addr,
-        token: args.token,
+        token: args.token.or_else(|| file.as_ref().and_then(|f| f.token.clone())),
     };
-    match args.command {
+    let command = match (args.command, file) {
+        (None, Some(file)) => return run_file(cfg, file).await,
+        (command, _) => command,
+    };
+    match command {
         Some(Command::Pipe { code, no_relay }) => {
             peer::pipe::run(&cfg, code, !no_relay, tokio::io::stdin(), tokio::io::stdout()).await?;
             Ok(())
@@ -276,6 +289,56 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Some(Command::NatCheck { .. }) => unreachable!("handled above"),
         None => anyhow::bail!("no command given: try `peer --server HOST pipe` or `peer --help`"),
     }
+}
+
+/// Runs everything a config file lists, concurrently, until one part fails.
+async fn run_file(cfg: ServerConfig, file: peer::config::ClientConfig) -> anyhow::Result<()> {
+    use peer::config::ProxyKind;
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut exposed = Vec::new();
+    for p in file.proxies {
+        let local = tokio::net::lookup_host(&p.local)
+            .await
+            .with_context(|| format!("proxy {}: cannot resolve {}", p.name, p.local))?
+            .next()
+            .with_context(|| format!("proxy {}: no address for {}", p.name, p.local))?;
+        match (&p.kind, p.kind.expose_spec()) {
+            (_, Some(spec)) => exposed.push(peer::expose::Proxy { name: p.name.clone(), local, spec }),
+            (ProxyKind::Xtcp { secret }, None) => {
+                let svc = peer::service::ServeConfig {
+                    name: p.name.clone(),
+                    local,
+                    secret: secret.clone(),
+                    max_links: 64,
+                    max_streams: 256,
+                };
+                let cfg = cfg.clone();
+                tasks.spawn(async move { peer::service::serve(cfg, svc).await.map_err(anyhow::Error::from) });
+            }
+            _ => {}
+        }
+    }
+    if !exposed.is_empty() {
+        let cfg = cfg.clone();
+        tasks.spawn(async move { peer::expose::run(cfg, exposed).await.map_err(anyhow::Error::from) });
+    }
+    for v in file.visitors {
+        let svc = peer::service::ConnectConfig {
+            name: v.server_name,
+            secret: v.secret,
+            listen: v.bind,
+            keep_open: v.keep_open,
+        };
+        let cfg = cfg.clone();
+        tasks.spawn(async move { peer::service::connect(cfg, svc).await.map_err(anyhow::Error::from) });
+    }
+    if tasks.is_empty() {
+        anyhow::bail!("the config file lists no proxies or visitors");
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.context("task panicked")??;
+    }
+    Ok(())
 }
 
 /// `peer nat-check`: runs the checks and prints the report (JSON with `--json`).

@@ -63,6 +63,20 @@ pub struct ServerConfig {
     pub alt_addr: Option<SocketAddr>,
 }
 
+impl ServerConfig {
+    /// A server on `bind` with no token, vhost, alternate address or port limits.
+    pub fn new(bind: SocketAddr) -> Self {
+        Self {
+            bind,
+            vhost_http_port: None,
+            subdomain_host: None,
+            token: None,
+            allow_ports: PortRanges::all(),
+            alt_addr: None,
+        }
+    }
+}
+
 impl fmt::Debug for ServerConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ServerConfig")
@@ -151,17 +165,6 @@ impl PortRanges {
             }
         }
         PortRanges(merged)
-    }
-}
-
-/// For [`server::Config`](crate::server::Config): the server's own type for the same
-/// set (an empty list there means every port).
-impl From<PortRanges> for crate::expose::AllowPorts {
-    fn from(ports: PortRanges) -> Self {
-        if ports.is_all() {
-            return crate::expose::AllowPorts::default();
-        }
-        crate::expose::AllowPorts(ports.0.iter().map(|r| (*r.start(), *r.end())).collect())
     }
 }
 
@@ -1291,10 +1294,6 @@ mod tests {
             PortRanges::all()
         );
         assert_eq!(PortRanges::default(), PortRanges::all());
-        let server: crate::expose::AllowPorts = r.into();
-        assert_eq!(server.0, vec![(2000, 3001), (3003, 3003), (4000, 50000)]);
-        let server: crate::expose::AllowPorts = PortRanges::all().into();
-        assert!(server.0.is_empty() && server.contains(1));
         for bad in [
             "",
             "0",

@@ -15,6 +15,7 @@ use std::{
     time::Duration,
 };
 
+use crate::config::PortRanges;
 use common::{
     mux::{Mux, MuxStream},
     proto::ExposeSpec,
@@ -29,43 +30,6 @@ use tracing::{debug, info, info_span, warn, Instrument};
 /// How long the exposures of a peer whose control connection went away stay reserved
 /// for it. Covers a server restart or a network blip with the peer's reconnect backoff.
 pub const GRACE: Duration = Duration::from_secs(60);
-
-/// Ports peers may expose: inclusive ranges; empty means any.
-#[derive(Debug, Clone, Default)]
-pub struct AllowPorts(pub Vec<(u16, u16)>);
-
-impl AllowPorts {
-    /// Whether `port` may be exposed.
-    pub fn contains(&self, port: u16) -> bool {
-        self.0.is_empty() || self.0.iter().any(|&(a, b)| (a..=b).contains(&port))
-    }
-
-    /// Parses `2000-3000,3001`.
-    pub fn parse(s: &str) -> Result<Self, String> {
-        let mut v = Vec::new();
-        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            let (a, b) = part.split_once('-').unwrap_or((part, part));
-            let a: u16 = a.trim().parse().map_err(|_| format!("bad port {a:?} in {s:?}"))?;
-            let b: u16 = b.trim().parse().map_err(|_| format!("bad port {b:?} in {s:?}"))?;
-            if a > b || a == 0 {
-                return Err(format!("bad port range {part:?}"));
-            }
-            v.push((a, b));
-        }
-        Ok(Self(v))
-    }
-}
-
-impl std::fmt::Display for AllowPorts {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.0.is_empty() {
-            return f.write_str("any");
-        }
-        let parts: Vec<String> =
-            self.0.iter().map(|&(a, b)| if a == b { a.to_string() } else { format!("{a}-{b}") }).collect();
-        f.write_str(&parts.join(","))
-    }
-}
 
 /// One peer process's exposures.
 #[derive(Default)]
@@ -86,15 +50,20 @@ struct TcpExposure {
 /// The registry of all exposures.
 pub(crate) struct Exposures {
     bind_ip: std::net::IpAddr,
-    allow: AllowPorts,
+    allow: PortRanges,
+    vhosts: Option<Arc<crate::vhost::Vhosts>>,
     instances: Mutex<HashMap<u64, Instance>>,
     /// Port → instance, for conflicts.
     ports: Mutex<HashMap<u16, u64>>,
 }
 
 impl Exposures {
-    pub(crate) fn new(bind_ip: std::net::IpAddr, allow: AllowPorts) -> Arc<Self> {
-        Arc::new(Self { bind_ip, allow, instances: Mutex::default(), ports: Mutex::default() })
+    pub(crate) fn new(
+        bind_ip: std::net::IpAddr,
+        allow: PortRanges,
+        vhosts: Option<Arc<crate::vhost::Vhosts>>,
+    ) -> Arc<Self> {
+        Arc::new(Self { bind_ip, allow, vhosts, instances: Mutex::default(), ports: Mutex::default() })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Instance>> {
@@ -108,7 +77,7 @@ impl Exposures {
         instance: u64,
         name: &str,
         spec: &ExposeSpec,
-    ) -> Result<Option<u16>, String> {
+    ) -> Result<(Option<u16>, Vec<String>), String> {
         {
             let mut all = self.lock();
             let inst = all.entry(instance).or_default();
@@ -120,14 +89,35 @@ impl Exposures {
                 if let Some(existing) = inst.tcp.get(name) {
                     if *remote_port == 0 || *remote_port == existing.port {
                         // The same instance taking its exposure back (after a reconnect).
-                        return Ok(Some(existing.port));
+                        return Ok((Some(existing.port), Vec::new()));
                     }
                 }
             }
         }
         match spec {
-            ExposeSpec::Tcp { remote_port } => self.expose_tcp(instance, name, *remote_port).await.map(Some),
-            ExposeSpec::Http(_) => Err("HTTP exposure needs the server's --vhost-http-port".into()),
+            ExposeSpec::Tcp { remote_port } => {
+                self.expose_tcp(instance, name, *remote_port).await.map(|p| (Some(p), Vec::new()))
+            }
+            ExposeSpec::Http(route) => {
+                let Some(vhosts) = &self.vhosts else {
+                    return Err("this server serves no HTTP virtual hosts (start it with --vhost-http-port)".into());
+                };
+                let me = self.clone();
+                let proxy = name.to_string();
+                let opener: crate::vhost::Opener = Arc::new(move || {
+                    let (me, proxy) = (me.clone(), proxy.clone());
+                    Box::pin(async move { me.open(instance, &proxy).await })
+                });
+                let urls = vhosts.add(crate::vhost::Route {
+                    proxy: name.to_string(),
+                    http: route.clone(),
+                    opener,
+                    owner: instance,
+                })?;
+                vhosts.set_online(instance, true);
+                info!(proxy = name, ?urls, "http route exposed");
+                Ok((None, urls))
+            }
         }
     }
 
@@ -136,8 +126,9 @@ impl Exposures {
             return Err(format!("port {port} is not allowed on this server (allowed: {})", self.allow));
         }
         if port != 0 {
-            if let Some(&owner) = self.ports.lock().unwrap_or_else(|p| p.into_inner()).get(&port) {
-                if owner != instance {
+            let owner = self.ports.lock().unwrap_or_else(|p| p.into_inner()).get(&port).copied();
+            if let Some(owner) = owner.filter(|&o| o != instance) {
+                if !self.evict_offline(owner, port) {
                     return Err(format!("port {port} is already exposed by another peer"));
                 }
             }
@@ -163,14 +154,35 @@ impl Exposures {
         Ok(port)
     }
 
+    /// Frees `port` if its owner is offline (in its grace period): a restarted peer
+    /// process takes over what its predecessor held. Returns whether it was freed.
+    fn evict_offline(&self, owner: u64, port: u16) -> bool {
+        let mut all = self.lock();
+        let Some(inst) = all.get_mut(&owner) else { return true };
+        if inst.conn.is_some() {
+            return false;
+        }
+        inst.tcp.retain(|name, t| {
+            if t.port == port {
+                t.task.abort();
+                info!(port, proxy = %name, "exposure of an offline peer taken over");
+                false
+            } else {
+                true
+            }
+        });
+        self.ports.lock().unwrap_or_else(|p| p.into_inner()).remove(&port);
+        true
+    }
+
     async fn bind(&self, port: u16) -> Result<TcpListener, String> {
         if port == 0 {
             // The server chooses: a free port inside the allowed ranges.
-            if self.allow.0.is_empty() {
+            if self.allow.is_all() {
                 return TcpListener::bind((self.bind_ip, 0)).await.map_err(|e| format!("cannot listen: {e}"));
             }
-            for &(a, b) in &self.allow.0 {
-                for p in a..=b {
+            for range in self.allow.ranges() {
+                for p in range.clone() {
                     if self.ports.lock().unwrap_or_else(|p| p.into_inner()).contains_key(&p) {
                         continue;
                     }
@@ -181,7 +193,19 @@ impl Exposures {
             }
             return Err(format!("no free port left in the allowed ranges ({})", self.allow));
         }
-        TcpListener::bind((self.bind_ip, port)).await.map_err(|e| format!("cannot listen on port {port}: {e}"))
+        // A port just taken over from an offline peer is freed when its aborted
+        // listener task is dropped, a moment later: retry briefly.
+        let mut tries = 0;
+        loop {
+            match TcpListener::bind((self.bind_ip, port)).await {
+                Ok(l) => return Ok(l),
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tries < 40 => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(25)).await;
+                }
+                Err(e) => return Err(format!("cannot listen on port {port}: {e}")),
+            }
+        }
     }
 
     async fn accept_loop(self: Arc<Self>, listener: TcpListener, instance: u64, proxy: String) {
@@ -238,6 +262,9 @@ impl Exposures {
             inst.conn = None;
             inst.epoch += 1;
             let epoch = inst.epoch;
+            if let Some(v) = &self.vhosts {
+                v.set_online(id, false);
+            }
             let me = self.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(GRACE).await;
@@ -258,6 +285,9 @@ impl Exposures {
                 }
                 if let Some(m) = inst.data {
                     m.close();
+                }
+                if let Some(v) = &self.vhosts {
+                    v.remove_owner(instance);
                 }
             }
         }

@@ -12,12 +12,23 @@ use tracing::warn;
 #[derive(Parser, Debug)]
 #[command(version, about, long_about = None)]
 struct Args {
-    /// TCP port to listen on (0: any free port, printed at start).
-    #[arg(long, short, default_value_t = common::defaults::SERVER_PORT)]
-    port: u16,
-    /// Address to listen on.
-    #[arg(long, default_value = "0.0.0.0")]
-    bind: IpAddr,
+    /// Config file: punchline's or frp's `frps.toml` (bindAddr, bindPort, vhostHTTPPort,
+    /// subDomainHost, auth.token, allowPorts). Flags given too override it.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    config: Option<std::path::PathBuf>,
+    /// TCP port to listen on (0: any free port, printed at start). [default: 8877]
+    #[arg(long, short)]
+    port: Option<u16>,
+    /// Address to listen on. [default: 0.0.0.0]
+    #[arg(long)]
+    bind: Option<IpAddr>,
+    /// Serve HTTP virtual hosts on this port (`peer expose http`); 0: any free port.
+    #[arg(long, value_name = "PORT")]
+    vhost_http_port: Option<u16>,
+    /// The domain under which `peer expose http --subdomain NAME` lives
+    /// (NAME.DOMAIN).
+    #[arg(long, value_name = "DOMAIN")]
+    subdomain_host: Option<String>,
     /// Shared token peers must present. Without one, anyone may use the server.
     #[arg(long, env = "PUNCHLINE_TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -29,8 +40,8 @@ struct Args {
     alt_addr: Option<AltAddr>,
     /// Ports peers may expose with `peer expose tcp`, e.g. `2000-3000,3389`. Default:
     /// any port.
-    #[arg(long, value_name = "RANGES", value_parser = rendezvous::expose::AllowPorts::parse)]
-    allow_ports: Option<rendezvous::expose::AllowPorts>,
+    #[arg(long, value_name = "RANGES", value_parser = rendezvous::config::PortRanges::parse_cli)]
+    allow_ports: Option<rendezvous::config::PortRanges>,
     /// Speak the original C demo's text protocol instead (unencrypted).
     #[arg(long)]
     classic: bool,
@@ -85,7 +96,17 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let bind = SocketAddr::new(args.bind, args.port);
+    let mut cfg = match &args.config {
+        Some(path) => rendezvous::config::load(path)?,
+        None => rendezvous::Config::new(SocketAddr::from(([0, 0, 0, 0], common::defaults::SERVER_PORT))),
+    };
+    if let Some(ip) = args.bind {
+        cfg.bind.set_ip(ip);
+    }
+    if let Some(port) = args.port {
+        cfg.bind.set_port(port);
+    }
+    let bind = cfg.bind;
     if args.classic {
         let listener = tokio::net::TcpListener::bind(bind)
             .await
@@ -101,26 +122,32 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .await
             .context("classic server");
     }
-    if args.token.is_none() {
+    if args.token.is_some() {
+        cfg.token = args.token;
+    }
+    if args.vhost_http_port.is_some() {
+        cfg.vhost_http_port = args.vhost_http_port;
+    }
+    if args.subdomain_host.is_some() {
+        cfg.subdomain_host = args.subdomain_host.map(|d| d.to_ascii_lowercase());
+    }
+    if let Some(ports) = args.allow_ports {
+        cfg.allow_ports = ports;
+    }
+    if let Some(a) = args.alt_addr {
+        let port = a.port.unwrap_or(if bind.port() == 0 { 0 } else { bind.port().wrapping_add(1) });
+        cfg.alt_addr = Some(SocketAddr::new(a.ip, port));
+    }
+    if cfg.token.is_none() {
         warn!("no --token given: ANY peer may use this server (traffic is still encrypted)");
     }
-    let alt_addr = args.alt_addr.map(|a| {
-        let port = a
-            .port
-            .unwrap_or(if args.port == 0 { 0 } else { args.port.wrapping_add(1) });
-        SocketAddr::new(a.ip, port)
-    });
-    let handle = rendezvous::spawn(rendezvous::Config {
-        bind,
-        token: args.token,
-        alt_addr,
-        allow_ports: args.allow_ports.unwrap_or_default(),
-    })
-    .await
-    .with_context(|| format!("cannot listen on {bind}"))?;
+    let handle = rendezvous::spawn(cfg).await.with_context(|| format!("cannot listen on {bind}"))?;
     println!("listening on {}", handle.local_addr());
     if let Some(alt) = handle.alt_addr() {
         println!("stun alternate {alt}");
+    }
+    if let Some(vhost) = handle.vhost_addr() {
+        println!("http vhost on {vhost}");
     }
     let _ = tokio::signal::ctrl_c().await;
     handle.shutdown();

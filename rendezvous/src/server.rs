@@ -36,47 +36,15 @@ use tracing::{debug, info, info_span, warn, Instrument};
 
 type Chan = Channel<NoiseStream<TcpStream>>;
 
-/// How the server runs.
-#[derive(Clone)]
-pub struct Config {
-    /// Where to listen.
-    pub bind: SocketAddr,
-    /// Peers must know this token; `None` accepts anyone (still encrypted).
-    pub token: Option<String>,
-    /// An alternate address for RFC 5780 STUN behaviour discovery (port 0: any free
-    /// port). STUN over UDP is always answered on `bind`'s port; see `stun.rs`.
-    pub alt_addr: Option<SocketAddr>,
-    /// Ports peers may expose (`expose tcp`); empty: any.
-    pub allow_ports: crate::expose::AllowPorts,
-}
-
-impl Config {
-    /// A server on `bind` without token or alternate address.
-    pub fn new(bind: SocketAddr) -> Config {
-        Config {
-            bind,
-            token: None,
-            alt_addr: None,
-            allow_ports: Default::default(),
-        }
-    }
-}
-
-impl std::fmt::Debug for Config {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Config")
-            .field("bind", &self.bind)
-            .field("token", &self.token.as_ref().map(|_| "MASKED"))
-            .field("alt_addr", &self.alt_addr)
-            .finish()
-    }
-}
+/// How the server runs: the same settings a config file gives.
+pub type Config = crate::config::ServerConfig;
 
 /// A running server.
 #[derive(Debug)]
 pub struct Handle {
     local_addr: SocketAddr,
     alt_addr: Option<SocketAddr>,
+    vhost_addr: Option<SocketAddr>,
     shutdown: CancellationToken,
     join: JoinHandle<()>,
 }
@@ -85,6 +53,11 @@ impl Handle {
     /// The address the server listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The HTTP vhost listener's address, if the server has one.
+    pub fn vhost_addr(&self) -> Option<SocketAddr> {
+        self.vhost_addr
     }
 
     /// The alternate STUN endpoint (OTHER-ADDRESS), if the server has one.
@@ -110,12 +83,37 @@ pub async fn spawn(config: Config) -> std::io::Result<Handle> {
     let alt_addr = stun.alt_addr();
     let local_addr = listener.local_addr()?;
     let shutdown = CancellationToken::new();
+    let vhost = match config.vhost_http_port {
+        Some(port) => {
+            let l = TcpListener::bind((config.bind.ip(), port)).await?;
+            let addr = l.local_addr()?;
+            let table = Arc::new(
+                crate::vhost::Vhosts::new(config.subdomain_host.clone()).with_http_port(addr.port()),
+            );
+            Some((l, addr, table))
+        }
+        None => None,
+    };
+    let vhost_addr = vhost.as_ref().map(|v| v.1);
+    let exposures = crate::expose::Exposures::new(
+        config.bind.ip(),
+        config.allow_ports.clone(),
+        vhost.as_ref().map(|v| v.2.clone()),
+    );
+    if let Some((l, _, table)) = vhost {
+        let token = shutdown.clone();
+        tokio::spawn(async move {
+            if let Err(e) = crate::vhost::serve(l, table, Default::default(), token).await {
+                warn!(%e, "http vhost stopped");
+            }
+        });
+    }
     let server = Arc::new(Server {
         psk: Psk::server(config.token.as_deref()),
         state: Mutex::new(State::default()),
         next_id: AtomicU64::new(1),
         relays: Default::default(),
-        exposures: crate::expose::Exposures::new(config.bind.ip(), config.allow_ports.clone()),
+        exposures,
     });
     let token = shutdown.clone();
     let join = tokio::spawn(async move {
@@ -127,6 +125,7 @@ pub async fn spawn(config: Config) -> std::io::Result<Handle> {
     Ok(Handle {
         local_addr,
         alt_addr,
+        vhost_addr,
         shutdown,
         join,
     })
@@ -386,7 +385,7 @@ async fn control(
                     ClientMsg::Repunch { session } => repunch(&server, id, session, &tx),
                     ClientMsg::Expose { name, instance, spec } => {
                         let reply = match server.exposures.expose(id, instance, &name, &spec).await {
-                            Ok(remote_port) => ServerMsg::Exposed { name, remote_port, urls: Vec::new() },
+                            Ok((remote_port, urls)) => ServerMsg::Exposed { name, remote_port, urls },
                             Err(reason) => {
                                 warn!(proxy = %name, "expose refused: {reason}");
                                 ServerMsg::Refused(format!("{name}: {reason}"))

@@ -75,6 +75,12 @@ impl Entry {
     fn owned_by(&self, owner: u64, proxy: &str) -> bool {
         self.owner == owner && self.proxy == proxy
     }
+
+    /// Whether both routes claim some host and location.
+    fn overlaps(&self, other: &Entry) -> bool {
+        self.hosts.iter().any(|h| other.hosts.contains(h))
+            && self.locations.iter().any(|l| other.locations.contains(l))
+    }
 }
 
 /// A route's claim on a path prefix of a host.
@@ -203,7 +209,9 @@ impl Vhosts {
         let mut entries = self.lock_entries();
         let mut claimed = HashMap::new();
         for e in entries.iter() {
-            if e.owned_by(entry.owner, &entry.proxy) {
+            // An offline owner (its peer is gone, within the server's grace period)
+            // gives way to a new claim; its route is dropped below.
+            if e.owned_by(entry.owner, &entry.proxy) || !e.is_online() {
                 continue;
             }
             for h in &e.hosts {
@@ -224,7 +232,9 @@ impl Vhosts {
             }
         }
         let urls = self.urls(&entry);
-        entries.retain(|e| !e.owned_by(entry.owner, &entry.proxy));
+        entries.retain(|e| {
+            !e.owned_by(entry.owner, &entry.proxy) && (e.is_online() || !e.overlaps(&entry))
+        });
         entries.push(entry);
         self.publish(&entries);
         Ok(urls)
