@@ -10,6 +10,7 @@ command -v ip >/dev/null || need+=(iproute2)
 command -v ethtool >/dev/null || need+=(ethtool)
 command -v cc >/dev/null || need+=(gcc libc6-dev)
 command -v ping >/dev/null || need+=(iputils-ping)
+command -v curl >/dev/null || need+=(curl)
 # STUN interoperability (tests/tests/stun.rs): coturn as a reference server (and its
 # turnutils_natdiscovery RFC 5780 client), stun-client's RFC 3489 `stun`.
 command -v turnserver >/dev/null || need+=(coturn)

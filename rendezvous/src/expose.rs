@@ -31,6 +31,11 @@ use tracing::{debug, info, info_span, warn, Instrument};
 /// for it. Covers a server restart or a network blip with the peer's reconnect backoff.
 pub const GRACE: Duration = Duration::from_secs(60);
 
+/// How long a user connection waits for the data connection of a peer that is online
+/// but whose data connection is not up yet (it follows `Exposed` by a round trip, or
+/// is being re-established).
+pub const DATA_WAIT: Duration = Duration::from_secs(3);
+
 /// One peer process's exposures.
 #[derive(Default)]
 struct Instance {
@@ -55,6 +60,8 @@ pub(crate) struct Exposures {
     instances: Mutex<HashMap<u64, Instance>>,
     /// Port → instance, for conflicts.
     ports: Mutex<HashMap<u16, u64>>,
+    /// Woken when a data connection attaches.
+    attached: tokio::sync::Notify,
 }
 
 impl Exposures {
@@ -63,7 +70,14 @@ impl Exposures {
         allow: PortRanges,
         vhosts: Option<Arc<crate::vhost::Vhosts>>,
     ) -> Arc<Self> {
-        Arc::new(Self { bind_ip, allow, vhosts, instances: Mutex::default(), ports: Mutex::default() })
+        Arc::new(Self {
+            bind_ip,
+            allow,
+            vhosts,
+            instances: Mutex::default(),
+            ports: Mutex::default(),
+            attached: tokio::sync::Notify::new(),
+        })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Instance>> {
@@ -233,10 +247,26 @@ impl Exposures {
     }
 
     /// Opens a stream to `instance` for `proxy`, header written.
+    /// A peer whose control connection is up but whose data connection is not (yet)
+    /// gets [`DATA_WAIT`] for it: right after `Exposed`, the data connection is a
+    /// round trip behind. A peer that is gone fails at once.
     pub(crate) async fn open(&self, instance: u64, proxy: &str) -> std::io::Result<MuxStream> {
-        let mux = self.lock().get(&instance).and_then(|i| i.data.clone());
-        let Some(mux) = mux.filter(|m| !m.is_closed()) else {
-            return Err(std::io::Error::new(std::io::ErrorKind::NotConnected, "the peer is offline"));
+        let deadline = tokio::time::Instant::now() + DATA_WAIT;
+        let mux = loop {
+            let notified = self.attached.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let (mux, online) = match self.lock().get(&instance) {
+                Some(i) => (i.data.clone().filter(|m| !m.is_closed()), i.conn.is_some()),
+                None => (None, false),
+            };
+            if let Some(m) = mux {
+                break m;
+            }
+            if !online || tokio::time::Instant::now() >= deadline {
+                return Err(std::io::Error::new(std::io::ErrorKind::NotConnected, "the peer is offline"));
+            }
+            let _ = tokio::time::timeout_at(deadline, notified).await;
         };
         let mut s = mux.open().await.map_err(std::io::Error::other)?;
         s.write_all(&common::proto::stream_header(proxy)).await?;
@@ -252,6 +282,7 @@ impl Exposures {
         if let Some(old) = inst.data.replace(mux) {
             old.close();
         }
+        self.attached.notify_waiters();
         Ok(())
     }
 

@@ -1,0 +1,309 @@
+//! `peer expose http` and config files through the real binaries: a real HTTP client
+//! (curl) and a real websocket client against real local servers, behind the real
+//! `rendezvous` vhost. Routing by host, wildcard, subdomain and location; basic auth;
+//! header sets and host rewrite; forwarded headers; websocket; the error pages (404,
+//! 502, 400); slow headers cut off; conflicts; a server restart; frp config files.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::{
+    io::{Read, Write},
+    net::SocketAddr,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use futures::{SinkExt, StreamExt};
+use support::*;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::tungstenite::Message;
+
+const T: Duration = Duration::from_secs(30);
+
+/// A local HTTP server that answers `NAME host=<Host> path=<path> h:<name>=<value>...`
+/// for the headers the tests look at, sets `x-upstream: NAME`, and echoes websockets
+/// on `/ws`.
+fn upstream(name: &'static str) -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            l.set_nonblocking(true).unwrap();
+            let l = TcpListener::from_std(l).unwrap();
+            loop {
+                let (tcp, _) = l.accept().await.unwrap();
+                tokio::spawn(serve_one(name, tcp));
+            }
+        });
+    });
+    addr
+}
+
+async fn serve_one(name: &'static str, tcp: TcpStream) {
+    // Peek the request line to tell a websocket upgrade from plain HTTP.
+    let mut buf = [0u8; 1024];
+    let n = tcp.peek(&mut buf).await.unwrap_or(0);
+    let head = String::from_utf8_lossy(&buf[..n]).to_string();
+    if head.starts_with("GET /ws") {
+        if let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await {
+            while let Some(Ok(msg)) = ws.next().await {
+                if msg.is_text() && ws.send(msg).await.is_err() {
+                    break;
+                }
+            }
+        }
+        return;
+    }
+    let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| async move {
+        let mut text = format!("{name} host={} path={}", req.headers().get("host").and_then(|v| v.to_str().ok()).unwrap_or("-"), req.uri().path());
+        for h in ["x-forwarded-for", "x-real-ip", "x-forwarded-proto", "x-from", "authorization"] {
+            if let Some(v) = req.headers().get(h).and_then(|v| v.to_str().ok()) {
+                text.push_str(&format!(" h:{h}={v}"));
+            }
+        }
+        let resp = hyper::Response::builder()
+            .header("x-upstream", name)
+            .body(http_body_util::Full::new(bytes::Bytes::from(text)))
+            .unwrap();
+        Ok::<_, std::convert::Infallible>(resp)
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+        .with_upgrades()
+        .await;
+}
+
+struct Server {
+    proc: Proc,
+    addr: SocketAddr,
+    vhost: SocketAddr,
+}
+
+fn server(args: &[&str]) -> Server {
+    let mut cmd = local("rendezvous");
+    cmd.env_remove("PUNCHLINE_TOKEN").env("RUST_LOG", "info");
+    let mut all = vec!["--bind", "127.0.0.1", "--subdomain-host", "example.com"];
+    all.extend_from_slice(args);
+    if !args.contains(&"--vhost-http-port") {
+        all.extend(["--vhost-http-port", "0"]);
+    }
+    let (proc, addr) = rendezvous(cmd, &all);
+    let line = proc.stdout.wait_for("http vhost on", T);
+    let vhost = line.rsplit(' ').next().unwrap().parse().unwrap();
+    Server { proc, addr, vhost }
+}
+
+fn expose(s: &Server, local: SocketAddr, args: &[&str]) -> Proc {
+    let mut cmd = local_cmd("peer");
+    let (srv, loc) = (s.addr.to_string(), local.to_string());
+    cmd.args(["--server", &srv, "expose", "http", "--local", &loc]);
+    cmd.args(args);
+    let p = Proc::spawn("peer", cmd);
+    p
+}
+
+fn local_cmd(name: &str) -> Command {
+    let mut c = local(name);
+    c.env_remove("PUNCHLINE_TOKEN").env("RUST_LOG", "info");
+    c
+}
+
+/// curl through the vhost: (status, headers+body).
+fn curl(vhost: SocketAddr, host: &str, path: &str, extra: &[&str]) -> (u16, String) {
+    let url = format!("http://{host}:{}{path}", vhost.port());
+    let out = Command::new("curl")
+        .args(["-s", "-i", "--max-time", "20", "--resolve", &format!("{host}:{}:127.0.0.1", vhost.port())])
+        .args(extra)
+        .arg(&url)
+        .output()
+        .expect("curl (apt-get install curl)");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, text)
+}
+
+#[test]
+fn routing_auth_headers_and_error_pages() {
+    let s = server(&[]);
+    let (web, api) = (upstream("web"), upstream("api"));
+    let a = expose(&s, web, &["--domain", "www.example.com", "--domain", "*.apps.example.com", "--subdomain", "blog", "--name", "web"]);
+    a.stdout.wait_for("exposed web http", T);
+    let b = expose(
+        &s,
+        api,
+        &[
+            "--domain", "www.example.com", "--location", "/api", "--name", "api",
+            "--basic-auth", "alice:s3cret", "--host-rewrite", "api.internal",
+            "--request-header", "x-from=punchline", "--response-header", "x-served-by=punchline",
+        ],
+    );
+    b.stdout.wait_for("exposed api http", T);
+
+    // Host, wildcard and subdomain routing; longest location wins.
+    let (st, body) = curl(s.vhost, "www.example.com", "/index", &[]);
+    assert_eq!(st, 200, "{body}");
+    assert!(body.contains("web host=www.example.com"), "{body}");
+    assert!(curl(s.vhost, "x.apps.example.com", "/", &[]).1.contains("web host=x.apps.example.com"));
+    assert!(curl(s.vhost, "blog.example.com", "/", &[]).1.contains("web host=blog.example.com"));
+    // Basic auth on /api.
+    let (st, body) = curl(s.vhost, "www.example.com", "/api/v1", &[]);
+    assert_eq!(st, 401, "{body}");
+    assert!(body.to_ascii_lowercase().contains("www-authenticate"), "{body}");
+    assert_eq!(curl(s.vhost, "www.example.com", "/api/v1", &["-u", "alice:wrong"]).0, 401);
+    let (st, body) = curl(s.vhost, "www.example.com", "/api/v1", &["-u", "alice:s3cret"]);
+    assert_eq!(st, 200, "{body}");
+    // Routed to api, host rewritten, request header set, response header set,
+    // forwarded headers added.
+    assert!(body.contains("api host=api.internal path=/api/v1"), "{body}");
+    assert!(body.contains("h:x-from=punchline"), "{body}");
+    assert!(body.to_ascii_lowercase().contains("x-served-by: punchline"), "{body}");
+    assert!(body.contains("h:x-forwarded-for=127.0.0.1") && body.contains("h:x-real-ip=127.0.0.1"), "{body}");
+    assert!(body.contains("h:x-forwarded-proto=http"), "{body}");
+
+    // Unknown host: 404 page.
+    let (st, body) = curl(s.vhost, "nobody.example.org", "/", &[]);
+    assert_eq!(st, 404, "{body}");
+    // Malformed request: 400.
+    let mut raw = std::net::TcpStream::connect(s.vhost).unwrap();
+    raw.write_all(b"THIS IS NOT HTTP\r\n\r\n").unwrap();
+    raw.set_read_timeout(Some(T)).unwrap();
+    let mut resp = String::new();
+    let _ = raw.read_to_string(&mut resp);
+    assert!(resp.starts_with("HTTP/1.1 400"), "{resp:?}");
+
+    // Conflict: another peer claiming www.example.com at / while `web` is online.
+    let mut c = expose(&s, web, &["--domain", "www.example.com", "--name", "other"]);
+    assert!(!c.wait_exit(T).success());
+    assert!(c.stderr.text().contains("www.example.com location / is already served"), "{}", c.stderr.text());
+
+    // Peer offline: 502 at once.
+    drop(a);
+    let started = Instant::now();
+    let deadline = started + T;
+    loop {
+        let (st, _) = curl(s.vhost, "www.example.com", "/", &[]);
+        if st == 502 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no 502 after the peer died (last status {st})");
+    }
+    let t = Instant::now();
+    assert_eq!(curl(s.vhost, "www.example.com", "/", &[]).0, 502);
+    assert!(t.elapsed() < Duration::from_secs(2), "502 took {:?}", t.elapsed());
+    drop(s.proc);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_through_the_vhost() {
+    let s = server(&[]);
+    let up = upstream("ws");
+    let p = expose(&s, up, &["--domain", "ws.example.com"]);
+    p.stdout.wait_for("exposed", T);
+    let tcp = TcpStream::connect(s.vhost).await.unwrap();
+    let (mut ws, resp) = tokio_tungstenite::client_async("ws://ws.example.com/ws", tcp).await.unwrap();
+    assert_eq!(resp.status(), 101);
+    for i in 0..20 {
+        let msg = format!("message {i}");
+        ws.send(Message::text(msg.clone())).await.unwrap();
+        let back = tokio::time::timeout(T, ws.next()).await.unwrap().unwrap().unwrap();
+        assert_eq!(back.into_text().unwrap().as_str(), msg);
+    }
+}
+
+#[test]
+fn slow_headers_are_cut_off() {
+    let s = server(&[]);
+    let mut raw = std::net::TcpStream::connect(s.vhost).unwrap();
+    raw.set_read_timeout(Some(Duration::from_millis(900))).unwrap();
+    let started = Instant::now();
+    let request = b"GET / HTTP/1.1\r\nHost: www.example.com\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    let mut closed = false;
+    for b in request {
+        // One byte per second, as a slowloris client does.
+        if raw.write_all(&[*b]).is_err() {
+            closed = true;
+            break;
+        }
+        let mut buf = [0u8; 512];
+        match raw.read(&mut buf) {
+            Ok(0) => {
+                closed = true;
+                break;
+            }
+            Ok(_) => {
+                closed = true;
+                break;
+            }
+            Err(_) => {}
+        }
+    }
+    assert!(closed, "the server kept a slow client");
+    let secs = started.elapsed().as_secs_f64();
+    assert!(secs < 40.0, "cut off only after {secs:.0} s");
+}
+
+#[test]
+fn a_server_restart_is_survived() {
+    let s = server(&["--vhost-http-port", "0"]);
+    let up = upstream("web");
+    let p = expose(&s, up, &["--domain", "www.example.com"]);
+    p.stdout.wait_for("exposed", T);
+    assert_eq!(curl(s.vhost, "www.example.com", "/", &[]).0, 200);
+    let (port, vport) = (s.addr.port().to_string(), s.vhost.port().to_string());
+    drop(s.proc);
+    let s2 = server(&["--port", &port, "--vhost-http-port", &vport]);
+    s2.proc.stderr.wait_for("http route exposed", Duration::from_secs(60));
+    s2.proc.stderr.wait_for("data connection up", T);
+    assert_eq!(curl(s2.vhost, "www.example.com", "/", &[]).0, 200);
+}
+
+#[test]
+fn frp_config_files_work_as_they_are() {
+    let dir = std::env::temp_dir().join(format!("pl-frp-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // Ports for the server come from the OS (bound and released), as frps.toml needs
+    // fixed numbers.
+    let free = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let (bind, vhost, remote) = (free(), free(), free());
+    let frps = format!(
+        "bindAddr = \"127.0.0.1\"\nbindPort = {bind}\nvhostHTTPPort = {vhost}\nsubDomainHost = \"example.com\"\n\
+         auth.method = \"token\"\nauth.token = \"tok\"\nallowPorts = [{{ single = {remote} }}]\n"
+    );
+    let web = upstream("web");
+    let mut cmd = Command::new(bin("stream-check"));
+    cmd.args(["echo", "0"]);
+    let echo = Proc::spawn("echo", cmd);
+    let echo_port: u16 = echo.stdout.wait_for("listening on", T).rsplit(':').next().unwrap().parse().unwrap();
+    let frpc = format!(
+        "serverAddr = \"127.0.0.1\"\nserverPort = {bind}\nauth.token = \"tok\"\n\n\
+         [[proxies]]\nname = \"echo\"\ntype = \"tcp\"\nlocalIP = \"127.0.0.1\"\nlocalPort = {echo_port}\nremotePort = {remote}\n\n\
+         [[proxies]]\nname = \"web\"\ntype = \"http\"\nlocalPort = {}\ncustomDomains = [\"www.example.com\"]\nsubdomain = \"web\"\n",
+        web.port()
+    );
+    std::fs::write(dir.join("frps.toml"), frps).unwrap();
+    std::fs::write(dir.join("frpc.toml"), frpc).unwrap();
+    let mut cmd = local_cmd("rendezvous");
+    cmd.args(["-c", dir.join("frps.toml").to_str().unwrap()]);
+    let srv = Proc::spawn("rendezvous", cmd);
+    srv.stdout.wait_for("http vhost on", T);
+    let mut cmd = local_cmd("peer");
+    cmd.args(["-c", dir.join("frpc.toml").to_str().unwrap()]);
+    let peer = Proc::spawn("peer", cmd);
+    peer.stdout.wait_for("exposed echo tcp", T);
+    peer.stdout.wait_for("exposed web http", T);
+    let vhost_addr = SocketAddr::from(([127, 0, 0, 1], vhost));
+    assert!(curl(vhost_addr, "web.example.com", "/", &[]).1.contains("web host=web.example.com"));
+    let out = Command::new(bin("stream-check"))
+        .args(["run", &format!("127.0.0.1:{remote}"), "--streams", "4", "--bytes", "2000000"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    // An unsupported key is an error naming it.
+    std::fs::write(dir.join("bad.toml"), "serverAddr = \"127.0.0.1\"\nloginFailExit = true\n").unwrap();
+    let out = local_cmd("peer").args(["-c", dir.join("bad.toml").to_str().unwrap()]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("loginFailExit"), "{}", String::from_utf8_lossy(&out.stderr));
+    let _ = std::fs::remove_dir_all(&dir);
+}
