@@ -100,8 +100,7 @@ fn expose(s: &Server, local: SocketAddr, args: &[&str]) -> Proc {
     let (srv, loc) = (s.addr.to_string(), local.to_string());
     cmd.args(["--server", &srv, "expose", "http", "--local", &loc]);
     cmd.args(args);
-    let p = Proc::spawn("peer", cmd);
-    p
+    Proc::spawn("peer", cmd)
 }
 
 fn local_cmd(name: &str) -> Command {
