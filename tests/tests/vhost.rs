@@ -828,6 +828,99 @@ async fn bodies_pass_both_ways() {
     h.stop().await;
 }
 
+/// An upstream that closes every connection after one response: each request still
+/// succeeds (a closed pooled connection is noticed, or the request retried on a new
+/// one). An upstream that answers before reading the whole body (413): the answer
+/// passes, and the busy connection is not reused.
+#[tokio::test]
+async fn upstream_closes_and_early_answers() {
+    let h = Harness::default().await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let closing = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let svc =
+                    service_fn(|_req| async { Ok::<_, std::convert::Infallible>(text("once")) });
+                let _ = http1::Builder::new()
+                    .keep_alive(false)
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    h.add(1, "closing", domains(&["closing.test"]), closing)
+        .unwrap();
+    let mut client = Client::new(h.addr).await;
+    for i in 0..30 {
+        let (status, _, body) = client.send(get("closing.test", "/")).await;
+        assert_eq!(
+            (status, body.as_str()),
+            (StatusCode::OK, "once"),
+            "request {i}"
+        );
+    }
+
+    // Raw, so that it can answer first and read the body afterwards (a hyper server
+    // would close with the body unread, and the reset can destroy the answer).
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let early = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                while !head.ends_with(b"\r\n\r\n") {
+                    let b = tcp.read_u8().await.unwrap();
+                    head.push(b);
+                }
+                if head.starts_with(b"POST") {
+                    tcp.write_all(
+                        b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 9\r\n\r\ntoo large",
+                    )
+                    .await
+                    .unwrap();
+                    let _ = tokio::io::copy(&mut tcp, &mut tokio::io::sink()).await;
+                } else {
+                    tcp.write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\nconnection: close\r\n\r\nfine",
+                    )
+                    .await
+                    .unwrap();
+                }
+            });
+        }
+    });
+    h.add(1, "early", domains(&["early.test"]), early).unwrap();
+    let req = Request::post("/upload")
+        .header(header::HOST, "early.test")
+        .body(Full::new(Bytes::from(vec![b'x'; 8 << 20])))
+        .unwrap();
+    let (status, _, _) = Client::new(h.addr).await.send(req).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    for _ in 0..5 {
+        assert_eq!(body_of(h.addr, "early.test", "/").await, "fine");
+    }
+    h.stop().await;
+}
+
+/// CONNECT is refused: the vhost tunnels nowhere.
+#[tokio::test]
+async fn connect_is_refused() {
+    let h = Harness::default().await;
+    h.add(1, "web", domains(&["a.test"]), says("hi").await)
+        .unwrap();
+    let answer = raw(
+        h.addr,
+        b"CONNECT a.test:80 HTTP/1.1\r\nHost: a.test:80\r\nConnection: close\r\n\r\n".to_vec(),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 405"), "{answer}");
+    assert_eq!(h.opened(), 0);
+    h.stop().await;
+}
+
 /// A second claim of the same host and location by another owner (or another
 /// proxy) is an error naming the host, the location and both claimants; other
 /// locations of the same host are fine; the owner can re-add its own route.

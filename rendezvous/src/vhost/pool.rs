@@ -16,7 +16,7 @@ use std::{
 };
 
 use common::mux::MuxStream;
-use futures::future::BoxFuture;
+use futures::{future::BoxFuture, FutureExt};
 use hyper::{
     body::{Body, Frame, Incoming, SizeHint},
     client::conn::http1::{self, SendRequest},
@@ -36,6 +36,12 @@ use super::proxy::UpBody;
 /// peers reconnect should look up the owner's current connection inside the
 /// opener, or [`super::Vhosts::add`] the route again with a new one.
 pub type Opener = Arc<dyn Fn() -> BoxFuture<'static, io::Result<MuxStream>> + Send + Sync>;
+
+/// How long a pooled connection may take to become ready for the next request
+/// once its response has ended. It takes microseconds (the connection's task
+/// notices the end); one that takes longer is busy with something else and is
+/// dropped for a new one.
+const READY_WAIT: Duration = Duration::from_secs(1);
 
 /// A client connection to the peer, idle.
 struct Idle {
@@ -85,8 +91,16 @@ impl Pool {
             }
             let mut sender = idle.sender;
             // Right after a response ends the connection may need a moment to
-            // become ready for the next request; a closed one errors.
-            if sender.ready().await.is_ok() {
+            // become ready for the next request; a closed one errors. One that
+            // stays busy is given up on.
+            let ready = match sender.ready().now_or_never() {
+                Some(res) => res.is_ok(),
+                None => matches!(
+                    tokio::time::timeout(READY_WAIT, sender.ready()).await,
+                    Ok(Ok(()))
+                ),
+            };
+            if ready {
                 return Some(sender);
             }
         }

@@ -14,7 +14,7 @@ use hyper::{
     client::conn::http1::SendRequest,
     header::{self, HeaderMap, HeaderName, HeaderValue},
     http::uri::PathAndQuery,
-    Request, Response, StatusCode, Uri, Version,
+    Method, Request, Response, StatusCode, Uri, Version,
 };
 use hyper_util::rt::TokioIo;
 use tokio::sync::oneshot;
@@ -80,6 +80,13 @@ async fn proxy(
             host.ok_or_else(|| page(StatusCode::BAD_REQUEST, "The request names no host."))?;
         ctx.vhosts.find(&normalize_host(host), req.uri().path())
     };
+    if req.method() == Method::CONNECT {
+        // A vhost is no forward proxy: nothing to tunnel to.
+        return Err(page(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "This server does not tunnel connections.",
+        ));
+    }
     let entry = entry.ok_or_else(|| {
         page(
             StatusCode::NOT_FOUND,
@@ -159,20 +166,20 @@ async fn proxy(
         return Ok(Response::from_parts(parts, ProxyBody::Full(None)));
     }
 
-    let lease = Lease {
+    let lease = sender.map(|sender| Lease {
         sender,
         entry: entry.clone(),
         max_idle: ctx.cfg.pool_max_idle,
-    };
+    });
     let (parts, body) = resp.into_parts();
     Ok(Response::from_parts(
         parts,
-        ProxyBody::Upstream(UpstreamBody::new(body, Some(lease))),
+        ProxyBody::Upstream(UpstreamBody::new(body, lease)),
     ))
 }
 
-/// The peer's response head, and the connection it came on.
-type Answered = (Response<Incoming>, SendRequest<UpBody>);
+/// The peer's response head, and the connection it came on if it can be reused.
+type Answered = (Response<Incoming>, Option<SendRequest<UpBody>>);
 
 /// Sends the request on a pooled or new connection and waits for the response
 /// head: at most `response_timeout` after the request body has been sent. A
@@ -214,14 +221,18 @@ async fn forward(
         let mut response = std::pin::pin!(sender.try_send_request(req));
         // The clock starts once the body is sent, as Go's ResponseHeaderTimeout.
         let mut early = None;
+        let mut body_pending = false;
         if let Some(rx) = sent.as_mut() {
             tokio::select! {
                 biased;
                 res = &mut response => early = Some(res),
-                _ = rx => {}
+                _ = &mut *rx => {}
             }
-            if early.is_none() {
-                sent = None;
+            match early {
+                None => sent = None,
+                // An answer before the whole body was sent (413, say): the
+                // connection is still busy sending it, so it is not reused.
+                Some(_) => body_pending = rx.try_recv().is_err(),
             }
         }
         let res = match early {
@@ -232,8 +243,8 @@ async fn forward(
                 Err(_) => return Err(timed_out()),
             },
         };
-        match finish(entry, res, sender) {
-            Ok(ok) => return Ok(ok),
+        match finish(entry, res) {
+            Ok(resp) => return Ok((resp, (!body_pending).then_some(sender))),
             Err(Some(back)) if !fresh => {
                 debug!(proxy = %entry.proxy, "pooled connection closed; retrying on a new one");
                 req = back;
@@ -249,10 +260,9 @@ async fn forward(
 fn finish(
     entry: &Entry,
     res: Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<UpBody>>>,
-    sender: SendRequest<UpBody>,
-) -> Result<Answered, Option<Request<UpBody>>> {
+) -> Result<Response<Incoming>, Option<Request<UpBody>>> {
     match res {
-        Ok(resp) => Ok((resp, sender)),
+        Ok(resp) => Ok(resp),
         Err(mut e) => {
             debug!(proxy = %entry.proxy, error = %e.error(), "upstream request failed");
             Err(e.take_message())
