@@ -52,3 +52,19 @@ pub use lab::spec::{
     DEFAULT_DELAY_B_MS,
 };
 pub use lab::topology::{Lab, TcpCounters, INTERNET_IP, SERVER_ALT_IP, SERVER_IP};
+
+/// Deterministic pseudo-random test data (xorshift64; fast, not cryptographic): the
+/// same `(len, seed)` always gives the same bytes, so a receiver can check a transfer
+/// by hashing.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut v = Vec::with_capacity(len + 8);
+    while v.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}

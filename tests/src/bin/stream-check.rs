@@ -18,19 +18,6 @@ use std::{
 
 use sha2::{Digest, Sha256};
 
-fn payload(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    let mut v = Vec::with_capacity(len + 8);
-    while v.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.extend_from_slice(&x.to_le_bytes());
-    }
-    v.truncate(len);
-    v
-}
-
 fn echo(port: u16) -> std::io::Result<()> {
     let l = TcpListener::bind(("0.0.0.0", port))?;
     println!("listening on {}", l.local_addr()?);
@@ -49,7 +36,7 @@ fn echo(port: u16) -> std::io::Result<()> {
 }
 
 fn one(addr: SocketAddr, i: usize, bytes: usize) -> Result<(), String> {
-    let data = payload(bytes, i as u64 + 1);
+    let data = lab::pattern(bytes, i as u64 + 1);
     let want = Sha256::digest(&data);
     let mut s = TcpStream::connect(addr).map_err(|e| format!("stream={i} connect: {e}"))?;
     let _ = s.set_nodelay(true);

@@ -227,17 +227,5 @@ pub fn sha256(data: &[u8]) -> String {
 
 /// Deterministic pseudo-random bytes (fast; no need for crypto quality).
 pub fn data(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407)
-        | 1;
-    let mut v = Vec::with_capacity(len + 8);
-    while v.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.extend_from_slice(&x.to_le_bytes());
-    }
-    v.truncate(len);
-    v
+    lab::pattern(len, seed)
 }
