@@ -4,7 +4,9 @@
 //! A request takes the newest idle connection ([`Pool::checkout`]), or opens a
 //! stream and starts a client connection on it. The connection goes back to the pool
 //! when the response body has been read to its end ([`UpstreamBody`]); a response cut
-//! short, a timeout or an upgrade keeps it out, and hyper closes it.
+//! short, a timeout or an upgrade keeps it out, and hyper closes it; so does an
+//! answer that came before the request body was all sent (the connection is still
+//! busy sending it).
 
 use std::{
     collections::VecDeque,

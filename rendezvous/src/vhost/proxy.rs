@@ -67,6 +67,13 @@ async fn proxy(
     client_ip: HeaderValue,
     mut req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Response<ProxyBody>> {
+    if req.method() == Method::CONNECT {
+        // A vhost is no forward proxy: nothing to tunnel to.
+        return Err(page(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "This server does not tunnel connections.",
+        ));
+    }
     let entry = {
         // An absolute-form target's authority overrides Host (RFC 9112 §3.2.2).
         let host = match req.uri().authority() {
@@ -80,13 +87,6 @@ async fn proxy(
             host.ok_or_else(|| page(StatusCode::BAD_REQUEST, "The request names no host."))?;
         ctx.vhosts.find(&normalize_host(host), req.uri().path())
     };
-    if req.method() == Method::CONNECT {
-        // A vhost is no forward proxy: nothing to tunnel to.
-        return Err(page(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "This server does not tunnel connections.",
-        ));
-    }
     let entry = entry.ok_or_else(|| {
         page(
             StatusCode::NOT_FOUND,
