@@ -121,6 +121,11 @@ pub const REPUNCH_MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// run in the background while the relay carries the traffic.
 pub const SERVICE_DIRECT_ATTEMPTS: u8 = 1;
 
+/// How long a peer holds its first pairing request back for its own NAT mapping
+/// measurement (which runs alongside the connection to the server), so that the
+/// server can tell a pair of symmetric NATs apart. Past it, the mapping is unknown.
+pub const NAT_MAPPING_WAIT: Duration = Duration::from_secs(1);
+
 /// Reconnecting to the server after it went away: first delay, doubled up to the max,
 /// reset after [`RECONNECT_STABLE`] of uptime (rathole's pattern).
 pub const RECONNECT_FIRST_BACKOFF: Duration = Duration::from_millis(500);

@@ -138,6 +138,9 @@ mod tests {
             ClientMsg::Register { name: "ssh".into() },
             ClientMsg::Connect { name: "ssh".into() },
             ClientMsg::Repunch { session: 4 },
+            ClientMsg::Nat {
+                mapping: crate::proto::NatMapping::AddressAndPortDependent,
+            },
             ClientMsg::Report {
                 session: 1,
                 outcome: crate::proto::Outcome::Direct {
@@ -168,6 +171,7 @@ mod tests {
             ServerMsg::Paired {
                 session: 5,
                 initiator: true,
+                direct_hopeless: true,
             },
             ServerMsg::Punch {
                 peer_public: addr,

@@ -128,6 +128,38 @@ pub enum ClientMsg {
         /// What to expose.
         spec: ExposeSpec,
     },
+    /// This peer's TCP mapping behaviour, as it measured it through the server's
+    /// alternate endpoint (control connection; sent when known, again after a
+    /// reconnection). When both peers of a pairing map per destination, the server
+    /// says so in [`ServerMsg::Paired`] / [`ServerMsg::Incoming`].
+    Nat {
+        /// How the peer's NAT maps its TCP connections.
+        mapping: NatMapping,
+    },
+}
+
+/// A NAT's TCP mapping behaviour (RFC 4787 terms), as measured by a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum NatMapping {
+    /// The same public port for every destination (or no NAT at all).
+    EndpointIndependent,
+    /// The server has one IP address: endpoint-independent or address-dependent.
+    EndpointIndependentOrAddressDependent,
+    /// A new public port per destination IP address.
+    AddressDependent,
+    /// A new public port per destination IP address and port ("symmetric").
+    AddressAndPortDependent,
+}
+
+impl NatMapping {
+    /// Whether the mapping depends on the destination, so that the address the server
+    /// sees is not the one the other peer would have to reach (a symmetric NAT).
+    pub fn per_destination(self) -> bool {
+        matches!(
+            self,
+            NatMapping::AddressDependent | NatMapping::AddressAndPortDependent
+        )
+    }
 }
 
 /// What a peer exposes through the server.
@@ -185,6 +217,9 @@ pub enum ServerMsg {
         session: u64,
         /// Whether this side is the Noise initiator of the link (the later arrival).
         initiator: bool,
+        /// Both peers reported NATs that map per destination: punching cannot work,
+        /// so skip the direct attempts and relay at once.
+        direct_hopeless: bool,
     },
     /// On a probe connection: punch now.
     Punch {
@@ -217,6 +252,8 @@ pub enum ServerMsg {
         name: String,
         /// The visitor's address as the server sees it (for logs).
         visitor: SocketAddr,
+        /// As in [`ServerMsg::Paired`]: skip the direct attempts, relay at once.
+        direct_hopeless: bool,
     },
     /// On a relay connection: the other half is here; from now on the connection
     /// carries raw bytes to and from the other peer.

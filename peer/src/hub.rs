@@ -12,7 +12,7 @@ use std::{
 };
 
 use common::{
-    defaults::{RECONNECT_FIRST_BACKOFF, RECONNECT_MAX_BACKOFF, RECONNECT_STABLE},
+    defaults::{NAT_MAPPING_WAIT, RECONNECT_FIRST_BACKOFF, RECONNECT_MAX_BACKOFF, RECONNECT_STABLE},
     proto::{ClientMsg, ServerMsg},
 };
 use tokio::{sync::mpsc, task::JoinHandle, time::Instant};
@@ -58,6 +58,9 @@ impl Hub {
         let (tx, out_rx) = mpsc::channel(64);
         let (ev_tx, events) = mpsc::channel(64);
         let routes: Routes = Arc::default();
+        // The NAT mapping measurement runs alongside the first connection.
+        let c = cfg.clone();
+        tokio::spawn(async move { crate::natcheck::own_mapping(&c).await });
         let task = tokio::spawn(run(cfg, hello, out_rx, ev_tx, routes.clone()));
         Hub { tx, events, routes, task }
     }
@@ -106,6 +109,10 @@ async fn run(
         let up_since = Instant::now();
         for h in &hello {
             let _ = control.send(h.clone()).await;
+        }
+        // Before any pairing request queued meanwhile: the server pairs with it.
+        if let Ok(Some(mapping)) = tokio::time::timeout(NAT_MAPPING_WAIT, crate::natcheck::own_mapping(&cfg)).await {
+            let _ = control.send(ClientMsg::Nat { mapping }).await;
         }
         info!(server = %cfg.addr, "connected to the rendezvous server");
         if events.send(HubEvent::Up).await.is_err() {

@@ -98,7 +98,12 @@ pub struct Strategy {
     pub attempts: u8,
     /// Whether to fall back to the relay.
     pub relay: bool,
+    /// The server said both NATs map per destination: make no direct attempt.
+    pub direct_hopeless: bool,
 }
+
+/// Why a link skipped its direct attempts (for status lines and the server's log).
+pub const SKIPPED_DIRECT: &str = "both NATs map per destination (symmetric); skipped the direct attempts";
 
 /// Brings up a link for the paired session `ticket`: direct attempts, then the relay.
 pub async fn establish(
@@ -111,7 +116,7 @@ pub async fn establish(
 ) -> Result<(LinkStream, LinkInfo), LinkError> {
     let SessionIo { tx, rx } = io;
     let mut attempts = Attempts::new(strategy.attempts);
-    let mut step = attempts.start();
+    let mut step = if strategy.direct_hopeless { Step::GiveUp(SKIPPED_DIRECT.into()) } else { attempts.start() };
     let reason = loop {
         let attempt = match step {
             Step::Attempt(n) => n,

@@ -33,7 +33,7 @@ use std::{
 use common::{
     defaults::{STUN_RTO, STUN_TEST_TIMEOUT},
     net::{any_addr, reusable_socket},
-    proto::ConnKind,
+    proto::{ConnKind, NatMapping},
     stun::{self, Change, Class, Message, Tid},
 };
 use serde::Serialize;
@@ -230,6 +230,47 @@ pub async fn run(target: &Target) -> Result<Report, NatCheckError> {
         udp,
         verdict,
         notes,
+    })
+}
+
+/// This process's own TCP mapping, for pairing (see [`ClientMsg::Nat`]): measured
+/// once per process with the TCP mapping test of `nat-check` (a UDP Binding request
+/// for the server's alternate endpoint, then the server and its alternate endpoint
+/// seen from one local port), then cached. `None` when it cannot be measured (no
+/// alternate endpoint, UDP blocked, the server unreachable).
+///
+/// [`ClientMsg::Nat`]: common::proto::ClientMsg::Nat
+pub async fn own_mapping(cfg: &ServerConfig) -> Option<NatMapping> {
+    static MAPPING: tokio::sync::OnceCell<Option<NatMapping>> = tokio::sync::OnceCell::const_new();
+    *MAPPING
+        .get_or_init(|| async {
+            let mapping = measure_own_mapping(cfg).await;
+            tracing::info!(?mapping, "own TCP mapping measured");
+            mapping
+        })
+        .await
+}
+
+async fn measure_own_mapping(cfg: &ServerConfig) -> Option<NatMapping> {
+    let primary = cfg.addr;
+    let udp = udp_socket(primary).await.ok()?;
+    let answer = transact(&udp, &[(primary, Change::NONE)]).await;
+    let other = mapped(&answer[0]).ok()?.1.other?;
+    let sock = reusable_socket(any_addr(primary, 0)).ok()?;
+    let local = any_addr(primary, sock.local_addr().ok()?.port());
+    let (mut ch, m1) = client::connect(cfg, ConnKind::Control, Some(sock))
+        .await
+        .ok()?;
+    let (result, _, streams) = tcp_mapping_test(primary, local, m1, Some(other)).await;
+    let _ = tokio::time::timeout(Duration::from_millis(500), ch.close()).await;
+    drop(streams);
+    Some(match result.ok()? {
+        Behaviour::EndpointIndependent => NatMapping::EndpointIndependent,
+        Behaviour::EndpointIndependentOrAddressDependent => {
+            NatMapping::EndpointIndependentOrAddressDependent
+        }
+        Behaviour::AddressDependent => NatMapping::AddressDependent,
+        Behaviour::AddressAndPortDependent => NatMapping::AddressAndPortDependent,
     })
 }
 
@@ -598,64 +639,7 @@ async fn tcp_suite(target: &Target, other: Option<SocketAddr>) -> Result<Transpo
         public: m1,
     });
     let other = other.or(stun_other);
-    let mapping = async {
-        let Some(other) = other else {
-            return (
-                Err(
-                    "the server's alternate address is unknown (no OTHER-ADDRESS over UDP)"
-                        .to_string(),
-                ),
-                Vec::new(),
-                Vec::new(),
-            );
-        };
-        let two_ips = other.ip() != primary.ip();
-        let dests = if two_ips {
-            vec![SocketAddr::new(other.ip(), primary.port()), other]
-        } else {
-            vec![other]
-        };
-        let mut obs = Vec::new();
-        let mut streams = Vec::new();
-        for dest in dests {
-            let sock = match reusable_socket(local) {
-                Ok(s) => s,
-                Err(e) => {
-                    return (
-                        Err(format!("cannot share the local port: {e}")),
-                        obs,
-                        streams,
-                    )
-                }
-            };
-            match stun_over_tcp(sock, dest).await {
-                Ok((s, msg)) => {
-                    streams.push(s);
-                    if let Some(public) = msg.mapped {
-                        obs.push(Observation {
-                            server: dest,
-                            public,
-                        });
-                    }
-                }
-                Err(e) => return (Err(format!("{dest}: {e}")), obs, streams),
-            }
-            // Stop early: the same mapping towards the alternate IP settles it.
-            if obs.last().is_some_and(|o: &Observation| o.public == m1) && two_ips {
-                break;
-            }
-        }
-        let result = match (two_ips, obs.as_slice()) {
-            (true, [o2]) => Ok(classify_mapping(m1, o2.public, None)),
-            (true, [o2, o3]) => Ok(classify_mapping(m1, o2.public, Some(o3.public))),
-            (false, [o2]) if o2.public == m1 => {
-                Ok(Behaviour::EndpointIndependentOrAddressDependent)
-            }
-            (false, [_]) => Ok(Behaviour::AddressAndPortDependent),
-            _ => Err("no answer from the alternate endpoints".to_string()),
-        };
-        (result, obs, streams)
-    };
+    let mapping = tcp_mapping_test(primary, local, m1, other);
     let filtering = async {
         match (target, other) {
             (Target::Rendezvous(_), Some(other)) if other.ip() != primary.ip() => {
@@ -697,6 +681,71 @@ async fn tcp_suite(target: &Target, other: Option<SocketAddr>) -> Result<Transpo
         }
     }
     Ok(t)
+}
+
+/// The TCP mapping test: from `local` (whose connection to `primary` was seen as
+/// `m1`), STUN over TCP to the alternate IP on the primary port and to the alternate
+/// endpoint `other`. Returns the connections, which must stay open until the end of
+/// the test (the NAT keeps a port only while its mapping exists).
+async fn tcp_mapping_test(
+    primary: SocketAddr,
+    local: SocketAddr,
+    m1: SocketAddr,
+    other: Option<SocketAddr>,
+) -> (Result<Behaviour, String>, Vec<Observation>, Vec<TcpStream>) {
+    let Some(other) = other else {
+        return (
+            Err(
+                "the server's alternate address is unknown (no OTHER-ADDRESS over UDP)".to_string(),
+            ),
+            Vec::new(),
+            Vec::new(),
+        );
+    };
+    let two_ips = other.ip() != primary.ip();
+    let dests = if two_ips {
+        vec![SocketAddr::new(other.ip(), primary.port()), other]
+    } else {
+        vec![other]
+    };
+    let mut obs = Vec::new();
+    let mut streams = Vec::new();
+    for dest in dests {
+        let sock = match reusable_socket(local) {
+            Ok(s) => s,
+            Err(e) => {
+                return (
+                    Err(format!("cannot share the local port: {e}")),
+                    obs,
+                    streams,
+                )
+            }
+        };
+        match stun_over_tcp(sock, dest).await {
+            Ok((s, msg)) => {
+                streams.push(s);
+                if let Some(public) = msg.mapped {
+                    obs.push(Observation {
+                        server: dest,
+                        public,
+                    });
+                }
+            }
+            Err(e) => return (Err(format!("{dest}: {e}")), obs, streams),
+        }
+        // Stop early: the same mapping towards the alternate IP settles it.
+        if obs.last().is_some_and(|o: &Observation| o.public == m1) && two_ips {
+            break;
+        }
+    }
+    let result = match (two_ips, obs.as_slice()) {
+        (true, [o2]) => Ok(classify_mapping(m1, o2.public, None)),
+        (true, [o2, o3]) => Ok(classify_mapping(m1, o2.public, Some(o3.public))),
+        (false, [o2]) if o2.public == m1 => Ok(Behaviour::EndpointIndependentOrAddressDependent),
+        (false, [_]) => Ok(Behaviour::AddressAndPortDependent),
+        _ => Err("no answer from the alternate endpoints".to_string()),
+    };
+    (result, obs, streams)
 }
 
 /// TCP filtering (the server's dial-back, see its `stun.rs`): two probes side by side,

@@ -4,7 +4,7 @@
 use std::{io::IsTerminal, time::Duration};
 
 use common::{
-    defaults::PUNCH_ATTEMPTS,
+    defaults::{NAT_MAPPING_WAIT, PUNCH_ATTEMPTS},
     proto::{ClientMsg, Pairing, ServerMsg},
     secure::Psk,
     splice::{self, Counter},
@@ -73,26 +73,36 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut control = Control::connect(cfg).await?;
+    // The NAT mapping measurement runs alongside the connection to the server.
+    let (control, mapping) =
+        tokio::join!(Control::connect(cfg), tokio::time::timeout(NAT_MAPPING_WAIT, crate::natcheck::own_mapping(cfg)));
+    let mut control = control?;
+    if let Ok(Some(mapping)) = mapping {
+        control.send(ClientMsg::Nat { mapping }).await?;
+    }
     let pairing = match &code {
         Some(c) => Pairing::Code(c.clone()),
         None => Pairing::Any,
     };
     control.send(ClientMsg::Pair(pairing)).await?;
-    let (ticket, initiator) = loop {
+    let (ticket, initiator, direct_hopeless) = loop {
         match control.recv().await? {
             ServerMsg::Waiting => status("waiting for the other peer"),
-            ServerMsg::Paired { session, initiator } => break (session, initiator),
+            ServerMsg::Paired { session, initiator, direct_hopeless } => break (session, initiator, direct_hopeless),
             ServerMsg::Refused(r) => return Err(ClientError::Refused(r).into()),
             other => info!(?other, "ignored while waiting"),
         }
     };
-    status("paired; punching a direct connection");
+    if direct_hopeless {
+        status(&format!("paired; relayed: {}", link::SKIPPED_DIRECT));
+    } else {
+        status("paired; punching a direct connection");
+    }
     let psk = pipe_psk(code.as_deref(), cfg.token.as_deref());
     let io = SessionIo { tx: &control.tx, rx: &mut control.rx };
     // A pipe is one byte stream: it cannot move to a direct link later, so it tries
     // every direct attempt before falling back to the relay.
-    let strategy = Strategy { attempts: PUNCH_ATTEMPTS, relay };
+    let strategy = Strategy { attempts: PUNCH_ATTEMPTS, relay, direct_hopeless };
     let (link, info) = link::establish(cfg, io, ticket, initiator, &psk, strategy).await?;
     match info.path {
         Path::Direct => status(&format!(

@@ -101,7 +101,7 @@ pub async fn serve(cfg: ServerConfig, svc: ServeConfig) -> Result<(), ServiceErr
                 status(&format!("service {name:?} registered; serving {}", svc.local))
             }
             HubEvent::Msg(ServerMsg::Refused(r)) => return Err(ServiceError::Refused(r)),
-            HubEvent::Msg(ServerMsg::Incoming { session, name, visitor }) => {
+            HubEvent::Msg(ServerMsg::Incoming { session, name, visitor, direct_hopeless }) => {
                 if name != svc.name {
                     continue;
                 }
@@ -117,7 +117,7 @@ pub async fn serve(cfg: ServerConfig, svc: ServeConfig) -> Result<(), ServiceErr
                 let (cfg, svc, tx) = (cfg.clone(), svc.clone(), hub.tx.clone());
                 tasks.spawn(
                     async move {
-                        owner_link(cfg, svc, tx, rx, session).await;
+                        owner_link(cfg, svc, tx, rx, session, direct_hopeless).await;
                         drop(permit);
                     }
                     .instrument(info_span!("link", %visitor)),
@@ -135,10 +135,14 @@ async fn owner_link(
     tx: mpsc::Sender<ClientMsg>,
     mut rx: mpsc::Receiver<ServerMsg>,
     ticket: u64,
+    direct_hopeless: bool,
 ) {
     let psk = service_psk(&svc.name, &svc.secret);
     let io = SessionIo { tx: &tx, rx: &mut rx };
-    let strategy = Strategy { attempts: SERVICE_DIRECT_ATTEMPTS, relay: true };
+    if direct_hopeless {
+        status(&format!("relayed: {}", link::SKIPPED_DIRECT));
+    }
+    let strategy = Strategy { attempts: SERVICE_DIRECT_ATTEMPTS, relay: true, direct_hopeless };
     let (stream, info) = match link::establish(&cfg, io, ticket, false, &psk, strategy).await {
         Ok(x) => x,
         Err(LinkError::WrongSecret) => {
@@ -313,12 +317,15 @@ impl Visitor {
             info!(path = %c.info.path, "link closed; making a new one");
         }
         let started = Instant::now();
-        let (ticket, rx) = self.pair().await?;
+        let (ticket, direct_hopeless, rx) = self.pair().await?;
         let mut rx = rx;
         let psk = service_psk(&self.svc.name, &self.svc.secret);
         let tx = self.hub.lock().await.tx.clone();
         let io = SessionIo { tx: &tx, rx: &mut rx };
-        let strategy = Strategy { attempts: SERVICE_DIRECT_ATTEMPTS, relay: true };
+        let strategy = Strategy { attempts: SERVICE_DIRECT_ATTEMPTS, relay: true, direct_hopeless };
+        if direct_hopeless {
+            status(&format!("relayed: {}", link::SKIPPED_DIRECT));
+        }
         let (stream, info) = link::establish(&self.cfg, io, ticket, true, &psk, strategy).await?;
         status(&format!(
             "link up: {} to service {:?}, remote {}, {} ms after the request",
@@ -335,7 +342,7 @@ impl Visitor {
         Ok(mux)
     }
 
-    async fn pair(&self) -> Result<(u64, mpsc::Receiver<ServerMsg>), ServiceError> {
+    async fn pair(&self) -> Result<(u64, bool, mpsc::Receiver<ServerMsg>), ServiceError> {
         let mut hub = self.hub.lock().await;
         // Stale events from an earlier request or connection are of no use now.
         while let Ok(ev) = hub.events.try_recv() {
@@ -353,7 +360,9 @@ impl Visitor {
                 .await
                 .map_err(|_| ServiceError::Refused(format!("no answer from the rendezvous server within {PAIR_TIMEOUT:?}")))?;
             match ev {
-                Some(HubEvent::Msg(ServerMsg::Paired { session, .. })) => return Ok((session, hub.route(session))),
+                Some(HubEvent::Msg(ServerMsg::Paired { session, direct_hopeless, .. })) => {
+                    return Ok((session, direct_hopeless, hub.route(session)))
+                }
                 Some(HubEvent::Msg(ServerMsg::Refused(r))) => return Err(ServiceError::Refused(r)),
                 Some(HubEvent::Fatal(e)) => return Err(e.into()),
                 Some(HubEvent::Down(why)) => {

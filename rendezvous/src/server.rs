@@ -22,7 +22,7 @@ use common::{
         PROBE_PINGS, PROBE_WAIT, PUNCH_ATTEMPTS,
     },
     framing::{Channel, FrameError},
-    proto::{ClientMsg, ConnKind, Outcome, Pairing, ServerMsg, PROTOCOL_VERSION},
+    proto::{ClientMsg, ConnKind, NatMapping, Outcome, Pairing, ServerMsg, PROTOCOL_VERSION},
     secure::{self, NoiseStream, Psk},
 };
 use tokio::{
@@ -147,7 +147,20 @@ struct State {
     services: HashMap<String, Waiter>,
     /// The next attempt number a `Repunch` hands out, per session.
     next_attempt: HashMap<u64, u8>,
+    /// The TCP mapping each control connection reported (`ClientMsg::Nat`).
+    nat: HashMap<u64, NatMapping>,
 }
+
+impl State {
+    /// Whether both control connections reported NATs that map per destination:
+    /// then no punch can work and the peers relay at once.
+    fn direct_hopeless(&self, a: u64, b: u64) -> bool {
+        let per_dest = |c| self.nat.get(&c).is_some_and(|m| m.per_destination());
+        per_dest(a) && per_dest(b)
+    }
+}
+
+const HOPELESS: &str = "both NATs map per destination (symmetric): no direct attempts, relaying at once";
 
 struct Waiter {
     conn: u64,
@@ -325,6 +338,7 @@ fn msg_name(m: &ClientMsg) -> &'static str {
         ClientMsg::Connect { .. } => "Connect",
         ClientMsg::Repunch { .. } => "Repunch",
         ClientMsg::Expose { .. } => "Expose",
+        ClientMsg::Nat { .. } => "Nat",
     }
 }
 
@@ -383,6 +397,10 @@ async fn control(
                         }
                     }
                     ClientMsg::Repunch { session } => repunch(&server, id, session, &tx),
+                    ClientMsg::Nat { mapping } => {
+                        info!(?mapping, "peer reported its TCP mapping");
+                        server.lock().nat.insert(id, mapping);
+                    }
                     ClientMsg::Expose { name, instance, spec } => {
                         let reply = match server.exposures.expose(id, instance, &name, &spec).await {
                             Ok((remote_port, urls)) => ServerMsg::Exposed { name, remote_port, urls },
@@ -437,15 +455,21 @@ fn pair(
         Some(w) if !w.tx.is_closed() => {
             let (session, t_first, t_second) = new_session(&mut st, (w.conn, &w.tx), (id, tx));
             info!(session = format_args!("{session:016x}"), "paired");
+            let direct_hopeless = st.direct_hopeless(w.conn, id);
+            if direct_hopeless {
+                info!(session = format_args!("{session:016x}"), "{HOPELESS}");
+            }
             // The later arrival initiates the link's Noise handshake (the C demo's
             // client2 is the one that dials first).
             let _ = w.tx.try_send(ServerMsg::Paired {
                 session: t_first,
                 initiator: false,
+                direct_hopeless,
             });
             let _ = tx.try_send(ServerMsg::Paired {
                 session: t_second,
                 initiator: true,
+                direct_hopeless,
             });
             Ok(())
         }
@@ -555,10 +579,15 @@ fn connect(
     }
     let (session, t_owner, t_visitor) = new_session(&mut st, (oconn, &otx), (id, tx));
     info!(service = name, session = format_args!("{session:016x}"), %visitor, "visitor paired with owner");
+    let direct_hopeless = st.direct_hopeless(oconn, id);
+    if direct_hopeless {
+        info!(service = name, session = format_args!("{session:016x}"), "{HOPELESS}");
+    }
     let incoming = ServerMsg::Incoming {
         session: t_owner,
         name: name.to_string(),
         visitor,
+        direct_hopeless,
     };
     if otx.try_send(incoming).is_err() {
         st.tickets.remove(&t_owner);
@@ -568,6 +597,7 @@ fn connect(
     let _ = tx.try_send(ServerMsg::Paired {
         session: t_visitor,
         initiator: true,
+        direct_hopeless,
     });
     Ok(())
 }
@@ -615,6 +645,7 @@ fn report(server: &Server, id: u64, ticket: u64, outcome: Outcome) {
 fn forget_conn(server: &Server, id: u64) {
     let mut st = server.lock();
     st.waiting.retain(|_, w| w.conn != id);
+    st.nat.remove(&id);
     st.services.retain(|_, w| w.conn != id);
     let mine: Vec<u64> = st
         .tickets
