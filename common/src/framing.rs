@@ -134,7 +134,10 @@ mod tests {
                 },
             },
             ClientMsg::Pair(Pairing::Any),
-            ClientMsg::Hello { version: 1, kind: ConnKind::Relay { session: 3 } },
+            ClientMsg::Hello {
+                version: 1,
+                kind: ConnKind::Relay { session: 3 },
+            },
             ClientMsg::Register { name: "ssh".into() },
             ClientMsg::Connect { name: "ssh".into() },
             ClientMsg::Repunch { session: 4 },

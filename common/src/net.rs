@@ -94,11 +94,17 @@ impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Prefixed<T> {
         std::pin::Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
     }
 
-    fn poll_flush(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<io::Result<()>> {
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
         std::pin::Pin::new(&mut self.get_mut().inner).poll_flush(cx)
     }
 
-    fn poll_shutdown(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<io::Result<()>> {
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
         std::pin::Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }
@@ -117,15 +123,26 @@ pub async fn read_stream_header<R: tokio::io::AsyncRead + Unpin>(
     let read = async {
         let v = r.read_u8().await?;
         if v != crate::proto::STREAM_HEADER_V1 {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, format!("unknown stream header version {v}")));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("unknown stream header version {v}"),
+            ));
         }
         let len = r.read_u16().await? as usize;
         if len > crate::defaults::MAX_NAME_LEN {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "stream header name too long"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "stream header name too long",
+            ));
         }
         let mut name = vec![0u8; len];
         r.read_exact(&mut name).await?;
-        String::from_utf8(name).map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "stream header name is not UTF-8"))
+        String::from_utf8(name).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                "stream header name is not UTF-8",
+            )
+        })
     };
     tokio::time::timeout(limit, read)
         .await

@@ -259,10 +259,12 @@ where
             s.flush().await.map_err(fail)?;
             Ok(s)
         } else {
-            let mut s = secure::respond(io, psk, WRONG_SECRET).await.map_err(|e| match e {
-                secure::HandshakeError::BadSecret => AuthError::WrongSecret,
-                e => AuthError::Failed(e.to_string()),
-            })?;
+            let mut s = secure::respond(io, psk, WRONG_SECRET)
+                .await
+                .map_err(|e| match e {
+                    secure::HandshakeError::BadSecret => AuthError::WrongSecret,
+                    e => AuthError::Failed(e.to_string()),
+                })?;
             let mut buf = [0u8; 8];
             s.read_exact(&mut buf).await.map_err(fail)?;
             if &buf != CONFIRM {
@@ -276,7 +278,11 @@ where
         .map_err(|_| AuthError::Failed("handshake timed out".into()))?
 }
 
-async fn handshake(stream: TcpStream, initiator: bool, psk: Psk) -> Result<NoiseStream<net::LinkIo>, AuthError> {
+async fn handshake(
+    stream: TcpStream,
+    initiator: bool,
+    psk: Psk,
+) -> Result<NoiseStream<net::LinkIo>, AuthError> {
     let _ = net::set_link_options(&stream);
     authenticate(net::Prefixed::plain(stream), initiator, &psk).await
 }

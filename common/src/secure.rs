@@ -251,7 +251,9 @@ impl<T> NoiseStream<T> {
     /// decrypted bytes are still unread or encrypted bytes unsent, which would be lost.
     pub fn into_raw(self) -> io::Result<(T, BytesMut)> {
         if !self.plain.is_empty() || !self.wbuf.is_empty() {
-            return Err(io::Error::other("cannot leave the encrypted channel with data still buffered"));
+            return Err(io::Error::other(
+                "cannot leave the encrypted channel with data still buffered",
+            ));
         }
         Ok((self.io, self.rbuf))
     }

@@ -47,14 +47,21 @@ pub async fn run(cfg: ServerConfig, proxies: Vec<Proxy>) -> Result<(), ServiceEr
     let instance: u64 = rand::random();
     let hello = proxies
         .iter()
-        .map(|p| ClientMsg::Expose { name: p.name.clone(), instance, spec: p.spec.clone() })
+        .map(|p| ClientMsg::Expose {
+            name: p.name.clone(),
+            instance,
+            spec: p.spec.clone(),
+        })
         .collect();
-    let locals: Arc<HashMap<String, SocketAddr>> = Arc::new(proxies.iter().map(|p| (p.name.clone(), p.local)).collect());
+    let locals: Arc<HashMap<String, SocketAddr>> =
+        Arc::new(proxies.iter().map(|p| (p.name.clone(), p.local)).collect());
     let mut hub = Hub::start(cfg.clone(), hello);
     let mut data: Option<JoinHandle<()>> = None;
     let mut first_round = true;
     loop {
-        let Some(ev) = hub.events.recv().await else { return Ok(()) };
+        let Some(ev) = hub.events.recv().await else {
+            return Ok(());
+        };
         match ev {
             HubEvent::Fatal(e) => return Err(e.into()),
             HubEvent::Up => {}
@@ -65,7 +72,11 @@ pub async fn run(cfg: ServerConfig, proxies: Vec<Proxy>) -> Result<(), ServiceEr
                 debug!(%why, "server connection down");
                 first_round = false;
             }
-            HubEvent::Msg(ServerMsg::Exposed { name, remote_port, urls }) => {
+            HubEvent::Msg(ServerMsg::Exposed {
+                name,
+                remote_port,
+                urls,
+            }) => {
                 // Printed on every registration: after a server restart a port the
                 // server chose may differ.
                 match remote_port {
@@ -80,7 +91,9 @@ pub async fn run(cfg: ServerConfig, proxies: Vec<Proxy>) -> Result<(), ServiceEr
                 }
                 if data.as_ref().is_none_or(|d| d.is_finished()) {
                     let (cfg, locals) = (cfg.clone(), locals.clone());
-                    data = Some(tokio::spawn(data_connection(cfg, instance, locals).instrument(info_span!("data"))));
+                    data = Some(tokio::spawn(
+                        data_connection(cfg, instance, locals).instrument(info_span!("data")),
+                    ));
                 }
             }
             HubEvent::Msg(ServerMsg::Refused(reason)) => {
@@ -95,7 +108,11 @@ pub async fn run(cfg: ServerConfig, proxies: Vec<Proxy>) -> Result<(), ServiceEr
 }
 
 /// The data connection: accepts the server's streams until it ends.
-async fn data_connection(cfg: ServerConfig, instance: u64, locals: Arc<HashMap<String, SocketAddr>>) {
+async fn data_connection(
+    cfg: ServerConfig,
+    instance: u64,
+    locals: Arc<HashMap<String, SocketAddr>>,
+) {
     let ch = match client::connect(&cfg, ConnKind::Data { instance }, None).await {
         Ok((ch, _)) => ch,
         Err(e) => {
@@ -128,4 +145,3 @@ async fn data_connection(cfg: ServerConfig, instance: u64, locals: Arc<HashMap<S
     drop(mux);
     info!("data connection closed");
 }
-

@@ -12,7 +12,9 @@ use std::{
 };
 
 use common::{
-    defaults::{NAT_MAPPING_WAIT, RECONNECT_FIRST_BACKOFF, RECONNECT_MAX_BACKOFF, RECONNECT_STABLE},
+    defaults::{
+        NAT_MAPPING_WAIT, RECONNECT_FIRST_BACKOFF, RECONNECT_MAX_BACKOFF, RECONNECT_STABLE,
+    },
     proto::{ClientMsg, ServerMsg},
 };
 use tokio::{sync::mpsc, task::JoinHandle, time::Instant};
@@ -62,7 +64,12 @@ impl Hub {
         let c = cfg.clone();
         tokio::spawn(async move { crate::natcheck::own_mapping(&c).await });
         let task = tokio::spawn(run(cfg, hello, out_rx, ev_tx, routes.clone()));
-        Hub { tx, events, routes, task }
+        Hub {
+            tx,
+            events,
+            routes,
+            task,
+        }
     }
 
     /// Routes the server's messages about session `ticket` to the returned receiver
@@ -111,7 +118,9 @@ async fn run(
             let _ = control.send(h.clone()).await;
         }
         // Before any pairing request queued meanwhile: the server pairs with it.
-        if let Ok(Some(mapping)) = tokio::time::timeout(NAT_MAPPING_WAIT, crate::natcheck::own_mapping(&cfg)).await {
+        if let Ok(Some(mapping)) =
+            tokio::time::timeout(NAT_MAPPING_WAIT, crate::natcheck::own_mapping(&cfg)).await
+        {
             let _ = control.send(ClientMsg::Nat { mapping }).await;
         }
         info!(server = %cfg.addr, "connected to the rendezvous server");

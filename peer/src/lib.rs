@@ -7,9 +7,9 @@
 pub mod classic;
 pub mod client;
 pub mod config;
+pub mod expose;
+pub mod hub;
 pub mod link;
 pub mod natcheck;
 pub mod pipe;
-pub mod hub;
 pub mod service;
-pub mod expose;

@@ -103,7 +103,8 @@ pub struct Strategy {
 }
 
 /// Why a link skipped its direct attempts (for status lines and the server's log).
-pub const SKIPPED_DIRECT: &str = "both NATs map per destination (symmetric); skipped the direct attempts";
+pub const SKIPPED_DIRECT: &str =
+    "both NATs map per destination (symmetric); skipped the direct attempts";
 
 /// Brings up a link for the paired session `ticket`: direct attempts, then the relay.
 pub async fn establish(
@@ -116,7 +117,11 @@ pub async fn establish(
 ) -> Result<(LinkStream, LinkInfo), LinkError> {
     let SessionIo { tx, rx } = io;
     let mut attempts = Attempts::new(strategy.attempts);
-    let mut step = if strategy.direct_hopeless { Step::GiveUp(SKIPPED_DIRECT.into()) } else { attempts.start() };
+    let mut step = if strategy.direct_hopeless {
+        Step::GiveUp(SKIPPED_DIRECT.into())
+    } else {
+        attempts.start()
+    };
     let reason = loop {
         let attempt = match step {
             Step::Attempt(n) => n,
@@ -130,15 +135,30 @@ pub async fn establish(
             Err(AttemptError::Failed(reason)) => step = attempts.on_result(Err(reason)),
         }
     };
-    let _ = tx.send(ClientMsg::Report { session: ticket, outcome: Outcome::GaveUp { reason: reason.clone() } }).await;
+    let _ = tx
+        .send(ClientMsg::Report {
+            session: ticket,
+            outcome: Outcome::GaveUp {
+                reason: reason.clone(),
+            },
+        })
+        .await;
     if !strategy.relay {
-        return Err(LinkError::NoDirect { attempts: attempts.current(), reason });
+        return Err(LinkError::NoDirect {
+            attempts: attempts.current(),
+            reason,
+        });
     }
     info!(%reason, "no direct link; relaying through the server");
-    relay(cfg, ticket, initiator, psk).await.map_err(|e| match e {
-        LinkError::WrongSecret => LinkError::WrongSecret,
-        e => LinkError::RelayFailed { direct: reason, relay: e.to_string() },
-    })
+    relay(cfg, ticket, initiator, psk)
+        .await
+        .map_err(|e| match e {
+            LinkError::WrongSecret => LinkError::WrongSecret,
+            e => LinkError::RelayFailed {
+                direct: reason,
+                relay: e.to_string(),
+            },
+        })
 }
 
 /// One direct attempt (`attempt` as numbered by the peers or by the server's
@@ -154,14 +174,28 @@ pub async fn direct_attempt(
 ) -> Result<(LinkStream, LinkInfo), AttemptError> {
     let result = punch_once(cfg, rx, ticket, attempt, initiator, psk).await;
     let outcome = match &result {
-        Ok((_, info)) => Outcome::Direct { attempt, millis: info.signal_to_link.as_millis().min(u32::MAX as u128) as u32 },
+        Ok((_, info)) => Outcome::Direct {
+            attempt,
+            millis: info.signal_to_link.as_millis().min(u32::MAX as u128) as u32,
+        },
         Err(AttemptError::Failed(reason)) => {
             info!(attempt, %reason, "punch attempt failed");
-            Outcome::AttemptFailed { attempt, reason: reason.clone() }
+            Outcome::AttemptFailed {
+                attempt,
+                reason: reason.clone(),
+            }
         }
-        Err(AttemptError::Fatal(e)) => Outcome::AttemptFailed { attempt, reason: e.to_string() },
+        Err(AttemptError::Fatal(e)) => Outcome::AttemptFailed {
+            attempt,
+            reason: e.to_string(),
+        },
     };
-    let _ = tx.send(ClientMsg::Report { session: ticket, outcome }).await;
+    let _ = tx
+        .send(ClientMsg::Report {
+            session: ticket,
+            outcome,
+        })
+        .await;
     result
 }
 
@@ -185,15 +219,27 @@ async fn punch_once(
     // A fresh local port per attempt: the same 4-tuple twice fails with EADDRNOTAVAIL.
     let sock = net::reusable_socket(net::any_addr(cfg.addr, 0))
         .map_err(|e| AttemptError::Failed(format!("probe socket: {e}")))?;
-    let local_port = sock.local_addr().map_err(|e| AttemptError::Failed(e.to_string()))?.port();
-    let probe_local = probe_local_addr(cfg, local_port).await.map_err(AttemptError::Failed)?;
-    let (mut probe, _observed) =
-        client::connect(cfg, ConnKind::Probe { session: ticket, attempt, local: probe_local }, Some(sock))
-            .await
-            .map_err(|e| match e {
-                ClientError::Refused(r) => AttemptError::Failed(format!("probe refused: {r}")),
-                e => AttemptError::Failed(e.to_string()),
-            })?;
+    let local_port = sock
+        .local_addr()
+        .map_err(|e| AttemptError::Failed(e.to_string()))?
+        .port();
+    let probe_local = probe_local_addr(cfg, local_port)
+        .await
+        .map_err(AttemptError::Failed)?;
+    let (mut probe, _observed) = client::connect(
+        cfg,
+        ConnKind::Probe {
+            session: ticket,
+            attempt,
+            local: probe_local,
+        },
+        Some(sock),
+    )
+    .await
+    .map_err(|e| match e {
+        ClientError::Refused(r) => AttemptError::Failed(format!("probe refused: {r}")),
+        e => AttemptError::Failed(e.to_string()),
+    })?;
     let deadline = Instant::now() + PROBE_WAIT + Duration::from_secs(2);
     let punch_msg = loop {
         tokio::select! {
@@ -213,18 +259,34 @@ async fn punch_once(
         }
     };
     let signalled = Instant::now();
-    let ServerMsg::Punch { peer_public, peer_local, own_public } = punch_msg else {
+    let ServerMsg::Punch {
+        peer_public,
+        peer_local,
+        own_public,
+    } = punch_msg
+    else {
         return Err(AttemptError::Failed("internal: not a punch".into()));
     };
     let targets = punch::targets(peer_public, peer_local, own_public);
     info!(attempt, ?targets, %own_public, "punching");
-    let plan = Plan { local_port, targets, window: PUNCH_WINDOW, initiator, psk: psk.clone() };
+    let plan = Plan {
+        local_port,
+        targets,
+        window: PUNCH_WINDOW,
+        initiator,
+        psk: psk.clone(),
+    };
     let result = punch::punch(&plan).await;
     // The probe kept our NAT mapping alive while punching; the link holds it now.
     let _ = tokio::time::timeout(Duration::from_millis(500), probe.close()).await;
     match result {
         Ok(link) => {
-            let info = LinkInfo { path: Path::Direct, remote: link.remote, attempt, signal_to_link: signalled.elapsed() };
+            let info = LinkInfo {
+                path: Path::Direct,
+                remote: link.remote,
+                attempt,
+                signal_to_link: signalled.elapsed(),
+            };
             Ok((link.stream, info))
         }
         Err(PunchError::WrongSecret) => Err(AttemptError::Fatal(LinkError::WrongSecret)),
@@ -234,10 +296,18 @@ async fn punch_once(
 
 /// Brings up the relayed link of session `ticket`: a relay connection to the server,
 /// spliced to the other peer's, with the link's own Noise handshake inside.
-pub async fn relay(cfg: &ServerConfig, ticket: u64, initiator: bool, psk: &Psk) -> Result<(LinkStream, LinkInfo), LinkError> {
+pub async fn relay(
+    cfg: &ServerConfig,
+    ticket: u64,
+    initiator: bool,
+    psk: &Psk,
+) -> Result<(LinkStream, LinkInfo), LinkError> {
     let started = Instant::now();
     let (mut ch, _) = client::connect(cfg, ConnKind::Relay { session: ticket }, None).await?;
-    match ch.recv_timeout::<ServerMsg>(PROBE_WAIT + Duration::from_secs(2)).await {
+    match ch
+        .recv_timeout::<ServerMsg>(PROBE_WAIT + Duration::from_secs(2))
+        .await
+    {
         Ok(ServerMsg::RelayReady) => {}
         Ok(ServerMsg::Refused(r)) => return Err(ClientError::Refused(r).into()),
         Ok(other) => return Err(ClientError::Unexpected(format!("{other:?}")).into()),
@@ -246,22 +316,41 @@ pub async fn relay(cfg: &ServerConfig, ticket: u64, initiator: bool, psk: &Psk) 
     // What was read past the last frame comes first, then what the Noise layer had
     // read but not decrypted: both are the start of the raw stream.
     let (noise, mut rest) = ch.into_parts();
-    let (tcp, undecrypted) = noise.into_raw().map_err(|e| ClientError::Frame(FrameError::Io(e)))?;
+    let (tcp, undecrypted) = noise
+        .into_raw()
+        .map_err(|e| ClientError::Frame(FrameError::Io(e)))?;
     rest.unsplit(undecrypted);
     let _ = net::set_link_options(&tcp);
     let remote = cfg.addr;
-    let stream = punch::authenticate(Prefixed::new(tcp, rest), initiator, psk).await.map_err(|e| match e {
-        AuthError::WrongSecret => LinkError::WrongSecret,
-        AuthError::Failed(r) => LinkError::RelayFailed { direct: String::new(), relay: r },
-    })?;
-    Ok((stream, LinkInfo { path: Path::Relayed, remote, attempt: 0, signal_to_link: started.elapsed() }))
+    let stream = punch::authenticate(Prefixed::new(tcp, rest), initiator, psk)
+        .await
+        .map_err(|e| match e {
+            AuthError::WrongSecret => LinkError::WrongSecret,
+            AuthError::Failed(r) => LinkError::RelayFailed {
+                direct: String::new(),
+                relay: r,
+            },
+        })?;
+    Ok((
+        stream,
+        LinkInfo {
+            path: Path::Relayed,
+            remote,
+            attempt: 0,
+            signal_to_link: started.elapsed(),
+        },
+    ))
 }
 
 /// The local address a connection from `port` to the server uses (the LAN address
 /// behind a NAT), found with a connected UDP socket: no packet is sent.
 async fn probe_local_addr(cfg: &ServerConfig, port: u16) -> Result<SocketAddr, String> {
-    let udp = tokio::net::UdpSocket::bind(net::any_addr(cfg.addr, 0)).await.map_err(|e| e.to_string())?;
-    udp.connect(cfg.addr).await.map_err(|e| format!("no route to the server: {e}"))?;
+    let udp = tokio::net::UdpSocket::bind(net::any_addr(cfg.addr, 0))
+        .await
+        .map_err(|e| e.to_string())?;
+    udp.connect(cfg.addr)
+        .await
+        .map_err(|e| format!("no route to the server: {e}"))?;
     let ip = udp.local_addr().map_err(|e| e.to_string())?.ip();
     Ok(SocketAddr::new(ip, port))
 }

@@ -160,8 +160,14 @@ enum ExposeKind {
 }
 
 fn parse_header(s: &str) -> Result<(String, String), String> {
-    let (k, v) = s.split_once('=').ok_or_else(|| format!("expected NAME=VALUE, got {s:?}"))?;
-    if k.is_empty() || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+    let (k, v) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected NAME=VALUE, got {s:?}"))?;
+    if k.is_empty()
+        || !k
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
         return Err(format!("bad header name {k:?}"));
     }
     Ok((k.to_string(), v.to_string()))
@@ -170,7 +176,11 @@ fn parse_header(s: &str) -> Result<(String, String), String> {
 fn expose_proxy(kind: ExposeKind) -> anyhow::Result<peer::expose::Proxy> {
     use common::proto::{ExposeSpec, HttpRoute};
     Ok(match kind {
-        ExposeKind::Tcp { local, remote_port, name } => peer::expose::Proxy {
+        ExposeKind::Tcp {
+            local,
+            remote_port,
+            name,
+        } => peer::expose::Proxy {
             name: name.unwrap_or_else(|| format!("tcp-{}", local.port())),
             local,
             spec: ExposeSpec::Tcp { remote_port },
@@ -191,7 +201,9 @@ fn expose_proxy(kind: ExposeKind) -> anyhow::Result<peer::expose::Proxy> {
             }
             let basic_auth = match basic_auth {
                 Some(s) => {
-                    let (u, p) = s.split_once(':').ok_or_else(|| anyhow::anyhow!("--basic-auth wants USER:PASSWORD"))?;
+                    let (u, p) = s
+                        .split_once(':')
+                        .ok_or_else(|| anyhow::anyhow!("--basic-auth wants USER:PASSWORD"))?;
                     Some((u.to_string(), p.to_string()))
                 }
                 None => None,
@@ -248,7 +260,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         Some(path) => Some(peer::config::load(path)?),
         None => None,
     };
-    let Some(server) = args.server.clone().or_else(|| file.as_ref().map(|f| f.server.clone())) else {
+    let Some(server) = args
+        .server
+        .clone()
+        .or_else(|| file.as_ref().map(|f| f.server.clone()))
+    else {
         anyhow::bail!("no rendezvous server given: use --server HOST[:PORT] (or PUNCHLINE_SERVER, or -c FILE)");
     };
     let addr = common::resolve_server(&server, common::defaults::SERVER_PORT)
@@ -261,7 +277,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     let cfg = ServerConfig {
         addr,
-        token: args.token.or_else(|| file.as_ref().and_then(|f| f.token.clone())),
+        token: args
+            .token
+            .or_else(|| file.as_ref().and_then(|f| f.token.clone())),
     };
     let command = match (args.command, file) {
         (None, Some(file)) => return run_file(cfg, file).await,
@@ -269,16 +287,45 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     match command {
         Some(Command::Pipe { code, no_relay }) => {
-            peer::pipe::run(&cfg, code, !no_relay, tokio::io::stdin(), tokio::io::stdout()).await?;
+            peer::pipe::run(
+                &cfg,
+                code,
+                !no_relay,
+                tokio::io::stdin(),
+                tokio::io::stdout(),
+            )
+            .await?;
             Ok(())
         }
-        Some(Command::Serve { name, local, secret, max_links, max_streams }) => {
-            let svc = peer::service::ServeConfig { name, local, secret, max_links, max_streams };
+        Some(Command::Serve {
+            name,
+            local,
+            secret,
+            max_links,
+            max_streams,
+        }) => {
+            let svc = peer::service::ServeConfig {
+                name,
+                local,
+                secret,
+                max_links,
+                max_streams,
+            };
             peer::service::serve(cfg, svc).await?;
             Ok(())
         }
-        Some(Command::Connect { name, secret, listen, keep_open }) => {
-            let svc = peer::service::ConnectConfig { name, secret, listen, keep_open };
+        Some(Command::Connect {
+            name,
+            secret,
+            listen,
+            keep_open,
+        }) => {
+            let svc = peer::service::ConnectConfig {
+                name,
+                secret,
+                listen,
+                keep_open,
+            };
             peer::service::connect(cfg, svc).await?;
             Ok(())
         }
@@ -303,7 +350,11 @@ async fn run_file(cfg: ServerConfig, file: peer::config::ClientConfig) -> anyhow
             .next()
             .with_context(|| format!("proxy {}: no address for {}", p.name, p.local))?;
         match (&p.kind, p.kind.expose_spec()) {
-            (_, Some(spec)) => exposed.push(peer::expose::Proxy { name: p.name.clone(), local, spec }),
+            (_, Some(spec)) => exposed.push(peer::expose::Proxy {
+                name: p.name.clone(),
+                local,
+                spec,
+            }),
             (ProxyKind::Xtcp { secret }, None) => {
                 let svc = peer::service::ServeConfig {
                     name: p.name.clone(),
@@ -313,14 +364,22 @@ async fn run_file(cfg: ServerConfig, file: peer::config::ClientConfig) -> anyhow
                     max_streams: 256,
                 };
                 let cfg = cfg.clone();
-                tasks.spawn(async move { peer::service::serve(cfg, svc).await.map_err(anyhow::Error::from) });
+                tasks.spawn(async move {
+                    peer::service::serve(cfg, svc)
+                        .await
+                        .map_err(anyhow::Error::from)
+                });
             }
             _ => {}
         }
     }
     if !exposed.is_empty() {
         let cfg = cfg.clone();
-        tasks.spawn(async move { peer::expose::run(cfg, exposed).await.map_err(anyhow::Error::from) });
+        tasks.spawn(async move {
+            peer::expose::run(cfg, exposed)
+                .await
+                .map_err(anyhow::Error::from)
+        });
     }
     for v in file.visitors {
         let svc = peer::service::ConnectConfig {
@@ -330,7 +389,11 @@ async fn run_file(cfg: ServerConfig, file: peer::config::ClientConfig) -> anyhow
             keep_open: v.keep_open,
         };
         let cfg = cfg.clone();
-        tasks.spawn(async move { peer::service::connect(cfg, svc).await.map_err(anyhow::Error::from) });
+        tasks.spawn(async move {
+            peer::service::connect(cfg, svc)
+                .await
+                .map_err(anyhow::Error::from)
+        });
     }
     if tasks.is_empty() {
         anyhow::bail!("the config file lists no proxies or visitors");

@@ -74,8 +74,10 @@ where
     W: AsyncWrite + Unpin,
 {
     // The NAT mapping measurement runs alongside the connection to the server.
-    let (control, mapping) =
-        tokio::join!(Control::connect(cfg), tokio::time::timeout(NAT_MAPPING_WAIT, crate::natcheck::own_mapping(cfg)));
+    let (control, mapping) = tokio::join!(
+        Control::connect(cfg),
+        tokio::time::timeout(NAT_MAPPING_WAIT, crate::natcheck::own_mapping(cfg))
+    );
     let mut control = control?;
     if let Ok(Some(mapping)) = mapping {
         control.send(ClientMsg::Nat { mapping }).await?;
@@ -88,7 +90,11 @@ where
     let (ticket, initiator, direct_hopeless) = loop {
         match control.recv().await? {
             ServerMsg::Waiting => status("waiting for the other peer"),
-            ServerMsg::Paired { session, initiator, direct_hopeless } => break (session, initiator, direct_hopeless),
+            ServerMsg::Paired {
+                session,
+                initiator,
+                direct_hopeless,
+            } => break (session, initiator, direct_hopeless),
             ServerMsg::Refused(r) => return Err(ClientError::Refused(r).into()),
             other => info!(?other, "ignored while waiting"),
         }
@@ -99,10 +105,17 @@ where
         status("paired; punching a direct connection");
     }
     let psk = pipe_psk(code.as_deref(), cfg.token.as_deref());
-    let io = SessionIo { tx: &control.tx, rx: &mut control.rx };
+    let io = SessionIo {
+        tx: &control.tx,
+        rx: &mut control.rx,
+    };
     // A pipe is one byte stream: it cannot move to a direct link later, so it tries
     // every direct attempt before falling back to the relay.
-    let strategy = Strategy { attempts: PUNCH_ATTEMPTS, relay, direct_hopeless };
+    let strategy = Strategy {
+        attempts: PUNCH_ATTEMPTS,
+        relay,
+        direct_hopeless,
+    };
     let (link, info) = link::establish(cfg, io, ticket, initiator, &psk, strategy).await?;
     match info.path {
         Path::Direct => status(&format!(

@@ -88,20 +88,33 @@ fn status(msg: &str) {
 
 /// Runs the owner side until a fatal error.
 pub async fn serve(cfg: ServerConfig, svc: ServeConfig) -> Result<(), ServiceError> {
-    let mut hub = Hub::start(cfg.clone(), vec![ClientMsg::Register { name: svc.name.clone() }]);
+    let mut hub = Hub::start(
+        cfg.clone(),
+        vec![ClientMsg::Register {
+            name: svc.name.clone(),
+        }],
+    );
     let svc = Arc::new(svc);
     let links = Arc::new(Semaphore::new(svc.max_links));
     let mut tasks = JoinSet::new();
     loop {
-        let Some(ev) = hub.events.recv().await else { return Ok(()) };
+        let Some(ev) = hub.events.recv().await else {
+            return Ok(());
+        };
         match ev {
             HubEvent::Fatal(e) => return Err(e.into()),
             HubEvent::Up | HubEvent::Down(_) => {}
-            HubEvent::Msg(ServerMsg::Registered { name }) => {
-                status(&format!("service {name:?} registered; serving {}", svc.local))
-            }
+            HubEvent::Msg(ServerMsg::Registered { name }) => status(&format!(
+                "service {name:?} registered; serving {}",
+                svc.local
+            )),
             HubEvent::Msg(ServerMsg::Refused(r)) => return Err(ServiceError::Refused(r)),
-            HubEvent::Msg(ServerMsg::Incoming { session, name, visitor, direct_hopeless }) => {
+            HubEvent::Msg(ServerMsg::Incoming {
+                session,
+                name,
+                visitor,
+                direct_hopeless,
+            }) => {
                 if name != svc.name {
                     continue;
                 }
@@ -109,7 +122,9 @@ pub async fn serve(cfg: ServerConfig, svc: ServeConfig) -> Result<(), ServiceErr
                     warn!(%visitor, max = svc.max_links, "link refused: too many links");
                     let _ = hub.tx.try_send(ClientMsg::Report {
                         session,
-                        outcome: common::proto::Outcome::GaveUp { reason: "owner at its link limit".into() },
+                        outcome: common::proto::Outcome::GaveUp {
+                            reason: "owner at its link limit".into(),
+                        },
                     });
                     continue;
                 };
@@ -138,11 +153,18 @@ async fn owner_link(
     direct_hopeless: bool,
 ) {
     let psk = service_psk(&svc.name, &svc.secret);
-    let io = SessionIo { tx: &tx, rx: &mut rx };
+    let io = SessionIo {
+        tx: &tx,
+        rx: &mut rx,
+    };
     if direct_hopeless {
         status(&format!("relayed: {}", link::SKIPPED_DIRECT));
     }
-    let strategy = Strategy { attempts: SERVICE_DIRECT_ATTEMPTS, relay: true, direct_hopeless };
+    let strategy = Strategy {
+        attempts: SERVICE_DIRECT_ATTEMPTS,
+        relay: true,
+        direct_hopeless,
+    };
     let (stream, info) = match link::establish(&cfg, io, ticket, false, &psk, strategy).await {
         Ok(x) => x,
         Err(LinkError::WrongSecret) => {
@@ -156,7 +178,10 @@ async fn owner_link(
         }
     };
     info!(path = %info.path, remote = %info.remote, "link up");
-    let mux_cfg = MuxConfig { max_streams: svc.max_streams, ..MuxConfig::default() };
+    let mux_cfg = MuxConfig {
+        max_streams: svc.max_streams,
+        ..MuxConfig::default()
+    };
     let (mux, inbound) = Mux::start(stream, Role::Server, mux_cfg.clone());
     let mut streams = JoinSet::new();
     let mut inbounds = vec![inbound];
@@ -164,7 +189,8 @@ async fn owner_link(
     loop {
         // Accept streams from every link of this session (relay and, later, direct).
         let next = async {
-            let (s, i, _) = futures::future::select_all(inbounds.iter_mut().map(|r| Box::pin(r.recv()))).await;
+            let (s, i, _) =
+                futures::future::select_all(inbounds.iter_mut().map(|r| Box::pin(r.recv()))).await;
             (s, i)
         };
         tokio::select! {
@@ -224,7 +250,12 @@ pub(crate) async fn splice_both(a: MuxStream, b: TcpStream) {
     let (br, bw) = b.into_split();
     let (c1, c2) = (Counter::default(), Counter::default());
     let r = tokio::join!(splice::pump(ar, bw, &c1), splice::pump(br, aw, &c2));
-    debug!(up = c1.get(), down = c2.get(), ok = r.0.is_ok() && r.1.is_ok(), "stream done");
+    debug!(
+        up = c1.get(),
+        down = c2.get(),
+        ok = r.0.is_ok() && r.1.is_ok(),
+        "stream done"
+    );
 }
 
 /// What the visitor does.
@@ -256,11 +287,22 @@ struct Visitor {
 pub async fn connect(cfg: ServerConfig, svc: ConnectConfig) -> Result<(), ServiceError> {
     let listener = TcpListener::bind(svc.listen)
         .await
-        .map_err(|err| ServiceError::Listen { addr: svc.listen, err })?;
-    let local = listener.local_addr().map_err(|err| ServiceError::Listen { addr: svc.listen, err })?;
+        .map_err(|err| ServiceError::Listen {
+            addr: svc.listen,
+            err,
+        })?;
+    let local = listener.local_addr().map_err(|err| ServiceError::Listen {
+        addr: svc.listen,
+        err,
+    })?;
     println!("listening on {local}");
     let keep_open = svc.keep_open;
-    let v = Arc::new(Visitor { hub: Mutex::new(Hub::start(cfg.clone(), Vec::new())), cfg, svc, current: Mutex::new(None) });
+    let v = Arc::new(Visitor {
+        hub: Mutex::new(Hub::start(cfg.clone(), Vec::new())),
+        cfg,
+        svc,
+        current: Mutex::new(None),
+    });
     if keep_open {
         v.link().await?;
     }
@@ -321,8 +363,15 @@ impl Visitor {
         let mut rx = rx;
         let psk = service_psk(&self.svc.name, &self.svc.secret);
         let tx = self.hub.lock().await.tx.clone();
-        let io = SessionIo { tx: &tx, rx: &mut rx };
-        let strategy = Strategy { attempts: SERVICE_DIRECT_ATTEMPTS, relay: true, direct_hopeless };
+        let io = SessionIo {
+            tx: &tx,
+            rx: &mut rx,
+        };
+        let strategy = Strategy {
+            attempts: SERVICE_DIRECT_ATTEMPTS,
+            relay: true,
+            direct_hopeless,
+        };
         if direct_hopeless {
             status(&format!("relayed: {}", link::SKIPPED_DIRECT));
         }
@@ -338,7 +387,10 @@ impl Visitor {
         if info.path == Path::Relayed {
             tokio::spawn(self.clone().upgrade(ticket, rx, tx));
         }
-        *cur = Some(Current { mux: mux.clone(), info });
+        *cur = Some(Current {
+            mux: mux.clone(),
+            info,
+        });
         Ok(mux)
     }
 
@@ -351,22 +403,32 @@ impl Visitor {
             }
         }
         hub.tx
-            .send(ClientMsg::Connect { name: self.svc.name.clone() })
+            .send(ClientMsg::Connect {
+                name: self.svc.name.clone(),
+            })
             .await
             .map_err(|_| ServiceError::Refused("not connected to the rendezvous server".into()))?;
         let deadline = Instant::now() + PAIR_TIMEOUT;
         loop {
             let ev = tokio::time::timeout_at(deadline, hub.events.recv())
                 .await
-                .map_err(|_| ServiceError::Refused(format!("no answer from the rendezvous server within {PAIR_TIMEOUT:?}")))?;
+                .map_err(|_| {
+                    ServiceError::Refused(format!(
+                        "no answer from the rendezvous server within {PAIR_TIMEOUT:?}"
+                    ))
+                })?;
             match ev {
-                Some(HubEvent::Msg(ServerMsg::Paired { session, direct_hopeless, .. })) => {
-                    return Ok((session, direct_hopeless, hub.route(session)))
-                }
+                Some(HubEvent::Msg(ServerMsg::Paired {
+                    session,
+                    direct_hopeless,
+                    ..
+                })) => return Ok((session, direct_hopeless, hub.route(session))),
                 Some(HubEvent::Msg(ServerMsg::Refused(r))) => return Err(ServiceError::Refused(r)),
                 Some(HubEvent::Fatal(e)) => return Err(e.into()),
                 Some(HubEvent::Down(why)) => {
-                    return Err(ServiceError::Refused(format!("rendezvous server unreachable: {why}")))
+                    return Err(ServiceError::Refused(format!(
+                        "rendezvous server unreachable: {why}"
+                    )))
                 }
                 Some(_) => {}
                 None => return Err(ServiceError::Refused("internal: hub stopped".into())),
@@ -377,7 +439,12 @@ impl Visitor {
     /// While the link is relayed, keeps asking for direct attempts with backoff; on
     /// success, new streams use the direct link and the relayed one is closed once its
     /// streams have finished.
-    async fn upgrade(self: Arc<Self>, ticket: u64, mut rx: mpsc::Receiver<ServerMsg>, tx: mpsc::Sender<ClientMsg>) {
+    async fn upgrade(
+        self: Arc<Self>,
+        ticket: u64,
+        mut rx: mpsc::Receiver<ServerMsg>,
+        tx: mpsc::Sender<ClientMsg>,
+    ) {
         let psk = service_psk(&self.svc.name, &self.svc.secret);
         let mut backoff = REPUNCH_FIRST_BACKOFF;
         loop {
@@ -386,7 +453,11 @@ impl Visitor {
                 Some(c) if c.info.path == Path::Relayed && !c.mux.is_closed() => c.mux.clone(),
                 _ => return,
             };
-            if tx.send(ClientMsg::Repunch { session: ticket }).await.is_err() {
+            if tx
+                .send(ClientMsg::Repunch { session: ticket })
+                .await
+                .is_err()
+            {
                 return;
             }
             let attempt = loop {
@@ -400,7 +471,10 @@ impl Visitor {
             let Some(attempt) = attempt else { continue };
             match link::direct_attempt(&self.cfg, &tx, &mut rx, ticket, attempt, true, &psk).await {
                 Ok((stream, info)) => {
-                    status(&format!("link upgraded: direct, remote {}, attempt {attempt}", info.remote));
+                    status(&format!(
+                        "link upgraded: direct, remote {}, attempt {attempt}",
+                        info.remote
+                    ));
                     let (mux, _inbound) = Mux::start(stream, Role::Client, MuxConfig::default());
                     *self.current.lock().await = Some(Current { mux, info });
                     // Old streams finish on the relay; then it closes.

@@ -96,7 +96,9 @@ impl Exposures {
             let mut all = self.lock();
             let inst = all.entry(instance).or_default();
             match inst.conn {
-                Some(c) if c != conn => return Err("this instance id is in use by another connection".into()),
+                Some(c) if c != conn => {
+                    return Err("this instance id is in use by another connection".into())
+                }
                 _ => inst.conn = Some(conn),
             }
             if let ExposeSpec::Tcp { remote_port } = spec {
@@ -109,9 +111,10 @@ impl Exposures {
             }
         }
         match spec {
-            ExposeSpec::Tcp { remote_port } => {
-                self.expose_tcp(instance, name, *remote_port).await.map(|p| (Some(p), Vec::new()))
-            }
+            ExposeSpec::Tcp { remote_port } => self
+                .expose_tcp(instance, name, *remote_port)
+                .await
+                .map(|p| (Some(p), Vec::new())),
             ExposeSpec::Http(route) => {
                 let Some(vhosts) = &self.vhosts else {
                     return Err("this server serves no HTTP virtual hosts (start it with --vhost-http-port)".into());
@@ -135,12 +138,25 @@ impl Exposures {
         }
     }
 
-    async fn expose_tcp(self: &Arc<Self>, instance: u64, name: &str, port: u16) -> Result<u16, String> {
+    async fn expose_tcp(
+        self: &Arc<Self>,
+        instance: u64,
+        name: &str,
+        port: u16,
+    ) -> Result<u16, String> {
         if port != 0 && !self.allow.contains(port) {
-            return Err(format!("port {port} is not allowed on this server (allowed: {})", self.allow));
+            return Err(format!(
+                "port {port} is not allowed on this server (allowed: {})",
+                self.allow
+            ));
         }
         if port != 0 {
-            let owner = self.ports.lock().unwrap_or_else(|p| p.into_inner()).get(&port).copied();
+            let owner = self
+                .ports
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&port)
+                .copied();
             if let Some(owner) = owner.filter(|&o| o != instance) {
                 if !self.evict_offline(owner, port) {
                     return Err(format!("port {port} is already exposed by another peer"));
@@ -149,19 +165,29 @@ impl Exposures {
         }
         let listener = self.bind(port).await?;
         let port = listener.local_addr().map_err(|e| e.to_string())?.port();
-        self.ports.lock().unwrap_or_else(|p| p.into_inner()).insert(port, instance);
+        self.ports
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(port, instance);
         let me = self.clone();
         let proxy = name.to_string();
-        let task = tokio::spawn(
-            async move { me.accept_loop(listener, instance, proxy).await }
-                .instrument(info_span!("tcp", port, proxy = name)),
-        );
+        let task =
+            tokio::spawn(
+                async move { me.accept_loop(listener, instance, proxy).await }
+                    .instrument(info_span!("tcp", port, proxy = name)),
+            );
         let mut all = self.lock();
         let inst = all.entry(instance).or_default();
-        if let Some(old) = inst.tcp.insert(name.to_string(), TcpExposure { port, task }) {
+        if let Some(old) = inst
+            .tcp
+            .insert(name.to_string(), TcpExposure { port, task })
+        {
             old.task.abort();
             if old.port != port {
-                self.ports.lock().unwrap_or_else(|p| p.into_inner()).remove(&old.port);
+                self.ports
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&old.port);
             }
         }
         info!(port, proxy = name, "tcp port exposed");
@@ -172,7 +198,9 @@ impl Exposures {
     /// process takes over what its predecessor held. Returns whether it was freed.
     fn evict_offline(&self, owner: u64, port: u16) -> bool {
         let mut all = self.lock();
-        let Some(inst) = all.get_mut(&owner) else { return true };
+        let Some(inst) = all.get_mut(&owner) else {
+            return true;
+        };
         if inst.conn.is_some() {
             return false;
         }
@@ -185,7 +213,10 @@ impl Exposures {
                 true
             }
         });
-        self.ports.lock().unwrap_or_else(|p| p.into_inner()).remove(&port);
+        self.ports
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&port);
         true
     }
 
@@ -193,11 +224,18 @@ impl Exposures {
         if port == 0 {
             // The server chooses: a free port inside the allowed ranges.
             if self.allow.is_all() {
-                return TcpListener::bind((self.bind_ip, 0)).await.map_err(|e| format!("cannot listen: {e}"));
+                return TcpListener::bind((self.bind_ip, 0))
+                    .await
+                    .map_err(|e| format!("cannot listen: {e}"));
             }
             for range in self.allow.ranges() {
                 for p in range.clone() {
-                    if self.ports.lock().unwrap_or_else(|p| p.into_inner()).contains_key(&p) {
+                    if self
+                        .ports
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .contains_key(&p)
+                    {
                         continue;
                     }
                     if let Ok(l) = TcpListener::bind((self.bind_ip, p)).await {
@@ -205,7 +243,10 @@ impl Exposures {
                     }
                 }
             }
-            return Err(format!("no free port left in the allowed ranges ({})", self.allow));
+            return Err(format!(
+                "no free port left in the allowed ranges ({})",
+                self.allow
+            ));
         }
         // A port just taken over from an offline peer is freed when its aborted
         // listener task is dropped, a moment later: retry briefly.
@@ -264,7 +305,10 @@ impl Exposures {
                 break m;
             }
             if !online || tokio::time::Instant::now() >= deadline {
-                return Err(std::io::Error::new(std::io::ErrorKind::NotConnected, "the peer is offline"));
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::NotConnected,
+                    "the peer is offline",
+                ));
             }
             let _ = tokio::time::timeout_at(deadline, notified).await;
         };
@@ -306,7 +350,10 @@ impl Exposures {
 
     fn expire(&self, instance: u64, epoch: u64) {
         let mut all = self.lock();
-        if all.get(&instance).is_some_and(|i| i.conn.is_none() && i.epoch == epoch) {
+        if all
+            .get(&instance)
+            .is_some_and(|i| i.conn.is_none() && i.epoch == epoch)
+        {
             if let Some(inst) = all.remove(&instance) {
                 let mut ports = self.ports.lock().unwrap_or_else(|p| p.into_inner());
                 for (name, t) in inst.tcp {
@@ -329,8 +376,13 @@ async fn splice(user: TcpStream, stream: MuxStream) {
     let _ = user.set_nodelay(true);
     let (ur, uw) = user.into_split();
     let (sr, sw) = tokio::io::split(stream);
-    let (c1, c2) = (common::splice::Counter::default(), common::splice::Counter::default());
-    let _ = tokio::join!(common::splice::pump(ur, sw, &c1), common::splice::pump(sr, uw, &c2));
+    let (c1, c2) = (
+        common::splice::Counter::default(),
+        common::splice::Counter::default(),
+    );
+    let _ = tokio::join!(
+        common::splice::pump(ur, sw, &c1),
+        common::splice::pump(sr, uw, &c2)
+    );
     debug!(up = c1.get(), down = c2.get(), "user connection done");
 }
-

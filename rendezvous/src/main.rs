@@ -98,7 +98,10 @@ fn main() -> ExitCode {
 async fn run(args: Args) -> anyhow::Result<()> {
     let mut cfg = match &args.config {
         Some(path) => rendezvous::config::load(path)?,
-        None => rendezvous::Config::new(SocketAddr::from(([0, 0, 0, 0], common::defaults::SERVER_PORT))),
+        None => rendezvous::Config::new(SocketAddr::from((
+            [0, 0, 0, 0],
+            common::defaults::SERVER_PORT,
+        ))),
     };
     if let Some(ip) = args.bind {
         cfg.bind.set_ip(ip);
@@ -135,13 +138,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
         cfg.allow_ports = ports;
     }
     if let Some(a) = args.alt_addr {
-        let port = a.port.unwrap_or(if bind.port() == 0 { 0 } else { bind.port().wrapping_add(1) });
+        let port = a.port.unwrap_or(if bind.port() == 0 {
+            0
+        } else {
+            bind.port().wrapping_add(1)
+        });
         cfg.alt_addr = Some(SocketAddr::new(a.ip, port));
     }
     if cfg.token.is_none() {
         warn!("no --token given: ANY peer may use this server (traffic is still encrypted)");
     }
-    let handle = rendezvous::spawn(cfg).await.with_context(|| format!("cannot listen on {bind}"))?;
+    let handle = rendezvous::spawn(cfg)
+        .await
+        .with_context(|| format!("cannot listen on {bind}"))?;
     println!("listening on {}", handle.local_addr());
     if let Some(alt) = handle.alt_addr() {
         println!("stun alternate {alt}");

@@ -65,13 +65,17 @@ impl Relays {
         if let Some(tx) = partner {
             // The waiting half takes over both connections.
             if let Err(mut ch) = tx.send(ch) {
-                let _ = ch.send(&ServerMsg::Refused(RelayError::NoPartner.to_string())).await;
+                let _ = ch
+                    .send(&ServerMsg::Refused(RelayError::NoPartner.to_string()))
+                    .await;
                 return Err(RelayError::NoPartner);
             }
             return Ok(());
         }
         if self.active.load(Ordering::Relaxed) >= MAX_RELAYS {
-            let _ = ch.send(&ServerMsg::Refused(RelayError::Full.to_string())).await;
+            let _ = ch
+                .send(&ServerMsg::Refused(RelayError::Full.to_string()))
+                .await;
             return Err(RelayError::Full);
         }
         let (tx, rx) = oneshot::channel();
@@ -83,7 +87,9 @@ impl Relays {
             }
         };
         if !inserted {
-            let _ = ch.send(&ServerMsg::Refused(RelayError::Duplicate.to_string())).await;
+            let _ = ch
+                .send(&ServerMsg::Refused(RelayError::Duplicate.to_string()))
+                .await;
             return Err(RelayError::Duplicate);
         }
         let other = tokio::select! {
@@ -105,7 +111,10 @@ impl Relays {
         let result = splice(ch, other).await;
         self.active.fetch_sub(1, Ordering::Relaxed);
         let (a_to_b, b_to_a) = result?;
-        info!(session = format_args!("{session:016x}"), a_to_b, b_to_a, "relay closed");
+        info!(
+            session = format_args!("{session:016x}"),
+            a_to_b, b_to_a, "relay closed"
+        );
         Ok(())
     }
 }
@@ -132,7 +141,10 @@ async fn splice(a: Chan, b: Chan) -> Result<(u64, u64), RelayError> {
     let _ = common::net::set_link_options(&a);
     let _ = common::net::set_link_options(&b);
     // copy_bidirectional passes half-closes through and stops when both sides ended.
-    let (mut a, mut b) = (BufReader::with_capacity(64 * 1024, a), BufReader::with_capacity(64 * 1024, b));
+    let (mut a, mut b) = (
+        BufReader::with_capacity(64 * 1024, a),
+        BufReader::with_capacity(64 * 1024, b),
+    );
     let (x, y) = tokio::io::copy_bidirectional(&mut a, &mut b).await?;
     Ok((x + a_left.len() as u64, y + b_left.len() as u64))
 }

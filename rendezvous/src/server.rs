@@ -88,7 +88,8 @@ pub async fn spawn(config: Config) -> std::io::Result<Handle> {
             let l = TcpListener::bind((config.bind.ip(), port)).await?;
             let addr = l.local_addr()?;
             let table = Arc::new(
-                crate::vhost::Vhosts::new(config.subdomain_host.clone()).with_http_port(addr.port()),
+                crate::vhost::Vhosts::new(config.subdomain_host.clone())
+                    .with_http_port(addr.port()),
             );
             Some((l, addr, table))
         }
@@ -160,7 +161,8 @@ impl State {
     }
 }
 
-const HOPELESS: &str = "both NATs map per destination (symmetric): no direct attempts, relaying at once";
+const HOPELESS: &str =
+    "both NATs map per destination (symmetric): no direct attempts, relaying at once";
 
 struct Waiter {
     conn: u64,
@@ -541,7 +543,9 @@ fn register(
     let mut st = server.lock();
     if let Some(owner) = st.services.get(name) {
         if owner.conn != id && !owner.tx.is_closed() {
-            return Err(format!("service {name:?} is already registered by another peer"));
+            return Err(format!(
+                "service {name:?} is already registered by another peer"
+            ));
         }
     }
     if st.services.len() >= MAX_SERVICES {
@@ -581,7 +585,11 @@ fn connect(
     info!(service = name, session = format_args!("{session:016x}"), %visitor, "visitor paired with owner");
     let direct_hopeless = st.direct_hopeless(oconn, id);
     if direct_hopeless {
-        info!(service = name, session = format_args!("{session:016x}"), "{HOPELESS}");
+        info!(
+            service = name,
+            session = format_args!("{session:016x}"),
+            "{HOPELESS}"
+        );
     }
     let incoming = ServerMsg::Incoming {
         session: t_owner,
@@ -614,7 +622,11 @@ fn repunch(server: &Server, id: u64, ticket: u64, tx: &mpsc::Sender<ServerMsg>) 
     // Attempt numbers after the initial ones, wrapping: a pair of probe slots is
     // freed as soon as it is used, so a number can come back safely.
     let next = st.next_attempt.entry(t.session).or_insert(PUNCH_ATTEMPTS);
-    *next = if *next == u8::MAX { PUNCH_ATTEMPTS + 1 } else { *next + 1 };
+    *next = if *next == u8::MAX {
+        PUNCH_ATTEMPTS + 1
+    } else {
+        *next + 1
+    };
     let attempt = *next;
     let _ = tx.try_send(ServerMsg::Repunch {
         session: ticket,

@@ -28,7 +28,10 @@ fn upstream(name: &'static str) -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap();
     std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         rt.block_on(async move {
             l.set_nonblocking(true).unwrap();
             let l = TcpListener::from_std(l).unwrap();
@@ -56,19 +59,34 @@ async fn serve_one(name: &'static str, tcp: TcpStream) {
         }
         return;
     }
-    let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| async move {
-        let mut text = format!("{name} host={} path={}", req.headers().get("host").and_then(|v| v.to_str().ok()).unwrap_or("-"), req.uri().path());
-        for h in ["x-forwarded-for", "x-real-ip", "x-forwarded-proto", "x-from", "authorization"] {
-            if let Some(v) = req.headers().get(h).and_then(|v| v.to_str().ok()) {
-                text.push_str(&format!(" h:{h}={v}"));
+    let svc = hyper::service::service_fn(
+        move |req: hyper::Request<hyper::body::Incoming>| async move {
+            let mut text = format!(
+                "{name} host={} path={}",
+                req.headers()
+                    .get("host")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("-"),
+                req.uri().path()
+            );
+            for h in [
+                "x-forwarded-for",
+                "x-real-ip",
+                "x-forwarded-proto",
+                "x-from",
+                "authorization",
+            ] {
+                if let Some(v) = req.headers().get(h).and_then(|v| v.to_str().ok()) {
+                    text.push_str(&format!(" h:{h}={v}"));
+                }
             }
-        }
-        let resp = hyper::Response::builder()
-            .header("x-upstream", name)
-            .body(http_body_util::Full::new(bytes::Bytes::from(text)))
-            .unwrap();
-        Ok::<_, std::convert::Infallible>(resp)
-    });
+            let resp = hyper::Response::builder()
+                .header("x-upstream", name)
+                .body(http_body_util::Full::new(bytes::Bytes::from(text)))
+                .unwrap();
+            Ok::<_, std::convert::Infallible>(resp)
+        },
+    );
     let _ = hyper::server::conn::http1::Builder::new()
         .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
         .with_upgrades()
@@ -113,13 +131,24 @@ fn local_cmd(name: &str) -> Command {
 fn curl(vhost: SocketAddr, host: &str, path: &str, extra: &[&str]) -> (u16, String) {
     let url = format!("http://{host}:{}{path}", vhost.port());
     let out = Command::new("curl")
-        .args(["-s", "-i", "--max-time", "20", "--resolve", &format!("{host}:{}:127.0.0.1", vhost.port())])
+        .args([
+            "-s",
+            "-i",
+            "--max-time",
+            "20",
+            "--resolve",
+            &format!("{host}:{}:127.0.0.1", vhost.port()),
+        ])
         .args(extra)
         .arg(&url)
         .output()
         .expect("curl (apt-get install curl)");
     let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     (status, text)
 }
 
@@ -127,15 +156,39 @@ fn curl(vhost: SocketAddr, host: &str, path: &str, extra: &[&str]) -> (u16, Stri
 fn routing_auth_headers_and_error_pages() {
     let s = server(&[]);
     let (web, api) = (upstream("web"), upstream("api"));
-    let a = expose(&s, web, &["--domain", "www.example.com", "--domain", "*.apps.example.com", "--subdomain", "blog", "--name", "web"]);
+    let a = expose(
+        &s,
+        web,
+        &[
+            "--domain",
+            "www.example.com",
+            "--domain",
+            "*.apps.example.com",
+            "--subdomain",
+            "blog",
+            "--name",
+            "web",
+        ],
+    );
     a.stdout.wait_for("exposed web http", T);
     let b = expose(
         &s,
         api,
         &[
-            "--domain", "www.example.com", "--location", "/api", "--name", "api",
-            "--basic-auth", "alice:s3cret", "--host-rewrite", "api.internal",
-            "--request-header", "x-from=punchline", "--response-header", "x-served-by=punchline",
+            "--domain",
+            "www.example.com",
+            "--location",
+            "/api",
+            "--name",
+            "api",
+            "--basic-auth",
+            "alice:s3cret",
+            "--host-rewrite",
+            "api.internal",
+            "--request-header",
+            "x-from=punchline",
+            "--response-header",
+            "x-served-by=punchline",
         ],
     );
     b.stdout.wait_for("exposed api http", T);
@@ -144,21 +197,51 @@ fn routing_auth_headers_and_error_pages() {
     let (st, body) = curl(s.vhost, "www.example.com", "/index", &[]);
     assert_eq!(st, 200, "{body}");
     assert!(body.contains("web host=www.example.com"), "{body}");
-    assert!(curl(s.vhost, "x.apps.example.com", "/", &[]).1.contains("web host=x.apps.example.com"));
-    assert!(curl(s.vhost, "blog.example.com", "/", &[]).1.contains("web host=blog.example.com"));
+    assert!(curl(s.vhost, "x.apps.example.com", "/", &[])
+        .1
+        .contains("web host=x.apps.example.com"));
+    assert!(curl(s.vhost, "blog.example.com", "/", &[])
+        .1
+        .contains("web host=blog.example.com"));
     // Basic auth on /api.
     let (st, body) = curl(s.vhost, "www.example.com", "/api/v1", &[]);
     assert_eq!(st, 401, "{body}");
-    assert!(body.to_ascii_lowercase().contains("www-authenticate"), "{body}");
-    assert_eq!(curl(s.vhost, "www.example.com", "/api/v1", &["-u", "alice:wrong"]).0, 401);
-    let (st, body) = curl(s.vhost, "www.example.com", "/api/v1", &["-u", "alice:s3cret"]);
+    assert!(
+        body.to_ascii_lowercase().contains("www-authenticate"),
+        "{body}"
+    );
+    assert_eq!(
+        curl(
+            s.vhost,
+            "www.example.com",
+            "/api/v1",
+            &["-u", "alice:wrong"]
+        )
+        .0,
+        401
+    );
+    let (st, body) = curl(
+        s.vhost,
+        "www.example.com",
+        "/api/v1",
+        &["-u", "alice:s3cret"],
+    );
     assert_eq!(st, 200, "{body}");
     // Routed to api, host rewritten, request header set, response header set,
     // forwarded headers added.
-    assert!(body.contains("api host=api.internal path=/api/v1"), "{body}");
+    assert!(
+        body.contains("api host=api.internal path=/api/v1"),
+        "{body}"
+    );
     assert!(body.contains("h:x-from=punchline"), "{body}");
-    assert!(body.to_ascii_lowercase().contains("x-served-by: punchline"), "{body}");
-    assert!(body.contains("h:x-forwarded-for=127.0.0.1") && body.contains("h:x-real-ip=127.0.0.1"), "{body}");
+    assert!(
+        body.to_ascii_lowercase().contains("x-served-by: punchline"),
+        "{body}"
+    );
+    assert!(
+        body.contains("h:x-forwarded-for=127.0.0.1") && body.contains("h:x-real-ip=127.0.0.1"),
+        "{body}"
+    );
     assert!(body.contains("h:x-forwarded-proto=http"), "{body}");
 
     // Unknown host: 404 page.
@@ -175,7 +258,13 @@ fn routing_auth_headers_and_error_pages() {
     // Conflict: another peer claiming www.example.com at / while `web` is online.
     let mut c = expose(&s, web, &["--domain", "www.example.com", "--name", "other"]);
     assert!(!c.wait_exit(T).success());
-    assert!(c.stderr.text().contains("www.example.com location / is already served"), "{}", c.stderr.text());
+    assert!(
+        c.stderr
+            .text()
+            .contains("www.example.com location / is already served"),
+        "{}",
+        c.stderr.text()
+    );
 
     // Peer offline: 502 at once.
     drop(a);
@@ -186,11 +275,18 @@ fn routing_auth_headers_and_error_pages() {
         if st == 502 {
             break;
         }
-        assert!(Instant::now() < deadline, "no 502 after the peer died (last status {st})");
+        assert!(
+            Instant::now() < deadline,
+            "no 502 after the peer died (last status {st})"
+        );
     }
     let t = Instant::now();
     assert_eq!(curl(s.vhost, "www.example.com", "/", &[]).0, 502);
-    assert!(t.elapsed() < Duration::from_secs(2), "502 took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "502 took {:?}",
+        t.elapsed()
+    );
     drop(s.proc);
 }
 
@@ -201,12 +297,18 @@ async fn websocket_through_the_vhost() {
     let p = expose(&s, up, &["--domain", "ws.example.com"]);
     p.stdout.wait_for("exposed", T);
     let tcp = TcpStream::connect(s.vhost).await.unwrap();
-    let (mut ws, resp) = tokio_tungstenite::client_async("ws://ws.example.com/ws", tcp).await.unwrap();
+    let (mut ws, resp) = tokio_tungstenite::client_async("ws://ws.example.com/ws", tcp)
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 101);
     for i in 0..20 {
         let msg = format!("message {i}");
         ws.send(Message::text(msg.clone())).await.unwrap();
-        let back = tokio::time::timeout(T, ws.next()).await.unwrap().unwrap().unwrap();
+        let back = tokio::time::timeout(T, ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
         assert_eq!(back.into_text().unwrap().as_str(), msg);
     }
 }
@@ -215,7 +317,8 @@ async fn websocket_through_the_vhost() {
 fn slow_headers_are_cut_off() {
     let s = server(&[]);
     let mut raw = std::net::TcpStream::connect(s.vhost).unwrap();
-    raw.set_read_timeout(Some(Duration::from_millis(900))).unwrap();
+    raw.set_read_timeout(Some(Duration::from_millis(900)))
+        .unwrap();
     let started = Instant::now();
     let request = b"GET / HTTP/1.1\r\nHost: www.example.com\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
     let mut closed = false;
@@ -253,7 +356,9 @@ fn a_server_restart_is_survived() {
     let (port, vport) = (s.addr.port().to_string(), s.vhost.port().to_string());
     drop(s.proc);
     let s2 = server(&["--port", &port, "--vhost-http-port", &vport]);
-    s2.proc.stderr.wait_for("http route exposed", Duration::from_secs(60));
+    s2.proc
+        .stderr
+        .wait_for("http route exposed", Duration::from_secs(60));
     s2.proc.stderr.wait_for("data connection up", T);
     assert_eq!(curl(s2.vhost, "www.example.com", "/", &[]).0, 200);
 }
@@ -264,7 +369,13 @@ fn frp_config_files_work_as_they_are() {
     std::fs::create_dir_all(&dir).unwrap();
     // Ports for the server come from the OS (bound and released), as frps.toml needs
     // fixed numbers.
-    let free = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
     let (bind, vhost, remote) = (free(), free(), free());
     let frps = format!(
         "bindAddr = \"127.0.0.1\"\nbindPort = {bind}\nvhostHTTPPort = {vhost}\nsubDomainHost = \"example.com\"\n\
@@ -274,7 +385,14 @@ fn frp_config_files_work_as_they_are() {
     let mut cmd = Command::new(bin("stream-check"));
     cmd.args(["echo", "0"]);
     let echo = Proc::spawn("echo", cmd);
-    let echo_port: u16 = echo.stdout.wait_for("listening on", T).rsplit(':').next().unwrap().parse().unwrap();
+    let echo_port: u16 = echo
+        .stdout
+        .wait_for("listening on", T)
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
     let frpc = format!(
         "serverAddr = \"127.0.0.1\"\nserverPort = {bind}\nauth.token = \"tok\"\n\n\
          [[proxies]]\nname = \"echo\"\ntype = \"tcp\"\nlocalIP = \"127.0.0.1\"\nlocalPort = {echo_port}\nremotePort = {remote}\n\n\
@@ -293,16 +411,40 @@ fn frp_config_files_work_as_they_are() {
     peer.stdout.wait_for("exposed echo tcp", T);
     peer.stdout.wait_for("exposed web http", T);
     let vhost_addr = SocketAddr::from(([127, 0, 0, 1], vhost));
-    assert!(curl(vhost_addr, "web.example.com", "/", &[]).1.contains("web host=web.example.com"));
+    assert!(curl(vhost_addr, "web.example.com", "/", &[])
+        .1
+        .contains("web host=web.example.com"));
     let out = Command::new(bin("stream-check"))
-        .args(["run", &format!("127.0.0.1:{remote}"), "--streams", "4", "--bytes", "2000000"])
+        .args([
+            "run",
+            &format!("127.0.0.1:{remote}"),
+            "--streams",
+            "4",
+            "--bytes",
+            "2000000",
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     // An unsupported key is an error naming it.
-    std::fs::write(dir.join("bad.toml"), "serverAddr = \"127.0.0.1\"\nloginFailExit = true\n").unwrap();
-    let out = local_cmd("peer").args(["-c", dir.join("bad.toml").to_str().unwrap()]).output().unwrap();
+    std::fs::write(
+        dir.join("bad.toml"),
+        "serverAddr = \"127.0.0.1\"\nloginFailExit = true\n",
+    )
+    .unwrap();
+    let out = local_cmd("peer")
+        .args(["-c", dir.join("bad.toml").to_str().unwrap()])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("loginFailExit"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("loginFailExit"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -28,7 +28,10 @@ fn server(lab: &Lab, port: &str) -> (Proc, SocketAddr) {
     let mut cmd = lab.command(Host::Server, bin("rendezvous"));
     cmd.env_remove("PUNCHLINE_TOKEN").env("RUST_LOG", "info");
     let ip = lab.server_ip().to_string();
-    rendezvous(cmd, &["--bind", &ip, "--port", port, "--allow-ports", ALLOW])
+    rendezvous(
+        cmd,
+        &["--bind", &ip, "--port", port, "--allow-ports", ALLOW],
+    )
 }
 
 fn world() -> World {
@@ -37,8 +40,21 @@ fn world() -> World {
     let mut cmd = lab.command(Host::A, bin("stream-check"));
     cmd.args(["echo", "0"]);
     let echo = Proc::spawn("echo", cmd);
-    let port: u16 = echo.stdout.wait_for("listening on", T).rsplit(':').next().unwrap().parse().unwrap();
-    World { lab, server: Some(srv), addr, _echo: echo, echo: SocketAddr::from(([127, 0, 0, 1], port)) }
+    let port: u16 = echo
+        .stdout
+        .wait_for("listening on", T)
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    World {
+        lab,
+        server: Some(srv),
+        addr,
+        _echo: echo,
+        echo: SocketAddr::from(([127, 0, 0, 1], port)),
+    }
 }
 
 impl World {
@@ -46,7 +62,16 @@ impl World {
         let mut cmd = self.lab.command(host, bin("peer"));
         cmd.env_remove("PUNCHLINE_TOKEN").env("RUST_LOG", "info");
         let (server, local) = (self.addr.to_string(), self.echo.to_string());
-        cmd.args(["--server", &server, "expose", "tcp", "--local", &local, "--remote-port", remote_port]);
+        cmd.args([
+            "--server",
+            &server,
+            "expose",
+            "tcp",
+            "--local",
+            &local,
+            "--remote-port",
+            remote_port,
+        ]);
         Proc::spawn("expose", cmd)
     }
 
@@ -55,7 +80,14 @@ impl World {
         let out = self
             .lab
             .command(Host::B, bin("stream-check"))
-            .args(["run", &target.to_string(), "--streams", &streams.to_string(), "--bytes", &bytes.to_string()])
+            .args([
+                "run",
+                &target.to_string(),
+                "--streams",
+                &streams.to_string(),
+                "--bytes",
+                &bytes.to_string(),
+            ])
             .output()
             .unwrap();
         let text = String::from_utf8_lossy(&out.stdout).to_string();
@@ -80,7 +112,10 @@ fn tcp_exposure_carries_data_intact() {
     let w = world();
     let owner = w.expose(Host::A, "0");
     let port = exposed_port(&owner);
-    assert!((20000..=20009).contains(&port), "the server chose {port}, outside {ALLOW}");
+    assert!(
+        (20000..=20009).contains(&port),
+        "the server chose {port}, outside {ALLOW}"
+    );
     let one = w.check(port, 1, 100_000_000).unwrap();
     let eight = w.check(port, 8, 12_500_000).unwrap();
     println!("EXPOSE tcp port {port}: {one} | {eight}");
@@ -95,13 +130,19 @@ fn disallowed_and_taken_ports_are_clear_errors() {
     let mut bad = w.expose(Host::A, "30000");
     assert!(!bad.wait_exit(T).success());
     let err = bad.stderr.text();
-    assert!(err.contains("port 30000 is not allowed on this server (allowed: 20000-20009)"), "{err}");
+    assert!(
+        err.contains("port 30000 is not allowed on this server (allowed: 20000-20009)"),
+        "{err}"
+    );
     let first = w.expose(Host::A, "20005");
     assert_eq!(exposed_port(&first), 20005);
     let mut second = w.expose(Host::B, "20005");
     assert!(!second.wait_exit(T).success());
     let err = second.stderr.text();
-    assert!(err.contains("port 20005 is already exposed by another peer"), "{err}");
+    assert!(
+        err.contains("port 20005 is already exposed by another peer"),
+        "{err}"
+    );
     // The first exposure is unharmed.
     w.check(20005, 2, 1_000_000).unwrap();
 }
@@ -120,9 +161,14 @@ fn a_server_restart_is_survived_and_the_gap_refuses_at_once() {
     // Nothing listens now: refused at once, no hang.
     let started = std::time::Instant::now();
     assert!(w.check(20001, 1, 1000).is_err());
-    assert!(started.elapsed() < Duration::from_secs(5), "a user waited {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "a user waited {:?}",
+        started.elapsed()
+    );
     let (srv, _) = server(&w.lab, &port);
-    srv.stderr.wait_for("tcp port exposed", Duration::from_secs(60));
+    srv.stderr
+        .wait_for("tcp port exposed", Duration::from_secs(60));
     srv.stderr.wait_for("data connection up", T);
     w.server = Some(srv);
     w.check(20001, 2, 5_000_000).unwrap();

@@ -60,7 +60,9 @@ fn peer_args(
 ) -> (Proc, std::thread::JoinHandle<Vec<u8>>) {
     let mut cmd = r.lab.command(host, bin("peer"));
     let server = r.addr.to_string();
-    cmd.args(["--server", &server, "--token", "lab", "pipe", "--code", code]);
+    cmd.args([
+        "--server", &server, "--token", "lab", "pipe", "--code", code,
+    ]);
     cmd.args(extra);
     Proc::spawn_piped(&format!("peer {host:?}"), cmd, input)
 }
@@ -201,15 +203,33 @@ fn symmetric_case(name: &str, spec: LabSpec) {
     }
     let r = start(spec);
     let started = std::time::Instant::now();
-    let (mut pa, _) = peer_args(&r, Host::A, "fail", &["--no-relay"], Input::Bytes(vec![1; 1000]));
-    let (mut pb, _) = peer_args(&r, Host::B, "fail", &["--no-relay"], Input::Bytes(vec![2; 1000]));
+    let (mut pa, _) = peer_args(
+        &r,
+        Host::A,
+        "fail",
+        &["--no-relay"],
+        Input::Bytes(vec![1; 1000]),
+    );
+    let (mut pb, _) = peer_args(
+        &r,
+        Host::B,
+        "fail",
+        &["--no-relay"],
+        Input::Bytes(vec![2; 1000]),
+    );
     // 3 attempts × (3 s window + probe set-up) stays well under 30 s.
-    let (sa, sb) = (pa.wait_exit(Duration::from_secs(30)), pb.wait_exit(Duration::from_secs(30)));
+    let (sa, sb) = (
+        pa.wait_exit(Duration::from_secs(30)),
+        pb.wait_exit(Duration::from_secs(30)),
+    );
     let secs = started.elapsed().as_secs_f64();
     for (st, p) in [(sa, &pa), (sb, &pb)] {
         assert!(!st.success(), "{name}: a direct link cannot exist here");
         let err = p.stderr.text();
-        assert!(err.contains("no direct connection could be made after 3 attempts"), "{name}: {err}");
+        assert!(
+            err.contains("no direct connection could be made after 3 attempts"),
+            "{name}: {err}"
+        );
     }
     println!("MATRIX case={name} --no-relay: failed cleanly after {secs:.1} s");
     for run in 0..2 {
@@ -218,22 +238,38 @@ fn symmetric_case(name: &str, spec: LabSpec) {
         let before = r.lab.server_tcp_bytes().expect("counters");
         let (mut pa, a_out) = peer(&r, Host::A, &code, Input::Bytes(a_in.clone()));
         let (mut pb, b_out) = peer(&r, Host::B, &code, Input::Bytes(b_in.clone()));
-        let (sa, sb) = (pa.wait_exit(Duration::from_secs(60)), pb.wait_exit(Duration::from_secs(60)));
+        let (sa, sb) = (
+            pa.wait_exit(Duration::from_secs(60)),
+            pb.wait_exit(Duration::from_secs(60)),
+        );
         let server_bytes = r.lab.server_tcp_bytes().expect("counters") - before;
         let (ea, eb) = (pa.stderr.text(), pb.stderr.text());
-        assert!(sa.success() && sb.success(), "{name}: relayed run failed:\nA: {ea}\nB: {eb}");
-        assert!(ea.contains("link up: relayed") && eb.contains("link up: relayed"), "A: {ea}\nB: {eb}");
+        assert!(
+            sa.success() && sb.success(),
+            "{name}: relayed run failed:\nA: {ea}\nB: {eb}"
+        );
+        assert!(
+            ea.contains("link up: relayed") && eb.contains("link up: relayed"),
+            "A: {ea}\nB: {eb}"
+        );
         assert_eq!(sha256(&b_out.join().unwrap()), sha256(&a_in));
         assert_eq!(sha256(&a_out.join().unwrap()), sha256(&b_in));
         // In and out of the server: at least twice the data.
-        assert!(server_bytes > 2 * RUN_BYTES as u64, "{name}: server carried only {server_bytes} bytes: not relayed?");
+        assert!(
+            server_bytes > 2 * RUN_BYTES as u64,
+            "{name}: server carried only {server_bytes} bytes: not relayed?"
+        );
         println!("MATRIX case={name} run={run} relayed, server carried {server_bytes} bytes");
     }
 }
 
 #[test]
 fn symmetric_x_symmetric_relays() {
-    symmetric_case("sym x sym", pr().nat(Site::A, NatProfile::Symmetric).nat(Site::B, NatProfile::Symmetric));
+    symmetric_case(
+        "sym x sym",
+        pr().nat(Site::A, NatProfile::Symmetric)
+            .nat(Site::B, NatProfile::Symmetric),
+    );
 }
 
 #[test]

@@ -31,7 +31,13 @@ fn world(spec: LabSpec) -> World {
     let echo_proc = Proc::spawn("echo", cmd);
     let line = echo_proc.stdout.wait_for("listening on", T);
     let port: u16 = line.rsplit(':').next().unwrap().parse().unwrap();
-    World { lab, server: Some(server), addr, _echo: echo_proc, echo: SocketAddr::from(([127, 0, 0, 1], port)) }
+    World {
+        lab,
+        server: Some(server),
+        addr,
+        _echo: echo_proc,
+        echo: SocketAddr::from(([127, 0, 0, 1], port)),
+    }
 }
 
 fn start_server(lab: &Lab, port: Option<u16>) -> (Proc, SocketAddr) {
@@ -51,7 +57,9 @@ impl World {
         let mut cmd = self.lab.command(Host::A, bin("peer"));
         cmd.env_remove("PUNCHLINE_SECRET").env("RUST_LOG", "info");
         let (server, local) = (self.addr.to_string(), self.echo.to_string());
-        cmd.args(["--server", &server, "serve", name, "--local", &local, "--secret", secret]);
+        cmd.args([
+            "--server", &server, "serve", name, "--local", &local, "--secret", secret,
+        ]);
         cmd.args(extra);
         let p = Proc::spawn("owner", cmd);
         p.stderr.wait_for("registered", T);
@@ -75,10 +83,18 @@ impl World {
         let out = self
             .lab
             .command(Host::B, bin("stream-check"))
-            .args(["run", &listen.to_string(), "--streams", &streams.to_string(), "--bytes", &bytes.to_string()])
+            .args([
+                "run",
+                &listen.to_string(),
+                "--streams",
+                &streams.to_string(),
+                "--bytes",
+                &bytes.to_string(),
+            ])
             .output()
             .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
         if out.status.success() && text.contains("ok streams=") {
             Ok(text.trim().to_string())
         } else {
@@ -92,7 +108,10 @@ impl World {
 }
 
 fn mbit(line: &str) -> f64 {
-    line.split_whitespace().find_map(|f| f.strip_prefix("mbit_per_s=")).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+    line.split_whitespace()
+        .find_map(|f| f.strip_prefix("mbit_per_s="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
 }
 
 /// 100 MB on one stream and 100 concurrent streams of 1 MB, through an echo service:
@@ -105,16 +124,29 @@ fn service_case(name: &str, spec: LabSpec, expect: &str) {
     let _owner = w.serve("svc", "s3cret", &[]);
     let (visitor, listen) = w.connect("svc", "s3cret", &[]);
     let before = w.server_bytes();
-    let one = w.check(listen, 1, 100_000_000).unwrap_or_else(|e| panic!("{name}: {e}\n{}", visitor.stderr.text()));
-    let many = w.check(listen, 100, 1_000_000).unwrap_or_else(|e| panic!("{name}: {e}\n{}", visitor.stderr.text()));
+    let one = w
+        .check(listen, 1, 100_000_000)
+        .unwrap_or_else(|e| panic!("{name}: {e}\n{}", visitor.stderr.text()));
+    let many = w
+        .check(listen, 100, 1_000_000)
+        .unwrap_or_else(|e| panic!("{name}: {e}\n{}", visitor.stderr.text()));
     let through_server = w.server_bytes() - before;
     let log = visitor.stderr.text();
-    assert!(log.contains(&format!("link up: {expect}")), "{name}: expected a {expect} link:\n{log}");
+    assert!(
+        log.contains(&format!("link up: {expect}")),
+        "{name}: expected a {expect} link:\n{log}"
+    );
     // 400 MB crossed the link (200 MB each way); a relay carries all of it twice
     // (in and out of the server), a direct link none of it.
     match expect {
-        "direct" => assert!(through_server < 1_000_000, "{name}: server carried {through_server} bytes"),
-        _ => assert!(through_server > 400_000_000, "{name}: server carried only {through_server} bytes"),
+        "direct" => assert!(
+            through_server < 1_000_000,
+            "{name}: server carried {through_server} bytes"
+        ),
+        _ => assert!(
+            through_server > 400_000_000,
+            "{name}: server carried only {through_server} bytes"
+        ),
     }
     println!(
         "SERVICES case={name} link={expect} one_stream={:.0} Mbit/s 100_streams={:.0} Mbit/s server_bytes={through_server}",
@@ -130,7 +162,13 @@ fn services_direct_port_restricted() {
 
 #[test]
 fn services_direct_full_cone_x_symmetric() {
-    service_case("fullcone x sym", LabSpec::default().nat(Site::A, NatProfile::FullCone).nat(Site::B, NatProfile::Symmetric), "direct");
+    service_case(
+        "fullcone x sym",
+        LabSpec::default()
+            .nat(Site::A, NatProfile::FullCone)
+            .nat(Site::B, NatProfile::Symmetric),
+        "direct",
+    );
 }
 
 #[test]
@@ -140,12 +178,22 @@ fn services_direct_behind_one_nat() {
 
 #[test]
 fn services_relayed_symmetric_x_symmetric() {
-    service_case("sym x sym", LabSpec::default().nat(Site::A, NatProfile::Symmetric).nat(Site::B, NatProfile::Symmetric), "relayed");
+    service_case(
+        "sym x sym",
+        LabSpec::default()
+            .nat(Site::A, NatProfile::Symmetric)
+            .nat(Site::B, NatProfile::Symmetric),
+        "relayed",
+    );
 }
 
 #[test]
 fn services_relayed_port_restricted_x_symmetric() {
-    service_case("pr x sym", LabSpec::default().nat(Site::B, NatProfile::Symmetric), "relayed");
+    service_case(
+        "pr x sym",
+        LabSpec::default().nat(Site::B, NatProfile::Symmetric),
+        "relayed",
+    );
 }
 
 #[test]
@@ -160,11 +208,16 @@ fn relayed_link_upgrades_to_direct_when_the_nat_allows() {
     w.check(listen, 4, 2_000_000).unwrap();
     // The NAT in front of B becomes port-restricted: the background attempts succeed.
     w.lab.set_nat(Site::B, NatProfile::PortRestricted).unwrap();
-    visitor.stderr.wait_for("link upgraded: direct", Duration::from_secs(90));
+    visitor
+        .stderr
+        .wait_for("link upgraded: direct", Duration::from_secs(90));
     let before = w.server_bytes();
     let line = w.check(listen, 4, 10_000_000).unwrap();
     let through_server = w.server_bytes() - before;
-    assert!(through_server < 500_000, "new streams still crossed the server: {through_server} bytes");
+    assert!(
+        through_server < 500_000,
+        "new streams still crossed the server: {through_server} bytes"
+    );
     println!("UPGRADE new streams direct: {line}, server carried {through_server} bytes");
 }
 
@@ -178,18 +231,31 @@ fn a_direct_transfer_survives_the_server_dying() {
     let (visitor, listen) = w.connect("svc", "k", &["--keep-open"]);
     visitor.stderr.wait_for("link up: direct", T);
     let mut cmd = w.lab.command(Host::B, bin("stream-check"));
-    cmd.args(["run", &listen.to_string(), "--streams", "1", "--bytes", "200000000"]);
+    cmd.args([
+        "run",
+        &listen.to_string(),
+        "--streams",
+        "1",
+        "--bytes",
+        "200000000",
+    ]);
     let mut transfer = Proc::spawn("transfer", cmd);
     // Kill the server once the transfer reached the owner's echo service.
     w._echo.stdout.wait_for("accepted from", T);
     drop(w.server.take());
     let st = transfer.wait_exit(Duration::from_secs(120));
-    assert!(st.success(), "transfer failed after the server died: {}", transfer.stdout.text());
+    assert!(
+        st.success(),
+        "transfer failed after the server died: {}",
+        transfer.stdout.text()
+    );
     transfer.stdout.wait_for("ok streams=1", T);
     // The server comes back on the same address: the owner registers again.
     let port = w.addr.port();
     let (server, _) = start_server(&w.lab, Some(port));
-    server.stderr.wait_for("service registered", Duration::from_secs(60));
+    server
+        .stderr
+        .wait_for("service registered", Duration::from_secs(60));
     w.server = Some(server);
 }
 
@@ -203,21 +269,38 @@ fn wrong_secret_unknown_service_and_flooding() {
     // Wrong secret: the visitor fails with a clear error; the owner logs it.
     let (mut bad, _) = w.connect("svc", "wrong", &["--keep-open"]);
     assert!(!bad.wait_exit(T).success());
-    assert!(bad.stderr.text().contains("holds a different secret"), "{}", bad.stderr.text());
+    assert!(
+        bad.stderr.text().contains("holds a different secret"),
+        "{}",
+        bad.stderr.text()
+    );
     owner.stderr.wait_for("wrong secret", T);
     // Unknown service: a clear error within seconds.
     let started = std::time::Instant::now();
     let (mut none, _) = w.connect("nosuch", "right", &["--keep-open"]);
     assert!(!none.wait_exit(T).success());
-    assert!(none.stderr.text().contains("no service named \"nosuch\" is online"), "{}", none.stderr.text());
+    assert!(
+        none.stderr
+            .text()
+            .contains("no service named \"nosuch\" is online"),
+        "{}",
+        none.stderr.text()
+    );
     assert!(started.elapsed() < Duration::from_secs(10));
     // Flooding: 64 streams at once against a cap of 8. Some are refused, none are
     // corrupted, and the link keeps serving afterwards.
     let (visitor, listen) = w.connect("svc", "right", &[]);
     let flood = w.check(listen, 64, 200_000);
     if let Err(e) = &flood {
-        assert!(!e.contains("MISMATCH stream") || e.contains("got=0") || e.contains("read after"), "corruption: {e}");
+        assert!(
+            !e.contains("MISMATCH stream") || e.contains("got=0") || e.contains("read after"),
+            "corruption: {e}"
+        );
     }
     let after = w.check(listen, 4, 1_000_000);
-    assert!(after.is_ok(), "the link stopped serving after the flood: {after:?}\n{}", visitor.stderr.text());
+    assert!(
+        after.is_ok(),
+        "the link stopped serving after the flood: {after:?}\n{}",
+        visitor.stderr.text()
+    );
 }

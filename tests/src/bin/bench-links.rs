@@ -32,19 +32,35 @@ fn bin_(name: &str) -> std::path::PathBuf {
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
         .unwrap_or(0)
 }
 
 fn check(lab: &Lab, host: Host, addr: SocketAddr, streams: usize, bytes: usize) -> (f64, f64) {
     let out = lab
         .command(host, bin_("stream-check"))
-        .args(["run", &addr.to_string(), "--streams", &streams.to_string(), "--bytes", &bytes.to_string()])
+        .args([
+            "run",
+            &addr.to_string(),
+            "--streams",
+            &streams.to_string(),
+            "--bytes",
+            &bytes.to_string(),
+        ])
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(out.status.success(), "stream-check failed: {text}");
-    let field = |k: &str| text.split_whitespace().find_map(|f| f.strip_prefix(k)).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    let field = |k: &str| {
+        text.split_whitespace()
+            .find_map(|f| f.strip_prefix(k))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
     (field("mbit_per_s="), field("secs="))
 }
 
@@ -66,17 +82,41 @@ fn setup(spec: LabSpec) -> Setup {
     let mut cmd = lab.command(Host::A, bin_("stream-check"));
     cmd.args(["echo", "0"]);
     let echo = Proc::spawn("echo", cmd);
-    let echo_port: u16 = echo.stdout.wait_for("listening on", T).rsplit(':').next().unwrap().parse().unwrap();
+    let echo_port: u16 = echo
+        .stdout
+        .wait_for("listening on", T)
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
     let mut cmd = lab.command(Host::A, bin_("peer"));
     let (srv, local) = (addr.to_string(), format!("127.0.0.1:{echo_port}"));
-    cmd.args(["--server", &srv, "serve", "bench", "--local", &local, "--secret", "b"]);
+    cmd.args([
+        "--server", &srv, "serve", "bench", "--local", &local, "--secret", "b",
+    ]);
     let owner = Proc::spawn("owner", cmd);
     owner.stderr.wait_for("registered", T);
     let mut cmd = lab.command(Host::B, bin_("peer"));
     cmd.args(["--server", &srv, "connect", "bench", "--secret", "b"]);
     let visitor = Proc::spawn("visitor", cmd);
-    let listen = visitor.stdout.wait_for("listening on", T).split_whitespace().nth(2).unwrap().parse().unwrap();
-    Setup { lab, server, owner, visitor, listen, _echo: echo, echo_port }
+    let listen = visitor
+        .stdout
+        .wait_for("listening on", T)
+        .split_whitespace()
+        .nth(2)
+        .unwrap()
+        .parse()
+        .unwrap();
+    Setup {
+        lab,
+        server,
+        owner,
+        visitor,
+        listen,
+        _echo: echo,
+        echo_port,
+    }
 }
 
 fn main() {
@@ -94,9 +134,19 @@ fn main() {
     let d = setup(LabSpec::default());
     let (_, ttfb_link) = check(&d.lab, Host::B, d.listen, 1, 1);
     let (_, ttfb_stream) = check(&d.lab, Host::B, d.listen, 1, 1);
-    row("time to first byte, new direct link", format!("{:.0} ms", ttfb_link * 1e3));
-    row("time to first byte, new stream on a direct link", format!("{:.0} ms", ttfb_stream * 1e3));
-    let idle = (rss_kib(d.server.child.id()), rss_kib(d.owner.child.id()), rss_kib(d.visitor.child.id()));
+    row(
+        "time to first byte, new direct link",
+        format!("{:.0} ms", ttfb_link * 1e3),
+    );
+    row(
+        "time to first byte, new stream on a direct link",
+        format!("{:.0} ms", ttfb_stream * 1e3),
+    );
+    let idle = (
+        rss_kib(d.server.child.id()),
+        rss_kib(d.owner.child.id()),
+        rss_kib(d.visitor.child.id()),
+    );
     // Plain TCP between the same namespaces: B → forward on router A → echo on A.
     d.lab.forward_port(Site::A, d.echo_port).unwrap();
     let plain = SocketAddr::new(d.lab.public_ip(Site::A).into(), d.echo_port);
@@ -106,24 +156,49 @@ fn main() {
     let load = std::thread::scope(|s| {
         let h = s.spawn(|| check(&d.lab, Host::B, d.listen, 8, BYTES / 8));
         std::thread::sleep(Duration::from_millis(1500));
-        let rss = (rss_kib(d.server.child.id()), rss_kib(d.owner.child.id()), rss_kib(d.visitor.child.id()));
+        let rss = (
+            rss_kib(d.server.child.id()),
+            rss_kib(d.owner.child.id()),
+            rss_kib(d.visitor.child.id()),
+        );
         (h.join().unwrap(), rss)
     });
     let ((dir8, _), load_rss) = load;
-    row("plain TCP, 1 stream (echo, Mbit/s each way)", format!("{tcp1:.0}"));
+    row(
+        "plain TCP, 1 stream (echo, Mbit/s each way)",
+        format!("{tcp1:.0}"),
+    );
     row("plain TCP, 8 streams", format!("{tcp8:.0}"));
-    row("direct link, 1 stream", format!("{dir1:.0} ({:.2}x plain TCP)", dir1 / tcp1));
-    row("direct link, 8 streams", format!("{dir8:.0} ({:.2}x plain TCP)", dir8 / tcp8));
-    row("RSS idle, server / owner / visitor", format!("{} / {} / {} KiB", idle.0, idle.1, idle.2));
-    row("RSS under 8-stream load (direct), server / owner / visitor", format!("{} / {} / {} KiB", load_rss.0, load_rss.1, load_rss.2));
+    row(
+        "direct link, 1 stream",
+        format!("{dir1:.0} ({:.2}x plain TCP)", dir1 / tcp1),
+    );
+    row(
+        "direct link, 8 streams",
+        format!("{dir8:.0} ({:.2}x plain TCP)", dir8 / tcp8),
+    );
+    row(
+        "RSS idle, server / owner / visitor",
+        format!("{} / {} / {} KiB", idle.0, idle.1, idle.2),
+    );
+    row(
+        "RSS under 8-stream load (direct), server / owner / visitor",
+        format!("{} / {} / {} KiB", load_rss.0, load_rss.1, load_rss.2),
+    );
     drop(d);
 
     // Relayed: B's NAT is symmetric, so the one punch attempt is doomed.
     let r = setup(LabSpec::default().nat(Site::B, NatProfile::Symmetric));
     let (_, ttfb_relay) = check(&r.lab, Host::B, r.listen, 1, 1);
     let (_, ttfb_rstream) = check(&r.lab, Host::B, r.listen, 1, 1);
-    row("time to first byte, new link relayed after a doomed punch", format!("{:.0} ms", ttfb_relay * 1e3));
-    row("time to first byte, new stream on a relayed link", format!("{:.0} ms", ttfb_rstream * 1e3));
+    row(
+        "time to first byte, new link relayed after a doomed punch",
+        format!("{:.0} ms", ttfb_relay * 1e3),
+    );
+    row(
+        "time to first byte, new stream on a relayed link",
+        format!("{:.0} ms", ttfb_rstream * 1e3),
+    );
     r.lab.forward_port(Site::A, r.echo_port).unwrap();
     let plain = SocketAddr::new(r.lab.public_ip(Site::A).into(), r.echo_port);
     let (rtcp1, _) = check(&r.lab, Host::B, plain, 1, BYTES);
@@ -132,14 +207,33 @@ fn main() {
     let ((rel8, _), rload) = std::thread::scope(|s| {
         let h = s.spawn(|| check(&r.lab, Host::B, r.listen, 8, BYTES / 8));
         std::thread::sleep(Duration::from_millis(1500));
-        let rss = (rss_kib(r.server.child.id()), rss_kib(r.owner.child.id()), rss_kib(r.visitor.child.id()));
+        let rss = (
+            rss_kib(r.server.child.id()),
+            rss_kib(r.owner.child.id()),
+            rss_kib(r.visitor.child.id()),
+        );
         (h.join().unwrap(), rss)
     });
-    row("plain TCP in the relay lab, 1 stream", format!("{rtcp1:.0}"));
-    row("plain TCP in the relay lab, 8 streams", format!("{rtcp8:.0}"));
-    row("relayed link, 1 stream", format!("{rel1:.0} ({:.2}x plain TCP)", rel1 / rtcp1));
-    row("relayed link, 8 streams", format!("{rel8:.0} ({:.2}x plain TCP)", rel8 / rtcp8));
-    row("RSS under 8-stream load (relayed), server / owner / visitor", format!("{} / {} / {} KiB", rload.0, rload.1, rload.2));
+    row(
+        "plain TCP in the relay lab, 1 stream",
+        format!("{rtcp1:.0}"),
+    );
+    row(
+        "plain TCP in the relay lab, 8 streams",
+        format!("{rtcp8:.0}"),
+    );
+    row(
+        "relayed link, 1 stream",
+        format!("{rel1:.0} ({:.2}x plain TCP)", rel1 / rtcp1),
+    );
+    row(
+        "relayed link, 8 streams",
+        format!("{rel8:.0} ({:.2}x plain TCP)", rel8 / rtcp8),
+    );
+    row(
+        "RSS under 8-stream load (relayed), server / owner / visitor",
+        format!("{} / {} / {} KiB", rload.0, rload.1, rload.2),
+    );
     drop(r);
 
     println!("| measure | figure |\n|---|---|");

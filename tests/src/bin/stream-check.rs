@@ -50,14 +50,19 @@ fn one(addr: SocketAddr, i: usize, bytes: usize) -> Result<(), String> {
     let mut got = 0usize;
     let mut buf = vec![0u8; 256 * 1024];
     loop {
-        let n = s.read(&mut buf).map_err(|e| format!("stream={i} read after {got} bytes: {e}"))?;
+        let n = s
+            .read(&mut buf)
+            .map_err(|e| format!("stream={i} read after {got} bytes: {e}"))?;
         if n == 0 {
             break;
         }
         h.update(&buf[..n]);
         got += n;
     }
-    writer.join().map_err(|_| "writer panicked".to_string())?.map_err(|e| format!("stream={i} write: {e}"))?;
+    writer
+        .join()
+        .map_err(|_| "writer panicked".to_string())?
+        .map_err(|e| format!("stream={i} write: {e}"))?;
     if got != bytes || h.finalize() != want {
         return Err(format!("MISMATCH stream={i} got={got} want={bytes}"));
     }
@@ -66,7 +71,12 @@ fn one(addr: SocketAddr, i: usize, bytes: usize) -> Result<(), String> {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let flag = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse::<usize>().ok());
+    let flag = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .and_then(|v| v.parse::<usize>().ok())
+    };
     match args.first().map(String::as_str) {
         Some("echo") => {
             let port = args.get(1).and_then(|p| p.parse().ok()).unwrap_or(0);
@@ -80,9 +90,14 @@ fn main() {
                 eprintln!("usage: stream-check run ADDR --streams K --bytes N");
                 std::process::exit(64);
             };
-            let (streams, bytes) = (flag("--streams").unwrap_or(1), flag("--bytes").unwrap_or(1 << 20));
+            let (streams, bytes) = (
+                flag("--streams").unwrap_or(1),
+                flag("--bytes").unwrap_or(1 << 20),
+            );
             let start = Instant::now();
-            let handles: Vec<_> = (0..streams).map(|i| std::thread::spawn(move || one(addr, i, bytes))).collect();
+            let handles: Vec<_> = (0..streams)
+                .map(|i| std::thread::spawn(move || one(addr, i, bytes)))
+                .collect();
             let mut failed = false;
             for h in handles {
                 if let Err(e) = h.join().unwrap_or_else(|_| Err("panicked".into())) {
@@ -98,7 +113,9 @@ fn main() {
             println!("ok streams={streams} bytes_each={bytes} secs={secs:.3} mbit_per_s={mbit:.1}");
         }
         _ => {
-            eprintln!("usage: stream-check echo PORT | stream-check run ADDR --streams K --bytes N");
+            eprintln!(
+                "usage: stream-check echo PORT | stream-check run ADDR --streams K --bytes N"
+            );
             std::process::exit(64);
         }
     }
