@@ -11,6 +11,8 @@ command -v ethtool >/dev/null || need+=(ethtool)
 command -v cc >/dev/null || need+=(gcc libc6-dev)
 command -v ping >/dev/null || need+=(iputils-ping)
 command -v curl >/dev/null || need+=(curl)
+command -v sysctl >/dev/null || need+=(procps)
+command -v kill >/dev/null || need+=(procps)
 # STUN interoperability (tests/tests/stun.rs): coturn as a reference server (and its
 # turnutils_natdiscovery RFC 5780 client), stun-client's RFC 3489 `stun`.
 command -v turnserver >/dev/null || need+=(coturn)
