@@ -90,6 +90,31 @@ pub fn at(origin: &str, line: Option<usize>) -> String {
     }
 }
 
+/// An IP address, IPv6 with or without brackets (frp writes `bindAddr = "::"`).
+pub fn parse_ip(s: &str) -> Option<std::net::IpAddr> {
+    let inner = s
+        .strip_prefix('[')
+        .and_then(|s| s.strip_suffix(']'))
+        .unwrap_or(s);
+    inner.parse().ok()
+}
+
+/// A DNS name (or a container's name): dot-separated labels of letters, digits, `-`
+/// and `_`, none empty, none starting or ending with `-`.
+pub fn is_host_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
 /// The key checker: walks a parsed TOML document against a table of the keys each
 /// place may hold, and names the first key that is unknown, unsupported or mistyped.
 pub mod schema {

@@ -63,6 +63,7 @@ use serde::Deserialize;
 
 use common::config::schema::{self, Checker, Node, Schema};
 pub use common::config::ConfigError;
+use common::config::{is_host_name, parse_ip};
 
 /// frp's default `serverPort`, used when a file has none (punchline's own CLI default,
 /// 8877, applies only to the command line): an `frpc.toml` without `serverPort` must
@@ -1006,15 +1007,6 @@ impl VisitorFile {
     }
 }
 
-/// An IP address, IPv6 with or without brackets (frp writes `serverAddr = "::1"`).
-fn parse_ip(s: &str) -> Option<IpAddr> {
-    let inner = s
-        .strip_prefix('[')
-        .and_then(|s| s.strip_suffix(']'))
-        .unwrap_or(s);
-    inner.parse().ok()
-}
-
 /// `host:port`, bracketing an IPv6 address; `None` if `host` is neither an IP address
 /// nor a host name.
 fn host_port(host: &str, port: u16) -> Option<String> {
@@ -1024,27 +1016,6 @@ fn host_port(host: &str, port: u16) -> Option<String> {
         None => None,
     }
 }
-
-/// A DNS name (or a container's name): dot-separated labels of letters, digits, `-`
-/// and `_`, none empty.
-fn is_host_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 253
-        && s.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        })
-}
-
-// ---- The key check ----------------------------------------------------------------
-//
-// The same engine is in rendezvous/src/config.rs (the two crates share no config code
-// yet; a test keeps the copies equal); change both together.
 
 #[cfg(test)]
 mod tests {

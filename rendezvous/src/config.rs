@@ -39,6 +39,7 @@ use serde::Deserialize;
 
 use common::config::schema::{self, Checker, Node, Schema};
 pub use common::config::ConfigError;
+use common::config::{is_host_name, parse_ip};
 
 /// frp's default `bindPort`, used when a file has none (punchline's own CLI default,
 /// 8877, applies only to the command line): an `frpc.toml` without `serverPort` must
@@ -447,15 +448,6 @@ impl FrpsFile {
     }
 }
 
-/// An IP address, IPv6 with or without brackets (frp writes `bindAddr = "::"`).
-fn parse_ip(s: &str) -> Option<IpAddr> {
-    let inner = s
-        .strip_prefix('[')
-        .and_then(|s| s.strip_suffix(']'))
-        .unwrap_or(s);
-    inner.parse().ok()
-}
-
 /// `IP` or `IP:PORT`; without a port, `bind_port` + 1 (0, any free port, when
 /// `bind_port` is 0), as the `--alt-addr` flag does.
 fn parse_alt(s: &str, bind_port: u16) -> Option<SocketAddr> {
@@ -470,26 +462,6 @@ fn parse_alt(s: &str, bind_port: u16) -> Option<SocketAddr> {
     };
     Some(SocketAddr::new(ip, port))
 }
-
-/// A DNS name: dot-separated labels of letters, digits and `-`, none empty.
-fn is_host_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 253
-        && s.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        })
-}
-
-// ---- The key check ----------------------------------------------------------------
-//
-// The same engine is in peer/src/config.rs (the two crates share no config code yet;
-// a test there keeps the copies equal); change both together.
 
 #[cfg(test)]
 mod tests {

@@ -22,17 +22,6 @@ use support::*;
 const T: Duration = Duration::from_secs(30);
 const BYTES: usize = 200_000_000;
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 fn check(addr: SocketAddr, streams: usize, bytes: usize) -> f64 {
     let out = Command::new(bin("stream-check"))
         .args([

@@ -29,17 +29,6 @@ fn bin_(name: &str) -> std::path::PathBuf {
     lab::find_binary(name).expect("build the workspace first")
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 fn check(lab: &Lab, host: Host, addr: SocketAddr, streams: usize, bytes: usize) -> (f64, f64) {
     let out = lab
         .command(host, bin_("stream-check"))

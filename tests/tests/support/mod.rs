@@ -229,3 +229,15 @@ pub fn sha256(data: &[u8]) -> String {
 pub fn data(len: usize, seed: u64) -> Vec<u8> {
     lab::pattern(len, seed)
 }
+
+/// Resident memory of process `pid` in KiB (0 if it is gone).
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
