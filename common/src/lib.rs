@@ -11,6 +11,7 @@
 pub mod config;
 pub mod defaults;
 pub mod framing;
+pub mod identity;
 pub mod mux;
 pub mod net;
 pub mod proto;

@@ -22,7 +22,10 @@ use bytes::{Buf, BufMut, BytesMut};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
-use crate::defaults::MAX_HANDSHAKE_FRAME;
+use crate::{
+    defaults::MAX_HANDSHAKE_FRAME,
+    identity::{Identity, PublicKey},
+};
 
 const PARAMS: &str = "Noise_NNpsk0_25519_ChaChaPoly_BLAKE2s";
 /// Largest Noise message.
@@ -94,7 +97,7 @@ fn builder(psk: &Psk) -> Result<snow::HandshakeState, HandshakeError> {
     let params = PARAMS.parse().map_err(|_| HandshakeError::BadSecret)?;
     let b = snow::Builder::new(params);
     b.psk(0, &psk.0)
-        .and_then(|b| b.prologue(b"punchline/1"))
+        .and_then(|b| b.prologue(V1_PROLOGUE))
         .and_then(|b| b.build_initiator())
         .map_err(|_| HandshakeError::BadSecret)
 }
@@ -103,7 +106,7 @@ fn responder_state(psk: &Psk) -> Result<snow::HandshakeState, HandshakeError> {
     let params = PARAMS.parse().map_err(|_| HandshakeError::BadSecret)?;
     snow::Builder::new(params)
         .psk(0, &psk.0)
-        .and_then(|b| b.prologue(b"punchline/1"))
+        .and_then(|b| b.prologue(V1_PROLOGUE))
         .and_then(|b| b.build_responder())
         .map_err(|_| HandshakeError::BadSecret)
 }
@@ -195,6 +198,146 @@ pub async fn respond<T: AsyncRead + AsyncWrite + Unpin>(
         .map_err(|_| HandshakeError::BadSecret)?;
     Ok(NoiseStream::new(io, state))
 }
+
+/// The handshake of every connection to the rendezvous server: the PSK comes from a
+/// user's token (so only token holders get in, and only the holder of a token can
+/// play the server to its users), and the initiator's static key is its identity,
+/// sent encrypted in the third message and proved by the `se` DH.
+const SERVER_PARAMS: &str = "Noise_XNpsk0_25519_ChaChaPoly_BLAKE2s";
+const SERVER_PROLOGUE: &[u8] = b"punchline server/2";
+/// What peers of protocol version 1 (anonymous `NNpsk0` with the token) used.
+const V1_PROLOGUE: &[u8] = b"punchline/1";
+
+fn server_state(
+    psk: &Psk,
+    initiator: Option<&Identity>,
+) -> Result<snow::HandshakeState, HandshakeError> {
+    let params = SERVER_PARAMS
+        .parse()
+        .map_err(|_| HandshakeError::BadSecret)?;
+    let b = snow::Builder::new(params)
+        .psk(0, &psk.0)
+        .and_then(|b| b.prologue(SERVER_PROLOGUE))
+        .map_err(|_| HandshakeError::BadSecret)?;
+    match initiator {
+        Some(id) => b
+            .local_private_key(id.private())
+            .and_then(|b| b.build_initiator()),
+        None => b.build_responder(),
+    }
+    .map_err(|_| HandshakeError::BadSecret)
+}
+
+/// The initiator side of the server handshake (see [`respond_server`]): proves
+/// `identity` to a server that knows `psk`.
+pub async fn initiate_server<T: AsyncRead + AsyncWrite + Unpin>(
+    mut io: T,
+    psk: &Psk,
+    identity: &Identity,
+) -> Result<NoiseStream<T>, HandshakeError> {
+    let mut hs = server_state(psk, Some(identity))?;
+    let mut msg = [0u8; 256];
+    let n = hs
+        .write_message(&[], &mut msg)
+        .map_err(|_| HandshakeError::BadSecret)?;
+    write_hs_frame(&mut io, &[&msg[..n]]).await?;
+    let reply = read_hs_frame(&mut io).await?;
+    match reply.split_first() {
+        Some((&REPLY_OK, rest)) => {
+            let mut out = [0u8; 256];
+            hs.read_message(rest, &mut out)
+                .map_err(|_| HandshakeError::BadSecret)?;
+        }
+        Some((&REPLY_REFUSED, rest)) => {
+            return Err(HandshakeError::Refused(
+                String::from_utf8_lossy(rest).into_owned(),
+            ))
+        }
+        Some((&other, _)) => return Err(HandshakeError::Malformed(other)),
+        None => return Err(HandshakeError::Closed),
+    }
+    let n = hs
+        .write_message(&[], &mut msg)
+        .map_err(|_| HandshakeError::BadSecret)?;
+    write_hs_frame(&mut io, &[&msg[..n]]).await?;
+    let state = hs
+        .into_transport_mode()
+        .map_err(|_| HandshakeError::BadSecret)?;
+    Ok(NoiseStream::new(io, state))
+}
+
+/// Who completed a server handshake.
+#[derive(Debug, Clone, Copy)]
+pub struct ServerPeer {
+    /// Which of the PSKs given to [`respond_server`] the peer holds.
+    pub psk_index: usize,
+    /// The identity the peer proved.
+    pub identity: PublicKey,
+}
+
+/// The responder side of the server handshake. The peer may hold any of `psks` (one
+/// per user); the first message tells which (trial decryption: no user name crosses
+/// the wire in clear). A peer holding none is sent `refusal`; a peer of protocol
+/// version 1 is told to upgrade.
+pub async fn respond_server<T: AsyncRead + AsyncWrite + Unpin>(
+    mut io: T,
+    psks: &[Psk],
+    refusal: &str,
+) -> Result<(NoiseStream<T>, ServerPeer), HandshakeError> {
+    let first = read_hs_frame(&mut io).await?;
+    let mut out = [0u8; MAX_HANDSHAKE_FRAME];
+    let mut found = None;
+    for (i, psk) in psks.iter().enumerate() {
+        let mut hs = server_state(psk, None)?;
+        if hs.read_message(&first, &mut out).is_ok() {
+            found = Some((i, hs));
+            break;
+        }
+    }
+    let Some((psk_index, mut hs)) = found else {
+        let old = psks.iter().any(|psk| {
+            let b = snow::Builder::new(match PARAMS.parse() {
+                Ok(p) => p,
+                Err(_) => return false,
+            });
+            b.psk(0, &psk.0)
+                .and_then(|b| b.prologue(V1_PROLOGUE))
+                .and_then(|b| b.build_responder())
+                .is_ok_and(|mut hs| hs.read_message(&first, &mut out).is_ok())
+        });
+        if old {
+            let _ = write_hs_frame(&mut io, &[&[REPLY_REFUSED], UPGRADE.as_bytes()]).await;
+            return Err(HandshakeError::Refused(UPGRADE.into()));
+        }
+        let _ = write_hs_frame(&mut io, &[&[REPLY_REFUSED], refusal.as_bytes()]).await;
+        return Err(HandshakeError::BadSecret);
+    };
+    let mut msg = [0u8; 256];
+    let n = hs
+        .write_message(&[], &mut msg)
+        .map_err(|_| HandshakeError::BadSecret)?;
+    write_hs_frame(&mut io, &[&[REPLY_OK], &msg[..n]]).await?;
+    let third = read_hs_frame(&mut io).await?;
+    hs.read_message(&third, &mut out)
+        .map_err(|_| HandshakeError::BadSecret)?;
+    let identity = hs
+        .get_remote_static()
+        .and_then(PublicKey::from_slice)
+        .ok_or(HandshakeError::BadSecret)?;
+    let state = hs
+        .into_transport_mode()
+        .map_err(|_| HandshakeError::BadSecret)?;
+    Ok((
+        NoiseStream::new(io, state),
+        ServerPeer {
+            psk_index,
+            identity,
+        },
+    ))
+}
+
+/// What a server tells a peer of protocol version 1.
+pub const UPGRADE: &str = "this rendezvous server speaks protocol version 2 (peers prove an identity);      this peer speaks version 1: upgrade the peer";
 
 /// Sends a plaintext refusal in place of a handshake reply (after reading the first
 /// handshake message), e.g. when a server is full.

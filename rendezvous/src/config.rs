@@ -63,6 +63,42 @@ pub struct ServerConfig {
     /// The alternate address for STUN behaviour discovery (`punchline.altAddr`), with
     /// its port filled in as `--alt-addr` does (`bindPort` + 1; 0 when `bindPort` is 0).
     pub alt_addr: Option<SocketAddr>,
+    /// The server's users (`[[users]]`), each with its own token and allowances. Empty:
+    /// one user, whose token is [`ServerConfig::token`] and whose allowances are
+    /// `allowPorts` and any domain but the catch-all `*`.
+    pub users: Vec<UserConfig>,
+}
+
+/// Default for `maxExposures`: proxies and services one user may hold at once.
+/// Generous for a person's or a team's services; it stops one token from taking
+/// thousands of ports or names (and their file descriptors) on a shared server.
+pub const MAX_EXPOSURES: usize = 256;
+
+/// One user of a shared server (`[[users]]`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct UserConfig {
+    /// A name for logs and errors.
+    pub name: String,
+    /// The user's token (printed as MASKED).
+    pub token: String,
+    /// Ports its tcp proxies may listen on (`allowPorts`; default: none).
+    pub allow_ports: Option<PortRanges>,
+    /// Host names its http proxies may claim (`allowDomains`; default: none).
+    pub allow_domains: DomainAllow,
+    /// Most proxies and services at once (`maxExposures`).
+    pub max_exposures: usize,
+}
+
+impl fmt::Debug for UserConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UserConfig")
+            .field("name", &self.name)
+            .field("token", &Masked)
+            .field("allow_ports", &self.allow_ports)
+            .field("allow_domains", &self.allow_domains)
+            .field("max_exposures", &self.max_exposures)
+            .finish()
+    }
 }
 
 impl ServerConfig {
@@ -75,6 +111,7 @@ impl ServerConfig {
             token: None,
             allow_ports: PortRanges::all(),
             alt_addr: None,
+            users: Vec::new(),
         }
     }
 }
@@ -88,6 +125,7 @@ impl fmt::Debug for ServerConfig {
             .field("token", &self.token.as_ref().map(|_| Masked))
             .field("allow_ports", &self.allow_ports)
             .field("alt_addr", &self.alt_addr)
+            .field("users", &self.users)
             .finish()
     }
 }
@@ -198,6 +236,57 @@ impl fmt::Debug for PortRanges {
     }
 }
 
+/// The host names a user's http proxies may claim (`allowDomains` of `[[users]]`).
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub enum DomainAllow {
+    /// Any name and wildcard, but not the catch-all `*` (the single-token default).
+    AnyButCatchAll,
+    /// Names matching these patterns: `example.com` (that name), `*.example.com`
+    /// (names and wildcards under it), `*` (everything, the catch-all included).
+    Patterns(Vec<String>),
+}
+
+impl DomainAllow {
+    /// Parses `allowDomains` entries (lowercased); the error says which is malformed.
+    pub fn parse<S: AsRef<str>>(patterns: &[S]) -> Result<Self, String> {
+        let mut out = Vec::with_capacity(patterns.len());
+        for p in patterns {
+            let p = p.as_ref().trim().trim_end_matches('.').to_ascii_lowercase();
+            let name = p.strip_prefix("*.").unwrap_or(&p);
+            if p != "*" && !is_host_name(name) {
+                return Err(format!(
+                    "{p:?} is not a domain pattern (like \"example.com\", \"*.example.com\" or \"*\")"
+                ));
+            }
+            out.push(p);
+        }
+        Ok(DomainAllow::Patterns(out))
+    }
+
+    /// Whether `host` (normalised: lowercase, `*.suffix` or `*`) may be claimed.
+    pub fn allows(&self, host: &str) -> bool {
+        match self {
+            DomainAllow::AnyButCatchAll => host != "*",
+            DomainAllow::Patterns(ps) => ps.iter().any(|p| {
+                p == "*"
+                    || p == host
+                    || p.strip_prefix('*')
+                        .is_some_and(|dot_suffix| host != "*" && host.ends_with(dot_suffix))
+            }),
+        }
+    }
+}
+
+impl fmt::Display for DomainAllow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DomainAllow::AnyButCatchAll => f.write_str("any domain but the catch-all *"),
+            DomainAllow::Patterns(ps) if ps.is_empty() => f.write_str("no domains"),
+            DomainAllow::Patterns(ps) => f.write_str(&ps.join(", ")),
+        }
+    }
+}
+
 /// Reads and parses a server config file (see the module docs for the keys).
 pub fn load(path: &Path) -> Result<ServerConfig, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -240,6 +329,7 @@ const SERVER: Schema = &[
     ("auth", Node::Table(AUTH)),
     ("allowPorts", Node::Tables(PORTS)),
     ("punchline", Node::Table(PUNCHLINE)),
+    ("users", Node::Tables(USERS)),
     ("kcpBindPort", Node::Unsupported("TCP only, no KCP")),
     ("quicBindPort", Node::Unsupported("TCP only, no QUIC")),
     ("proxyBindAddr", Node::Unsupported("proxies listen on bindAddr")),
@@ -280,6 +370,15 @@ const PORTS: Schema = &[
     ("single", Node::Int),
 ];
 
+/// One entry of `[[users]]` (punchline's own; frp has no users).
+const USERS: Schema = &[
+    ("name", Node::Str),
+    ("token", Node::Str),
+    ("allowPorts", Node::Tables(PORTS)),
+    ("allowDomains", Node::StrList),
+    ("maxExposures", Node::Int),
+];
+
 /// `[punchline]`: punchline's own keys, which frp does not have.
 const PUNCHLINE: Schema = &[("altAddr", Node::Str)];
 
@@ -302,6 +401,21 @@ struct FrpsFile {
     allow_ports: Option<Vec<PortsFile>>,
     #[serde(default)]
     punchline: PunchlineFile,
+    #[serde(default)]
+    users: Vec<UserFile>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UserFile {
+    name: Option<String>,
+    token: Option<String>,
+    #[serde(rename = "allowPorts")]
+    allow_ports: Option<Vec<PortsFile>>,
+    #[serde(rename = "allowDomains")]
+    allow_domains: Option<Vec<String>>,
+    #[serde(rename = "maxExposures")]
+    max_exposures: Option<i64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -394,13 +508,14 @@ impl FrpsFile {
             t => t,
         };
 
-        let allow_ports = match self.allow_ports {
-            None => PortRanges::all(),
-            Some(entries) if entries.is_empty() => PortRanges::all(),
-            Some(entries) => {
+        let ranges_of = |prefix: &str, entries: &[PortsFile]| -> Result<PortRanges, ConfigError> {
+            if entries.is_empty() {
+                return Ok(PortRanges::all());
+            }
+            {
                 let mut ranges = Vec::with_capacity(entries.len());
                 for (i, e) in entries.iter().enumerate() {
-                    let key = format!("allowPorts[{i}]");
+                    let key = format!("{prefix}allowPorts[{i}]");
                     let range = match (e.start, e.end, e.single) {
                         (Some(a), Some(b), None) => {
                             let a = port(&format!("{key}.start"), a, false)?;
@@ -423,9 +538,65 @@ impl FrpsFile {
                     };
                     ranges.push(range);
                 }
-                PortRanges::from_ranges(ranges)
+                Ok(PortRanges::from_ranges(ranges))
             }
         };
+        let allow_ports = match &self.allow_ports {
+            None => PortRanges::all(),
+            Some(entries) => ranges_of("", entries)?,
+        };
+
+        let server_token = token.clone();
+        let mut users = Vec::with_capacity(self.users.len());
+        for (i, u) in self.users.iter().enumerate() {
+            let key = |k: &str| format!("users[{i}].{k}");
+            let name = match &u.name {
+                Some(n) if !n.trim().is_empty() => n.trim().to_string(),
+                _ => return Err(invalid(&key("name"), "every user needs a name".into())),
+            };
+            let token = match &u.token {
+                Some(t) if !t.is_empty() => t.clone(),
+                _ => {
+                    return Err(invalid(
+                        &key("token"),
+                        format!("user {name:?} needs a token that is not empty"),
+                    ))
+                }
+            };
+            if users.iter().any(|x: &UserConfig| x.name == name) {
+                return Err(invalid(&key("name"), format!("{name:?} is given twice")));
+            }
+            if users.iter().any(|x: &UserConfig| x.token == token)
+                || token_clash(&token, server_token.as_deref())
+            {
+                return Err(invalid(
+                    &key("token"),
+                    format!("user {name:?} has the same token as another user (tokens must tell users apart)"),
+                ));
+            }
+            let allow_ports = match &u.allow_ports {
+                None => None,
+                Some(entries) => Some(ranges_of(&format!("users[{i}]."), entries)?),
+            };
+            let allow_domains = DomainAllow::parse(u.allow_domains.as_deref().unwrap_or(&[]))
+                .map_err(|m| invalid(&key("allowDomains"), m))?;
+            let max_exposures = match u.max_exposures {
+                None => MAX_EXPOSURES,
+                Some(n) => usize::try_from(n).map_err(|_| {
+                    invalid(
+                        &key("maxExposures"),
+                        format!("{n} is not a count (0 or more)"),
+                    )
+                })?,
+            };
+            users.push(UserConfig {
+                name,
+                token,
+                allow_ports,
+                allow_domains,
+                max_exposures,
+            });
+        }
 
         let alt_addr = match &self.punchline.alt_addr {
             None => None,
@@ -444,8 +615,13 @@ impl FrpsFile {
             token,
             allow_ports,
             alt_addr,
+            users,
         })
     }
+}
+
+fn token_clash(user_token: &str, server_token: Option<&str>) -> bool {
+    server_token == Some(user_token)
 }
 
 /// `IP` or `IP:PORT`; without a port, `bind_port` + 1 (0, any free port, when
