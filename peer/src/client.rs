@@ -1,11 +1,12 @@
 //! The peer's connections to the rendezvous server: the long-lived control connection
 //! (behind a task that answers pings) and the short probe connections of punch attempts.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, sync::Arc};
 
 use common::{
     defaults::HANDSHAKE_TIMEOUT,
     framing::{Channel, FrameError},
+    identity::Identity,
     proto::{ClientMsg, ConnKind, ServerMsg, PROTOCOL_VERSION},
     secure::{self, HandshakeError, NoiseStream, Psk},
 };
@@ -26,6 +27,20 @@ pub struct ServerConfig {
     pub addr: SocketAddr,
     /// The server's token, if it has one.
     pub token: Option<String>,
+    /// This peer's identity, proved on every connection to the server: what the
+    /// server knows the peer's claims by.
+    pub identity: Arc<Identity>,
+}
+
+impl ServerConfig {
+    /// A config for `addr` with `token` and a new, throw-away identity (tests, demos).
+    pub fn ephemeral(addr: SocketAddr, token: Option<String>) -> Self {
+        Self {
+            addr,
+            token,
+            identity: Arc::new(Identity::generate()),
+        }
+    }
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -33,6 +48,7 @@ impl std::fmt::Debug for ServerConfig {
         f.debug_struct("ServerConfig")
             .field("addr", &self.addr)
             .field("token", &self.token.as_ref().map(|_| "MASKED"))
+            .field("identity", &self.identity.fingerprint())
             .finish()
     }
 }
@@ -87,7 +103,7 @@ pub async fn connect(
         .map_err(|err| ClientError::Connect { addr, err })?;
         let _ = stream.set_nodelay(true);
         let psk = Psk::server(cfg.token.as_deref());
-        let noise = secure::initiate(stream, &psk)
+        let noise = secure::initiate_server(stream, &psk, &cfg.identity)
             .await
             .map_err(|err| match err {
                 HandshakeError::Refused(r) => ClientError::Refused(r),

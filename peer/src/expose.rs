@@ -107,19 +107,36 @@ pub async fn run(cfg: ServerConfig, proxies: Vec<Proxy>) -> Result<(), ServiceEr
     }
 }
 
-/// The data connection: accepts the server's streams until it ends.
+/// The data connection, for as long as the control connection is up: a data
+/// connection that fails or ends is opened again with backoff (the server closes it
+/// when the control connection goes, and the hub then ends this task).
 async fn data_connection(
     cfg: ServerConfig,
     instance: u64,
     locals: Arc<HashMap<String, SocketAddr>>,
 ) {
-    let ch = match client::connect(&cfg, ConnKind::Data { instance }, None).await {
-        Ok((ch, _)) => ch,
-        Err(e) => {
-            warn!(%e, "data connection failed");
-            return;
+    let mut backoff = common::defaults::RECONNECT_FIRST_BACKOFF;
+    loop {
+        let up = tokio::time::Instant::now();
+        match one_data_connection(&cfg, instance, locals.clone()).await {
+            Ok(()) => warn!("data connection closed by the server; opening it again"),
+            Err(e) => warn!(%e, retry_in = ?backoff, "data connection failed"),
         }
-    };
+        if up.elapsed() > common::defaults::RECONNECT_STABLE {
+            backoff = common::defaults::RECONNECT_FIRST_BACKOFF;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(common::defaults::RECONNECT_MAX_BACKOFF);
+    }
+}
+
+/// One data connection: accepts the server's streams until it ends.
+async fn one_data_connection(
+    cfg: &ServerConfig,
+    instance: u64,
+    locals: Arc<HashMap<String, SocketAddr>>,
+) -> Result<(), client::ClientError> {
+    let (ch, _) = client::connect(cfg, ConnKind::Data { instance }, None).await?;
     let (noise, _) = ch.into_parts();
     let (mux, mut inbound) = Mux::start(noise, Role::Server, MuxConfig::default());
     info!("data connection up");
@@ -144,4 +161,5 @@ async fn data_connection(
     }
     drop(mux);
     info!("data connection closed");
+    Ok(())
 }

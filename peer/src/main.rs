@@ -18,9 +18,14 @@ struct Args {
     /// The rendezvous server, HOST[:PORT] (default port 8877).
     #[arg(long, short, env = "PUNCHLINE_SERVER", global = true)]
     server: Option<String>,
-    /// The server's token (must match the server's --token).
+    /// The server's token (must match the server's --token, or a user's token).
     #[arg(long, env = "PUNCHLINE_TOKEN", hide_env_values = true, global = true)]
     token: Option<String>,
+    /// This peer's identity file (created on first use, mode 0600). The server knows
+    /// the peer's ports, domains and service names by it. Default:
+    /// $XDG_CONFIG_HOME/punchline/identity, else ~/.config/punchline/identity.
+    #[arg(long, value_name = "FILE", env = "PUNCHLINE_IDENTITY", global = true)]
+    identity: Option<std::path::PathBuf>,
     /// Behave like the original C demo's client (text protocol, no encryption).
     #[arg(long)]
     classic: bool,
@@ -36,6 +41,10 @@ struct Args {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Print this peer's identity fingerprint (creating the identity if there is none).
+    ///
+    /// The server names the holder of a port, domain or service by this fingerprint.
+    Id,
     /// Pair with another peer and bridge stdin/stdout over a direct, encrypted link.
     ///
     /// Run it on two machines: `tar c dir | peer -s HOST pipe --code X` on one and
@@ -252,7 +261,29 @@ fn main() -> ExitCode {
     }
 }
 
+/// Loads (or creates) the identity `--identity` names, or the default one.
+fn identity(args: &Args) -> anyhow::Result<std::sync::Arc<common::identity::Identity>> {
+    use common::identity::Identity;
+    let path = match &args.identity {
+        Some(p) => p.clone(),
+        None => Identity::default_path()?,
+    };
+    let (id, created) = Identity::load_or_create(&path)?;
+    if created {
+        eprintln!(
+            "punchline: created identity {} in {}",
+            id.fingerprint(),
+            path.display()
+        );
+    }
+    Ok(std::sync::Arc::new(id))
+}
+
 async fn run(args: Args) -> anyhow::Result<()> {
+    if let Some(Command::Id) = &args.command {
+        println!("{}", identity(&args)?.fingerprint());
+        return Ok(());
+    }
     if let Some(Command::NatCheck { stun, json }) = &args.command {
         return nat_check(&args, stun.as_deref(), *json).await;
     }
@@ -277,6 +308,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     let cfg = ServerConfig {
         addr,
+        identity: identity(&args)?,
         token: args
             .token
             .or_else(|| file.as_ref().and_then(|f| f.token.clone())),
@@ -333,7 +365,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             peer::expose::run(cfg, vec![expose_proxy(kind)?]).await?;
             Ok(())
         }
-        Some(Command::NatCheck { .. }) => unreachable!("handled above"),
+        Some(Command::NatCheck { .. }) | Some(Command::Id) => unreachable!("handled above"),
         None => anyhow::bail!("no command given: try `peer --server HOST pipe` or `peer --help`"),
     }
 }
@@ -418,6 +450,7 @@ async fn nat_check(args: &Args, stun: Option<&str>, json: bool) -> anyhow::Resul
                 .await
                 .with_context(|| format!("cannot resolve server {server:?}"))?,
             token: args.token.clone(),
+            identity: identity(args)?,
         }),
         (None, None) => anyhow::bail!(
             "no server given: use --server HOST[:PORT] (or PUNCHLINE_SERVER), or --stun HOST[:PORT]"

@@ -151,6 +151,11 @@ impl PortRanges {
         PortRanges(vec![1..=u16::MAX])
     }
 
+    /// No port at all (a user without `allowPorts`).
+    pub fn none() -> Self {
+        PortRanges(Vec::new())
+    }
+
     /// Whether `port` is in the set (never true for 0).
     pub fn contains(&self, port: u16) -> bool {
         self.0.iter().any(|r| r.contains(&port))

@@ -1,22 +1,26 @@
 //! frp-style exposure: TCP ports (and, through `vhost`, HTTP hosts) on the server that
-//! lead to services of peers behind NAT.
+//! lead to services of peers behind NAT. This module does the I/O; who may claim what
+//! is decided by [`crate::registry`].
 //!
 //! A peer sends `Expose` requests on its control connection, tagged with a random
-//! per-process *instance* id, and opens one *data* connection (Noise, then yamux) with
-//! the same id. For every user connection the server opens a yamux stream toward the
-//! peer (no round trip: yamux opens lazily), writes the stream header naming the
-//! proxy, and splices. When a peer's control connection goes, its exposures stay
-//! reserved for [`GRACE`] so that the same instance can reconnect and take them back
-//! (same ports); meanwhile user connections are refused at once (HTTP: 502).
+//! per-process *instance* number, and opens one *data* connection (Noise, then yamux)
+//! with the same number. A data connection is attached only to a live control
+//! connection of the same identity (proved by both handshakes): the number is not a
+//! secret, and nobody else can use it. For every user connection the server opens a
+//! yamux stream toward the peer that holds the port or route (no round trip: yamux
+//! opens lazily), writes the stream header naming the proxy, and splices. When a
+//! peer's control connection goes, its claims stay reserved for [`GRACE`] (user
+//! connections are refused at once meanwhile); the same identity takes them back.
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
-    time::Duration,
+    sync::{Arc, Mutex, MutexGuard},
+    time::{Duration, Instant},
 };
 
-use crate::config::PortRanges;
+use crate::registry::{ConnId, PortPlan, Registry, Released};
 use common::{
+    identity::PublicKey,
     mux::{Mux, MuxStream},
     proto::ExposeSpec,
 };
@@ -27,7 +31,7 @@ use tokio::{
 };
 use tracing::{debug, info, info_span, warn, Instrument};
 
-/// How long the exposures of a peer whose control connection went away stay reserved
+/// How long the claims of a peer whose control connection went away stay reserved
 /// for it. Covers a server restart or a network blip with the peer's reconnect backoff.
 pub const GRACE: Duration = Duration::from_secs(60);
 
@@ -36,102 +40,100 @@ pub const GRACE: Duration = Duration::from_secs(60);
 /// is being re-established).
 pub const DATA_WAIT: Duration = Duration::from_secs(3);
 
-/// One peer process's exposures.
-#[derive(Default)]
+/// One control connection's exposure side.
 struct Instance {
-    /// The control connection that owns it now (None: in its grace period).
-    conn: Option<u64>,
+    identity: PublicKey,
+    instance: u64,
     data: Option<Mux>,
-    tcp: HashMap<String, TcpExposure>,
-    /// Bumped on every disconnect, so that a stale grace timer does nothing.
-    epoch: u64,
 }
 
-struct TcpExposure {
-    port: u16,
-    task: JoinHandle<()>,
-}
-
-/// The registry of all exposures.
+/// The exposures of all peers: listeners, data connections, vhost routes.
 pub(crate) struct Exposures {
     bind_ip: std::net::IpAddr,
-    allow: PortRanges,
     vhosts: Option<Arc<crate::vhost::Vhosts>>,
-    instances: Mutex<HashMap<u64, Instance>>,
-    /// Port → instance, for conflicts.
-    ports: Mutex<HashMap<u16, u64>>,
+    registry: Arc<Mutex<Registry>>,
+    /// Control connection → its instance and data connection.
+    instances: Mutex<HashMap<ConnId, Instance>>,
+    /// Port → its accept loop.
+    listeners: Mutex<HashMap<u16, JoinHandle<()>>>,
     /// Woken when a data connection attaches.
     attached: tokio::sync::Notify,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Exposures {
     pub(crate) fn new(
         bind_ip: std::net::IpAddr,
-        allow: PortRanges,
+        registry: Arc<Mutex<Registry>>,
         vhosts: Option<Arc<crate::vhost::Vhosts>>,
     ) -> Arc<Self> {
         Arc::new(Self {
             bind_ip,
-            allow,
             vhosts,
+            registry,
             instances: Mutex::default(),
-            ports: Mutex::default(),
+            listeners: Mutex::default(),
             attached: tokio::sync::Notify::new(),
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Instance>> {
-        self.instances.lock().unwrap_or_else(|p| p.into_inner())
+    fn registry(&self) -> MutexGuard<'_, Registry> {
+        lock(&self.registry)
     }
 
-    /// Handles an `Expose` request from control connection `conn`.
+    /// Handles an `Expose` request from control connection `conn` of `identity`.
     pub(crate) async fn expose(
         self: &Arc<Self>,
-        conn: u64,
+        conn: ConnId,
+        identity: PublicKey,
         instance: u64,
         name: &str,
         spec: &ExposeSpec,
     ) -> Result<(Option<u16>, Vec<String>), String> {
         {
-            let mut all = self.lock();
-            let inst = all.entry(instance).or_default();
-            match inst.conn {
-                Some(c) if c != conn => {
-                    return Err("this instance id is in use by another connection".into())
-                }
-                _ => inst.conn = Some(conn),
-            }
-            if let ExposeSpec::Tcp { remote_port } = spec {
-                if let Some(existing) = inst.tcp.get(name) {
-                    if *remote_port == 0 || *remote_port == existing.port {
-                        // The same instance taking its exposure back (after a reconnect).
-                        return Ok((Some(existing.port), Vec::new()));
-                    }
-                }
+            let mut all = lock(&self.instances);
+            let inst = all.entry(conn).or_insert(Instance {
+                identity,
+                instance,
+                data: None,
+            });
+            if inst.instance != instance {
+                return Err("one control connection speaks for one peer process: \
+                            its Expose requests must carry one instance number"
+                    .into());
             }
         }
         match spec {
             ExposeSpec::Tcp { remote_port } => self
-                .expose_tcp(instance, name, *remote_port)
+                .expose_tcp(conn, name, *remote_port)
                 .await
                 .map(|p| (Some(p), Vec::new())),
             ExposeSpec::Http(route) => {
                 let Some(vhosts) = &self.vhosts else {
                     return Err("this server serves no HTTP virtual hosts (start it with --vhost-http-port)".into());
                 };
+                let (hosts, locations) = vhosts.claims(route)?;
+                let released = self
+                    .registry()
+                    .claim_route(conn, name, &hosts, &locations, Instant::now())
+                    .map_err(|r| r.to_string())?;
+                self.apply(released);
                 let me = self.clone();
                 let proxy = name.to_string();
                 let opener: crate::vhost::Opener = Arc::new(move || {
                     let (me, proxy) = (me.clone(), proxy.clone());
-                    Box::pin(async move { me.open(instance, &proxy).await })
+                    Box::pin(async move { me.open(conn, &proxy).await })
                 });
                 let urls = vhosts.add(crate::vhost::Route {
                     proxy: name.to_string(),
                     http: route.clone(),
                     opener,
-                    owner: instance,
+                    owner: conn,
                 })?;
-                vhosts.set_online(instance, true);
+                vhosts.set_online(conn, true);
                 info!(proxy = name, ?urls, "http route exposed");
                 Ok((None, urls))
             }
@@ -140,116 +142,90 @@ impl Exposures {
 
     async fn expose_tcp(
         self: &Arc<Self>,
-        instance: u64,
+        conn: ConnId,
         name: &str,
         port: u16,
     ) -> Result<u16, String> {
-        if port != 0 && !self.allow.contains(port) {
-            return Err(format!(
-                "port {port} is not allowed on this server (allowed: {})",
-                self.allow
-            ));
-        }
-        if port != 0 {
-            let owner = self
-                .ports
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(&port)
-                .copied();
-            if let Some(owner) = owner.filter(|&o| o != instance) {
-                if !self.evict_offline(owner, port) {
-                    return Err(format!("port {port} is already exposed by another peer"));
-                }
+        let plan = self
+            .registry()
+            .plan_port(conn, name, port, Instant::now())
+            .map_err(|r| r.to_string())?;
+        let (port, new_listener) = match plan {
+            PortPlan::Keep(p) => (p, None),
+            PortPlan::Bind(p) => {
+                let l = self.bind(p).await?;
+                (p, Some(l))
             }
-        }
-        let listener = self.bind(port).await?;
-        let port = listener.local_addr().map_err(|e| e.to_string())?.port();
-        self.ports
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(port, instance);
-        let me = self.clone();
-        let proxy = name.to_string();
-        let task =
-            tokio::spawn(
-                async move { me.accept_loop(listener, instance, proxy).await }
-                    .instrument(info_span!("tcp", port, proxy = name)),
+            PortPlan::BindFrom(ranges) => {
+                let l = self.bind_from(&ranges).await?;
+                let p = l.local_addr().map_err(|e| e.to_string())?.port();
+                (p, Some(l))
+            }
+        };
+        let recorded = self
+            .registry()
+            .record_port(conn, name, port, Instant::now());
+        let released = match recorded {
+            Ok(r) => r,
+            // Taken meanwhile; the new listener (if any) is dropped here.
+            Err(r) => return Err(r.to_string()),
+        };
+        if let Some(listener) = new_listener {
+            let me = self.clone();
+            let task = tokio::spawn(
+                async move { me.accept_loop(listener, port).await }
+                    .instrument(info_span!("tcp", port)),
             );
-        let mut all = self.lock();
-        let inst = all.entry(instance).or_default();
-        if let Some(old) = inst
-            .tcp
-            .insert(name.to_string(), TcpExposure { port, task })
-        {
-            old.task.abort();
-            if old.port != port {
-                self.ports
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&old.port);
+            if let Some(old) = lock(&self.listeners).insert(port, task) {
+                old.abort();
             }
         }
+        self.apply(released);
         info!(port, proxy = name, "tcp port exposed");
         Ok(port)
     }
 
-    /// Frees `port` if its owner is offline (in its grace period): a restarted peer
-    /// process takes over what its predecessor held. Returns whether it was freed.
-    fn evict_offline(&self, owner: u64, port: u16) -> bool {
-        let mut all = self.lock();
-        let Some(inst) = all.get_mut(&owner) else {
-            return true;
-        };
-        if inst.conn.is_some() {
-            return false;
-        }
-        inst.tcp.retain(|name, t| {
-            if t.port == port {
-                t.task.abort();
-                info!(port, proxy = %name, "exposure of an offline peer taken over");
-                false
-            } else {
-                true
+    /// Carries out what the registry released: closes listeners, removes routes.
+    pub(crate) fn apply(&self, released: Released) {
+        for port in released.ports {
+            if let Some(task) = lock(&self.listeners).remove(&port) {
+                task.abort();
+                info!(port, "tcp port released");
             }
-        });
-        self.ports
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&port);
-        true
+        }
+        if let Some(v) = &self.vhosts {
+            for (conn, proxy) in released.routes {
+                v.remove(conn, &proxy);
+                info!(%proxy, "http route released");
+            }
+        }
+        for name in released.services {
+            debug!(service = %name, "service name released");
+        }
+    }
+
+    async fn bind_from(&self, allow: &crate::config::PortRanges) -> Result<TcpListener, String> {
+        if allow.is_all() {
+            return TcpListener::bind((self.bind_ip, 0))
+                .await
+                .map_err(|e| format!("cannot listen: {e}"));
+        }
+        for range in allow.ranges() {
+            for p in range.clone() {
+                if !self.registry().port_free(p) {
+                    continue;
+                }
+                if let Ok(l) = TcpListener::bind((self.bind_ip, p)).await {
+                    return Ok(l);
+                }
+            }
+        }
+        Err(format!("no free port left in the allowed ranges ({allow})"))
     }
 
     async fn bind(&self, port: u16) -> Result<TcpListener, String> {
-        if port == 0 {
-            // The server chooses: a free port inside the allowed ranges.
-            if self.allow.is_all() {
-                return TcpListener::bind((self.bind_ip, 0))
-                    .await
-                    .map_err(|e| format!("cannot listen: {e}"));
-            }
-            for range in self.allow.ranges() {
-                for p in range.clone() {
-                    if self
-                        .ports
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .contains_key(&p)
-                    {
-                        continue;
-                    }
-                    if let Ok(l) = TcpListener::bind((self.bind_ip, p)).await {
-                        return Ok(l);
-                    }
-                }
-            }
-            return Err(format!(
-                "no free port left in the allowed ranges ({})",
-                self.allow
-            ));
-        }
-        // A port just taken over from an offline peer is freed when its aborted
-        // listener task is dropped, a moment later: retry briefly.
+        // A port just released is freed when its aborted listener task is dropped, a
+        // moment later: retry briefly.
         let mut tries = 0;
         loop {
             match TcpListener::bind((self.bind_ip, port)).await {
@@ -263,7 +239,7 @@ impl Exposures {
         }
     }
 
-    async fn accept_loop(self: Arc<Self>, listener: TcpListener, instance: u64, proxy: String) {
+    async fn accept_loop(self: Arc<Self>, listener: TcpListener, port: u16) {
         loop {
             let (user, from) = match listener.accept().await {
                 Ok(x) => x,
@@ -273,11 +249,18 @@ impl Exposures {
                     continue;
                 }
             };
+            let holder = self
+                .registry()
+                .port_holder(port, Instant::now())
+                .map(|(h, up)| (h.conn, h.proxy.clone(), up));
+            let Some((conn, proxy, true)) = holder else {
+                debug!(%from, "user connection refused: the peer is offline");
+                continue;
+            };
             let me = self.clone();
-            let proxy = proxy.clone();
             tokio::spawn(
                 async move {
-                    match me.open(instance, &proxy).await {
+                    match me.open(conn, &proxy).await {
                         Ok(stream) => splice(user, stream).await,
                         Err(e) => debug!(%e, "user connection refused"),
                     }
@@ -287,18 +270,18 @@ impl Exposures {
         }
     }
 
-    /// Opens a stream to `instance` for `proxy`, header written.
-    /// A peer whose control connection is up but whose data connection is not (yet)
-    /// gets [`DATA_WAIT`] for it: right after `Exposed`, the data connection is a
+    /// Opens a stream to the peer of control connection `conn` for `proxy`, header
+    /// written. A peer whose control connection is up but whose data connection is not
+    /// (yet) gets [`DATA_WAIT`] for it: right after `Exposed`, the data connection is a
     /// round trip behind. A peer that is gone fails at once.
-    pub(crate) async fn open(&self, instance: u64, proxy: &str) -> std::io::Result<MuxStream> {
+    pub(crate) async fn open(&self, conn: ConnId, proxy: &str) -> std::io::Result<MuxStream> {
         let deadline = tokio::time::Instant::now() + DATA_WAIT;
         let mux = loop {
             let notified = self.attached.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let (mux, online) = match self.lock().get(&instance) {
-                Some(i) => (i.data.clone().filter(|m| !m.is_closed()), i.conn.is_some()),
+            let (mux, online) = match lock(&self.instances).get(&conn) {
+                Some(i) => (i.data.clone().filter(|m| !m.is_closed()), true),
                 None => (None, false),
             };
             if let Some(m) = mux {
@@ -317,11 +300,20 @@ impl Exposures {
         Ok(s)
     }
 
-    /// A data connection arrived for `instance`.
-    pub(crate) fn attach_data(&self, instance: u64, mux: Mux) -> Result<(), String> {
-        let mut all = self.lock();
-        let Some(inst) = all.get_mut(&instance) else {
-            return Err("no exposures for this instance: send Expose first".into());
+    /// A data connection of `identity` arrived for its process `instance`: attach it to
+    /// that process's live control connection (and only to one of the same identity).
+    pub(crate) fn attach_data(
+        &self,
+        identity: PublicKey,
+        instance: u64,
+        mux: Mux,
+    ) -> Result<(), String> {
+        let mut all = lock(&self.instances);
+        let Some(inst) = all
+            .values_mut()
+            .find(|i| i.identity == identity && i.instance == instance)
+        else {
+            return Err("no exposures of this peer process: send Expose first".into());
         };
         if let Some(old) = inst.data.replace(mux) {
             old.close();
@@ -330,44 +322,23 @@ impl Exposures {
         Ok(())
     }
 
-    /// The control connection `conn` went away: keep its exposures for [`GRACE`].
-    pub(crate) fn control_gone(self: &Arc<Self>, conn: u64) {
-        let mut all = self.lock();
-        for (&id, inst) in all.iter_mut().filter(|(_, i)| i.conn == Some(conn)) {
-            inst.conn = None;
-            inst.epoch += 1;
-            let epoch = inst.epoch;
-            if let Some(v) = &self.vhosts {
-                v.set_online(id, false);
+    /// The control connection `conn` went away: its claims are reserved (by the
+    /// registry) for [`GRACE`]; its routes answer 502 and its data connection closes.
+    pub(crate) fn control_gone(&self, conn: ConnId) {
+        if let Some(inst) = lock(&self.instances).remove(&conn) {
+            if let Some(m) = inst.data {
+                m.close();
             }
-            let me = self.clone();
-            tokio::spawn(async move {
-                tokio::time::sleep(GRACE).await;
-                me.expire(id, epoch);
-            });
+        }
+        if let Some(v) = &self.vhosts {
+            v.set_online(conn, false);
         }
     }
 
-    fn expire(&self, instance: u64, epoch: u64) {
-        let mut all = self.lock();
-        if all
-            .get(&instance)
-            .is_some_and(|i| i.conn.is_none() && i.epoch == epoch)
-        {
-            if let Some(inst) = all.remove(&instance) {
-                let mut ports = self.ports.lock().unwrap_or_else(|p| p.into_inner());
-                for (name, t) in inst.tcp {
-                    t.task.abort();
-                    ports.remove(&t.port);
-                    info!(port = t.port, proxy = name, "exposure expired");
-                }
-                if let Some(m) = inst.data {
-                    m.close();
-                }
-                if let Some(v) = &self.vhosts {
-                    v.remove_owner(instance);
-                }
-            }
+    /// Stops every listener (at shutdown).
+    pub(crate) fn close_all(&self) {
+        for (_, t) in lock(&self.listeners).drain() {
+            t.abort();
         }
     }
 }

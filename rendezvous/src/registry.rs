@@ -151,8 +151,9 @@ struct HostHold {
 pub struct Released {
     /// TCP ports whose listeners must close.
     pub ports: Vec<u16>,
-    /// HTTP routes, by owner and proxy name, to take out of the vhost table.
-    pub routes: Vec<(PublicKey, String)>,
+    /// HTTP routes, by the connection that registered them and proxy name, to take
+    /// out of the vhost table.
+    pub routes: Vec<(ConnId, String)>,
     /// Service names no longer registered.
     pub services: Vec<String>,
 }
@@ -191,6 +192,8 @@ pub struct Registry {
     ports: HashMap<u16, Holder>,
     hosts: HashMap<String, HostHold>,
     proxies: HashMap<(PublicKey, String), ProxyClaim>,
+    /// The connection each route was registered from (the vhost table's owner key).
+    route_conns: HashMap<(PublicKey, String), ConnId>,
 }
 
 impl Registry {
@@ -205,6 +208,7 @@ impl Registry {
             ports: HashMap::new(),
             hosts: HashMap::new(),
             proxies: HashMap::new(),
+            route_conns: HashMap::new(),
         }
     }
 
@@ -325,6 +329,7 @@ impl Registry {
         let Some(claim) = self.proxies.remove(&(owner, proxy.to_string())) else {
             return out;
         };
+        let route_conn = self.route_conns.remove(&(owner, proxy.to_string()));
         match claim {
             ProxyClaim::Service(name) => {
                 if self.services.get(&name).is_some_and(|h| h.owner == owner) {
@@ -342,12 +347,15 @@ impl Registry {
                 for h in &hosts {
                     if let Some(hold) = self.hosts.get_mut(h) {
                         for l in &locations {
-                            if hold
+                            if let Some(x) = hold
                                 .locations
-                                .get(l)
-                                .is_some_and(|x| x.owner == owner && x.proxy == proxy)
+                                .remove(l)
+                                .filter(|x| !(x.owner == owner && x.proxy == proxy))
                             {
-                                hold.locations.remove(l);
+                                // Someone else's: put it back.
+                                hold.locations.insert(l.clone(), x);
+                            } else if let Some(conn) = route_conn {
+                                out.routes.push((conn, proxy.to_string()));
                             }
                         }
                         if hold.locations.is_empty() {
@@ -355,7 +363,8 @@ impl Registry {
                         }
                     }
                 }
-                out.routes.push((owner, proxy.to_string()));
+                out.routes.sort();
+                out.routes.dedup();
             }
         }
         out
@@ -561,10 +570,11 @@ impl Registry {
                 }
             }
         }
-        // Accepted: drop the proxy's previous route and whatever expired holders or
-        // this identity's other proxies held at these host + location pairs.
+        // Accepted: drop the proxy's previous route (unless it is this connection's:
+        // the vhost table replaces that in place) and whatever expired holders or this
+        // identity's other proxies held at these host + location pairs.
         let mut released = self.drop_proxy(me, proxy);
-        released.routes.retain(|(o, p)| !(*o == me && p == proxy));
+        released.routes.retain(|(c, p)| !(*c == conn && p == proxy));
         for h in hosts {
             let displaced: Vec<(PublicKey, String)> = match self.hosts.get(h) {
                 Some(hold) if hold.owner != me => hold
@@ -599,6 +609,7 @@ impl Registry {
                 );
             }
         }
+        self.route_conns.insert((me, proxy.to_string()), conn);
         self.proxies.insert(
             (me, proxy.to_string()),
             ProxyClaim::Route {
@@ -910,7 +921,7 @@ mod tests {
         let rel = r.expire(t0 + GRACE);
         assert_eq!(rel.ports, vec![6000]);
         assert_eq!(rel.services, vec!["ssh".to_string()]);
-        assert_eq!(rel.routes, vec![(a, "site".to_string())]);
+        assert_eq!(rel.routes, vec![(1, "site".to_string())]);
         assert_eq!(r.counts(), (0, 0), "nothing of the gone peer is kept");
         r.connect(2, b, 0);
         assert_eq!(

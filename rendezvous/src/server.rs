@@ -22,8 +22,14 @@ use common::{
         PROBE_PINGS, PROBE_WAIT, PUNCH_ATTEMPTS,
     },
     framing::{Channel, FrameError},
+    identity::PublicKey,
     proto::{ClientMsg, ConnKind, NatMapping, Outcome, Pairing, ServerMsg, PROTOCOL_VERSION},
     secure::{self, NoiseStream, Psk},
+};
+
+use crate::{
+    config::{DomainAllow, PortRanges},
+    registry::{Allowance, Registry},
 };
 use tokio::{
     net::{TcpListener, TcpStream},
@@ -96,9 +102,11 @@ pub async fn spawn(config: Config) -> std::io::Result<Handle> {
         None => None,
     };
     let vhost_addr = vhost.as_ref().map(|v| v.1);
+    let (allowances, psks) = users(&config);
+    let registry = Arc::new(Mutex::new(Registry::new(allowances, crate::expose::GRACE)));
     let exposures = crate::expose::Exposures::new(
         config.bind.ip(),
-        config.allow_ports.clone(),
+        registry.clone(),
         vhost.as_ref().map(|v| v.2.clone()),
     );
     if let Some((l, _, table)) = vhost {
@@ -110,18 +118,21 @@ pub async fn spawn(config: Config) -> std::io::Result<Handle> {
         });
     }
     let server = Arc::new(Server {
-        psk: Psk::server(config.token.as_deref()),
+        psks,
         state: Mutex::new(State::default()),
         next_id: AtomicU64::new(1),
         relays: Default::default(),
         exposures,
+        registry,
     });
     let token = shutdown.clone();
     let join = tokio::spawn(async move {
         tokio::join!(
-            accept_loop(listener, server, token.clone()),
-            stun.run(token)
+            accept_loop(listener, server.clone(), token.clone()),
+            stun.run(token.clone()),
+            expire_loop(server.clone(), token),
         );
+        server.exposures.close_all();
     });
     Ok(Handle {
         local_addr,
@@ -132,8 +143,56 @@ pub async fn spawn(config: Config) -> std::io::Result<Handle> {
     })
 }
 
+/// The registry's users and their PSKs, in the same order: the `[[users]]` of the
+/// config, and the single `--token` (or, with neither, an open server) as a user with
+/// the server's `allowPorts` and any domain but the catch-all.
+fn users(config: &Config) -> (Vec<Allowance>, Vec<Psk>) {
+    let mut allowances = Vec::new();
+    let mut psks = Vec::new();
+    if config.token.is_some() || config.users.is_empty() {
+        allowances.push(Allowance {
+            name: "default".into(),
+            ports: config.allow_ports.clone(),
+            domains: DomainAllow::AnyButCatchAll,
+            max_exposures: crate::config::MAX_EXPOSURES,
+        });
+        psks.push(Psk::server(config.token.as_deref()));
+    }
+    for u in &config.users {
+        allowances.push(Allowance {
+            name: u.name.clone(),
+            ports: u.allow_ports.clone().unwrap_or_else(PortRanges::none),
+            domains: u.allow_domains.clone(),
+            max_exposures: u.max_exposures,
+        });
+        psks.push(Psk::server(Some(&u.token)));
+    }
+    (allowances, psks)
+}
+
+/// Releases the claims of peers gone longer than the grace period, every second.
+async fn expire_loop(server: Arc<Server>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let released = server.registry().expire(std::time::Instant::now());
+        if !released.is_empty() {
+            info!(
+                ?released,
+                "claims of peers gone for the grace period released"
+            );
+            server.exposures.apply(released);
+        }
+    }
+}
+
 struct Server {
-    psk: Psk,
+    psks: Vec<Psk>,
+    registry: Arc<Mutex<Registry>>,
     state: Mutex<State>,
     next_id: AtomicU64,
     relays: crate::relay::Relays,
@@ -161,6 +220,10 @@ impl State {
     }
 }
 
+/// Most URLs listed in an `Exposed` reply (each at most ~300 bytes: the reply stays
+/// far below the frame limit).
+const MAX_REPLY_URLS: usize = 64;
+
 const HOPELESS: &str =
     "both NATs map per destination (symmetric): no direct attempts, relaying at once";
 
@@ -186,6 +249,17 @@ struct ProbeSlot {
 }
 
 impl Server {
+    fn registry(&self) -> std::sync::MutexGuard<'_, Registry> {
+        self.registry.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether ticket `t` was handed to a control connection of `identity`.
+    fn ticket_of(&self, t: &Ticket, identity: PublicKey) -> bool {
+        self.registry()
+            .conn_owner(t.conn)
+            .is_some_and(|(owner, _)| owner == identity)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // A panic while holding the lock cannot leave the maps inconsistent in a way
         // worse than a lost pairing, so a poisoned lock is used as is.
@@ -212,7 +286,7 @@ async fn accept_loop(listener: TcpListener, server: Arc<Server>, shutdown: Cance
                                 }
                             }
                         }
-                        .instrument(info_span!("conn", id, %addr)),
+                        .instrument(info_span!("conn", id, %addr, peer = tracing::field::Empty)),
                     );
                 }
                 Err(e) => {
@@ -248,18 +322,23 @@ async fn handle(
 ) -> Result<(), ConnError> {
     let _ = stream.set_nodelay(true);
     let setup = async {
-        let noise = secure::respond(stream, &server.psk, "wrong or missing token").await?;
+        let (noise, who) =
+            secure::respond_server(stream, &server.psks, "wrong or missing token").await?;
         let mut ch = Channel::new(noise);
         let hello: ClientMsg = ch.recv().await?;
-        Ok::<_, ConnError>((ch, hello))
+        Ok::<_, ConnError>((ch, hello, who))
     };
-    let (mut ch, hello) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, setup).await {
+    let (mut ch, hello, who) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, setup).await {
         Err(_) => {
             warn!("refused: no handshake within {HANDSHAKE_TIMEOUT:?}");
             return Err(ConnError::HandshakeTimeout(HANDSHAKE_TIMEOUT));
         }
         Ok(Err(ConnError::Handshake(secure::HandshakeError::BadSecret))) => {
             warn!("refused: wrong or missing token (handshake failed)");
+            return Ok(());
+        }
+        Ok(Err(ConnError::Handshake(secure::HandshakeError::Refused(r)))) => {
+            warn!("refused: {r}");
             return Ok(());
         }
         Ok(Err(e)) => {
@@ -288,15 +367,32 @@ async fn handle(
         observed: addr,
     })
     .await?;
+    let identity = who.identity;
+    tracing::Span::current().record(
+        "peer",
+        tracing::field::display(identity.fingerprint().short()),
+    );
     match kind {
-        ConnKind::Control => control(server, ch, id, addr).await,
+        ConnKind::Control => {
+            server.registry().connect(id, identity, who.psk_index);
+            let result = control(&server, ch, id, addr, identity).await;
+            // Every way a control connection ends comes here: send errors included.
+            forget_conn(&server, id);
+            server.registry().disconnect(id, std::time::Instant::now());
+            server.exposures.control_gone(id);
+            info!("peer disconnected");
+            result
+        }
         ConnKind::Data { instance } => {
             let (mux, mut inbound) = common::mux::Mux::start(
                 ch.into_parts().0,
                 common::mux::Role::Client,
                 common::mux::MuxConfig::default(),
             );
-            if let Err(reason) = server.exposures.attach_data(instance, mux.clone()) {
+            if let Err(reason) = server
+                .exposures
+                .attach_data(identity, instance, mux.clone())
+            {
                 warn!("data connection refused: {reason}");
                 mux.close();
                 return Err(ConnError::Refused(reason));
@@ -311,7 +407,8 @@ async fn handle(
             Ok(())
         }
         ConnKind::Relay { session } => {
-            let Some(t) = server.lock().tickets.get(&session).cloned() else {
+            let t = server.lock().tickets.get(&session).cloned();
+            let Some(t) = t.filter(|t| server.ticket_of(t, identity)) else {
                 let reason = "relay for an unknown or finished session".to_string();
                 ch.send(&ServerMsg::Refused(reason.clone())).await?;
                 return Err(ConnError::Refused(reason));
@@ -326,7 +423,7 @@ async fn handle(
             session,
             attempt,
             local,
-        } => probe(server, ch, addr, session, attempt, local).await,
+        } => probe(server, ch, addr, session, attempt, local, identity).await,
     }
 }
 
@@ -345,10 +442,11 @@ fn msg_name(m: &ClientMsg) -> &'static str {
 }
 
 async fn control(
-    server: Arc<Server>,
+    server: &Arc<Server>,
     mut ch: Chan,
     id: u64,
     addr: SocketAddr,
+    identity: PublicKey,
 ) -> Result<(), ConnError> {
     info!("peer connected");
     let (tx, mut rx) = mpsc::channel::<ServerMsg>(16);
@@ -376,14 +474,14 @@ async fn control(
                         }
                     }
                     ClientMsg::Pair(pairing) => {
-                        if let Err(reason) = pair(&server, id, pairing, &tx) {
+                        if let Err(reason) = pair(server, id, pairing, &tx) {
                             warn!("pair request refused: {reason}");
                             ch.send(&ServerMsg::Refused(reason)).await?;
                         }
                     }
-                    ClientMsg::Report { session, outcome } => report(&server, id, session, outcome),
+                    ClientMsg::Report { session, outcome } => report(server, id, session, outcome),
                     ClientMsg::Register { name } => {
-                        let reply = match register(&server, id, &name, &tx) {
+                        let reply = match register(server, id, &name, &tx) {
                             Ok(()) => ServerMsg::Registered { name },
                             Err(reason) => {
                                 warn!("register refused: {reason}");
@@ -393,19 +491,29 @@ async fn control(
                         ch.send(&reply).await?;
                     }
                     ClientMsg::Connect { name } => {
-                        if let Err(reason) = connect(&server, id, addr, &name, &tx) {
+                        if let Err(reason) = connect(server, id, addr, &name, &tx) {
                             info!("connect refused: {reason}");
                             ch.send(&ServerMsg::Refused(reason)).await?;
                         }
                     }
-                    ClientMsg::Repunch { session } => repunch(&server, id, session, &tx),
+                    ClientMsg::Repunch { session } => repunch(server, id, session, &tx),
                     ClientMsg::Nat { mapping } => {
                         info!(?mapping, "peer reported its TCP mapping");
                         server.lock().nat.insert(id, mapping);
                     }
                     ClientMsg::Expose { name, instance, spec } => {
-                        let reply = match server.exposures.expose(id, instance, &name, &spec).await {
-                            Ok((remote_port, urls)) => ServerMsg::Exposed { name, remote_port, urls },
+                        let reply = match server.exposures.expose(id, identity, instance, &name, &spec).await {
+                            Ok((remote_port, mut urls)) => {
+                                // The reply must fit a frame: a route of 64 domains x
+                                // 64 locations has 4096 URLs. The first ones tell the
+                                // user enough.
+                                if urls.len() > MAX_REPLY_URLS {
+                                    let more = urls.len() - MAX_REPLY_URLS;
+                                    urls.truncate(MAX_REPLY_URLS);
+                                    urls.push(format!("(and {more} more)"));
+                                }
+                                ServerMsg::Exposed { name, remote_port, urls }
+                            }
                             Err(reason) => {
                                 warn!(proxy = %name, "expose refused: {reason}");
                                 ServerMsg::Refused(format!("{name}: {reason}"))
@@ -432,9 +540,6 @@ async fn control(
             }
         }
     };
-    forget_conn(&server, id);
-    server.exposures.control_gone(id);
-    info!("peer disconnected");
     result
 }
 
@@ -541,16 +646,14 @@ fn register(
 ) -> Result<(), String> {
     check_name(name)?;
     let mut st = server.lock();
-    if let Some(owner) = st.services.get(name) {
-        if owner.conn != id && !owner.tx.is_closed() {
-            return Err(format!(
-                "service {name:?} is already registered by another peer"
-            ));
-        }
-    }
-    if st.services.len() >= MAX_SERVICES {
+    if st.services.len() >= MAX_SERVICES && !st.services.contains_key(name) {
         return Err("server is busy: too many services".into());
     }
+    let released = server
+        .registry()
+        .claim_service(id, name, std::time::Instant::now())
+        .map_err(|r| r.to_string())?;
+    server.exposures.apply(released);
     st.services.insert(
         name.to_string(),
         Waiter {
@@ -571,7 +674,8 @@ fn connect(
 ) -> Result<(), String> {
     check_name(name)?;
     let mut st = server.lock();
-    let Some(owner) = st.services.get(name) else {
+    let live = server.registry().service(name).map(|h| h.conn);
+    let Some(owner) = st.services.get(name).filter(|w| Some(w.conn) == live) else {
         return Err(format!("no service named {name:?} is online"));
     };
     let (oconn, otx) = (owner.conn, owner.tx.clone());
@@ -685,8 +789,10 @@ async fn probe(
     ticket: u64,
     attempt: u8,
     local: SocketAddr,
+    identity: PublicKey,
 ) -> Result<(), ConnError> {
-    let Some(t) = server.lock().tickets.get(&ticket).cloned() else {
+    let t = server.lock().tickets.get(&ticket).cloned();
+    let Some(t) = t.filter(|t| server.ticket_of(t, identity)) else {
         let reason = "unknown or finished session".to_string();
         ch.send(&ServerMsg::Refused(reason.clone())).await?;
         return Err(ConnError::Refused(reason));

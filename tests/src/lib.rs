@@ -53,6 +53,29 @@ pub use lab::spec::{
 };
 pub use lab::topology::{Lab, TcpCounters, INTERNET_IP, SERVER_ALT_IP, SERVER_IP};
 
+/// A path for a new peer identity file (the peer creates it on first use), unique in
+/// this process. Every `peer` the lab or the tests start gets one of its own, so that
+/// two peers of a test are two identities to the server, as on two machines; a test
+/// that restarts "the same" peer passes the same path (`PUNCHLINE_IDENTITY`) again.
+pub fn fresh_identity() -> std::path::PathBuf {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    std::env::temp_dir()
+        .join(format!("punchline-test-ids-{}", std::process::id()))
+        .join(format!("identity-{n}"))
+}
+
+/// Gives `cmd` a fresh identity (see [`fresh_identity`]) if `program` is the `peer`.
+pub fn give_identity(cmd: &mut std::process::Command, program: &std::ffi::OsStr) {
+    let is_peer = std::path::Path::new(program)
+        .file_name()
+        .is_some_and(|n| n == "peer");
+    if is_peer {
+        cmd.env("PUNCHLINE_IDENTITY", fresh_identity());
+    }
+}
+
 /// Deterministic pseudo-random test data (xorshift64; fast, not cryptographic): the
 /// same `(len, seed)` always gives the same bytes, so a receiver can check a transfer
 /// by hashing.

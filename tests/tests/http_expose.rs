@@ -156,10 +156,16 @@ fn curl(vhost: SocketAddr, host: &str, path: &str, extra: &[&str]) -> (u16, Stri
 fn routing_auth_headers_and_error_pages() {
     let s = server(&[]);
     let (web, api) = (upstream("web"), upstream("api"));
+    // Both proxies belong to one peer (one identity, two processes): only the holder
+    // of a host may add locations under it.
+    let id = lab::fresh_identity();
+    let id = id.to_str().unwrap();
     let a = expose(
         &s,
         web,
         &[
+            "--identity",
+            id,
             "--domain",
             "www.example.com",
             "--domain",
@@ -175,6 +181,8 @@ fn routing_auth_headers_and_error_pages() {
         &s,
         api,
         &[
+            "--identity",
+            id,
             "--domain",
             "www.example.com",
             "--location",
@@ -258,12 +266,21 @@ fn routing_auth_headers_and_error_pages() {
     // Conflict: another peer claiming www.example.com at / while `web` is online.
     let mut c = expose(&s, web, &["--domain", "www.example.com", "--name", "other"]);
     assert!(!c.wait_exit(T).success());
+    // It is told who holds it, by fingerprint and proxy name, and nothing else.
+    let holder = local("peer")
+        .args(["--identity", id, "id"])
+        .output()
+        .unwrap();
+    let holder = String::from_utf8_lossy(&holder.stdout).trim().to_string();
+    assert!(holder.starts_with("pl1:"), "{holder}");
+    let err = c.stderr.text();
     assert!(
-        c.stderr
-            .text()
-            .contains("www.example.com location / is already served"),
-        "{}",
-        c.stderr.text()
+        err.contains(&format!("host www.example.com is held by peer {holder}")),
+        "{err}"
+    );
+    assert!(
+        err.contains("proxy 'web'") || err.contains("proxy 'api'"),
+        "{err}"
     );
 
     // Peer offline: 502 at once.

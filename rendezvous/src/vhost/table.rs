@@ -224,9 +224,9 @@ impl Vhosts {
             for l in &entry.locations {
                 if let Some(other) = claimed.get(&(h.as_str(), l.as_str())) {
                     return Err(format!(
-                        "host {h} location {l} is already served by proxy '{}' of peer \
-                         instance {:016x}; proxy '{}' of peer instance {:016x} cannot claim it too",
-                        other.proxy, other.owner, entry.proxy, entry.owner
+                        "host {h} location {l} is already served by proxy '{}' of another \
+                         connection; proxy '{}' cannot claim it too",
+                        other.proxy, entry.proxy
                     ));
                 }
             }
@@ -238,6 +238,22 @@ impl Vhosts {
         entries.push(entry);
         self.publish(&entries);
         Ok(urls)
+    }
+
+    /// The host names (normalised: lowercase, `*.suffix`, `*`) and locations `http`
+    /// claims, checked as [`Vhosts::add`] checks them: what the server's registry
+    /// decides ownership on.
+    pub fn claims(&self, http: &HttpRoute) -> Result<(Vec<String>, Vec<String>), String> {
+        let opener: Opener = Arc::new(|| {
+            Box::pin(async { Err(std::io::Error::other("a route only being checked")) })
+        });
+        let e = self.entry(Route {
+            proxy: "-".into(),
+            http: http.clone(),
+            opener,
+            owner: 0,
+        })?;
+        Ok((e.hosts.clone(), e.locations.clone()))
     }
 
     /// Marks every route of `owner` online or offline. Requests for an offline

@@ -74,7 +74,8 @@ pub(crate) fn ip(ns: &str, args: &[&str]) -> Result<String> {
 /// `ip netns exec NS program args...` (not yet run).
 pub(crate) fn in_ns(ns: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
     let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", ns]).arg(program);
+    cmd.args(["netns", "exec", ns]).arg(program.as_ref());
+    crate::give_identity(&mut cmd, program.as_ref());
     cmd
 }
 

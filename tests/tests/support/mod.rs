@@ -213,7 +213,10 @@ pub fn rendezvous(mut cmd: Command, args: &[&str]) -> (Proc, std::net::SocketAdd
 
 /// A command for a workspace binary on this host.
 pub fn local(name: &str) -> Command {
-    Command::new(bin(name))
+    let path = bin(name);
+    let mut cmd = Command::new(&path);
+    lab::give_identity(&mut cmd, path.as_os_str());
+    cmd
 }
 
 /// sha256 of bytes, hex.
