@@ -10,7 +10,11 @@ use std::net::SocketAddr;
 use serde::{Deserialize, Serialize};
 
 /// The protocol version this build speaks. Bumped on any incompatible change.
-pub const PROTOCOL_VERSION: u16 = 1;
+///
+/// 2: peers prove an identity key in the server handshake (Noise `XNpsk0`); data
+/// connections are tied to it; punch signals wait for both peers' proofs of the
+/// shared secret.
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// What a connection to the server is for; sent in [`ClientMsg::Hello`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -337,7 +337,8 @@ pub async fn respond_server<T: AsyncRead + AsyncWrite + Unpin>(
 }
 
 /// What a server tells a peer of protocol version 1.
-pub const UPGRADE: &str = "this rendezvous server speaks protocol version 2 (peers prove an identity);      this peer speaks version 1: upgrade the peer";
+pub const UPGRADE: &str = "this rendezvous server speaks protocol version 2 (peers prove an \
+                            identity); this peer speaks version 1: upgrade the peer";
 
 /// Sends a plaintext refusal in place of a handshake reply (after reading the first
 /// handshake message), e.g. when a server is full.

@@ -15,6 +15,7 @@ use std::{
 
 use common::{
     framing::Channel,
+    identity::Identity,
     proto::{ClientMsg, ConnKind, ServerMsg},
     secure::{self, Psk},
 };
@@ -73,8 +74,9 @@ async fn hostile_input_is_refused_and_others_keep_working() {
     let mut silent = TcpStream::connect(addr).unwrap();
 
     // 2. A wrong protocol version gets a clear refusal.
+    let me = Identity::generate();
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut ch = Channel::new(secure::initiate(tcp, &psk).await.unwrap());
+    let mut ch = Channel::new(secure::initiate_server(tcp, &psk, &me).await.unwrap());
     ch.send(&ClientMsg::Hello {
         version: 99,
         kind: ConnKind::Control,
@@ -88,6 +90,20 @@ async fn hostile_input_is_refused_and_others_keep_working() {
     srv.stderr
         .wait_for("protocol version 99 is not supported", T);
 
+    // 2b. A peer of protocol version 1 (anonymous NNpsk0 handshake, no identity) is
+    // told to upgrade, in words.
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    match secure::initiate(tcp, &psk).await {
+        Err(secure::HandshakeError::Refused(r)) => {
+            assert!(
+                r.contains("protocol version 2") && r.contains("upgrade the peer"),
+                "{r}"
+            )
+        }
+        other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
+    }
+    srv.stderr.wait_for("upgrade the peer", T);
+
     // 3. Random bytes: refused, connection closed, no panic.
     let mut junk = TcpStream::connect(addr).unwrap();
     junk.write_all(&data(4096, 7)).unwrap();
@@ -98,9 +114,9 @@ async fn hostile_input_is_refused_and_others_keep_working() {
 
     // 4. Valid handshake, then a frame header announcing 4 GiB.
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut noise = secure::initiate(tcp, &psk).await.unwrap();
+    let mut noise = secure::initiate_server(tcp, &psk, &me).await.unwrap();
     let hello = common::wire::encode(&ClientMsg::Hello {
-        version: 1,
+        version: common::proto::PROTOCOL_VERSION,
         kind: ConnKind::Control,
     })
     .unwrap();
