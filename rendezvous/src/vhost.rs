@@ -8,7 +8,22 @@
 //! * Routing: by Host (port stripped, case-insensitive): exact names (custom domains
 //!   and `subdomain`s under the server's subdomain host), then wildcards
 //!   (`*.example.com`, the most specific first, `*` last); then by the longest
-//!   location (path prefix, plain string prefix as in frp) among the route's.
+//!   location among the route's that matches the path in whole segments: `/public`
+//!   matches `/public`, `/public/` and `/public/x`, not `/publicadmin`; `/api/`
+//!   matches `/api/` and below; `/` matches everything. (frp matches raw string
+//!   prefixes: there `/public` also takes `/publicadmin`, and `/public/../admin`
+//!   reaches `/public`'s service, which may well serve `/admin` for it, past the
+//!   basic auth of a `/` route.)
+//! * Paths are normalized before routing and forwarded normalized (the query as it
+//!   is), so a service gets the path that was routed and authorized: percent-encoded
+//!   unreserved characters decoded (`%2e` is `.`), then dot segments removed (RFC
+//!   3986 §5.2.4: `/public/%2e%2e/admin` is `/admin`). `//` and `;parameters` are
+//!   forwarded as they are but do not count for matching (`//admin` and
+//!   `/admin;jsessionid=1` match `/admin`, as servers that merge slashes or drop
+//!   path parameters read them). A path a service could read differently is
+//!   refused with 400: `%2F`, `%5C`, a raw `\`, `%00`, a malformed escape, a `..;`
+//!   segment. So are two Host headers, and an absolute-form target (`GET
+//!   http://host/path`) whose host is not the Host header's.
 //! * A route may ask for basic auth (401 with `WWW-Authenticate` otherwise), rewrite
 //!   Host, and set request and response headers. `X-Forwarded-For` (appended),
 //!   `X-Forwarded-Proto: http` and `X-Real-IP` are added; hop-by-hop headers dropped.
@@ -17,14 +32,15 @@
 //! * Client connections are kept alive; upstream, each stream to a peer carries one
 //!   HTTP/1.1 client connection, kept alive in the route's pool and reused.
 //! * Errors are small HTML pages: unknown host 404, offline peer 502 at once, no
-//!   answer within [`VhostConfig::response_timeout`] 504. hyper itself answers a
-//!   malformed request with 400, headers over [`VhostConfig::max_header_size`] with
-//!   431, and cuts a client off whose headers take longer than
-//!   [`VhostConfig::header_read_timeout`].
+//!   answer within [`VhostConfig::response_timeout`] 504, an ambiguous path or Host
+//!   400 (above). hyper itself answers a malformed request with 400, headers over
+//!   [`VhostConfig::max_header_size`] with 431, and cuts a client off whose headers
+//!   take longer than [`VhostConfig::header_read_timeout`].
 //!
 //! Built on hyper 1 (parsing, limits, keep-alive, upgrades) with hyper-util's tokio
 //! glue. The table is read under a `RwLock` read guard held only for the lookup;
-//! the hot path allocates no buffers of its own.
+//! the hot path allocates no buffers of its own (a path that needs normalizing is
+//! the exception).
 
 mod pool;
 mod proxy;

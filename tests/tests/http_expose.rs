@@ -1,6 +1,7 @@
 //! `peer expose http` and config files through the real binaries: a real HTTP client
 //! (curl) and a real websocket client against real local servers, behind the real
-//! `rendezvous` vhost. Routing by host, wildcard, subdomain and location; basic auth;
+//! `rendezvous` vhost. Routing by host, wildcard, subdomain and location (whole,
+//! normalized path segments; duplicate or disagreeing Host refused); basic auth;
 //! header sets and host rewrite; forwarded headers; websocket; the error pages (404,
 //! 502, 400); slow headers cut off; conflicts; a server restart; frp config files.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -21,7 +22,8 @@ use tokio_tungstenite::tungstenite::Message;
 
 const T: Duration = Duration::from_secs(30);
 
-/// A local HTTP server that answers `NAME host=<Host> path=<path> h:<name>=<value>...`
+/// A local HTTP server that answers `NAME host=<Host> path=<path> [query=<query>]
+/// h:<name>=<value>...`
 /// for the headers the tests look at, sets `x-upstream: NAME`, and echoes websockets
 /// on `/ws`.
 fn upstream(name: &'static str) -> SocketAddr {
@@ -69,6 +71,9 @@ async fn serve_one(name: &'static str, tcp: TcpStream) {
                     .unwrap_or("-"),
                 req.uri().path()
             );
+            if let Some(q) = req.uri().query() {
+                text.push_str(&format!(" query={q}"));
+            }
             for h in [
                 "x-forwarded-for",
                 "x-real-ip",
@@ -305,6 +310,202 @@ fn routing_auth_headers_and_error_pages() {
         t.elapsed()
     );
     drop(s.proc);
+}
+
+/// A request written as it is (clients normalize paths, so this is how to send
+/// `..`): (status, the answer). `request` is the request line and headers, without
+/// the blank line that ends them. Reads the head and its `Content-Length` body (just
+/// the head if it has none, as a 101).
+fn raw_request(vhost: SocketAddr, request: &str) -> (u16, String) {
+    let mut tcp = std::net::TcpStream::connect(vhost).unwrap();
+    tcp.set_read_timeout(Some(T)).unwrap();
+    tcp.write_all(format!("{request}\r\n\r\n").as_bytes())
+        .unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&answer).to_string();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length = text[..end].lines().find_map(|l| {
+                let (name, value) = l.split_once(':')?;
+                name.eq_ignore_ascii_case("content-length")
+                    .then(|| value.trim().parse::<usize>().ok())?
+            });
+            if length.is_none_or(|n| answer.len() >= end + 4 + n) {
+                break;
+            }
+        }
+        match tcp.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+        }
+    }
+    let text = String::from_utf8_lossy(&answer).to_string();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, text)
+}
+
+/// Issue 8: a public `/public` beside a `/` behind basic auth on one domain. Locations
+/// match whole segments of the normalized path, and the service gets the path that
+/// was routed: `..` (raw or `%2e`-encoded) cannot reach the `/` route's service
+/// through `/public`; ambiguous paths and Host headers are refused.
+#[test]
+fn locations_match_whole_normalized_segments() {
+    let s = server(&[]);
+    let (public, private) = (upstream("public"), upstream("private"));
+    let a = expose(
+        &s,
+        public,
+        &[
+            "--domain",
+            "paths.example.com",
+            "--location",
+            "/public",
+            "--name",
+            "public",
+        ],
+    );
+    a.stdout.wait_for("exposed public http", T);
+    let b = expose(
+        &s,
+        private,
+        &[
+            "--domain",
+            "paths.example.com",
+            "--name",
+            "private",
+            "--basic-auth",
+            "alice:s3cret",
+        ],
+    );
+    b.stdout.wait_for("exposed private http", T);
+    const HOST: &str = "paths.example.com";
+    let get = |target: &str, headers: &str| {
+        raw_request(
+            s.vhost,
+            &format!("GET {target} HTTP/1.1\r\nHost: {HOST}\r\nConnection: close{headers}"),
+        )
+    };
+    // alice:s3cret
+    const AUTH: &str = "\r\nAuthorization: Basic YWxpY2U6czNjcmV0";
+
+    // A websocket upgrade is routed the same way, and the service gets `/ws` (it
+    // upgrades on `GET /ws` as a connection's first request: this goes first, before
+    // the vhost pools a connection to it).
+    let upgrade = |headers: &str| {
+        raw_request(
+            s.vhost,
+            &format!(
+                "GET /public/%2e%2e/ws HTTP/1.1\r\nHost: {HOST}\r\nConnection: Upgrade\r\n\
+                 Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+                 Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ=={headers}"
+            ),
+        )
+    };
+    let (st, answer) = upgrade("");
+    assert_eq!(st, 401, "{answer}");
+    let (st, answer) = upgrade(AUTH);
+    assert_eq!(st, 101, "{answer}");
+
+    // Whole segments: /public and below go to the public service as they are.
+    for path in ["/public", "/public/", "/public/x", "/public/x/y.html"] {
+        let (st, body) = curl(s.vhost, HOST, path, &[]);
+        assert_eq!(st, 200, "{path}: {body}");
+        assert!(
+            body.contains(&format!(
+                "public host={HOST}:{} path={path} ",
+                s.vhost.port()
+            )),
+            "{path}: {body}"
+        );
+    }
+    // ...but /publicadmin is not under /public: the `/` route, which wants a password.
+    let (st, body) = curl(s.vhost, HOST, "/publicadmin", &[]);
+    assert_eq!(st, 401, "{body}");
+    let (st, body) = curl(s.vhost, HOST, "/publicadmin", &["-u", "alice:s3cret"]);
+    assert_eq!(st, 200, "{body}");
+    assert!(body.contains(" path=/publicadmin "), "{body}");
+    assert!(body.contains("private host="), "{body}");
+
+    // Dot segments, raw or encoded, are resolved before routing.
+    for target in [
+        "/public/../admin",
+        "/public/%2e%2e/admin",
+        "/public/%2E%2e/admin",
+        "/public/.%2E/admin",
+        "/public/x/../../admin",
+        "/public/./../admin?q=1",
+        "http://paths.example.com/public/../admin",
+    ] {
+        let (st, answer) = get(target, "");
+        assert_eq!(st, 401, "{target}: {answer}");
+        assert!(!answer.contains("public host="), "{target}: {answer}");
+    }
+    // With the password, the private service gets the normalized path (and the query
+    // as it was).
+    let (st, answer) = get("/public/%2e%2e/admin?q=/../x", AUTH);
+    assert_eq!(st, 200, "{answer}");
+    assert!(
+        answer.contains("private host=paths.example.com path=/admin query=q=/../x "),
+        "{answer}"
+    );
+    let (st, answer) = get("http://paths.example.com/public/../admin", AUTH);
+    assert_eq!(st, 200, "{answer}");
+    assert!(
+        answer.contains("private host=paths.example.com path=/admin"),
+        "{answer}"
+    );
+    // Staying under /public: the public service gets the normalized path.
+    let (st, answer) = get("/public/x/../%79", "");
+    assert_eq!(st, 200, "{answer}");
+    assert!(
+        answer.contains("public host=paths.example.com path=/public/y"),
+        "{answer}"
+    );
+
+    // Paths a service could read differently from the router: 400.
+    for target in [
+        "/public/%2fx",
+        "/public%2F..%2Fadmin",
+        "/public/%5c../admin",
+        "/public\\..\\admin",
+        "/public/%00",
+        "/public/..;/admin",
+        "/public/%zz",
+    ] {
+        let (st, answer) = get(target, "");
+        assert_eq!(st, 400, "{target}: {answer}");
+        assert!(
+            answer.contains("<h1>400 Bad Request</h1>"),
+            "{target}: {answer}"
+        );
+    }
+    // Two Host headers, or a Host that disagrees with an absolute target: 400.
+    let (st, answer) = get("/public/x", "\r\nHost: other.example.com");
+    assert_eq!(st, 400, "{answer}");
+    let (st, answer) = get("/public/x", &format!("\r\nHost: {HOST}"));
+    assert_eq!(st, 400, "{answer}");
+    let (st, answer) = raw_request(
+        s.vhost,
+        "GET http://paths.example.com/public/x HTTP/1.1\r\n\
+         Host: other.example.com\r\nConnection: close",
+    );
+    assert_eq!(st, 400, "{answer}");
+    // An absolute target that agrees with Host is fine.
+    let (st, answer) = raw_request(
+        s.vhost,
+        "GET http://paths.example.com/public/x HTTP/1.1\r\n\
+         Host: PATHS.example.com:80\r\nConnection: close",
+    );
+    assert_eq!(st, 200, "{answer}");
+    assert!(
+        answer.contains("public host=paths.example.com path=/public/x"),
+        "{answer}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,7 +6,8 @@
 //! frp's own e2e cases for http proxies (locations, host and wildcard routing,
 //! subdomains, basic auth, request and response header sets, Host rewrite,
 //! websocket, 404 for an unknown host, the response timeout), plus what frp leaves
-//! untested: an offline peer, malformed, oversized and slow requests, keep-alive
+//! untested: paths matched in whole normalized segments, ambiguous Host headers,
+//! an offline peer, malformed, oversized and slow requests, keep-alive
 //! reuse of upstream connections, conflicting claims, bodies both ways.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -316,6 +317,108 @@ async fn routes_by_location() {
             want,
             "{path}"
         );
+    }
+    h.stop().await;
+}
+
+/// Unlike frp (raw string prefixes), locations match whole segments of the
+/// normalized path, and the service gets that path: dot segments (also `%2e`)
+/// resolved, unreserved characters decoded, the query as it was. `//` and
+/// `;parameters` are forwarded as they are but do not count for matching.
+#[tokio::test]
+async fn locations_match_whole_normalized_segments() {
+    let h = Harness::default().await;
+    let echo = |name: &'static str| {
+        service(move |req: Request<Incoming>| async move { text(format!("{name} {}", req.uri())) })
+    };
+    let mut r = domains(&["seg.example.com"]);
+    r.locations = vec!["/".into()];
+    h.add(1, "root", r, echo("root").await).unwrap();
+    let mut r = domains(&["seg.example.com"]);
+    r.locations = vec!["/app".into()];
+    h.add(1, "app", r, echo("app").await).unwrap();
+    let mut r = domains(&["seg.example.com"]);
+    r.locations = vec!["/api/".into()];
+    h.add(1, "api", r, echo("api").await).unwrap();
+    for (path, want) in [
+        ("/app", "app /app"),
+        ("/app/", "app /app/"),
+        ("/app/x?y=1", "app /app/x?y=1"),
+        ("/appx", "root /appx"),
+        ("/api", "root /api"),
+        ("/api/", "api /api/"),
+        ("/api/v1?q=a/../b", "api /api/v1?q=a/../b"),
+        ("/app/../api/v1", "api /api/v1"),
+        ("/app/%2E%2e/x", "root /x"),
+        ("/app/x/./y/..", "app /app/x/"),
+        ("/%61pp/%7Ex", "app /app/~x"),
+        ("/x/../../../app", "app /app"),
+        ("//app/x", "app //app/x"),
+        ("/app;jsessionid=1/x", "app /app;jsessionid=1/x"),
+    ] {
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: seg.example.com\r\nConnection: close\r\n\r\n");
+        let answer = raw(h.addr, request.into_bytes()).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{path}: {answer}");
+        assert!(
+            answer.ends_with(&format!("\r\n\r\n{want}")),
+            "{path}: {answer}"
+        );
+    }
+    for path in [
+        "/app/%2F..",
+        "/app%5c..%5capi",
+        "/app\\x",
+        "/app%00",
+        "/app/%",
+        "/app/..;/api",
+    ] {
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: seg.example.com\r\nConnection: close\r\n\r\n");
+        let answer = raw(h.addr, request.into_bytes()).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{path}: {answer}");
+    }
+    h.stop().await;
+}
+
+/// Two Host headers, or an absolute-form target naming another host than Host: 400.
+/// An absolute-form target is routed by its (normalized) path like any other.
+#[tokio::test]
+async fn ambiguous_hosts_are_400() {
+    let h = Harness::default().await;
+    let local = service(|req: Request<Incoming>| async move {
+        let host = req.headers().get(header::HOST).cloned();
+        text(format!("{host:?} {}", req.uri()))
+    })
+    .await;
+    h.add(1, "web", domains(&["a.test", "b.test"]), local)
+        .unwrap();
+    for (request, want) in [
+        ("GET / HTTP/1.1\r\nHost: a.test\r\nHost: b.test", "400"),
+        ("GET / HTTP/1.1\r\nHost: a.test\r\nHost: a.test", "400"),
+        ("GET http://a.test/ HTTP/1.1\r\nHost: b.test", "400"),
+        ("GET http://a.test/ HTTP/1.1\r\nHost: a.test:8080", "400"),
+        (
+            "GET http://a.test/x/../y?z HTTP/1.1\r\nHost: A.test:80",
+            "200",
+        ),
+        ("GET http://a.test/x/../y?z HTTP/1.1", "200"),
+    ] {
+        let answer = raw(
+            h.addr,
+            format!("{request}\r\nConnection: close\r\n\r\n").into_bytes(),
+        )
+        .await;
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {want}")),
+            "{request}: {answer}"
+        );
+        if want == "200" {
+            assert!(
+                answer.ends_with("Some(\"a.test\") /y?z"),
+                "{request}: {answer}"
+            );
+        }
     }
     h.stop().await;
 }

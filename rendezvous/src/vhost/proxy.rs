@@ -3,6 +3,7 @@
 //! error page.
 
 use std::{
+    borrow::Cow,
     convert::Infallible,
     pin::Pin,
     sync::Arc,
@@ -13,7 +14,7 @@ use hyper::{
     body::{Body, Bytes, Frame, Incoming, SizeHint},
     client::conn::http1::SendRequest,
     header::{self, HeaderMap, HeaderName, HeaderValue},
-    http::uri::PathAndQuery,
+    http::uri::{PathAndQuery, Scheme},
     Method, Request, Response, StatusCode, Uri, Version,
 };
 use hyper_util::rt::TokioIo;
@@ -22,7 +23,7 @@ use tracing::debug;
 
 use super::{
     pool::{ConnectError, Lease, Tasks, UpstreamBody},
-    table::{basic_auth_ok, normalize_host, Entry},
+    table::{basic_auth_ok, normalize_host, normalize_path, Entry},
     VhostConfig, Vhosts,
 };
 
@@ -74,14 +75,35 @@ async fn proxy(
             "This server does not tunnel connections.",
         ));
     }
+    // Routed, authorized and forwarded by the same normalized path.
+    if let Some(uri) = normalized_target(req.uri())? {
+        *req.uri_mut() = uri;
+    }
     let entry = {
-        // An absolute-form target's authority overrides Host (RFC 9112 §3.2.2).
-        let host = match req.uri().authority() {
-            Some(a) => Some(a.host()),
-            None => req
-                .headers()
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok()),
+        let mut hosts = req.headers().get_all(header::HOST).iter();
+        let host_header = hosts.next();
+        if hosts.next().is_some() {
+            // RFC 9112 §3.2.2: more than one Host is a 400.
+            return Err(page(
+                StatusCode::BAD_REQUEST,
+                "The request has more than one Host header.",
+            ));
+        }
+        let host = match (req.uri().authority(), host_header) {
+            // An absolute-form target's authority is what routing uses. RFC 9112
+            // §3.2.2 says the target wins and a Host that disagrees is ignored;
+            // refusing it is the safe choice: whatever sits in front of this server
+            // (a cache, a firewall) may have judged the request by its Host, and the
+            // two views must not differ. (The service gets the authority as Host.)
+            (Some(a), Some(h)) if same_authority(req.uri(), h) => Some(a.host()),
+            (Some(_), Some(_)) => {
+                return Err(page(
+                    StatusCode::BAD_REQUEST,
+                    "The request target and the Host header name different hosts.",
+                ))
+            }
+            (Some(a), None) => Some(a.host()),
+            (None, h) => h.and_then(|h| h.to_str().ok()),
         };
         let host =
             host.ok_or_else(|| page(StatusCode::BAD_REQUEST, "The request names no host."))?;
@@ -268,6 +290,76 @@ fn finish(
             Err(e.take_message())
         }
     }
+}
+
+/// The request target with its path normalized ([`normalize_path`]) and its query
+/// unchanged, or `None` if it needs no change. An absolute-form target keeps its
+/// scheme and authority (and gets a `/` path if it had none before its query).
+/// Targets without a path (`*`, an authority) are left alone. A path that
+/// [`normalize_path`] refuses is answered 400.
+#[allow(clippy::result_large_err)]
+fn normalized_target(uri: &Uri) -> Result<Option<Uri>, Response<ProxyBody>> {
+    let path = uri.path();
+    if !path.starts_with('/') {
+        return Ok(None);
+    }
+    let normalized = normalize_path(path).map_err(|e| page(StatusCode::BAD_REQUEST, e.detail()))?;
+    let origin_ok = uri
+        .path_and_query()
+        .is_some_and(|pq| pq.as_str().starts_with('/'));
+    if matches!(normalized, Cow::Borrowed(_)) && origin_ok {
+        return Ok(None);
+    }
+    let target = match uri.query() {
+        Some(q) => format!("{normalized}?{q}"),
+        None => normalized.into_owned(),
+    };
+    // Cannot fail (the characters are the target's own, a few decoded); no panic if
+    // it does.
+    let malformed = || page(StatusCode::BAD_REQUEST, "The request target is malformed.");
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(PathAndQuery::try_from(target).map_err(|_| malformed())?);
+    Uri::from_parts(parts).map(Some).map_err(|_| malformed())
+}
+
+/// Whether a Host header names the host and port of an absolute-form target, as
+/// routing sees hosts (case-insensitive, without a trailing dot); a missing port
+/// is the scheme's default.
+fn same_authority(uri: &Uri, host: &HeaderValue) -> bool {
+    let (Some(authority), Ok(host)) = (uri.authority(), host.to_str()) else {
+        return false;
+    };
+    let default = if uri.scheme() == Some(&Scheme::HTTPS) {
+        443
+    } else {
+        80
+    };
+    let (name, port) = if host.starts_with('[') {
+        let Some(i) = host.find(']') else {
+            return false;
+        };
+        match &host[i + 1..] {
+            "" => (&host[..=i], None),
+            rest => match rest.strip_prefix(':') {
+                Some(port) => (&host[..=i], Some(port)),
+                None => return false,
+            },
+        }
+    } else {
+        match host.rsplit_once(':') {
+            Some((name, port)) => (name, Some(port)),
+            None => (host, None),
+        }
+    };
+    let port = match port {
+        None | Some("") => default,
+        Some(p) => match p.parse::<u16>() {
+            Ok(p) => p,
+            Err(_) => return false,
+        },
+    };
+    normalize_host(authority.host()) == normalize_host(name)
+        && authority.port_u16().unwrap_or(default) == port
 }
 
 /// The protocol asked for, if the request is an upgrade (`Connection: upgrade` and
@@ -483,4 +575,76 @@ fn timed_out() -> Response<ProxyBody> {
         StatusCode::GATEWAY_TIMEOUT,
         "The peer that serves this address did not answer in time.",
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(t: &str) -> Result<Option<String>, StatusCode> {
+        let uri: Uri = t.parse().unwrap();
+        normalized_target(&uri)
+            .map(|u| u.map(|u| u.to_string()))
+            .map_err(|resp| resp.status())
+    }
+
+    #[test]
+    fn targets_are_normalized_with_their_query() {
+        for (t, want) in [
+            ("/", None),
+            ("/a/b?x=1", None),
+            ("*", None),
+            ("/public/../admin", Some("/admin")),
+            ("/public/%2e%2E/admin?q=/../x", Some("/admin?q=/../x")),
+            ("/a/./b?", Some("/a/b?")),
+            ("/%7Ea?%7E", Some("/~a?%7E")),
+            ("http://a.test/public/../admin", Some("http://a.test/admin")),
+            (
+                "http://a.test:8080/public/%2e%2e/admin?q=1",
+                Some("http://a.test:8080/admin?q=1"),
+            ),
+            ("http://a.test/x", None),
+            ("http://a.test?q=1", Some("http://a.test/?q=1")),
+        ] {
+            assert_eq!(target(t), Ok(want.map(str::to_string)), "{t}");
+        }
+        for t in [
+            "/a%2fb",
+            "/a%5C",
+            "/a%00",
+            "/a%g0",
+            "/a\\b",
+            "/..;/admin",
+            "http://a.test/a%2Fb",
+        ] {
+            assert_eq!(target(t), Err(StatusCode::BAD_REQUEST), "{t}");
+        }
+        // A target without a path (authority form) is left alone.
+        assert_eq!(target("a.test:80"), Ok(None));
+    }
+
+    #[test]
+    fn host_must_agree_with_an_absolute_target() {
+        for (uri, host, same) in [
+            ("http://a.test/", "a.test", true),
+            ("http://a.test/", "A.Test.", true),
+            ("http://a.test/", "a.test:80", true),
+            ("http://a.test:80/", "a.test", true),
+            ("http://a.test:8080/", "a.test:8080", true),
+            ("https://a.test/", "a.test:443", true),
+            ("http://[::1]/", "[::1]:80", true),
+            ("http://a.test/", "a.test:", true),
+            ("http://a.test/", "b.test", false),
+            ("http://a.test/", "a.test:8080", false),
+            ("http://a.test:8080/", "a.test", false),
+            ("http://a.test/", "a.test:x", false),
+            ("http://[::1]/", "[::2]", false),
+            ("http://[::1]/", "[::1]x", false),
+            ("http://user@a.test/", "a.test", true),
+        ] {
+            let uri: Uri = uri.parse().unwrap();
+            let host = HeaderValue::from_static(host);
+            assert_eq!(same_authority(&uri, &host), same, "{uri} vs {host:?}");
+        }
+    }
 }

@@ -5,6 +5,7 @@
 //! request) take a read lock just long enough to find the route and clone its `Arc`.
 
 use std::{
+    borrow::Cow,
     collections::{HashMap, HashSet},
     fmt,
     sync::{
@@ -56,7 +57,8 @@ pub(super) struct Entry {
     pub(super) owner: u64,
     /// Normalized host names: lowercase, `*.suffix` or `*` for wildcards.
     hosts: Vec<String>,
-    /// Path prefixes, each starting with `/`.
+    /// Locations, each normalized by [`normalize_location`]: starting with `/`, no
+    /// dot segments, no `//`.
     locations: Vec<String>,
     /// `Basic` credentials expected, as the decoded `user:password` bytes.
     pub(super) auth: Option<Vec<u8>>,
@@ -83,8 +85,9 @@ impl Entry {
     }
 }
 
-/// A route's claim on a path prefix of a host.
+/// A route's claim on a location (a path prefix, in whole segments) of a host.
 struct Loc {
+    /// As [`normalize_location`] gives it.
     prefix: Box<str>,
     entry: Arc<Entry>,
 }
@@ -124,12 +127,14 @@ impl Table {
         t
     }
 
-    /// The route for `host` (normalized) and `path`: exact names first, then
-    /// wildcards from the most specific suffix to `*`; within a name, the longest
-    /// location that prefixes the path. A name whose locations all miss falls
-    /// through to the wildcards, as in frp.
+    /// The route for `host` (normalized) and `path` (normalized by
+    /// [`normalize_path`]): exact names first, then wildcards from the most specific
+    /// suffix to `*`; within a name, the longest location that matches the path
+    /// ([`location_matches`]). A name whose locations all miss falls through to the
+    /// wildcards, as in frp.
     fn find(&self, host: &str, path: &str) -> Option<&Arc<Entry>> {
-        if let Some(e) = longest(self.exact.get(host), path) {
+        let key = route_key(path);
+        if let Some(e) = longest(self.exact.get(host), &key) {
             return Some(e);
         }
         if self.wildcard.is_empty() {
@@ -138,20 +143,57 @@ impl Table {
         let mut rest = host;
         while let Some(dot) = rest.find('.') {
             rest = &rest[dot + 1..];
-            if let Some(e) = longest(self.wildcard.get(rest), path) {
+            if let Some(e) = longest(self.wildcard.get(rest), &key) {
                 return Some(e);
             }
         }
-        longest(self.wildcard.get(""), path)
+        longest(self.wildcard.get(""), &key)
     }
 }
 
-/// The entry of the longest location that prefixes `path` (`locs` is sorted).
-fn longest<'t>(locs: Option<&'t Vec<Loc>>, path: &str) -> Option<&'t Arc<Entry>> {
+/// The entry of the longest location that matches `key` (a [`route_key`]; `locs` is
+/// sorted, longest first).
+fn longest<'t>(locs: Option<&'t Vec<Loc>>, key: &str) -> Option<&'t Arc<Entry>> {
     locs?
         .iter()
-        .find(|l| path.starts_with(&*l.prefix))
+        .find(|l| location_matches(&l.prefix, key))
         .map(|l| &l.entry)
+}
+
+/// Whether location `loc` (normalized) matches a path's [`route_key`], in whole
+/// segments: `/public` matches `/public`, `/public/` and `/public/x`, not
+/// `/publicadmin`; `/api/` matches `/api/` and below, not `/api`; `/` matches every
+/// path (but not the `*` of `OPTIONS *`).
+fn location_matches(loc: &str, key: &str) -> bool {
+    key.strip_prefix(loc)
+        .is_some_and(|rest| loc.ends_with('/') || rest.is_empty() || rest.starts_with('/'))
+}
+
+/// What locations are matched against: a normalized path with its empty segments
+/// (`//`) and each segment's `;parameters` left out, a trailing `/` kept.
+/// `//admin` and `/admin;jsessionid=1` are matched as `/admin`, since many servers
+/// read them so (nginx merges slashes, Java servers drop path parameters): routing
+/// must not put them under a shorter location than the service will. The request
+/// itself is forwarded unchanged by this. Borrows when there is nothing to leave
+/// out (the common case).
+fn route_key(path: &str) -> Cow<'_, str> {
+    if !path.starts_with('/') || (!path.contains("//") && !path.contains(';')) {
+        return Cow::Borrowed(path);
+    }
+    let mut key = String::with_capacity(path.len());
+    let mut trailing = false;
+    for segment in path.split('/').skip(1) {
+        let name = segment.split(';').next().unwrap_or(segment);
+        trailing = name.is_empty();
+        if !trailing {
+            key.push('/');
+            key.push_str(name);
+        }
+    }
+    if trailing || key.is_empty() {
+        key.push('/');
+    }
+    Cow::Owned(key)
 }
 
 /// The vhost routing table, shared (in an `Arc`) by whoever registers routes and
@@ -379,12 +421,8 @@ impl Vhosts {
         for l in &http.locations {
             let l = l.trim();
             let l = if l.is_empty() { "/" } else { l };
-            if !l.starts_with('/') || l.chars().any(|c| c.is_whitespace() || c.is_control()) {
-                return Err(format!(
-                    "{what}: location {l:?} must be a path starting with /"
-                ));
-            }
-            locations.push(l.to_string());
+            let l = normalize_location(l).map_err(|e| format!("{what}: location {l:?} {e}"))?;
+            locations.push(l);
         }
         if locations.is_empty() {
             locations.push("/".to_string());
@@ -486,6 +524,160 @@ pub(super) fn normalize_host(host: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
+/// Why a request path is refused (400): it could mean one path to the router and
+/// another to the service behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum BadPath {
+    /// `%2F` or `%5C`: some servers decode them into separators, some do not.
+    EncodedSlash,
+    /// A raw `\`: some servers (IIS, anything on Windows) read it as `/`.
+    Backslash,
+    /// `%00`: some servers cut the path there.
+    Nul,
+    /// A `%` not followed by two hex digits.
+    BadEscape,
+    /// A `.` or `..` segment with parameters (`/..;/`): Java servers drop the
+    /// parameters, then remove the dot segment.
+    DotParams,
+}
+
+impl BadPath {
+    /// One sentence for the error page.
+    pub(super) fn detail(self) -> &'static str {
+        match self {
+            BadPath::EncodedSlash => "The request path contains an encoded slash or backslash.",
+            BadPath::Backslash => "The request path contains a backslash.",
+            BadPath::Nul => "The request path contains an encoded NUL.",
+            BadPath::BadEscape => "The request path contains a malformed %-escape.",
+            BadPath::DotParams => "The request path contains a dot segment with parameters.",
+        }
+    }
+}
+
+/// The path a request is routed by and forwarded with (`path` from an origin- or
+/// absolute-form target; anything not starting with `/`, such as `*`, is left as
+/// it is):
+///
+/// 1. percent-encoded unreserved characters decoded (RFC 3986 §6.2.2.2: `%2E` is
+///    `.`, `%61` is `a`), the hex digits of other escapes in uppercase (§6.2.2.1);
+/// 2. dot segments removed (§5.2.4): `/a/./b` is `/a/b`, `/public/../admin` is
+///    `/admin`, `..` above the root stays at the root; a trailing `.` or `..`
+///    leaves a trailing `/`.
+///
+/// Nothing else changes (`//` and `;parameters` stay; [`route_key`] deals with them
+/// for matching). Refused ([`BadPath`]): `%2F`, `%5C`, `%00`, a raw `\`, a
+/// malformed escape, and `.`/`..` segments with parameters. Borrows when nothing
+/// changes (the common case).
+pub(super) fn normalize_path(path: &str) -> Result<Cow<'_, str>, BadPath> {
+    if !path.starts_with('/') {
+        return Ok(Cow::Borrowed(path));
+    }
+    let decoded = decode_unreserved(path)?;
+    if let Some(removed) = remove_dot_segments(&decoded)? {
+        return Ok(Cow::Owned(removed));
+    }
+    Ok(decoded)
+}
+
+/// Step 1 of [`normalize_path`], with its refusals.
+fn decode_unreserved(path: &str) -> Result<Cow<'_, str>, BadPath> {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let bytes = path.as_bytes();
+    if bytes.contains(&b'\\') {
+        return Err(BadPath::Backslash);
+    }
+    let Some(first) = bytes.iter().position(|&b| b == b'%') else {
+        return Ok(Cow::Borrowed(path));
+    };
+    let hex = |i: usize| bytes.get(i).and_then(|&b| (b as char).to_digit(16));
+    let mut out = Vec::with_capacity(bytes.len());
+    out.extend_from_slice(&bytes[..first]);
+    let mut i = first;
+    while let Some(&b) = bytes.get(i) {
+        if b != b'%' {
+            out.push(b);
+            i += 1;
+            continue;
+        }
+        let (Some(hi), Some(lo)) = (hex(i + 1), hex(i + 2)) else {
+            return Err(BadPath::BadEscape);
+        };
+        // Two hex digits: at most 0xff.
+        let c = (hi * 16 + lo) as u8;
+        let unreserved = c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~');
+        match c {
+            b'/' | b'\\' => return Err(BadPath::EncodedSlash),
+            0 => return Err(BadPath::Nul),
+            _ if unreserved => out.push(c),
+            _ => {
+                let (hi, lo) = (HEX[usize::from(c >> 4)], HEX[usize::from(c & 15)]);
+                out.extend_from_slice(&[b'%', hi, lo]);
+            }
+        }
+        i += 3;
+    }
+    // Only ASCII was replaced by ASCII: still UTF-8.
+    String::from_utf8(out)
+        .map(Cow::Owned)
+        .map_err(|_| BadPath::BadEscape)
+}
+
+/// Step 2 of [`normalize_path`] (`path` starts with `/`): the path without its dot
+/// segments, or `None` if it has none.
+fn remove_dot_segments(path: &str) -> Result<Option<String>, BadPath> {
+    let mut dots = false;
+    for segment in path.split('/') {
+        match segment {
+            "." | ".." => dots = true,
+            _ if matches!(segment.split(';').next(), Some("." | "..")) => {
+                return Err(BadPath::DotParams)
+            }
+            _ => {}
+        }
+    }
+    if !dots {
+        return Ok(None);
+    }
+    let mut kept: Vec<&str> = Vec::new();
+    for segment in path.split('/').skip(1) {
+        match segment {
+            "." => {}
+            ".." => {
+                kept.pop();
+            }
+            _ => kept.push(segment),
+        }
+    }
+    let mut out = String::with_capacity(path.len());
+    for segment in &kept {
+        out.push('/');
+        out.push_str(segment);
+    }
+    if matches!(path.rsplit('/').next(), Some("." | "..")) || out.is_empty() {
+        out.push('/');
+    }
+    Ok(Some(out))
+}
+
+/// Checks a configured location and puts it in the form the table matches: a path
+/// starting with `/`, normalized as requests are ([`normalize_path`]) and with `//`
+/// merged ([`route_key`]). Refuses what could never match a request: a query,
+/// fragment or `;parameters`, dot segments, and what [`normalize_path`] refuses.
+fn normalize_location(l: &str) -> Result<String, &'static str> {
+    if !l.starts_with('/') || l.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("must be a path starting with /");
+    }
+    if l.contains(['?', '#', ';']) {
+        return Err("must be a path without ?, # or ;");
+    }
+    let decoded = decode_unreserved(l)
+        .map_err(|_| "must not contain %2F, %5C, %00, a backslash or a malformed %-escape")?;
+    if decoded.split('/').any(|s| s == "." || s == "..") {
+        return Err("must not contain . or .. segments");
+    }
+    Ok(route_key(&decoded).into_owned())
+}
+
 /// Whether an `Authorization` header carries the expected `Basic` credentials
 /// (`user:password` bytes). The comparison does not stop at the first difference.
 pub(super) fn basic_auth_ok(header: Option<&HeaderValue>, expected: &[u8]) -> bool {
@@ -533,6 +725,187 @@ mod tests {
         assert!(normalize_domain("a.*.com").is_err());
         assert!(normalize_domain("example.com:80").is_err());
         assert!(normalize_domain("").is_err());
+    }
+
+    #[test]
+    fn paths_are_normalized() {
+        use BadPath::*;
+        let cases: &[(&str, Result<&str, BadPath>)] = &[
+            ("/", Ok("/")),
+            ("/a/b", Ok("/a/b")),
+            ("/a/b/", Ok("/a/b/")),
+            ("/a/./b", Ok("/a/b")),
+            ("/./", Ok("/")),
+            ("/.", Ok("/")),
+            ("/..", Ok("/")),
+            ("/../a", Ok("/a")),
+            ("/a/.", Ok("/a/")),
+            ("/a/..", Ok("/")),
+            ("/a/b/..", Ok("/a/")),
+            ("/a/b/../../..", Ok("/")),
+            ("/a/b/c/./../../g", Ok("/a/g")),
+            ("/public/../admin", Ok("/admin")),
+            ("/public/%2e%2e/admin", Ok("/admin")),
+            ("/public/%2E%2e/admin", Ok("/admin")),
+            ("/public/.%2E/admin", Ok("/admin")),
+            ("/public/%2e/admin", Ok("/public/admin")),
+            ("/a/..%2e", Ok("/a/...")),
+            ("/a/...", Ok("/a/...")),
+            ("/a/..b/.c", Ok("/a/..b/.c")),
+            // `//` is kept, and is a segment `..` can remove.
+            ("/a//b", Ok("/a//b")),
+            ("//a", Ok("//a")),
+            ("/a//../b", Ok("/a/b")),
+            // Unreserved characters decoded, other escapes in uppercase.
+            ("/%61dmin", Ok("/admin")),
+            ("/%7Euser/%41-%5f", Ok("/~user/A-_")),
+            ("/a%3ab%3F", Ok("/a%3Ab%3F")),
+            ("/caf%c3%a9", Ok("/caf%C3%A9")),
+            ("/café", Ok("/café")),
+            ("/a%25", Ok("/a%25")),
+            ("/a;b=1/c", Ok("/a;b=1/c")),
+            // Refused.
+            ("/a%2fb", Err(EncodedSlash)),
+            ("/public%2F..%2Fadmin", Err(EncodedSlash)),
+            ("/a%5cb", Err(EncodedSlash)),
+            ("/a%5C", Err(EncodedSlash)),
+            ("/a\\b", Err(Backslash)),
+            ("/a%00", Err(Nul)),
+            ("/a%", Err(BadEscape)),
+            ("/a%2", Err(BadEscape)),
+            ("/a%zz", Err(BadEscape)),
+            ("/a%%32%65", Err(BadEscape)),
+            ("/public/..;/admin", Err(DotParams)),
+            ("/public/%2e%2e;x/admin", Err(DotParams)),
+            ("/.;x", Err(DotParams)),
+        ];
+        for (path, want) in cases {
+            let got = normalize_path(path);
+            assert_eq!(got.as_deref(), want.as_deref(), "{path}");
+        }
+        // Nothing to do: nothing allocated; targets without a path are left alone.
+        for path in ["/", "/a/b/", "/a//b", "/a;b", "*", ""] {
+            assert!(
+                matches!(normalize_path(path), Ok(Cow::Borrowed(p)) if p == path),
+                "{path}"
+            );
+        }
+    }
+
+    #[test]
+    fn route_keys_merge_slashes_and_drop_parameters() {
+        for (path, key) in [
+            ("/", "/"),
+            ("/a/b", "/a/b"),
+            ("//admin", "/admin"),
+            ("/a//b//", "/a/b/"),
+            ("/admin;jsessionid=1", "/admin"),
+            ("/admin;x/y", "/admin/y"),
+            ("/;x/admin", "/admin"),
+            ("/api/;x", "/api/"),
+            ("*", "*"),
+        ] {
+            assert_eq!(route_key(path), key, "{path}");
+        }
+    }
+
+    #[test]
+    fn locations_match_whole_segments() {
+        for (loc, path, want) in [
+            ("/public", "/public", true),
+            ("/public", "/public/", true),
+            ("/public", "/public/x", true),
+            ("/public", "/publicadmin", false),
+            ("/public", "/publi", false),
+            ("/public", "/", false),
+            ("/api/", "/api/", true),
+            ("/api/", "/api/v1", true),
+            ("/api/", "/api", false),
+            ("/api/", "/apix/", false),
+            ("/", "/", true),
+            ("/", "/anything/at/all", true),
+            ("/", "*", false),
+            ("/a/b", "/a/b/c", true),
+            ("/a/b", "/a/bc", false),
+        ] {
+            assert_eq!(location_matches(loc, path), want, "{loc} vs {path}");
+        }
+    }
+
+    fn route(proxy: &str, domain: &str, locations: &[&str]) -> Route {
+        Route {
+            proxy: proxy.to_string(),
+            http: HttpRoute {
+                domains: vec![domain.to_string()],
+                locations: locations.iter().map(|l| l.to_string()).collect(),
+                ..HttpRoute::default()
+            },
+            opener: Arc::new(|| {
+                Box::pin(async { Err(std::io::Error::other("no peer in this test")) })
+            }),
+            owner: 1,
+        }
+    }
+
+    #[test]
+    fn the_longest_whole_segment_location_wins() {
+        let v = Vhosts::new(None);
+        v.add(route("root", "a.test", &["/"])).unwrap();
+        v.add(route("public", "a.test", &["/public"])).unwrap();
+        v.add(route("api", "a.test", &["/api/"])).unwrap();
+        v.add(route("admin", "a.test", &["/public/admin"])).unwrap();
+        let find = |path: &str| {
+            let path = normalize_path(path).unwrap();
+            v.find("a.test", &path).map(|e| e.proxy.clone())
+        };
+        for (path, want) in [
+            ("/", "root"),
+            ("/public", "public"),
+            ("/public/", "public"),
+            ("/public/x", "public"),
+            ("/publicadmin", "root"),
+            ("/public/../admin", "root"),
+            ("/public/%2e%2e/admin", "root"),
+            ("/public/x/../../admin", "root"),
+            ("/public/x/..", "public"),
+            ("/public/admin", "admin"),
+            ("/public/admin/", "admin"),
+            ("/public/adminx", "public"),
+            ("/public//admin", "admin"),
+            ("//public/admin", "admin"),
+            ("/public/admin;jsessionid=1", "admin"),
+            ("/public/%61dmin", "admin"),
+            ("/api", "root"),
+            ("/api/", "api"),
+            ("/api/v1", "api"),
+            ("/api//", "api"),
+        ] {
+            assert_eq!(find(path).as_deref(), Some(want), "{path}");
+        }
+        assert!(v.find("a.test", "*").is_none());
+    }
+
+    #[test]
+    fn locations_are_normalized_or_refused() {
+        let v = Vhosts::new(None);
+        let urls = v
+            .add(route("a", "a.test", &["/x//y/", "/%7Euser", " "]))
+            .unwrap();
+        assert_eq!(
+            urls,
+            [
+                "http://a.test/x/y/",
+                "http://a.test/~user",
+                "http://a.test/"
+            ]
+        );
+        for bad in [
+            "no-slash", "/a b", "/a?b", "/a#b", "/a;b", "/a/../b", "/a/.", "/%2e%2E", "/a%2fb",
+            "/a\\b", "/a%00", "/a%zz",
+        ] {
+            let err = v.add(route("b", "b.test", &[bad])).unwrap_err();
+            assert!(err.contains("location"), "{bad}: {err}");
+        }
     }
 
     #[test]
