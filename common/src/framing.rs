@@ -141,6 +141,14 @@ mod tests {
             ClientMsg::Register { name: "ssh".into() },
             ClientMsg::Connect { name: "ssh".into() },
             ClientMsg::Repunch { session: 4 },
+            ClientMsg::Prove {
+                session: 3,
+                proof: [1; 32],
+            },
+            ClientMsg::Verified {
+                session: 3,
+                ok: true,
+            },
             ClientMsg::Nat {
                 mapping: crate::proto::NatMapping::AddressAndPortDependent,
             },
@@ -175,6 +183,11 @@ mod tests {
                 session: 5,
                 initiator: true,
                 direct_hopeless: true,
+                nonce: [7; 16],
+            },
+            ServerMsg::PeerProof {
+                session: 5,
+                proof: [9; 32],
             },
             ServerMsg::Punch {
                 peer_public: addr,

@@ -132,6 +132,25 @@ pub enum ClientMsg {
         /// What to expose.
         spec: ExposeSpec,
     },
+    /// Proof of the session's shared secret ([`crate::secure::Psk::proof`]), for the
+    /// other peer: the initiator sends it first; the responder sends its own only
+    /// after checking the initiator's. The server forwards it as
+    /// [`ServerMsg::PeerProof`] and sends no punch signal (no address) before both
+    /// proofs were accepted.
+    Prove {
+        /// This side's session ticket.
+        session: u64,
+        /// HMAC of the session nonce and this side's role, keyed with the link PSK.
+        proof: [u8; 32],
+    },
+    /// The initiator's verdict on the responder's proof (or the responder's, when the
+    /// initiator's proof was wrong).
+    Verified {
+        /// This side's session ticket.
+        session: u64,
+        /// Whether the other peer's proof was right.
+        ok: bool,
+    },
     /// This peer's TCP mapping behaviour, as it measured it through the server's
     /// alternate endpoint (control connection; sent when known, again after a
     /// reconnection). When both peers of a pairing map per destination, the server
@@ -224,6 +243,9 @@ pub enum ServerMsg {
         /// Both peers reported NATs that map per destination: punching cannot work,
         /// so skip the direct attempts and relay at once.
         direct_hopeless: bool,
+        /// Random per session, the same for both peers: what their proofs of the
+        /// shared secret are bound to ([`ClientMsg::Prove`]).
+        nonce: [u8; 16],
     },
     /// On a probe connection: punch now.
     Punch {
@@ -258,6 +280,8 @@ pub enum ServerMsg {
         visitor: SocketAddr,
         /// As in [`ServerMsg::Paired`]: skip the direct attempts, relay at once.
         direct_hopeless: bool,
+        /// As in [`ServerMsg::Paired`].
+        nonce: [u8; 16],
     },
     /// On a relay connection: the other half is here; from now on the connection
     /// carries raw bytes to and from the other peer.
@@ -278,7 +302,17 @@ pub enum ServerMsg {
         /// The attempt number to put in the probe's `Hello`.
         attempt: u8,
     },
+    /// The other peer's [`ClientMsg::Prove`], for this side to check.
+    PeerProof {
+        /// This side's session ticket.
+        session: u64,
+        /// The other peer's proof.
+        proof: [u8; 32],
+    },
 }
+
+/// The reason in [`ServerMsg::PeerGone`] when a peer found the other's proof wrong.
+pub const REASON_WRONG_SECRET: &str = "the other peer holds a different secret";
 
 /// Version byte of the header that starts every data stream.
 pub const STREAM_HEADER_V1: u8 = 1;

@@ -95,18 +95,57 @@ impl Attempts {
 }
 
 /// The addresses to dial: the peer's public mapping, and its local address too when
-/// both peers share a public IP (behind one NAT, where hairpinning may not work).
+/// both peers share a public IP (behind one NAT, where hairpinning may not work) and
+/// that address is a LAN one: private, shared (CGNAT) or link-local, never loopback,
+/// unspecified, multicast, or this machine's own (`own_local`). The other peer names
+/// its local address itself, so without this rule it could make this peer dial any
+/// address of its LAN, or its own loopback services.
 pub fn targets(
     peer_public: SocketAddr,
     peer_local: SocketAddr,
     own_public: SocketAddr,
+    own_local: SocketAddr,
 ) -> Vec<SocketAddr> {
     let mut t = Vec::with_capacity(2);
-    if peer_public.ip() == own_public.ip() && peer_local != peer_public {
+    if peer_public.ip() == own_public.ip()
+        && peer_local != peer_public
+        && is_lan_candidate(peer_local.ip(), own_local.ip())
+    {
         t.push(peer_local);
     }
     t.push(peer_public);
     t
+}
+
+/// Whether `ip` may be dialed as another peer's LAN address (see [`targets`]).
+pub fn is_lan_candidate(ip: std::net::IpAddr, own: std::net::IpAddr) -> bool {
+    use std::net::IpAddr;
+    if ip.to_canonical() == own.to_canonical() || unusable(ip) {
+        return false;
+    }
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            v4.is_private()
+                || v4.is_link_local()
+                // 100.64.0.0/10, shared address space behind carrier-grade NATs.
+                || (o[0] == 100 && (o[1] & 0xc0) == 64)
+        }
+        IpAddr::V6(v6) => {
+            let s = v6.segments()[0];
+            // fc00::/7 unique local, fe80::/10 link-local.
+            (s & 0xfe00) == 0xfc00 || (s & 0xffc0) == 0xfe80
+        }
+    }
+}
+
+/// Loopback, unspecified, multicast or broadcast: never another machine.
+fn unusable(ip: std::net::IpAddr) -> bool {
+    let c = ip.to_canonical();
+    c.is_loopback()
+        || c.is_unspecified()
+        || c.is_multicast()
+        || matches!(c, std::net::IpAddr::V4(v4) if v4.is_broadcast())
 }
 
 /// Why an attempt failed.
@@ -391,11 +430,13 @@ mod tests {
     #[test]
     fn lan_targets_only_behind_one_nat() {
         let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let me = a("10.0.1.2:7000");
         assert_eq!(
             targets(
                 a("203.0.113.21:5000"),
                 a("10.0.1.3:5000"),
-                a("203.0.113.21:6000")
+                a("203.0.113.21:6000"),
+                me
             ),
             vec![a("10.0.1.3:5000"), a("203.0.113.21:5000")]
         );
@@ -403,14 +444,53 @@ mod tests {
             targets(
                 a("203.0.113.22:5000"),
                 a("10.0.2.2:5000"),
-                a("203.0.113.21:6000")
+                a("203.0.113.21:6000"),
+                me
             ),
             vec![a("203.0.113.22:5000")]
         );
         assert_eq!(
-            targets(a("127.0.0.1:5"), a("127.0.0.1:5"), a("127.0.0.1:6")),
+            targets(a("127.0.0.1:5"), a("127.0.0.1:5"), a("127.0.0.1:6"), me),
             vec![a("127.0.0.1:5")]
         );
+    }
+
+    #[test]
+    fn a_peer_cannot_make_us_dial_loopback_or_ourselves() {
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let me = a("10.0.1.2:7000");
+        let public = a("203.0.113.21:5000");
+        let own_public = a("203.0.113.21:6000");
+        for bad in [
+            "127.0.0.1:6379",
+            "[::1]:22",
+            "0.0.0.0:80",
+            "10.0.1.2:22",
+            "203.0.113.99:80",
+            "8.8.8.8:53",
+            "224.0.0.1:5",
+            "[::ffff:127.0.0.1]:6379",
+        ] {
+            assert_eq!(
+                targets(public, a(bad), own_public, me),
+                vec![public],
+                "{bad}"
+            );
+        }
+        for good in [
+            "192.168.1.20:5",
+            "172.16.0.9:5",
+            "100.64.3.4:5",
+            "169.254.1.1:5",
+            "[fd00::5]:5",
+            "[fe80::1]:5",
+        ] {
+            assert_eq!(
+                targets(public, a(good), own_public, me),
+                vec![a(good), public],
+                "{good}"
+            );
+        }
     }
 
     #[tokio::test]

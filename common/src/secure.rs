@@ -64,6 +64,45 @@ impl Psk {
         Psk(h.finalize().into())
     }
 
+    /// A proof that the holder of this key took part in session `nonce` in the given
+    /// role: HMAC-SHA256 keyed with the PSK. Peers exchange these through the server
+    /// before any address is revealed (see `peer::link::prove`); the server cannot make
+    /// or check one, and it reveals nothing of the key but to an offline search of a
+    /// guessable secret, which is why the side that proves first is the initiator and
+    /// the other answers only a valid proof.
+    pub fn proof(&self, nonce: &[u8; 16], initiator: bool) -> [u8; 32] {
+        const BLOCK: usize = 64;
+        let mut key = [0u8; BLOCK];
+        key[..32].copy_from_slice(&self.0);
+        let (mut ipad, mut opad) = ([0x36u8; BLOCK], [0x5cu8; BLOCK]);
+        for i in 0..BLOCK {
+            ipad[i] ^= key[i];
+            opad[i] ^= key[i];
+        }
+        let inner = Sha256::new()
+            .chain_update(ipad)
+            .chain_update(b"punchline proof v1\0")
+            .chain_update(nonce)
+            .chain_update([u8::from(initiator)])
+            .finalize();
+        Sha256::new()
+            .chain_update(opad)
+            .chain_update(inner)
+            .finalize()
+            .into()
+    }
+
+    /// Whether `proof` is [`Psk::proof`] of this key for `nonce` and role (compared
+    /// without stopping at the first difference).
+    pub fn verify_proof(&self, nonce: &[u8; 16], initiator: bool, proof: &[u8; 32]) -> bool {
+        let expected = self.proof(nonce, initiator);
+        expected
+            .iter()
+            .zip(proof)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+    }
+
     /// The PSK for peer ↔ server connections, from the server token (empty: none).
     pub fn server(token: Option<&str>) -> Self {
         Self::derive("server", &[token.unwrap_or("")])

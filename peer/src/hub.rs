@@ -18,11 +18,29 @@ use common::{
     proto::{ClientMsg, ServerMsg},
 };
 use tokio::{sync::mpsc, task::JoinHandle, time::Instant};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::client::{ClientError, Control, ServerConfig};
 
-type Routes = Arc<Mutex<HashMap<u64, mpsc::Sender<ServerMsg>>>>;
+type Routes = Arc<Mutex<RouteTable>>;
+
+/// Session messages by ticket. A message for a ticket whose task has not asked for it
+/// yet (the other peer's proof can overtake the owner's handling of `Incoming`) waits
+/// in `pending` until [`Hub::route`] is called for it.
+#[derive(Default, Debug)]
+struct RouteTable {
+    routes: HashMap<u64, mpsc::Sender<ServerMsg>>,
+    pending: HashMap<u64, (Instant, Vec<ServerMsg>)>,
+}
+
+/// How long a held session message waits for its route before it is dropped.
+const PENDING_TTL: Duration = Duration::from_secs(30);
+
+/// Most tickets with messages waiting for their route, and messages per ticket: a
+/// route is asked for within moments of the message that names the ticket, so a
+/// few are plenty; the bound keeps a misbehaving server from filling memory.
+const MAX_PENDING_TICKETS: usize = 64;
+const MAX_PENDING_PER_TICKET: usize = 8;
 
 /// What the hub tells its owner besides routed session messages.
 #[derive(Debug)]
@@ -76,16 +94,26 @@ impl Hub {
     /// (until it is dropped).
     pub fn route(&self, ticket: u64) -> mpsc::Receiver<ServerMsg> {
         let (tx, rx) = mpsc::channel(16);
-        let mut routes = self.routes.lock().unwrap_or_else(|p| p.into_inner());
-        routes.retain(|_, tx| !tx.is_closed());
-        routes.insert(ticket, tx);
+        let mut table = self.routes.lock().unwrap_or_else(|p| p.into_inner());
+        table.routes.retain(|_, tx| !tx.is_closed());
+        for m in table
+            .pending
+            .remove(&ticket)
+            .map(|p| p.1)
+            .unwrap_or_default()
+        {
+            let _ = tx.try_send(m);
+        }
+        table.routes.insert(ticket, tx);
         rx
     }
 }
 
 fn ticket_of(msg: &ServerMsg) -> Option<u64> {
     match msg {
-        ServerMsg::PeerGone { session, .. } | ServerMsg::Repunch { session, .. } => Some(*session),
+        ServerMsg::PeerGone { session, .. }
+        | ServerMsg::Repunch { session, .. }
+        | ServerMsg::PeerProof { session, .. } => Some(*session),
         _ => None,
     }
 }
@@ -131,13 +159,33 @@ async fn run(
             tokio::select! {
                 m = control.recv() => match m {
                     Ok(msg) => {
-                        let route = ticket_of(&msg).and_then(|t| {
-                            routes.lock().unwrap_or_else(|p| p.into_inner()).get(&t).cloned()
-                        });
-                        match route {
-                            Some(r) => { let _ = r.send(msg).await; }
-                            None => if events.send(HubEvent::Msg(msg)).await.is_err() { return; },
-                        }
+                        let msg = match ticket_of(&msg) {
+                            Some(t) => {
+                                let route = {
+                                    let mut table = routes.lock().unwrap_or_else(|p| p.into_inner());
+                                    match table.routes.get(&t).cloned() {
+                                        Some(r) => Some(r),
+                                        None => {
+                                            table.pending.retain(|_, (at, _)| at.elapsed() < PENDING_TTL);
+                                            if table.pending.len() < MAX_PENDING_TICKETS || table.pending.contains_key(&t) {
+                                                let q = &mut table.pending.entry(t).or_insert_with(|| (Instant::now(), Vec::new())).1;
+                                                if q.len() < MAX_PENDING_PER_TICKET {
+                                                    q.push(msg.clone());
+                                                }
+                                            }
+                                            None
+                                        }
+                                    }
+                                };
+                                match route {
+                                    Some(r) => { let _ = r.send(msg).await; }
+                                    None => debug!(ticket = t, "session message held until its task asks for it"),
+                                }
+                                continue;
+                            }
+                            None => msg,
+                        };
+                        if events.send(HubEvent::Msg(msg)).await.is_err() { return; }
                     }
                     Err(e) => break e.to_string(),
                 },
@@ -150,7 +198,11 @@ async fn run(
         warn!(%why, "lost the rendezvous server; links stay up, reconnecting");
         // Sessions end on the server with the connection: their tasks learn it when
         // their route closes.
-        routes.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        {
+            let mut table = routes.lock().unwrap_or_else(|p| p.into_inner());
+            table.routes.clear();
+            table.pending.clear();
+        }
         if events.send(HubEvent::Down(why)).await.is_err() {
             return;
         }

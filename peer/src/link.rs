@@ -8,7 +8,7 @@ use common::{
     defaults::{PROBE_WAIT, PUNCH_WINDOW},
     framing::FrameError,
     net::{self, LinkIo, Prefixed},
-    proto::{ClientMsg, ConnKind, Outcome, ServerMsg},
+    proto::{ClientMsg, ConnKind, Outcome, ServerMsg, REASON_WRONG_SECRET},
     punch::{self, Attempts, AuthError, Plan, PunchError, Step},
     secure::{NoiseStream, Psk},
 };
@@ -100,13 +100,89 @@ pub struct Strategy {
     pub relay: bool,
     /// The server said both NATs map per destination: make no direct attempt.
     pub direct_hopeless: bool,
+    /// The session nonce the secret proofs are bound to (from `Paired`/`Incoming`).
+    pub nonce: [u8; 16],
 }
 
 /// Why a link skipped its direct attempts (for status lines and the server's log).
 pub const SKIPPED_DIRECT: &str =
     "both NATs map per destination (symmetric); skipped the direct attempts";
 
-/// Brings up a link for the paired session `ticket`: direct attempts, then the relay.
+/// Proves the session's shared secret to the other peer, through the server, and
+/// checks the other's proof, before any address is exchanged (libp2p DCUtR's order:
+/// authenticate first, then exchange candidates). The initiator proves first; the
+/// responder answers only a valid proof, so a peer without the secret gets nothing
+/// it could test guesses against offline, and the server sends no punch signal (no
+/// address of either peer) until both proofs were accepted.
+pub async fn prove(
+    tx: &mpsc::Sender<ClientMsg>,
+    rx: &mut mpsc::Receiver<ServerMsg>,
+    ticket: u64,
+    initiator: bool,
+    psk: &Psk,
+    nonce: &[u8; 16],
+) -> Result<(), ProveError> {
+    let send = |m| async { tx.send(m).await.map_err(|_| ProveError::Fatal(closed())) };
+    if initiator {
+        send(ClientMsg::Prove {
+            session: ticket,
+            proof: psk.proof(nonce, true),
+        })
+        .await?;
+    }
+    let deadline = Instant::now() + PROBE_WAIT;
+    let theirs = loop {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(ServerMsg::PeerProof { proof, .. })) => break proof,
+            Ok(Some(ServerMsg::PeerGone { reason, .. })) => {
+                return Err(ProveError::Fatal(if reason == REASON_WRONG_SECRET {
+                    LinkError::WrongSecret
+                } else {
+                    LinkError::PeerGone(reason)
+                }))
+            }
+            Ok(Some(other)) => debug!(?other, "ignored while proving the secret"),
+            Ok(None) => return Err(ProveError::Fatal(closed())),
+            Err(_) => return Err(ProveError::NoAnswer),
+        }
+    };
+    let ok = psk.verify_proof(nonce, !initiator, &theirs);
+    if initiator || !ok {
+        send(ClientMsg::Verified {
+            session: ticket,
+            ok,
+        })
+        .await?;
+    } else {
+        send(ClientMsg::Prove {
+            session: ticket,
+            proof: psk.proof(nonce, false),
+        })
+        .await?;
+    }
+    if ok {
+        Ok(())
+    } else {
+        Err(ProveError::Fatal(LinkError::WrongSecret))
+    }
+}
+
+fn closed() -> LinkError {
+    LinkError::Server(ClientError::Frame(FrameError::Closed))
+}
+
+/// Why [`prove`] did not succeed.
+#[derive(Debug)]
+pub enum ProveError {
+    /// No link can be made (wrong secret, peer or server gone).
+    Fatal(LinkError),
+    /// The other peer did not answer in time (an older peer, or a slow one): no
+    /// direct attempt, but the relay (which reveals no address) may still work.
+    NoAnswer,
+}
+
+/// Brings up a link for the paired session `ticket`: the secret proofs, direct
+/// attempts, then the relay.
 pub async fn establish(
     cfg: &ServerConfig,
     io: SessionIo<'_>,
@@ -120,7 +196,20 @@ pub async fn establish(
     let mut step = if strategy.direct_hopeless {
         Step::GiveUp(SKIPPED_DIRECT.into())
     } else {
-        attempts.start()
+        let started = Instant::now();
+        match prove(tx, rx, ticket, initiator, psk, &strategy.nonce).await {
+            Ok(()) => {
+                debug!(
+                    ms = started.elapsed().as_millis() as u64,
+                    "secret proved both ways"
+                );
+                attempts.start()
+            }
+            Err(ProveError::Fatal(e)) => return Err(e),
+            Err(ProveError::NoAnswer) => Step::GiveUp(format!(
+                "the other peer did not prove the shared secret within {PROBE_WAIT:?}"
+            )),
+        }
     };
     let reason = loop {
         let attempt = match step {
@@ -267,7 +356,7 @@ async fn punch_once(
     else {
         return Err(AttemptError::Failed("internal: not a punch".into()));
     };
-    let targets = punch::targets(peer_public, peer_local, own_public);
+    let targets = punch::targets(peer_public, peer_local, own_public, probe_local);
     info!(attempt, ?targets, %own_public, "punching");
     let plan = Plan {
         local_port,

@@ -87,14 +87,15 @@ where
         None => Pairing::Any,
     };
     control.send(ClientMsg::Pair(pairing)).await?;
-    let (ticket, initiator, direct_hopeless) = loop {
+    let (ticket, initiator, direct_hopeless, nonce) = loop {
         match control.recv().await? {
             ServerMsg::Waiting => status("waiting for the other peer"),
             ServerMsg::Paired {
                 session,
                 initiator,
                 direct_hopeless,
-            } => break (session, initiator, direct_hopeless),
+                nonce,
+            } => break (session, initiator, direct_hopeless, nonce),
             ServerMsg::Refused(r) => return Err(ClientError::Refused(r).into()),
             other => info!(?other, "ignored while waiting"),
         }
@@ -115,6 +116,7 @@ where
         attempts: PUNCH_ATTEMPTS,
         relay,
         direct_hopeless,
+        nonce,
     };
     let (link, info) = link::establish(cfg, io, ticket, initiator, &psk, strategy).await?;
     match info.path {

@@ -114,6 +114,7 @@ pub async fn serve(cfg: ServerConfig, svc: ServeConfig) -> Result<(), ServiceErr
                 name,
                 visitor,
                 direct_hopeless,
+                nonce,
             }) => {
                 if name != svc.name {
                     continue;
@@ -132,7 +133,7 @@ pub async fn serve(cfg: ServerConfig, svc: ServeConfig) -> Result<(), ServiceErr
                 let (cfg, svc, tx) = (cfg.clone(), svc.clone(), hub.tx.clone());
                 tasks.spawn(
                     async move {
-                        owner_link(cfg, svc, tx, rx, session, direct_hopeless).await;
+                        owner_link(cfg, svc, tx, rx, session, direct_hopeless, nonce).await;
                         drop(permit);
                     }
                     .instrument(info_span!("link", %visitor)),
@@ -151,6 +152,7 @@ async fn owner_link(
     mut rx: mpsc::Receiver<ServerMsg>,
     ticket: u64,
     direct_hopeless: bool,
+    nonce: [u8; 16],
 ) {
     let psk = service_psk(&svc.name, &svc.secret);
     let io = SessionIo {
@@ -164,6 +166,7 @@ async fn owner_link(
         attempts: SERVICE_DIRECT_ATTEMPTS,
         relay: true,
         direct_hopeless,
+        nonce,
     };
     let (stream, info) = match link::establish(&cfg, io, ticket, false, &psk, strategy).await {
         Ok(x) => x,
@@ -359,7 +362,7 @@ impl Visitor {
             info!(path = %c.info.path, "link closed; making a new one");
         }
         let started = Instant::now();
-        let (ticket, direct_hopeless, rx) = self.pair().await?;
+        let (ticket, direct_hopeless, nonce, rx) = self.pair().await?;
         let mut rx = rx;
         let psk = service_psk(&self.svc.name, &self.svc.secret);
         let tx = self.hub.lock().await.tx.clone();
@@ -371,6 +374,7 @@ impl Visitor {
             attempts: SERVICE_DIRECT_ATTEMPTS,
             relay: true,
             direct_hopeless,
+            nonce,
         };
         if direct_hopeless {
             status(&format!("relayed: {}", link::SKIPPED_DIRECT));
@@ -394,7 +398,8 @@ impl Visitor {
         Ok(mux)
     }
 
-    async fn pair(&self) -> Result<(u64, bool, mpsc::Receiver<ServerMsg>), ServiceError> {
+    #[allow(clippy::type_complexity)]
+    async fn pair(&self) -> Result<(u64, bool, [u8; 16], mpsc::Receiver<ServerMsg>), ServiceError> {
         let mut hub = self.hub.lock().await;
         // Stale events from an earlier request or connection are of no use now.
         while let Ok(ev) = hub.events.try_recv() {
@@ -421,8 +426,9 @@ impl Visitor {
                 Some(HubEvent::Msg(ServerMsg::Paired {
                     session,
                     direct_hopeless,
+                    nonce,
                     ..
-                })) => return Ok((session, direct_hopeless, hub.route(session))),
+                })) => return Ok((session, direct_hopeless, nonce, hub.route(session))),
                 Some(HubEvent::Msg(ServerMsg::Refused(r))) => return Err(ServiceError::Refused(r)),
                 Some(HubEvent::Fatal(e)) => return Err(e.into()),
                 Some(HubEvent::Down(why)) => {

@@ -209,9 +209,28 @@ struct State {
     next_attempt: HashMap<u64, u8>,
     /// The TCP mapping each control connection reported (`ClientMsg::Nat`).
     nat: HashMap<u64, NatMapping>,
+    /// Per session: how far the peers got in proving the shared secret to each other.
+    proofs: HashMap<u64, Proofs>,
+}
+
+/// The secret-proof exchange of one session (side 1 is the initiator: it proves
+/// first; side 0 answers only a valid proof; side 1 then says whether side 0's was).
+struct Proofs {
+    nonce: [u8; 16],
+    initiator_proved: bool,
+    responder_proved: bool,
+    /// Set to true once both proofs were accepted: punch signals wait for it.
+    proven: tokio::sync::watch::Sender<bool>,
 }
 
 impl State {
+    fn nonce(&self, session: u64) -> [u8; 16] {
+        self.proofs
+            .get(&session)
+            .map(|p| p.nonce)
+            .unwrap_or_default()
+    }
+
     /// Whether both control connections reported NATs that map per destination:
     /// then no punch can work and the peers relay at once.
     fn direct_hopeless(&self, a: u64, b: u64) -> bool {
@@ -438,6 +457,8 @@ fn msg_name(m: &ClientMsg) -> &'static str {
         ClientMsg::Repunch { .. } => "Repunch",
         ClientMsg::Expose { .. } => "Expose",
         ClientMsg::Nat { .. } => "Nat",
+        ClientMsg::Prove { .. } => "Prove",
+        ClientMsg::Verified { .. } => "Verified",
     }
 }
 
@@ -497,6 +518,8 @@ async fn control(
                         }
                     }
                     ClientMsg::Repunch { session } => repunch(server, id, session, &tx),
+                    ClientMsg::Prove { session, proof } => prove(server, id, session, proof),
+                    ClientMsg::Verified { session, ok } => verified(server, id, session, ok),
                     ClientMsg::Nat { mapping } => {
                         info!(?mapping, "peer reported its TCP mapping");
                         server.lock().nat.insert(id, mapping);
@@ -568,15 +591,18 @@ fn pair(
             }
             // The later arrival initiates the link's Noise handshake (the C demo's
             // client2 is the one that dials first).
+            let nonce = st.nonce(session);
             let _ = w.tx.try_send(ServerMsg::Paired {
                 session: t_first,
                 initiator: false,
                 direct_hopeless,
+                nonce,
             });
             let _ = tx.try_send(ServerMsg::Paired {
                 session: t_second,
                 initiator: true,
                 direct_hopeless,
+                nonce,
             });
             Ok(())
         }
@@ -606,6 +632,15 @@ fn new_session(
 ) -> (u64, u64, u64) {
     let session: u64 = rand::random();
     let (ta, tb): (u64, u64) = (rand::random(), rand::random());
+    st.proofs.insert(
+        session,
+        Proofs {
+            nonce: rand::random(),
+            initiator_proved: false,
+            responder_proved: false,
+            proven: tokio::sync::watch::channel(false).0,
+        },
+    );
     st.tickets.insert(
         ta,
         Ticket {
@@ -695,11 +730,13 @@ fn connect(
             "{HOPELESS}"
         );
     }
+    let nonce = st.nonce(session);
     let incoming = ServerMsg::Incoming {
         session: t_owner,
         name: name.to_string(),
         visitor,
         direct_hopeless,
+        nonce,
     };
     if otx.try_send(incoming).is_err() {
         st.tickets.remove(&t_owner);
@@ -710,6 +747,7 @@ fn connect(
         session: t_visitor,
         initiator: true,
         direct_hopeless,
+        nonce,
     });
     Ok(())
 }
@@ -740,6 +778,55 @@ fn repunch(server: &Server, id: u64, ticket: u64, tx: &mpsc::Sender<ServerMsg>) 
         session: t.other,
         attempt,
     });
+}
+
+/// A peer's proof of the shared secret: forwarded to the other peer, in order (the
+/// initiator's first, the responder's only after it).
+fn prove(server: &Server, id: u64, ticket: u64, proof: [u8; 32]) {
+    let mut st = server.lock();
+    let Some(t) = st.tickets.get(&ticket).filter(|t| t.conn == id).cloned() else {
+        debug!("proof for a session that has ended ignored");
+        return;
+    };
+    let Some(p) = st.proofs.get_mut(&t.session) else {
+        return;
+    };
+    let initiator = t.side == 1;
+    if initiator {
+        p.initiator_proved = true;
+    } else if p.initiator_proved {
+        // The responder checked the initiator's proof before sending its own.
+        p.responder_proved = true;
+    } else {
+        warn!("a responder proved before the initiator: ignored");
+        return;
+    }
+    let _ = t.other_tx.try_send(ServerMsg::PeerProof {
+        session: t.other,
+        proof,
+    });
+}
+
+/// A peer's verdict on the other's proof: both accepted → punch signals may go.
+fn verified(server: &Server, id: u64, ticket: u64, ok: bool) {
+    let st = server.lock();
+    let Some(t) = st.tickets.get(&ticket).filter(|t| t.conn == id) else {
+        return;
+    };
+    let Some(p) = st.proofs.get(&t.session) else {
+        return;
+    };
+    let session = format_args!("{:016x}", t.session);
+    if !ok {
+        info!(%session, "the peers hold different secrets: no addresses exchanged");
+        let _ = t.other_tx.try_send(ServerMsg::PeerGone {
+            session: t.other,
+            reason: common::proto::REASON_WRONG_SECRET.into(),
+        });
+    } else if t.side == 1 && p.responder_proved {
+        debug!(%session, "both peers proved the shared secret");
+        p.proven.send_replace(true);
+    }
 }
 
 fn report(server: &Server, id: u64, ticket: u64, outcome: Outcome) {
@@ -774,6 +861,7 @@ fn forget_conn(server: &Server, id: u64) {
             st.tickets.remove(&t.other);
             st.attempts.retain(|(s, _), _| *s != t.session);
             st.next_attempt.remove(&t.session);
+            st.proofs.remove(&t.session);
             let _ = t.other_tx.try_send(ServerMsg::PeerGone {
                 session: t.other,
                 reason: "the other peer disconnected from the server".into(),
@@ -797,6 +885,13 @@ async fn probe(
         ch.send(&ServerMsg::Refused(reason.clone())).await?;
         return Err(ConnError::Refused(reason));
     };
+    // No address goes to a peer that has not proved the shared secret (DCUtR's order):
+    // wait for both proofs, with the RTT measurement below running meanwhile.
+    let mut proven = server
+        .lock()
+        .proofs
+        .get(&t.session)
+        .map(|p| p.proven.subscribe());
     // RTT: the minimum of a few ping round trips on this very connection.
     let mut rtt = Duration::MAX;
     for _ in 0..PROBE_PINGS {
@@ -815,6 +910,19 @@ async fn probe(
             }
         }
         rtt = rtt.min(sent.elapsed());
+    }
+    let proven_in_time = match proven.as_mut() {
+        Some(rx) => tokio::time::timeout(PROBE_WAIT, rx.wait_for(|v| *v))
+            .await
+            .is_ok_and(|r| r.is_ok()),
+        None => false,
+    };
+    if !proven_in_time {
+        let reason =
+            "the peers did not prove the shared secret to each other: no addresses exchanged"
+                .to_string();
+        let _ = ch.send(&ServerMsg::Refused(reason.clone())).await;
+        return Err(ConnError::Refused(reason));
     }
     let (go_tx, go_rx) = oneshot::channel();
     let ready = {
