@@ -357,10 +357,15 @@ fn raw_request(vhost: SocketAddr, request: &str) -> (u16, String) {
 fn locations_match_whole_normalized_segments() {
     let s = server(&[]);
     let (public, private) = (upstream("public"), upstream("private"));
+    // One site owner (one identity), two processes: only it may add locations.
+    let id = lab::fresh_identity();
+    let id = id.to_str().unwrap();
     let a = expose(
         &s,
         public,
         &[
+            "--identity",
+            id,
             "--domain",
             "paths.example.com",
             "--location",
@@ -374,6 +379,8 @@ fn locations_match_whole_normalized_segments() {
         &s,
         private,
         &[
+            "--identity",
+            id,
             "--domain",
             "paths.example.com",
             "--name",
