@@ -67,6 +67,9 @@ pub struct ServerConfig {
     /// one user, whose token is [`ServerConfig::token`] and whose allowances are
     /// `allowPorts` and any domain but the catch-all `*`.
     pub users: Vec<UserConfig>,
+    /// How long the claims of a peer whose control connection ended stay reserved for
+    /// its identity (`--grace`; default [`crate::expose::GRACE`]).
+    pub grace: std::time::Duration,
 }
 
 /// Default for `maxExposures`: proxies and services one user may hold at once.
@@ -112,6 +115,7 @@ impl ServerConfig {
             allow_ports: PortRanges::all(),
             alt_addr: None,
             users: Vec::new(),
+            grace: crate::expose::GRACE,
         }
     }
 }
@@ -126,6 +130,7 @@ impl fmt::Debug for ServerConfig {
             .field("allow_ports", &self.allow_ports)
             .field("alt_addr", &self.alt_addr)
             .field("users", &self.users)
+            .field("grace", &self.grace)
             .finish()
     }
 }
@@ -621,6 +626,7 @@ impl FrpsFile {
             allow_ports,
             alt_addr,
             users,
+            grace: crate::expose::GRACE,
         })
     }
 }

@@ -40,6 +40,8 @@ pub const GRACE: Duration = Duration::from_secs(60);
 /// is being re-established).
 pub const DATA_WAIT: Duration = Duration::from_secs(3);
 
+const NO_INSTANCE: &str = "no exposures of this peer process: send Expose first";
+
 /// One control connection's exposure side.
 struct Instance {
     identity: PublicKey,
@@ -300,6 +302,18 @@ impl Exposures {
         Ok(s)
     }
 
+    /// Whether a data connection of `identity` for `instance` would be attached.
+    pub(crate) fn may_attach(&self, identity: PublicKey, instance: u64) -> Result<(), String> {
+        if lock(&self.instances)
+            .values()
+            .any(|i| i.identity == identity && i.instance == instance)
+        {
+            Ok(())
+        } else {
+            Err(NO_INSTANCE.into())
+        }
+    }
+
     /// A data connection of `identity` arrived for its process `instance`: attach it to
     /// that process's live control connection (and only to one of the same identity).
     pub(crate) fn attach_data(
@@ -313,7 +327,7 @@ impl Exposures {
             .values_mut()
             .find(|i| i.identity == identity && i.instance == instance)
         else {
-            return Err("no exposures of this peer process: send Expose first".into());
+            return Err(NO_INSTANCE.into());
         };
         if let Some(old) = inst.data.replace(mux) {
             old.close();

@@ -42,6 +42,11 @@ struct Args {
     /// any port.
     #[arg(long, value_name = "RANGES", value_parser = rendezvous::config::PortRanges::parse_cli)]
     allow_ports: Option<rendezvous::config::PortRanges>,
+    /// How long, in seconds, the ports, domains and service names of a peer that went
+    /// away stay reserved for it (its identity takes them back at once; everyone else
+    /// is refused meanwhile). [default: 60]
+    #[arg(long, value_name = "SECS")]
+    grace: Option<u64>,
     /// Speak the original C demo's text protocol instead (unencrypted).
     #[arg(long)]
     classic: bool,
@@ -136,6 +141,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     if let Some(ports) = args.allow_ports {
         cfg.allow_ports = ports;
+    }
+    if let Some(secs) = args.grace {
+        cfg.grace = std::time::Duration::from_secs(secs);
     }
     if let Some(a) = args.alt_addr {
         let port = a.port.unwrap_or(if bind.port() == 0 {

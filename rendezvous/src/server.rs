@@ -103,7 +103,7 @@ pub async fn spawn(config: Config) -> std::io::Result<Handle> {
     };
     let vhost_addr = vhost.as_ref().map(|v| v.1);
     let (allowances, psks) = users(&config);
-    let registry = Arc::new(Mutex::new(Registry::new(allowances, crate::expose::GRACE)));
+    let registry = Arc::new(Mutex::new(Registry::new(allowances, config.grace)));
     let exposures = crate::expose::Exposures::new(
         config.bind.ip(),
         registry.clone(),
@@ -381,6 +381,15 @@ async fn handle(
             return Err(ConnError::Refused(reason));
         }
     };
+    // A data connection is only for a process of this identity that exposes something:
+    // say so instead of welcoming it.
+    if let ConnKind::Data { instance } = &kind {
+        if let Err(reason) = server.exposures.may_attach(who.identity, *instance) {
+            warn!("data connection refused: {reason}");
+            let _ = ch.send(&ServerMsg::Refused(reason.clone())).await;
+            return Err(ConnError::Refused(reason));
+        }
+    }
     ch.send(&ServerMsg::Welcome {
         version: PROTOCOL_VERSION,
         observed: addr,
