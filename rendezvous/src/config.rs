@@ -14,6 +14,7 @@
 //! | `auth.method` | `"token"`, the only method | `"token"` |
 //! | `auth.token` | the token peers must present (not empty) | none: anyone may connect |
 //! | `allowPorts` | ports tcp proxies may ask for: `[{ start = 2000, end = 3000 }, { single = 3001 }]`; `[]` means all | all |
+//! | `[[users]]` | users of a shared server: `name`, `token` (their own), `allowPorts` (as above; none if absent), `allowDomains` (`"a.example.com"`, `"*.a.example.com"`, `"*"` for everything including the catch-all; none if absent), `maxExposures` (default 256) | none: `auth.token` is the one user |
 //! | `punchline.altAddr` | second address for STUN behaviour discovery, `IP` or `IP:PORT` as `--alt-addr` (port default: `bindPort` + 1) | none |
 //!
 //! Every other key frp knows (`webServer.*`, `transport.*`, `log.*`, `kcpBindPort`,

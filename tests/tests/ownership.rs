@@ -3,6 +3,8 @@
 //! attack that worked before is refused with a message that names the holder by
 //! fingerprint only.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::{
