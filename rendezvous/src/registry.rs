@@ -49,6 +49,21 @@ pub struct Allowance {
     pub max_exposures: usize,
 }
 
+/// The name of the user of a server with one token (or none): its allowances are the
+/// server's, and errors say "on this server".
+pub const DEFAULT_USER: &str = "default";
+
+impl Allowance {
+    /// "on this server" for the single-token user, `for user "NAME"` otherwise.
+    fn whose(&self) -> String {
+        if self.name == DEFAULT_USER {
+            "on this server".into()
+        } else {
+            format!("for user {:?}", self.name)
+        }
+    }
+}
+
 /// Who holds a claim.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Holder {
@@ -434,8 +449,8 @@ impl Registry {
         }
         if !allow.contains(port) {
             return Err(Refusal::NotAllowed(format!(
-                "port {port} is not allowed for user {:?} (allowed: {allow})",
-                self.users[user].name
+                "port {port} is not allowed {} (allowed: {allow})",
+                self.users[user].whose()
             )));
         }
         if let Some(h) = self.ports.get(&port) {
@@ -534,8 +549,9 @@ impl Registry {
                     )
                 } else {
                     format!(
-                        "host {h} is outside what user {:?} may claim ({})",
-                        allow.name, allow.domains
+                        "host {h} is not allowed {} (allowed: {})",
+                        allow.whose(),
+                        allow.domains
                     )
                 }));
             }

@@ -151,7 +151,7 @@ fn users(config: &Config) -> (Vec<Allowance>, Vec<Psk>) {
     let mut psks = Vec::new();
     if config.token.is_some() || config.users.is_empty() {
         allowances.push(Allowance {
-            name: "default".into(),
+            name: crate::registry::DEFAULT_USER.into(),
             ports: config.allow_ports.clone(),
             domains: DomainAllow::AnyButCatchAll,
             max_exposures: crate::config::MAX_EXPOSURES,

@@ -140,7 +140,7 @@ fn disallowed_and_taken_ports_are_clear_errors() {
     assert!(!second.wait_exit(T).success());
     let err = second.stderr.text();
     assert!(
-        err.contains("port 20005 is already exposed by another peer"),
+        err.contains("port 20005 is held by peer pl1:") && err.contains("(proxy 'tcp-"),
         "{err}"
     );
     // The first exposure is unharmed.
