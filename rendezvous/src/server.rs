@@ -443,8 +443,9 @@ async fn handle(
             };
             server
                 .relays
-                .join(t.session, ch)
+                .join(t.session, t.side, ch)
                 .await
+                .map(|_| ())
                 .map_err(|e| ConnError::Refused(format!("relay: {e}")))
         }
         ConnKind::Probe {
