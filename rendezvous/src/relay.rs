@@ -115,14 +115,15 @@ impl Relays {
     }
 
     /// Runs one half (`side` of `session`): waits for the partner (or hands itself to
-    /// the waiting one) and, in the half that waited, splices both until either side
-    /// closes. Returns whether this half carried a relay to its end (`true`) or was
-    /// handed to its partner (`false`).
+    /// the waiting one) and, in the half that waited, calls `started` and splices both
+    /// until either side closes. Returns whether this half carried a relay to its end
+    /// (`true`) or was handed to its partner (`false`).
     pub(crate) async fn join(
         &self,
         session: u64,
         side: usize,
         mut ch: Chan,
+        started: impl FnOnce(),
     ) -> Result<bool, RelayError> {
         let half = self.next_half.fetch_add(1, Ordering::Relaxed);
         let mut rx = match self.decide(session, side, half) {
@@ -166,6 +167,7 @@ impl Relays {
             }
         };
         self.active.fetch_add(1, Ordering::Relaxed);
+        started();
         let result = splice(ch, other).await;
         self.active.fetch_sub(1, Ordering::Relaxed);
         let (a_to_b, b_to_a) = result?;
