@@ -173,3 +173,27 @@ pub const WARN_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// 42 → 220 MB over five rounds, 1.6 MB of it in use); a trim every 10 s costs
 /// milliseconds and brings RSS back to the live size.
 pub const MALLOC_TRIM_INTERVAL: Duration = Duration::from_secs(10);
+
+/// A link or data connection (yamux) on which nothing at all arrived for this long is
+/// lost: the other side is paused (SIGSTOP), frozen, or gone while its kernel or a
+/// NAT still answers TCP. yamux pings every 10 s and the drivers are woken every
+/// [`LIVENESS_WAKE`], so a live peer is heard from at least every ~11 s plus a round
+/// trip; 15 s leaves room for a slow link and notices a silent peer within 16 s.
+pub const LINK_IDLE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How often an idle link's driver is woken so that yamux's pings go out (yamux sends
+/// them only when polled). A wake costs one poll; once a second is nothing.
+pub const LIVENESS_WAKE: Duration = Duration::from_secs(1);
+
+/// Reconnecting to the server: during the first [`RECONNECT_FAST_PERIOD`] of an
+/// outage the delay never exceeds this, so that a restarted server has its peers (and
+/// so their services and exposures) back within a couple of seconds.
+pub const RECONNECT_FAST_MAX: Duration = Duration::from_secs(1);
+
+/// See [`RECONNECT_FAST_MAX`]: a restart takes seconds; past this the outage is
+/// longer, and the delay doubles up to [`RECONNECT_MAX_BACKOFF`].
+pub const RECONNECT_FAST_PERIOD: Duration = Duration::from_secs(30);
+
+/// Every reconnect delay is shortened by a random part of up to this fraction, so that
+/// the peers of a restarted server do not all come back in the same instant.
+pub const RECONNECT_JITTER: f64 = 0.5;
