@@ -24,7 +24,9 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// established timeouts are minutes to hours.
 pub const PING_INTERVAL: Duration = Duration::from_secs(15);
 
-/// A control connection that has not answered for this long is dropped.
+/// A control connection that has not answered for this long is dropped: by the
+/// server (no pong), and by the peer (no ping: the server is paused or gone while
+/// the TCP connection looks alive). Three ping intervals.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(45);
 
 /// RTT samples taken on each probe connection before the punch signal is timed.

@@ -4,7 +4,7 @@
 use std::{net::SocketAddr, sync::Arc};
 
 use common::{
-    defaults::HANDSHAKE_TIMEOUT,
+    defaults::{HANDSHAKE_TIMEOUT, IDLE_TIMEOUT},
     framing::{Channel, FrameError},
     identity::Identity,
     proto::{ClientMsg, ConnKind, ServerMsg, PROTOCOL_VERSION},
@@ -152,13 +152,22 @@ impl Control {
         let (tx, mut out_rx) = mpsc::channel::<ClientMsg>(16);
         let (in_tx, rx) = mpsc::channel::<ServerMsg>(16);
         let task = tokio::spawn(async move {
+            // The server pings every PING_INTERVAL: silence for IDLE_TIMEOUT means it is
+            // paused or gone (while its kernel, or a NAT, still keeps the TCP connection).
+            let mut heard = tokio::time::Instant::now();
             loop {
                 tokio::select! {
-                    msg = ch.recv::<ServerMsg>() => match msg {
-                        Ok(ServerMsg::Ping(n)) => ch.send(&ClientMsg::Pong(n)).await?,
-                        Ok(m) => { if in_tx.send(m).await.is_err() { return Ok(()); } }
-                        Err(FrameError::Closed) => return Ok(()),
-                        Err(e) => return Err(e),
+                    msg = ch.recv::<ServerMsg>() => {
+                        heard = tokio::time::Instant::now();
+                        match msg {
+                            Ok(ServerMsg::Ping(n)) => ch.send(&ClientMsg::Pong(n)).await?,
+                            Ok(m) => { if in_tx.send(m).await.is_err() { return Ok(()); } }
+                            Err(FrameError::Closed) => return Ok(()),
+                            Err(e) => return Err(e),
+                        }
+                    },
+                    _ = tokio::time::sleep_until(heard + IDLE_TIMEOUT) => {
+                        return Err(FrameError::Timeout(IDLE_TIMEOUT));
                     },
                     out = out_rx.recv() => match out {
                         Some(m) => ch.send(&m).await?,

@@ -185,3 +185,25 @@ fn an_exposed_port_works_again_within_3_s_of_a_server_restart() {
     eprintln!("exposed port works again {took:?} after the server restarted");
     assert!(took < Duration::from_secs(3), "took {took:?}");
 }
+
+/// A paused server (its kernel still holds the connection) is noticed by a peer's
+/// control connection after `IDLE_TIMEOUT` without the server's pings, so the peer
+/// reconnects instead of waiting forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_server_is_noticed_by_the_peer() {
+    let (srv, addr) = rendezvous(local("rendezvous"), &["--bind", "127.0.0.1"]);
+    let cfg = peer::client::ServerConfig::ephemeral(addr, None);
+    let mut control = peer::client::Control::connect(&cfg).await.unwrap();
+    signal(srv.child.id(), "-STOP");
+    let paused = Instant::now();
+    let idle = common::defaults::IDLE_TIMEOUT;
+    let r = tokio::time::timeout(idle + Duration::from_secs(10), control.recv()).await;
+    let took = paused.elapsed();
+    signal(srv.child.id(), "-CONT");
+    assert!(
+        matches!(r, Ok(Err(_))),
+        "the control connection outlived a paused server: {r:?}"
+    );
+    eprintln!("paused server noticed after {took:?}");
+    assert!(took <= idle + Duration::from_secs(2), "{took:?}");
+}

@@ -379,13 +379,21 @@ fn main() {
             .collect::<Vec<_>>()
             .join(" | ")
     );
-    let warnings = srv
-        .stderr
-        .text()
-        .lines()
-        .filter(|l| l.contains("WARN"))
-        .count();
-    println!("server warnings logged: {warnings}");
+    let log = srv.stderr.text();
+    let warnings: Vec<&str> = log.lines().filter(|l| l.contains("WARN")).collect();
+    println!("server warnings logged: {}", warnings.len());
+    // The distinct messages (without the span), with how often each came.
+    let mut kinds: Vec<(String, usize)> = Vec::new();
+    for w in &warnings {
+        let msg = w.rsplit(": ").next().unwrap_or(w).to_string();
+        match kinds.iter_mut().find(|(m, _)| *m == msg) {
+            Some((_, n)) => *n += 1,
+            None => kinds.push((msg, 1)),
+        }
+    }
+    for (msg, n) in kinds {
+        println!("  {n} x {msg}");
+    }
 }
 
 /// One library peer: connects, registers a service, stays 2 to 6 s, leaves.
@@ -407,7 +415,7 @@ async fn join_once(addr: SocketAddr, n: u64) -> bool {
         tokio::time::timeout(T, c.recv()).await,
         Ok(Ok(ServerMsg::Registered { .. }))
     );
-    tokio::time::sleep(Duration::from_millis(2000 + n % 4000)).await;
+    tokio::time::sleep(Duration::from_millis(2000 + (n % 41) * 100)).await;
     c.close().await;
     ok
 }
