@@ -170,7 +170,7 @@ pub const LINK_REQUEST_BURST: u32 = 20;
 /// count of what was held back), so the log shows a flood without being flooded.
 pub const WARN_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
-/// How often the server binary hands freed heap memory back to the system
+/// How often the server and peer binaries hand freed heap memory back to the system
 /// (`malloc_trim`). glibc keeps what 1,000 departed connections freed (measured: RSS
 /// 42 → 220 MB over five rounds, 1.6 MB of it in use); a trim every 10 s costs
 /// milliseconds and brings RSS back to the live size.

@@ -245,6 +245,15 @@ fn main() -> ExitCode {
         }
     };
     let result = rt.block_on(async {
+        // Freed heap back to the system now and then (see MALLOC_TRIM_INTERVAL): a peer
+        // that carried thousands of connections should shrink again when they end.
+        tokio::spawn(async {
+            let mut tick = tokio::time::interval(common::defaults::MALLOC_TRIM_INTERVAL);
+            loop {
+                tick.tick().await;
+                trim_heap();
+            }
+        });
         tokio::select! {
             r = run(args) => r,
             _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
@@ -481,3 +490,17 @@ fn init_tracing(verbose: u8) {
         .with_writer(std::io::stderr)
         .init();
 }
+
+/// Hands heap memory that is free back to the system (glibc keeps it otherwise).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn trim_heap() {
+    // SAFETY: malloc_trim takes no pointers; it only walks glibc's own free lists,
+    // under the allocator's locks, so it is safe to call from any thread at any time.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn trim_heap() {}
