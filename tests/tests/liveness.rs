@@ -45,6 +45,32 @@ fn ping(c: &mut TcpStream, msg: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Keeps talking on `c` (a byte, then a read with a short timeout) until the
+/// connection fails or ends; returns the time since `since`.
+fn until_cut(c: &mut TcpStream, since: Instant, log_of: &Proc) -> Duration {
+    c.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    loop {
+        let mut buf = [0u8; 16];
+        let r = c.write_all(b"?").and_then(|()| c.read(&mut buf));
+        match r {
+            Ok(0) => return since.elapsed(),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return since.elapsed(),
+            Ok(_) => panic!("an echo through a paused peer"),
+        }
+        assert!(
+            since.elapsed() < Duration::from_secs(40),
+            "the paused peer was not noticed in 40 s:\n{}",
+            log_of.stderr.text()
+        );
+    }
+}
+
 fn signal(pid: u32, sig: &str) {
     let st = std::process::Command::new("kill")
         .args([sig, &pid.to_string()])
@@ -94,27 +120,7 @@ fn a_paused_owner_is_noticed_within_20_s() {
     // fails once the visitor has noticed the silence.
     signal(owner.child.id(), "-STOP");
     let paused = Instant::now();
-    c.set_read_timeout(Some(Duration::from_millis(500)))
-        .unwrap();
-    let noticed = loop {
-        let mut buf = [0u8; 16];
-        let r = c.write_all(b"?").and_then(|()| c.read(&mut buf));
-        match r {
-            Ok(0) => break paused.elapsed(),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
-            Err(_) => break paused.elapsed(),
-            Ok(_) => panic!("an echo from a paused owner"),
-        }
-        assert!(
-            paused.elapsed() < Duration::from_secs(40),
-            "the paused owner was not noticed in 40 s; visitor:\n{}",
-            visitor.stderr.text()
-        );
-    };
+    let noticed = until_cut(&mut c, paused, &visitor);
     signal(owner.child.id(), "-CONT");
     eprintln!("paused owner noticed after {noticed:?}");
     assert!(
@@ -206,4 +212,50 @@ async fn a_paused_server_is_noticed_by_the_peer() {
     );
     eprintln!("paused server noticed after {took:?}");
     assert!(took <= idle + Duration::from_secs(2), "{took:?}");
+}
+
+/// A paused exposing peer is noticed by the server on its data connection within
+/// 20 s: a user connection through its port is cut, not left hanging.
+#[test]
+fn a_paused_exposer_is_noticed_within_20_s() {
+    let (srv, addr) = rendezvous(local("rendezvous"), &["--bind", "127.0.0.1"]);
+    let (_echo, echo_addr) = echo();
+    let p = peer(&[
+        "--server",
+        &addr.to_string(),
+        "expose",
+        "tcp",
+        "--local",
+        &echo_addr.to_string(),
+        "--remote-port",
+        "0",
+    ]);
+    let port: u16 = p
+        .stdout
+        .wait_for("exposed", T)
+        .split_whitespace()
+        .last()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let through = SocketAddr::from(([127, 0, 0, 1], port));
+    let deadline = Instant::now() + T;
+    let mut c = loop {
+        let mut c = TcpStream::connect(through).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        if ping(&mut c, b"hello").is_ok() {
+            break c;
+        }
+        assert!(Instant::now() < deadline, "{}", p.stderr.text());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    signal(p.child.id(), "-STOP");
+    let paused = Instant::now();
+    let noticed = until_cut(&mut c, paused, &srv);
+    signal(p.child.id(), "-CONT");
+    eprintln!("paused exposer noticed after {noticed:?}");
+    assert!(
+        noticed < Duration::from_secs(20),
+        "noticed only after {noticed:?}"
+    );
 }
