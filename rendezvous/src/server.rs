@@ -906,7 +906,6 @@ fn connect(
     };
     if otx.try_send(incoming).is_err() {
         st.end_session(session, None);
-        let _ = t_visitor;
         return Err(format!("the owner of service {name:?} is not answering"));
     }
     let _ = tx.try_send(ServerMsg::Paired {
