@@ -920,6 +920,7 @@ async fn probe(
         }
         rtt = rtt.min(sent.elapsed());
     }
+    let proof_wait = Instant::now();
     let proven_in_time = match proven.as_mut() {
         Some(rx) => tokio::time::timeout(PROBE_WAIT, rx.wait_for(|v| *v))
             .await
@@ -933,6 +934,14 @@ async fn probe(
         let _ = ch.send(&ServerMsg::Refused(reason.clone())).await;
         return Err(ConnError::Refused(reason));
     }
+    // How long this probe, its RTT measured, waited for the secret proofs: what the
+    // proofs cost the punch (0 when they finished first).
+    info!(
+        attempt,
+        rtt_ms = rtt.as_secs_f64() * 1e3,
+        proof_wait_ms = proof_wait.elapsed().as_secs_f64() * 1e3,
+        "probe ready"
+    );
     let (go_tx, go_rx) = oneshot::channel();
     let ready = {
         let mut st = server.lock();
