@@ -670,6 +670,63 @@ mod tests {
         }
     }
 
+    #[test]
+    fn users_parse_with_their_allowances() {
+        let c = ok(r#"
+            auth.token = "shared"
+            [[users]]
+            name = "alice"
+            token = "a"
+            allowPorts = [{ start = 6000, end = 6009 }]
+            allowDomains = ["*.Alice.example.com"]
+            [[users]]
+            name = "ops"
+            token = "o"
+            allowDomains = ["*"]
+            maxExposures = 3
+        "#);
+        assert_eq!(c.users.len(), 2);
+        let a = &c.users[0];
+        assert_eq!(
+            a.allow_ports.as_ref().map(|p| p.to_string()),
+            Some("6000-6009".into())
+        );
+        assert!(a.allow_domains.allows("www.alice.example.com"));
+        assert!(!a.allow_domains.allows("*"));
+        assert_eq!(a.max_exposures, MAX_EXPOSURES);
+        assert!(c.users[1].allow_domains.allows("*"));
+        assert_eq!(c.users[1].allow_ports, None);
+        assert_eq!(c.users[1].max_exposures, 3);
+        assert!(!format!("{c:?}").contains("\"a\""), "tokens are masked");
+    }
+
+    #[test]
+    fn users_need_names_and_tokens_of_their_own() {
+        for (text, key) in [
+            ("[[users]]\ntoken = \"a\"", "users[0].name"),
+            ("[[users]]\nname = \"a\"", "users[0].token"),
+            (
+                "[[users]]\nname = \"a\"\ntoken = \"t\"\n[[users]]\nname = \"b\"\ntoken = \"t\"",
+                "users[1].token",
+            ),
+            (
+                "auth.token = \"t\"\n[[users]]\nname = \"a\"\ntoken = \"t\"",
+                "users[0].token",
+            ),
+            (
+                "[[users]]\nname = \"a\"\ntoken = \"t\"\n[[users]]\nname = \"a\"\ntoken = \"u\"",
+                "users[1].name",
+            ),
+            (
+                "[[users]]\nname = \"a\"\ntoken = \"t\"\nallowDomains = [\"a b\"]",
+                "users[0].allowDomains",
+            ),
+        ] {
+            let e = err(text).to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
+    }
+
     /// The example configs shipped in `examples/`, by kind (from the file name).
     fn examples() -> (Vec<PathBuf>, Vec<PathBuf>) {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
