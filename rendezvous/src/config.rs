@@ -14,7 +14,7 @@
 //! | `auth.method` | `"token"`, the only method | `"token"` |
 //! | `auth.token` | the token peers must present (not empty) | none: anyone may connect |
 //! | `allowPorts` | ports tcp proxies may ask for: `[{ start = 2000, end = 3000 }, { single = 3001 }]`; `[]` means all | all |
-//! | `[[users]]` | users of a shared server: `name`, `token` (their own), `allowPorts` (as above; none if absent), `allowDomains` (`"a.example.com"`, `"*.a.example.com"`, `"*"` for everything including the catch-all; none if absent), `maxExposures` (default 256) | none: `auth.token` is the one user |
+//! | `[[users]]` | users of a shared server: `name`, `token` (their own), `allowPorts` (as above; none if absent), `allowDomains` (`"a.example.com"`, `"*.a.example.com"`, `"*"` for everything including the catch-all; none if absent), `maxExposures` (default 256), `maxStreams` (streams open at once toward each of its peer processes; default: the multiplexer's) | none: `auth.token` is the one user |
 //! | `punchline.altAddr` | second address for STUN behaviour discovery, `IP` or `IP:PORT` as `--alt-addr` (port default: `bindPort` + 1) | none |
 //!
 //! Every other key frp knows (`webServer.*`, `transport.*`, `log.*`, `kcpBindPort`,
@@ -91,6 +91,10 @@ pub struct UserConfig {
     pub allow_domains: DomainAllow,
     /// Most proxies and services at once (`maxExposures`).
     pub max_exposures: usize,
+    /// Most streams open at once toward each of its peer processes (`maxStreams`):
+    /// every user connection to an exposed port, and every pooled HTTP connection to
+    /// it, is one. `None`: the multiplexer's default.
+    pub max_streams: Option<usize>,
 }
 
 impl fmt::Debug for UserConfig {
@@ -101,6 +105,7 @@ impl fmt::Debug for UserConfig {
             .field("allow_ports", &self.allow_ports)
             .field("allow_domains", &self.allow_domains)
             .field("max_exposures", &self.max_exposures)
+            .field("max_streams", &self.max_streams)
             .finish()
     }
 }
@@ -388,6 +393,7 @@ const USERS: Schema = &[
     ("allowPorts", Node::Tables(PORTS)),
     ("allowDomains", Node::StrList),
     ("maxExposures", Node::Int),
+    ("maxStreams", Node::Int),
 ];
 
 /// `[punchline]`: punchline's own keys, which frp does not have.
@@ -427,6 +433,8 @@ struct UserFile {
     allow_domains: Option<Vec<String>>,
     #[serde(rename = "maxExposures")]
     max_exposures: Option<i64>,
+    #[serde(rename = "maxStreams")]
+    max_streams: Option<i64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -600,12 +608,23 @@ impl FrpsFile {
                     )
                 })?,
             };
+            let max_streams = match u.max_streams {
+                None => None,
+                Some(n) if n >= 1 => Some(usize::try_from(n).unwrap_or(usize::MAX)),
+                Some(n) => {
+                    return Err(invalid(
+                        &key("maxStreams"),
+                        format!("{n} is not a count of streams (1 or more)"),
+                    ))
+                }
+            };
             users.push(UserConfig {
                 name,
                 token,
                 allow_ports,
                 allow_domains,
                 max_exposures,
+                max_streams,
             });
         }
 

@@ -264,7 +264,16 @@ impl Exposures {
                 async move {
                     match me.open(conn, &proxy).await {
                         Ok(stream) => splice(user, stream).await,
-                        Err(e) => debug!(%e, "user connection refused"),
+                        Err(e) => {
+                            // A limit (the user's maxStreams) is worth an operator's eye.
+                            if e.to_string().contains("streams") {
+                                warn!(%e, "user connection refused");
+                            } else {
+                                debug!(%e, "user connection refused");
+                            }
+                            // A refusal is a reset, not a clean end.
+                            let _ = user.set_zero_linger();
+                        }
                     }
                 }
                 .instrument(info_span!("user", %from)),

@@ -155,6 +155,7 @@ fn users(config: &Config) -> (Vec<Allowance>, Vec<Psk>) {
             ports: config.allow_ports.clone(),
             domains: DomainAllow::AnyButCatchAll,
             max_exposures: crate::config::MAX_EXPOSURES,
+            max_streams: None,
         });
         psks.push(Psk::server(config.token.as_deref()));
     }
@@ -164,6 +165,7 @@ fn users(config: &Config) -> (Vec<Allowance>, Vec<Psk>) {
             ports: u.allow_ports.clone().unwrap_or_else(PortRanges::none),
             domains: u.allow_domains.clone(),
             max_exposures: u.max_exposures,
+            max_streams: u.max_streams,
         });
         psks.push(Psk::server(Some(&u.token)));
     }
@@ -412,11 +414,19 @@ async fn handle(
             result
         }
         ConnKind::Data { instance } => {
-            let (mux, mut inbound) = common::mux::Mux::start(
-                ch.into_parts().0,
-                common::mux::Role::Client,
-                common::mux::MuxConfig::default(),
-            );
+            let (mux, mut inbound) =
+                common::mux::Mux::start(ch.into_parts().0, common::mux::Role::Client, {
+                    // The user's stream limit, per peer process (its data connection).
+                    let mut mux = common::mux::MuxConfig::default();
+                    if let Some(n) = server
+                        .registry()
+                        .allowance(who.psk_index)
+                        .and_then(|a| a.max_streams)
+                    {
+                        mux.max_streams = n;
+                    }
+                    mux
+                });
             if let Err(reason) = server
                 .exposures
                 .attach_data(identity, instance, mux.clone())
