@@ -180,32 +180,40 @@ async fn write_hs_frame<T: AsyncWrite + Unpin>(io: &mut T, parts: &[&[u8]]) -> i
     io.flush().await
 }
 
+/// The initiator's first message and the responder's reply (a Noise message after
+/// [`REPLY_OK`], or a plaintext refusal after [`REPLY_REFUSED`]).
+async fn first_exchange<T: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut T,
+    hs: &mut snow::HandshakeState,
+) -> Result<(), HandshakeError> {
+    let mut msg = [0u8; 256];
+    let n = hs
+        .write_message(&[], &mut msg)
+        .map_err(|_| HandshakeError::BadSecret)?;
+    write_hs_frame(io, &[&msg[..n]]).await?;
+    let reply = read_hs_frame(io).await?;
+    match reply.split_first() {
+        Some((&REPLY_OK, rest)) => {
+            let mut out = [0u8; 256];
+            hs.read_message(rest, &mut out)
+                .map_err(|_| HandshakeError::BadSecret)?;
+            Ok(())
+        }
+        Some((&REPLY_REFUSED, rest)) => Err(HandshakeError::Refused(
+            String::from_utf8_lossy(rest).into_owned(),
+        )),
+        Some((&other, _)) => Err(HandshakeError::Malformed(other)),
+        None => Err(HandshakeError::Closed),
+    }
+}
+
 /// Runs the initiator side of the handshake.
 pub async fn initiate<T: AsyncRead + AsyncWrite + Unpin>(
     mut io: T,
     psk: &Psk,
 ) -> Result<NoiseStream<T>, HandshakeError> {
     let mut hs = builder(psk)?;
-    let mut msg = [0u8; 128];
-    let n = hs
-        .write_message(&[], &mut msg)
-        .map_err(|_| HandshakeError::BadSecret)?;
-    write_hs_frame(&mut io, &[&msg[..n]]).await?;
-    let reply = read_hs_frame(&mut io).await?;
-    match reply.split_first() {
-        Some((&REPLY_OK, rest)) => {
-            let mut out = [0u8; 128];
-            hs.read_message(rest, &mut out)
-                .map_err(|_| HandshakeError::BadSecret)?;
-        }
-        Some((&REPLY_REFUSED, rest)) => {
-            return Err(HandshakeError::Refused(
-                String::from_utf8_lossy(rest).into_owned(),
-            ))
-        }
-        Some((&other, _)) => return Err(HandshakeError::Malformed(other)),
-        None => return Err(HandshakeError::Closed),
-    }
+    first_exchange(&mut io, &mut hs).await?;
     let state = hs
         .into_transport_mode()
         .map_err(|_| HandshakeError::BadSecret)?;
@@ -275,26 +283,8 @@ pub async fn initiate_server<T: AsyncRead + AsyncWrite + Unpin>(
     identity: &Identity,
 ) -> Result<NoiseStream<T>, HandshakeError> {
     let mut hs = server_state(psk, Some(identity))?;
+    first_exchange(&mut io, &mut hs).await?;
     let mut msg = [0u8; 256];
-    let n = hs
-        .write_message(&[], &mut msg)
-        .map_err(|_| HandshakeError::BadSecret)?;
-    write_hs_frame(&mut io, &[&msg[..n]]).await?;
-    let reply = read_hs_frame(&mut io).await?;
-    match reply.split_first() {
-        Some((&REPLY_OK, rest)) => {
-            let mut out = [0u8; 256];
-            hs.read_message(rest, &mut out)
-                .map_err(|_| HandshakeError::BadSecret)?;
-        }
-        Some((&REPLY_REFUSED, rest)) => {
-            return Err(HandshakeError::Refused(
-                String::from_utf8_lossy(rest).into_owned(),
-            ))
-        }
-        Some((&other, _)) => return Err(HandshakeError::Malformed(other)),
-        None => return Err(HandshakeError::Closed),
-    }
     let n = hs
         .write_message(&[], &mut msg)
         .map_err(|_| HandshakeError::BadSecret)?;
