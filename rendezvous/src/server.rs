@@ -124,6 +124,7 @@ pub async fn spawn(config: Config) -> std::io::Result<Handle> {
         relays: Default::default(),
         exposures,
         registry,
+        max_streams: config.max_streams,
     });
     let token = shutdown.clone();
     let join = tokio::spawn(async move {
@@ -197,6 +198,8 @@ struct Server {
     next_id: AtomicU64,
     relays: crate::relay::Relays,
     exposures: Arc<crate::expose::Exposures>,
+    /// Streams at once on one peer process's data connection (`--max-streams`).
+    max_streams: usize,
 }
 
 #[derive(Default)]
@@ -412,11 +415,12 @@ async fn handle(
             result
         }
         ConnKind::Data { instance } => {
-            let (mux, mut inbound) = common::mux::Mux::start(
-                ch.into_parts().0,
-                common::mux::Role::Client,
-                common::mux::MuxConfig::default(),
-            );
+            let cfg = common::mux::MuxConfig {
+                max_streams: server.max_streams,
+                ..common::mux::MuxConfig::default()
+            };
+            let (mux, mut inbound) =
+                common::mux::Mux::start(ch.into_parts().0, common::mux::Role::Client, cfg);
             if let Err(reason) = server
                 .exposures
                 .attach_data(identity, instance, mux.clone())
