@@ -2,7 +2,9 @@
 //! downloading through an exposed TCP port or through `connect` reads a reset
 //! (ECONNRESET) when the owner peer is killed (SIGKILL) mid-transfer, never a clean
 //! end of file after a truncated transfer; a connection the server refuses (the peer
-//! is gone, its port held for it) is reset too; and a complete transfer still
+//! is gone, its port held for it) is reset too, as is one past any `--max-streams`
+//! limit (with a warning from the side whose limit it is); a client that resets its
+//! connection mid-upload makes the service read a reset; and a complete transfer still
 //! delivers every byte (sha256) and then a clean end of file.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -184,6 +186,204 @@ fn clean_download(addr: SocketAddr, path: &str) {
         sha256(&expected(CLEAN_LEN)),
         "{path}: sha256 of the download"
     );
+}
+
+/// A local service that reads each connection to its end and sends how it ended on
+/// the returned channel: `Ok(bytes)` for an end of file, the error kind otherwise.
+fn upload_service() -> (
+    SocketAddr,
+    std::sync::mpsc::Receiver<Result<usize, ErrorKind>>,
+) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(mut c) = conn else { continue };
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 1 << 16];
+                let mut total = 0;
+                let end = loop {
+                    match c.read(&mut buf) {
+                        Ok(0) => break Ok(total),
+                        Ok(n) => total += n,
+                        Err(e) => break Err(e.kind()),
+                    }
+                };
+                let _ = tx.send(end);
+            });
+        }
+    });
+    (addr, rx)
+}
+
+/// Uploads to `addr` until `BEFORE_KILL` bytes are sent, then resets the connection
+/// (`SO_LINGER` 0): the service behind must read a reset too, not an end of file
+/// that would pass the partial upload off as complete.
+fn client_reset_mid_upload(
+    addr: SocketAddr,
+    service: &std::sync::mpsc::Receiver<Result<usize, ErrorKind>>,
+    path: &str,
+) {
+    let mut c = TcpStream::connect(addr).unwrap();
+    let chunk = data(1 << 16, 9);
+    let mut sent = 0;
+    while sent < BEFORE_KILL {
+        c.write_all(&chunk).unwrap();
+        sent += chunk.len();
+    }
+    socket2::SockRef::from(&c)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(c);
+    let end = service
+        .recv_timeout(END_WAIT)
+        .expect("the service's connection ends");
+    assert_eq!(
+        end,
+        Err(ErrorKind::ConnectionReset),
+        "{path}: the service's connection ended with {end:?} after the client reset its own"
+    );
+}
+
+#[test]
+fn a_client_reset_reaches_the_service() {
+    let (service, ends) = upload_service();
+    let (_srv, _peer, public) = exposed(service);
+    client_reset_mid_upload(public, &ends, "exposed tcp port");
+    let (_srv2, _owner, _visitor, listen) = linked(service);
+    client_reset_mid_upload(listen, &ends, "serve/connect link");
+}
+
+/// Holds `n` connections to `addr` open, each proven carried by an echo.
+fn hold(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
+    (0..n)
+        .map(|i| {
+            let mut c = TcpStream::connect(addr).unwrap();
+            c.set_read_timeout(Some(T)).unwrap();
+            c.write_all(&[i as u8]).unwrap();
+            let mut b = [0u8; 1];
+            c.read_exact(&mut b).unwrap();
+            assert_eq!(b[0], i as u8);
+            c
+        })
+        .collect()
+}
+
+/// One connection more than a limit allows: it is reset (not accepted and closed).
+/// The client only reads: a write racing the reset could take the error (a socket
+/// reports a reset once), leaving the read an end of file.
+fn refused(addr: SocketAddr, path: &str) {
+    let mut c = TcpStream::connect(addr).unwrap();
+    let (got, end) = download(&mut c, END_WAIT, usize::MAX, || {});
+    assert!(
+        matches!(end, End::Error(ErrorKind::ConnectionReset, _)),
+        "{path}: a connection past the limit ended with {end:?} after {} bytes",
+        got.len()
+    );
+}
+
+/// A local echo service (a thread per connection).
+fn echo_service() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(mut c) = conn else { continue };
+            std::thread::spawn(move || {
+                let mut w = c.try_clone().unwrap();
+                let _ = std::io::copy(&mut c, &mut w);
+                let _ = w.shutdown(Shutdown::Write);
+            });
+        }
+    });
+    addr
+}
+
+/// Every `--max-streams` limit on the way resets the connection past it, and the side
+/// whose limit it is logs a warning: the server's (per peer process), the exposing
+/// peer's, the owner's and the visitor's.
+#[test]
+fn limits_reset_the_connection_past_them_and_warn() {
+    let echo = echo_service();
+
+    // The server's limit on one peer process's user connections.
+    let (srv, addr) = rendezvous(
+        cmd("rendezvous"),
+        &["--bind", "127.0.0.1", "--max-streams", "2"],
+    );
+    let mut c = cmd("peer");
+    c.args(["--server", &addr.to_string(), "expose", "tcp"])
+        .args(["--local", &echo.to_string(), "--remote-port", "0"])
+        .args(["--name", "e"]);
+    let peer = Proc::spawn("peer", c);
+    let line = peer.stdout.wait_for("exposed e tcp", T);
+    let port: u16 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    let public = SocketAddr::from(([127, 0, 0, 1], port));
+    let held = hold(public, 2);
+    refused(public, "the server's limit");
+    srv.stderr.wait_for("--max-streams limit", T);
+    drop((held, peer, srv));
+
+    // The exposing peer's own limit.
+    let (srv, addr) = rendezvous(cmd("rendezvous"), &["--bind", "127.0.0.1"]);
+    let mut c = cmd("peer");
+    c.args([
+        "--server",
+        &addr.to_string(),
+        "--max-streams",
+        "2",
+        "expose",
+        "tcp",
+    ])
+    .args(["--local", &echo.to_string(), "--remote-port", "0"])
+    .args(["--name", "e"]);
+    let peer = Proc::spawn("peer", c);
+    let line = peer.stdout.wait_for("exposed e tcp", T);
+    let port: u16 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    let public = SocketAddr::from(([127, 0, 0, 1], port));
+    let held = hold(public, 2);
+    refused(public, "the exposing peer's limit");
+    peer.stderr.wait_for("too many streams open", T);
+    drop((held, peer, srv));
+
+    // The owner's limit on a link (the visitor keeps its default).
+    let (srv, addr) = rendezvous(cmd("rendezvous"), &["--bind", "127.0.0.1"]);
+    let server = addr.to_string();
+    let mut c = cmd("peer");
+    c.args(["--server", &server, "serve", "svc", "--secret", "s3cret"])
+        .args(["--local", &echo.to_string(), "--max-streams", "2"]);
+    let owner = Proc::spawn("owner", c);
+    owner.stderr.wait_for("registered", T);
+    let mut c = cmd("peer");
+    c.args(["--server", &server, "connect", "svc", "--secret", "s3cret"])
+        .args(["--listen", "127.0.0.1:0", "--keep-open"]);
+    let visitor = Proc::spawn("visitor", c);
+    let line = visitor.stdout.wait_for("listening on", T);
+    let listen: SocketAddr = line.rsplit(' ').next().unwrap().parse().unwrap();
+    let held = hold(listen, 2);
+    refused(listen, "the owner's limit");
+    owner.stderr.wait_for("too many streams open", T);
+    drop((held, visitor));
+
+    // The visitor's own limit.
+    let mut c = cmd("peer");
+    c.args(["--server", &server, "connect", "svc", "--secret", "s3cret"])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--keep-open",
+            "--max-streams",
+            "1",
+        ]);
+    let visitor = Proc::spawn("visitor", c);
+    let line = visitor.stdout.wait_for("listening on", T);
+    let listen: SocketAddr = line.rsplit(' ').next().unwrap().parse().unwrap();
+    let held = hold(listen, 1);
+    refused(listen, "the visitor's limit");
+    visitor.stderr.wait_for("--max-streams limit", T);
+    drop((held, owner, srv));
 }
 
 #[test]
