@@ -71,6 +71,11 @@ pub struct ServerConfig {
     /// How long the claims of a peer whose control connection ended stay reserved for
     /// its identity (`--grace`; default [`crate::expose::GRACE`]).
     pub grace: std::time::Duration,
+    /// Most streams (user connections to its exposed ports and vhost routes) at once on
+    /// the data connection of one peer process (`--max-streams`; default
+    /// [`common::mux::DEFAULT_MAX_STREAMS`], the peer's default too). Past it, a new
+    /// user connection is reset and the server logs a warning.
+    pub max_streams: usize,
 }
 
 /// Default for `maxExposures`: proxies and services one user may hold at once.
@@ -122,6 +127,7 @@ impl ServerConfig {
             alt_addr: None,
             users: Vec::new(),
             grace: crate::expose::GRACE,
+            max_streams: common::mux::DEFAULT_MAX_STREAMS,
         }
     }
 }
@@ -137,6 +143,7 @@ impl fmt::Debug for ServerConfig {
             .field("alt_addr", &self.alt_addr)
             .field("users", &self.users)
             .field("grace", &self.grace)
+            .field("max_streams", &self.max_streams)
             .finish()
     }
 }
@@ -647,6 +654,7 @@ impl FrpsFile {
             alt_addr,
             users,
             grace: crate::expose::GRACE,
+            max_streams: common::mux::DEFAULT_MAX_STREAMS,
         })
     }
 }

@@ -257,6 +257,7 @@ impl Exposures {
                 .map(|(h, up)| (h.conn, h.proxy.clone(), up));
             let Some((conn, proxy, true)) = holder else {
                 debug!(%from, "user connection refused: the peer is offline");
+                common::net::reset(user);
                 continue;
             };
             let me = self.clone();
@@ -265,14 +266,12 @@ impl Exposures {
                     match me.open(conn, &proxy).await {
                         Ok(stream) => splice(user, stream).await,
                         Err(e) => {
-                            // A limit (the user's maxStreams) is worth an operator's eye.
-                            if e.to_string().contains("streams") {
-                                warn!(%e, "user connection refused");
+                            if common::mux::MuxError::is_too_many_streams(&e) {
+                                warn!(%e, "user connection refused: the peer's data connection is at its stream limit (--max-streams, or the user's maxStreams)");
                             } else {
                                 debug!(%e, "user connection refused");
                             }
-                            // A refusal is a reset, not a clean end.
-                            let _ = user.set_zero_linger();
+                            common::net::reset(user);
                         }
                     }
                 }
@@ -366,17 +365,13 @@ impl Exposures {
     }
 }
 
+/// Carries a user connection over its stream; an abnormal end resets the user's
+/// connection (see `common::splice`).
 async fn splice(user: TcpStream, stream: MuxStream) {
     let _ = user.set_nodelay(true);
-    let (ur, uw) = user.into_split();
-    let (sr, sw) = tokio::io::split(stream);
-    let (c1, c2) = (
-        common::splice::Counter::default(),
-        common::splice::Counter::default(),
-    );
-    let _ = tokio::join!(
-        common::splice::pump(ur, sw, &c1),
-        common::splice::pump(sr, uw, &c2)
-    );
-    debug!(up = c1.get(), down = c2.get(), "user connection done");
+    let done = common::splice::splice(user, stream).await;
+    match done.error {
+        None => debug!(up = done.up, down = done.down, "user connection done"),
+        Some(e) => debug!(up = done.up, down = done.down, %e, "user connection reset"),
+    }
 }

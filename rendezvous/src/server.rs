@@ -124,6 +124,7 @@ pub async fn spawn(config: Config) -> std::io::Result<Handle> {
         relays: Default::default(),
         exposures,
         registry,
+        max_streams: config.max_streams,
     });
     let token = shutdown.clone();
     let join = tokio::spawn(async move {
@@ -199,6 +200,8 @@ struct Server {
     next_id: AtomicU64,
     relays: crate::relay::Relays,
     exposures: Arc<crate::expose::Exposures>,
+    /// Streams at once on one peer process's data connection (`--max-streams`).
+    max_streams: usize,
 }
 
 #[derive(Default)]
@@ -414,19 +417,20 @@ async fn handle(
             result
         }
         ConnKind::Data { instance } => {
+            // The server's stream limit per data connection, or the user's own.
+            let mut cfg = common::mux::MuxConfig {
+                max_streams: server.max_streams,
+                ..common::mux::MuxConfig::default()
+            };
+            if let Some(n) = server
+                .registry()
+                .allowance(who.psk_index)
+                .and_then(|a| a.max_streams)
+            {
+                cfg.max_streams = n;
+            }
             let (mux, mut inbound) =
-                common::mux::Mux::start(ch.into_parts().0, common::mux::Role::Client, {
-                    // The user's stream limit, per peer process (its data connection).
-                    let mut mux = common::mux::MuxConfig::default();
-                    if let Some(n) = server
-                        .registry()
-                        .allowance(who.psk_index)
-                        .and_then(|a| a.max_streams)
-                    {
-                        mux.max_streams = n;
-                    }
-                    mux
-                });
+                common::mux::Mux::start(ch.into_parts().0, common::mux::Role::Client, cfg);
             if let Err(reason) = server
                 .exposures
                 .attach_data(identity, instance, mux.clone())
