@@ -240,16 +240,6 @@ impl From<MuxError> for io::Error {
     }
 }
 
-impl MuxError {
-    /// Whether `e` is (or wraps) [`MuxError::TooManyStreams`]: a stream refused by our
-    /// own limit, which callers log at warn.
-    pub fn is_too_many_streams(e: &io::Error) -> bool {
-        e.get_ref()
-            .and_then(|inner| inner.downcast_ref::<MuxError>())
-            .is_some_and(|m| matches!(m, MuxError::TooManyStreams(_)))
-    }
-}
-
 /// How the connection ended (set once by the driver).
 #[derive(Debug, Clone)]
 enum End {

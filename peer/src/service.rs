@@ -78,7 +78,9 @@ pub struct ServeConfig {
     pub secret: String,
     /// Most links (visitors) at once.
     pub max_links: usize,
-    /// Most streams at once per link.
+    /// Most streams at once per link (`--max-streams`; default
+    /// [`common::mux::DEFAULT_MAX_STREAMS`], as the visitor's). Past it the stream is
+    /// refused with a reset and a warning, and the visitor resets the connection.
     pub max_streams: usize,
 }
 

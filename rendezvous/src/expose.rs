@@ -266,11 +266,7 @@ impl Exposures {
                     match me.open(conn, &proxy).await {
                         Ok(stream) => splice(user, stream).await,
                         Err(e) => {
-                            if common::mux::MuxError::is_too_many_streams(&e) {
-                                warn!(%e, "user connection refused: the peer's data connection is at its stream limit (--max-streams, or the user's maxStreams)");
-                            } else {
-                                debug!(%e, "user connection refused");
-                            }
+                            debug!(%e, "user connection refused");
                             common::net::reset(user);
                         }
                     }
@@ -305,7 +301,16 @@ impl Exposures {
             }
             let _ = tokio::time::timeout_at(deadline, notified).await;
         };
-        let mut s = mux.open().await.map_err(std::io::Error::other)?;
+        let mut s = mux.open().await.map_err(|e| {
+            if let common::mux::MuxError::TooManyStreams(max) = e {
+                warn!(
+                    max,
+                    %proxy,
+                    "user connection refused: the peer's data connection is at its stream limit (--max-streams, or the user's maxStreams)"
+                );
+            }
+            std::io::Error::other(e)
+        })?;
         s.write_all(&common::proto::stream_header(proxy)).await?;
         Ok(s)
     }
