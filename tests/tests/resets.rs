@@ -323,7 +323,7 @@ fn limits_reset_the_connection_past_them_and_warn() {
     let public = SocketAddr::from(([127, 0, 0, 1], port));
     let held = hold(public, 2);
     refused(public, "the server's limit");
-    srv.stderr.wait_for("--max-streams limit", T);
+    srv.stderr.wait_for("at its stream limit (--max-streams", T);
     drop((held, peer, srv));
 
     // The exposing peer's own limit.
