@@ -133,3 +133,67 @@ pub const RECONNECT_FIRST_BACKOFF: Duration = Duration::from_millis(500);
 pub const RECONNECT_MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// See [`RECONNECT_FIRST_BACKOFF`].
 pub const RECONNECT_STABLE: Duration = Duration::from_secs(60);
+
+/// A session whose peers have neither proved the shared secret to each other nor
+/// joined a relay within this time is ended by the server (and the owner's link slot
+/// freed). The owner waits as long for a visitor's proof before it gives up; an honest
+/// visitor proves within a few round trips of being paired.
+pub const PENDING_LINK_TIMEOUT: Duration = PROBE_WAIT;
+
+/// A session whose link is neither direct nor relayed this long after pairing is
+/// ended by the server: three direct attempts (each at most a probe wait and a punch
+/// window) and the relay fit well within it.
+pub const SESSION_SETUP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Links to one service being set up at once (paired, secret not yet proved). Half of
+/// an owner's default `--max-links` (64): visitors that never prove anything cannot
+/// take every link slot of the owner.
+pub const MAX_PENDING_LINKS_PER_SERVICE: usize = 32;
+
+/// Links to one service that one visitor (identity) may have being set up at once. A
+/// visitor asks for one link at a time; a few allow for retries overlapping the
+/// server's [`PENDING_LINK_TIMEOUT`].
+pub const MAX_PENDING_LINKS_PER_VISITOR: usize = 4;
+
+/// Link requests (`Pair`, `Connect`) one control connection may make per second on
+/// average. A visitor asks once per link, and a link serves many connections; 10 per
+/// second is far above honest use and far below what fills an owner's slots.
+pub const LINK_REQUESTS_PER_SEC: u32 = 10;
+
+/// Link requests one control connection may make in a burst (a `peer -c` config with
+/// many visitors starts them all at once).
+pub const LINK_REQUEST_BURST: u32 = 20;
+
+/// A warning about a refused flood is logged at most this often per connection (with a
+/// count of what was held back), so the log shows a flood without being flooded.
+pub const WARN_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// How often the server binary hands freed heap memory back to the system
+/// (`malloc_trim`). glibc keeps what 1,000 departed connections freed (measured: RSS
+/// 42 → 220 MB over five rounds, 1.6 MB of it in use); a trim every 10 s costs
+/// milliseconds and brings RSS back to the live size.
+pub const MALLOC_TRIM_INTERVAL: Duration = Duration::from_secs(10);
+
+/// A link or data connection (yamux) on which nothing at all arrived for this long is
+/// lost: the other side is paused (SIGSTOP), frozen, or gone while its kernel or a
+/// NAT still answers TCP. yamux pings every 10 s and the drivers are woken every
+/// [`LIVENESS_WAKE`], so a live peer is heard from at least every ~11 s plus a round
+/// trip; 15 s leaves room for a slow link and notices a silent peer within 16 s.
+pub const LINK_IDLE_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How often an idle link's driver is woken so that yamux's pings go out (yamux sends
+/// them only when polled). A wake costs one poll; once a second is nothing.
+pub const LIVENESS_WAKE: Duration = Duration::from_secs(1);
+
+/// Reconnecting to the server: during the first [`RECONNECT_FAST_PERIOD`] of an
+/// outage the delay never exceeds this, so that a restarted server has its peers (and
+/// so their services and exposures) back within a couple of seconds.
+pub const RECONNECT_FAST_MAX: Duration = Duration::from_secs(1);
+
+/// See [`RECONNECT_FAST_MAX`]: a restart takes seconds; past this the outage is
+/// longer, and the delay doubles up to [`RECONNECT_MAX_BACKOFF`].
+pub const RECONNECT_FAST_PERIOD: Duration = Duration::from_secs(30);
+
+/// Every reconnect delay is shortened by a random part of up to this fraction, so that
+/// the peers of a restarted server do not all come back in the same instant.
+pub const RECONNECT_JITTER: f64 = 0.5;

@@ -118,6 +118,11 @@ mod tests {
             [0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 7]
         );
         assert_eq!(wire::encode(&ServerMsg::Waiting).unwrap(), [0, 0, 0, 3]);
+        // New variants go at the end: EndSession is ClientMsg's 12th (index 11).
+        assert_eq!(
+            wire::encode(&ClientMsg::EndSession { session: 1 }).unwrap(),
+            [0, 0, 0, 11, 0, 0, 0, 0, 0, 0, 0, 1]
+        );
     }
 
     #[test]
@@ -152,6 +157,7 @@ mod tests {
             ClientMsg::Nat {
                 mapping: crate::proto::NatMapping::AddressAndPortDependent,
             },
+            ClientMsg::EndSession { session: 5 },
             ClientMsg::Report {
                 session: 1,
                 outcome: crate::proto::Outcome::Direct {

@@ -9,10 +9,12 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod backoff;
 pub mod config;
 pub mod defaults;
 pub mod framing;
 pub mod identity;
+pub mod liveness;
 pub mod mux;
 pub mod net;
 pub mod proto;

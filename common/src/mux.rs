@@ -374,6 +374,12 @@ impl Mux {
             Role::Client => yamux::Mode::Client,
             Role::Server => yamux::Mode::Server,
         };
+        // A silent peer (paused, gone without a FIN) loses the connection.
+        let io = crate::liveness::Liveness::new(
+            io,
+            crate::defaults::LINK_IDLE_TIMEOUT,
+            crate::defaults::LIVENESS_WAKE,
+        );
         let io = Watched {
             io: BufWriter::with_capacity(IO_BUFFER, io),
             shared: shared.clone(),

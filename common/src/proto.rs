@@ -159,6 +159,15 @@ pub enum ClientMsg {
         /// How the peer's NAT maps its TCP connections.
         mapping: NatMapping,
     },
+    /// The link of a session is over: closed, or abandoned before it came up (control
+    /// connection). The server forgets the session and tells the other peer
+    /// ([`ServerMsg::PeerGone`]). Sessions nobody ends end anyway: when both peers
+    /// reported a direct link, when their relay closes, when a control connection
+    /// ends, or when the link is not up in time.
+    EndSession {
+        /// This side's session ticket.
+        session: u64,
+    },
 }
 
 /// A NAT's TCP mapping behaviour (RFC 4787 terms), as measured by a peer.

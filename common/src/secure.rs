@@ -410,7 +410,9 @@ impl<T> NoiseStream<T> {
             read_eof: false,
             wbuf: BytesMut::with_capacity(2 + MAX_NOISE_MSG),
             marker_sent: false,
-            scratch: vec![0u8; MAX_NOISE_MSG],
+            // Grown on first use to the largest message seen: a control connection's
+            // messages are small, and an idle connection should not cost 64 KiB.
+            scratch: Vec::new(),
         }
     }
 
@@ -432,6 +434,7 @@ impl<T> NoiseStream<T> {
     }
 
     fn encrypt_frame(&mut self, plain: &[u8]) -> io::Result<()> {
+        grow(&mut self.scratch, plain.len() + TAG_LEN);
         let n = self
             .state
             .write_message(plain, &mut self.scratch)
@@ -439,6 +442,14 @@ impl<T> NoiseStream<T> {
         self.wbuf.put_u16(n as u16);
         self.wbuf.extend_from_slice(&self.scratch[..n]);
         Ok(())
+    }
+}
+
+/// Makes `buf` at least `len` bytes long (at most a Noise message).
+fn grow(buf: &mut Vec<u8>, len: usize) {
+    let len = len.min(MAX_NOISE_MSG);
+    if buf.len() < len {
+        buf.resize(len, 0);
     }
 }
 
@@ -477,6 +488,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for NoiseStream<T> {
                 if this.rbuf.len() >= 2 + len {
                     this.rbuf.advance(2);
                     let frame = this.rbuf.split_to(len);
+                    grow(&mut this.scratch, len);
                     let n = this
                         .state
                         .read_message(&frame, &mut this.scratch)

@@ -123,18 +123,17 @@ async fn data_connection(
     locals: Arc<HashMap<String, SocketAddr>>,
     max_streams: usize,
 ) {
-    let mut backoff = common::defaults::RECONNECT_FIRST_BACKOFF;
+    let mut backoff = common::backoff::Backoff::default();
     loop {
         let up = tokio::time::Instant::now();
         match one_data_connection(&cfg, instance, locals.clone(), max_streams).await {
-            Ok(()) => warn!("data connection closed by the server; opening it again"),
-            Err(e) => warn!(%e, retry_in = ?backoff, "data connection failed"),
+            Ok(()) => {
+                warn!("data connection closed by the server; opening it again");
+                backoff.connected(up.elapsed());
+            }
+            Err(e) => warn!(%e, "data connection failed"),
         }
-        if up.elapsed() > common::defaults::RECONNECT_STABLE {
-            backoff = common::defaults::RECONNECT_FIRST_BACKOFF;
-        }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(common::defaults::RECONNECT_MAX_BACKOFF);
+        tokio::time::sleep(backoff.next_delay()).await;
     }
 }
 

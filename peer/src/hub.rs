@@ -1,6 +1,7 @@
 //! A control connection that comes back: connects to the server, reconnects with
-//! backoff when it goes away (rathole's pattern: the delay resets after stable
-//! uptime), replays the registration, and routes the server's per-session messages to
+//! backoff when it goes away ([`Backoff`]: at most a second, jittered, while the
+//! outage is young, so a restarted server has its peers back at once; then doubling;
+//! reset after stable uptime, rathole's pattern), replays the registration, and routes the server's per-session messages to
 //! the session's task.
 //!
 //! Links do not depend on it: a direct link keeps working while the server is gone.
@@ -12,9 +13,8 @@ use std::{
 };
 
 use common::{
-    defaults::{
-        NAT_MAPPING_WAIT, RECONNECT_FIRST_BACKOFF, RECONNECT_MAX_BACKOFF, RECONNECT_STABLE,
-    },
+    backoff::Backoff,
+    defaults::NAT_MAPPING_WAIT,
     proto::{ClientMsg, ServerMsg},
 };
 use tokio::{sync::mpsc, task::JoinHandle, time::Instant};
@@ -125,7 +125,7 @@ async fn run(
     events: mpsc::Sender<HubEvent>,
     routes: Routes,
 ) {
-    let mut backoff = RECONNECT_FIRST_BACKOFF;
+    let mut backoff = Backoff::default();
     loop {
         let mut control = match Control::connect(&cfg).await {
             Ok(c) => c,
@@ -134,10 +134,10 @@ async fn run(
                 return;
             }
             Err(e) => {
-                warn!(%e, retry_in = ?backoff, "cannot reach the rendezvous server");
+                let delay = backoff.next_delay();
+                warn!(%e, retry_in = ?delay, "cannot reach the rendezvous server");
                 let _ = events.send(HubEvent::Down(e.to_string())).await;
-                drain_while_down(&mut out_rx, backoff).await;
-                backoff = (backoff * 2).min(RECONNECT_MAX_BACKOFF);
+                drain_while_down(&mut out_rx, delay).await;
                 continue;
             }
         };
@@ -206,11 +206,8 @@ async fn run(
         if events.send(HubEvent::Down(why)).await.is_err() {
             return;
         }
-        if up_since.elapsed() > RECONNECT_STABLE {
-            backoff = RECONNECT_FIRST_BACKOFF;
-        }
-        drain_while_down(&mut out_rx, backoff).await;
-        backoff = (backoff * 2).min(RECONNECT_MAX_BACKOFF);
+        backoff.connected(up_since.elapsed());
+        drain_while_down(&mut out_rx, backoff.next_delay()).await;
     }
 }
 

@@ -200,8 +200,25 @@ fn closed() -> LinkError {
 }
 
 /// Brings up a link for the paired session `ticket`: the secret proofs, direct
-/// attempts, then the relay.
+/// attempts, then the relay. A session whose link could not be made is ended on the
+/// server ([`ClientMsg::EndSession`]).
 pub async fn establish(
+    cfg: &ServerConfig,
+    io: SessionIo<'_>,
+    ticket: u64,
+    initiator: bool,
+    psk: &Psk,
+    strategy: Strategy,
+) -> Result<(LinkStream, LinkInfo), LinkError> {
+    let tx = io.tx.clone();
+    let result = try_establish(cfg, io, ticket, initiator, psk, strategy).await;
+    if result.is_err() {
+        let _ = tx.try_send(ClientMsg::EndSession { session: ticket });
+    }
+    result
+}
+
+async fn try_establish(
     cfg: &ServerConfig,
     io: SessionIo<'_>,
     ticket: u64,

@@ -233,6 +233,7 @@ async fn owner_link(
         }
     }
     while streams.join_next().await.is_some() {}
+    let _ = tx.try_send(ClientMsg::EndSession { session: ticket });
     info!("link closed");
 }
 
@@ -288,6 +289,8 @@ pub struct ConnectConfig {
 struct Current {
     mux: Mux,
     info: LinkInfo,
+    /// This side's session ticket (ended on the server when the link closes).
+    ticket: u64,
 }
 
 struct Visitor {
@@ -386,6 +389,8 @@ impl Visitor {
                 return Ok(c.mux.clone());
             }
             info!(path = %c.info.path, "link closed; making a new one");
+            let tx = self.hub.lock().await.tx.clone();
+            let _ = tx.try_send(ClientMsg::EndSession { session: c.ticket });
         }
         let started = Instant::now();
         let (ticket, direct_hopeless, nonce, rx) = self.pair().await?;
@@ -420,6 +425,7 @@ impl Visitor {
         *cur = Some(Current {
             mux: mux.clone(),
             info,
+            ticket,
         });
         Ok(mux)
     }
@@ -508,7 +514,7 @@ impl Visitor {
                         info.remote
                     ));
                     let (mux, _inbound) = Mux::start(stream, Role::Client, self.mux_config());
-                    *self.current.lock().await = Some(Current { mux, info });
+                    *self.current.lock().await = Some(Current { mux, info, ticket });
                     // Old streams finish on the relay; then it closes.
                     tokio::spawn(async move {
                         while relayed.active_streams() > 0 && !relayed.is_closed() {

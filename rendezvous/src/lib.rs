@@ -7,6 +7,7 @@
 pub mod classic;
 pub mod config;
 pub mod expose;
+mod limit;
 pub mod registry;
 mod relay;
 pub mod server;

@@ -18,8 +18,10 @@ use std::{
 
 use common::{
     defaults::{
-        HANDSHAKE_TIMEOUT, IDLE_TIMEOUT, MAX_NAME_LEN, MAX_SERVICES, MAX_WAITING, PING_INTERVAL,
-        PROBE_PINGS, PROBE_WAIT, PUNCH_ATTEMPTS,
+        HANDSHAKE_TIMEOUT, IDLE_TIMEOUT, LINK_REQUESTS_PER_SEC, LINK_REQUEST_BURST, MAX_NAME_LEN,
+        MAX_PENDING_LINKS_PER_SERVICE, MAX_PENDING_LINKS_PER_VISITOR, MAX_SERVICES, MAX_WAITING,
+        PENDING_LINK_TIMEOUT, PING_INTERVAL, PROBE_PINGS, PROBE_WAIT, PUNCH_ATTEMPTS,
+        SESSION_SETUP_TIMEOUT,
     },
     framing::{Channel, FrameError},
     identity::PublicKey,
@@ -29,6 +31,7 @@ use common::{
 
 use crate::{
     config::{DomainAllow, PortRanges},
+    limit::{LogLimit, RateLimit},
     registry::{Allowance, Registry},
 };
 use tokio::{
@@ -182,6 +185,10 @@ async fn expire_loop(server: Arc<Server>, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
+        let ended = server.lock().expire_sessions(Instant::now());
+        if ended > 0 {
+            debug!(ended, "sessions whose link did not come up ended");
+        }
         let released = server.registry().expire(std::time::Instant::now());
         if !released.is_empty() {
             info!(
@@ -210,27 +217,49 @@ struct State {
     tickets: HashMap<u64, Ticket>,
     attempts: HashMap<(u64, u8), [Option<ProbeSlot>; 2]>,
     services: HashMap<String, Waiter>,
-    /// The next attempt number a `Repunch` hands out, per session.
-    next_attempt: HashMap<u64, u8>,
     /// The TCP mapping each control connection reported (`ClientMsg::Nat`).
     nat: HashMap<u64, NatMapping>,
-    /// Per session: how far the peers got in proving the shared secret to each other.
-    proofs: HashMap<u64, Proofs>,
+    /// Sessions by id, until their link is up for good, over, or abandoned.
+    sessions: HashMap<u64, Session>,
 }
 
-/// The secret-proof exchange of one session (side 1 is the initiator: it proves
-/// first; side 0 answers only a valid proof; side 1 then says whether side 0's was).
-struct Proofs {
+/// One session between two control connections, from pairing until the server no
+/// longer needs it: both peers reported a direct link, its relay closed, a peer said
+/// it is over ([`ClientMsg::EndSession`]), a peer's control connection ended, or its
+/// link was not up in time ([`SESSION_SETUP_TIMEOUT`], [`PENDING_LINK_TIMEOUT`]).
+struct Session {
+    /// The two sides' tickets (side 1 is the initiator).
+    tickets: [u64; 2],
+    created: Instant,
+    /// For a service link: the service and the visitor's identity (what the limits on
+    /// links being set up are counted by).
+    service: Option<(String, PublicKey)>,
     nonce: [u8; 16],
+    /// The secret-proof exchange (side 1 proves first; side 0 answers only a valid
+    /// proof; side 1 then says whether side 0's was).
     initiator_proved: bool,
     responder_proved: bool,
     /// Set to true once both proofs were accepted: punch signals wait for it.
     proven: tokio::sync::watch::Sender<bool>,
+    /// The next attempt number a `Repunch` hands out.
+    next_attempt: u8,
+    /// The relay of this session is carrying the link.
+    relayed: bool,
+    /// Which sides reported a direct link.
+    direct: [bool; 2],
+}
+
+impl Session {
+    /// Not yet past the secret proofs or onto a relay: a visitor that never proves
+    /// anything holds nothing longer than [`PENDING_LINK_TIMEOUT`].
+    fn pending(&self) -> bool {
+        !*self.proven.borrow() && !self.relayed
+    }
 }
 
 impl State {
     fn nonce(&self, session: u64) -> [u8; 16] {
-        self.proofs
+        self.sessions
             .get(&session)
             .map(|p| p.nonce)
             .unwrap_or_default()
@@ -242,7 +271,66 @@ impl State {
         let per_dest = |c| self.nat.get(&c).is_some_and(|m| m.per_destination());
         per_dest(a) && per_dest(b)
     }
+
+    /// Forgets session `id`; with a reason, tells both peers it is over.
+    fn end_session(&mut self, id: u64, reason: Option<&str>) {
+        let Some(session) = self.sessions.remove(&id) else {
+            return;
+        };
+        for t in session.tickets {
+            if let Some(t) = self.tickets.remove(&t) {
+                if let Some(reason) = reason {
+                    let _ = t.other_tx.try_send(ServerMsg::PeerGone {
+                        session: t.other,
+                        reason: reason.into(),
+                    });
+                }
+            }
+        }
+        self.attempts.retain(|(s, _), _| *s != id);
+    }
+
+    /// Links to `service` being set up, in all and by `visitor`.
+    fn pending_links(&self, service: &str, visitor: PublicKey) -> (usize, usize) {
+        let mut all = 0;
+        let mut mine = 0;
+        for s in self.sessions.values().filter(|s| s.pending()) {
+            if let Some((name, v)) = &s.service {
+                if name == service {
+                    all += 1;
+                    mine += usize::from(*v == visitor);
+                }
+            }
+        }
+        (all, mine)
+    }
+
+    /// Ends the sessions whose link did not come up in time; returns how many.
+    fn expire_sessions(&mut self, now: Instant) -> usize {
+        let late: Vec<(u64, &'static str)> = self
+            .sessions
+            .iter()
+            .filter_map(|(id, s)| {
+                let age = now.saturating_duration_since(s.created);
+                if s.pending() && age >= PENDING_LINK_TIMEOUT {
+                    Some((*id, PENDING_EXPIRED))
+                } else if !s.relayed && age >= SESSION_SETUP_TIMEOUT {
+                    Some((*id, SETUP_EXPIRED))
+                } else {
+                    None
+                }
+            })
+            .collect();
+        for (id, reason) in &late {
+            self.end_session(*id, Some(reason));
+        }
+        late.len()
+    }
 }
+
+const PENDING_EXPIRED: &str =
+    "the peers did not prove the shared secret to each other in time: session ended";
+const SETUP_EXPIRED: &str = "the link was not up in time: session ended";
 
 /// Most URLs listed in an `Exposed` reply (each at most ~300 bytes: the reply stays
 /// far below the frame limit).
@@ -455,10 +543,19 @@ async fn handle(
                 ch.send(&ServerMsg::Refused(reason.clone())).await?;
                 return Err(ConnError::Refused(reason));
             };
-            server
-                .relays
-                .join(t.session, ch)
-                .await
+            let started = || {
+                if let Some(s) = server.lock().sessions.get_mut(&t.session) {
+                    s.relayed = true;
+                }
+            };
+            let result = server.relays.join(t.session, t.side, ch, started).await;
+            if let Ok(true) = result {
+                // The relayed link is over: so is the session (unless it went direct,
+                // and was forgotten then).
+                server.lock().end_session(t.session, None);
+            }
+            result
+                .map(|_| ())
                 .map_err(|e| ConnError::Refused(format!("relay: {e}")))
         }
         ConnKind::Probe {
@@ -482,6 +579,7 @@ fn msg_name(m: &ClientMsg) -> &'static str {
         ClientMsg::Nat { .. } => "Nat",
         ClientMsg::Prove { .. } => "Prove",
         ClientMsg::Verified { .. } => "Verified",
+        ClientMsg::EndSession { .. } => "EndSession",
     }
 }
 
@@ -498,6 +596,8 @@ async fn control(
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();
     let mut ping_sent: Option<(u64, Instant)> = None;
+    let mut limiter = RateLimit::new(LINK_REQUESTS_PER_SEC, LINK_REQUEST_BURST);
+    let mut warn_log = LogLimit::default();
     let result = loop {
         tokio::select! {
             msg = ch.recv::<ClientMsg>() => {
@@ -517,6 +617,16 @@ async fn control(
                             if sent_n == n { debug!(rtt_ms = at.elapsed().as_millis() as u64, "pong"); }
                         }
                     }
+                    ClientMsg::Pair(_) | ClientMsg::Connect { .. } if !limiter.allow(Instant::now()) => {
+                        let reason = format!(
+                            "too many link requests on this connection: at most \
+                             {LINK_REQUESTS_PER_SEC} per second (bursts of {LINK_REQUEST_BURST})"
+                        );
+                        if let Some(suppressed) = warn_log.ready(Instant::now()) {
+                            warn!(suppressed, "{} refused: {reason}", msg_name(&msg));
+                        }
+                        ch.send(&ServerMsg::Refused(reason)).await?;
+                    }
                     ClientMsg::Pair(pairing) => {
                         if let Err(reason) = pair(server, id, pairing, &tx) {
                             warn!("pair request refused: {reason}");
@@ -535,11 +645,18 @@ async fn control(
                         ch.send(&reply).await?;
                     }
                     ClientMsg::Connect { name } => {
-                        if let Err(reason) = connect(server, id, addr, &name, &tx) {
-                            info!("connect refused: {reason}");
+                        if let Err(reason) = connect(server, id, (addr, identity), &name, &tx) {
+                            if reason.contains("being set up") {
+                                if let Some(suppressed) = warn_log.ready(Instant::now()) {
+                                    warn!(suppressed, "connect refused: {reason}");
+                                }
+                            } else {
+                                info!("connect refused: {reason}");
+                            }
                             ch.send(&ServerMsg::Refused(reason)).await?;
                         }
                     }
+                    ClientMsg::EndSession { session } => end_session(server, id, session),
                     ClientMsg::Repunch { session } => repunch(server, id, session, &tx),
                     ClientMsg::Prove { session, proof } => prove(server, id, session, proof),
                     ClientMsg::Verified { session, ok } => verified(server, id, session, ok),
@@ -606,7 +723,8 @@ fn pair(
     }
     match st.waiting.remove(&pairing) {
         Some(w) if !w.tx.is_closed() => {
-            let (session, t_first, t_second) = new_session(&mut st, (w.conn, &w.tx), (id, tx));
+            let (session, t_first, t_second) =
+                new_session(&mut st, (w.conn, &w.tx), (id, tx), None);
             info!(session = format_args!("{session:016x}"), "paired");
             let direct_hopeless = st.direct_hopeless(w.conn, id);
             if direct_hopeless {
@@ -652,16 +770,23 @@ fn new_session(
     st: &mut State,
     a: (u64, &mpsc::Sender<ServerMsg>),
     b: (u64, &mpsc::Sender<ServerMsg>),
+    service: Option<(String, PublicKey)>,
 ) -> (u64, u64, u64) {
     let session: u64 = rand::random();
     let (ta, tb): (u64, u64) = (rand::random(), rand::random());
-    st.proofs.insert(
+    st.sessions.insert(
         session,
-        Proofs {
+        Session {
+            tickets: [ta, tb],
+            created: Instant::now(),
+            service,
             nonce: rand::random(),
             initiator_proved: false,
             responder_proved: false,
             proven: tokio::sync::watch::channel(false).0,
+            next_attempt: PUNCH_ATTEMPTS,
+            relayed: false,
+            direct: [false; 2],
         },
     );
     st.tickets.insert(
@@ -726,7 +851,7 @@ fn register(
 fn connect(
     server: &Server,
     id: u64,
-    visitor: SocketAddr,
+    (visitor, identity): (SocketAddr, PublicKey),
     name: &str,
     tx: &mpsc::Sender<ServerMsg>,
 ) -> Result<(), String> {
@@ -743,7 +868,25 @@ fn connect(
     if oconn == id {
         return Err("a peer cannot connect to its own service".into());
     }
-    let (session, t_owner, t_visitor) = new_session(&mut st, (oconn, &otx), (id, tx));
+    let (all, mine) = st.pending_links(name, identity);
+    if mine >= MAX_PENDING_LINKS_PER_VISITOR {
+        return Err(format!(
+            "this peer has {mine} links to service {name:?} being set up already \
+             (at most {MAX_PENDING_LINKS_PER_VISITOR}): wait for them"
+        ));
+    }
+    if all >= MAX_PENDING_LINKS_PER_SERVICE {
+        return Err(format!(
+            "service {name:?} has {all} links being set up already \
+             (at most {MAX_PENDING_LINKS_PER_SERVICE}): try again in a few seconds"
+        ));
+    }
+    let (session, t_owner, t_visitor) = new_session(
+        &mut st,
+        (oconn, &otx),
+        (id, tx),
+        Some((name.to_string(), identity)),
+    );
     info!(service = name, session = format_args!("{session:016x}"), %visitor, "visitor paired with owner");
     let direct_hopeless = st.direct_hopeless(oconn, id);
     if direct_hopeless {
@@ -762,8 +905,8 @@ fn connect(
         nonce,
     };
     if otx.try_send(incoming).is_err() {
-        st.tickets.remove(&t_owner);
-        st.tickets.remove(&t_visitor);
+        st.end_session(session, None);
+        let _ = t_visitor;
         return Err(format!("the owner of service {name:?} is not answering"));
     }
     let _ = tx.try_send(ServerMsg::Paired {
@@ -786,7 +929,10 @@ fn repunch(server: &Server, id: u64, ticket: u64, tx: &mpsc::Sender<ServerMsg>) 
     };
     // Attempt numbers after the initial ones, wrapping: a pair of probe slots is
     // freed as soon as it is used, so a number can come back safely.
-    let next = st.next_attempt.entry(t.session).or_insert(PUNCH_ATTEMPTS);
+    let Some(session) = st.sessions.get_mut(&t.session) else {
+        return;
+    };
+    let next = &mut session.next_attempt;
     *next = if *next == u8::MAX {
         PUNCH_ATTEMPTS + 1
     } else {
@@ -811,7 +957,7 @@ fn prove(server: &Server, id: u64, ticket: u64, proof: [u8; 32]) {
         debug!("proof for a session that has ended ignored");
         return;
     };
-    let Some(p) = st.proofs.get_mut(&t.session) else {
+    let Some(p) = st.sessions.get_mut(&t.session) else {
         return;
     };
     let initiator = t.side == 1;
@@ -836,7 +982,7 @@ fn verified(server: &Server, id: u64, ticket: u64, ok: bool) {
     let Some(t) = st.tickets.get(&ticket).filter(|t| t.conn == id) else {
         return;
     };
-    let Some(p) = st.proofs.get(&t.session) else {
+    let Some(p) = st.sessions.get(&t.session) else {
         return;
     };
     let session = format_args!("{:016x}", t.session);
@@ -853,19 +999,43 @@ fn verified(server: &Server, id: u64, ticket: u64, ok: bool) {
 }
 
 fn report(server: &Server, id: u64, ticket: u64, outcome: Outcome) {
-    let st = server.lock();
-    let Some(t) = st.tickets.get(&ticket).filter(|t| t.conn == id) else {
+    let mut st = server.lock();
+    let Some(t) = st.tickets.get(&ticket).filter(|t| t.conn == id).cloned() else {
         debug!("report for a session that has ended ignored");
         return;
     };
     let session = format_args!("{:016x}", t.session);
     match outcome {
-        Outcome::Direct { attempt, millis } => info!(%session, attempt, millis, "link direct"),
+        Outcome::Direct { attempt, millis } => {
+            info!(%session, attempt, millis, "link direct");
+            let both = st.sessions.get_mut(&t.session).is_some_and(|s| {
+                s.direct[t.side] = true;
+                s.direct == [true; 2]
+            });
+            // The server has nothing more to do for a direct link.
+            if both {
+                st.end_session(t.session, None);
+            }
+        }
         Outcome::AttemptFailed { attempt, reason } => {
             info!(%session, attempt, %reason, "punch attempt failed")
         }
         Outcome::GaveUp { reason } => warn!(%session, %reason, "no direct link"),
     }
+}
+
+/// A peer says the link of its session `ticket` is over (or abandoned).
+fn end_session(server: &Server, id: u64, ticket: u64) {
+    let mut st = server.lock();
+    let Some(t) = st.tickets.get(&ticket).filter(|t| t.conn == id).cloned() else {
+        debug!("end of a session that has ended already ignored");
+        return;
+    };
+    debug!(
+        session = format_args!("{:016x}", t.session),
+        "session ended by a peer"
+    );
+    st.end_session(t.session, Some("the other peer ended the session"));
 }
 
 fn forget_conn(server: &Server, id: u64) {
@@ -875,21 +1045,12 @@ fn forget_conn(server: &Server, id: u64) {
     st.services.retain(|_, w| w.conn != id);
     let mine: Vec<u64> = st
         .tickets
-        .iter()
-        .filter(|(_, t)| t.conn == id)
-        .map(|(k, _)| *k)
+        .values()
+        .filter(|t| t.conn == id)
+        .map(|t| t.session)
         .collect();
-    for ticket in mine {
-        if let Some(t) = st.tickets.remove(&ticket) {
-            st.tickets.remove(&t.other);
-            st.attempts.retain(|(s, _), _| *s != t.session);
-            st.next_attempt.remove(&t.session);
-            st.proofs.remove(&t.session);
-            let _ = t.other_tx.try_send(ServerMsg::PeerGone {
-                session: t.other,
-                reason: "the other peer disconnected from the server".into(),
-            });
-        }
+    for session in mine {
+        st.end_session(session, Some("the other peer disconnected from the server"));
     }
 }
 
@@ -912,7 +1073,7 @@ async fn probe(
     // wait for both proofs, with the RTT measurement below running meanwhile.
     let mut proven = server
         .lock()
-        .proofs
+        .sessions
         .get(&t.session)
         .map(|p| p.proven.subscribe());
     // RTT: the minimum of a few ping round trips on this very connection.

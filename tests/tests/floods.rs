@@ -1,0 +1,185 @@
+//! Floods harm only the flooder. A token holder that sends thousands of `Connect`
+//! requests for a service (through the library) is refused past its rate and past its
+//! share of the links being set up, with a clear reason and a few warnings in the
+//! server's log; meanwhile a real visitor (`peer connect`) gets its link to the real
+//! owner (`peer serve`) and moves data through it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use common::proto::{ClientMsg, ServerMsg};
+use peer::client::{Control, ServerConfig};
+use support::*;
+
+const T: Duration = Duration::from_secs(30);
+/// The flood: 3,000 requests in 6 s.
+const FLOOD: usize = 3000;
+const FLOOD_TIME: Duration = Duration::from_secs(6);
+
+fn echo() -> (Proc, SocketAddr) {
+    let mut cmd = std::process::Command::new(bin("stream-check"));
+    cmd.args(["echo", "0"]);
+    let p = Proc::spawn("echo", cmd);
+    let line = p.stdout.wait_for("listening on", T);
+    let port: u16 = line.rsplit(':').next().unwrap().parse().unwrap();
+    (p, SocketAddr::from(([127, 0, 0, 1], port)))
+}
+
+fn check(listen: SocketAddr) -> Result<String, String> {
+    let out = std::process::Command::new(bin("stream-check"))
+        .args([
+            "run",
+            &listen.to_string(),
+            "--streams",
+            "4",
+            "--bytes",
+            "100000",
+        ])
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    if out.status.success() && text.contains("ok streams=") {
+        Ok(text.trim().to_string())
+    } else {
+        Err(text)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_flood_harms_only_the_flooder() {
+    let (srv, addr) = rendezvous(local("rendezvous"), &["--bind", "127.0.0.1"]);
+    let (_echo, echo_addr) = echo();
+    let server = addr.to_string();
+    let mut cmd = local("peer");
+    cmd.env("RUST_LOG", "info").args([
+        "--server",
+        &server,
+        "serve",
+        "svc",
+        "--local",
+        &echo_addr.to_string(),
+        "--secret",
+        "s3cret",
+    ]);
+    let owner = Proc::spawn("owner", cmd);
+    owner.stderr.wait_for("registered", T);
+
+    // The flooder: one control connection, 500 requests a second, counting answers.
+    let cfg = ServerConfig::ephemeral(addr, None);
+    let mut flooder = Control::connect(&cfg).await.unwrap();
+    let tx = flooder.tx.clone();
+    let (refused, paired) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let reasons = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let answers = {
+        let (refused, paired, reasons) = (refused.clone(), paired.clone(), reasons.clone());
+        tokio::spawn(async move {
+            while let Ok(m) = flooder.recv().await {
+                match m {
+                    ServerMsg::Refused(r) => {
+                        refused.fetch_add(1, Ordering::Relaxed);
+                        let mut v = reasons.lock().unwrap();
+                        if !v.contains(&r) {
+                            v.push(r);
+                        }
+                    }
+                    ServerMsg::Paired { .. } => {
+                        paired.fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ => {}
+                }
+            }
+        })
+    };
+    let flood = tokio::spawn(async move {
+        let every = FLOOD_TIME / FLOOD as u32;
+        let mut tick = tokio::time::interval(every);
+        for _ in 0..FLOOD {
+            tick.tick().await;
+            if tx
+                .send(ClientMsg::Connect { name: "svc".into() })
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+        tx
+    });
+
+    // Meanwhile, a second into the flood, a real visitor links and moves data.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut cmd = local("peer");
+    cmd.env("RUST_LOG", "info").args([
+        "--server",
+        &server,
+        "connect",
+        "svc",
+        "--secret",
+        "s3cret",
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    let visitor = Proc::spawn("visitor", cmd);
+    let line = visitor.stdout.wait_for("listening on", T);
+    let listen: SocketAddr = line.split_whitespace().nth(2).unwrap().parse().unwrap();
+    let started = Instant::now();
+    let result = tokio::task::spawn_blocking(move || check(listen))
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    let flood_done = flood.is_finished();
+    assert!(
+        result.is_ok(),
+        "the visitor failed during the flood: {result:?}\nvisitor:\n{}\nowner:\n{}",
+        visitor.stderr.text(),
+        owner.stderr.text()
+    );
+    eprintln!("visitor's link and data during the flood: {took:?} (flood over: {flood_done})");
+    assert!(
+        !flood_done,
+        "the visitor must have been served during the flood"
+    );
+
+    let _tx = flood.await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (refused, paired) = (
+        refused.load(Ordering::Relaxed),
+        paired.load(Ordering::Relaxed),
+    );
+    let reasons = reasons.lock().unwrap().clone();
+    eprintln!("flooder: {paired} paired, {refused} refused: {reasons:#?}");
+    assert!(
+        paired
+            <= common::defaults::LINK_REQUEST_BURST as usize
+                + common::defaults::LINK_REQUESTS_PER_SEC as usize * 8,
+        "{paired} of the flood's requests were paired"
+    );
+    assert!(refused >= FLOOD - 200, "only {refused} refused");
+    assert!(
+        reasons.iter().any(|r| r.contains("too many link requests")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r.contains("being set up")),
+        "{reasons:?}"
+    );
+    // The server logged the flood, a few lines, not thousands.
+    let log = srv.stderr.text();
+    let warned = log
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("refused"))
+        .count();
+    assert!((1..=20).contains(&warned), "{warned} warnings:\n{log}");
+    answers.abort();
+}

@@ -1,0 +1,187 @@
+//! Liveness and recovery, with the real binaries on loopback:
+//! * a paused owner (SIGSTOP) is noticed by the visitor within 20 s, while a live
+//!   link that is idle for longer than the idle timeout stays up;
+//! * after a server restart an exposed TCP port works again within 3 s.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream},
+    time::{Duration, Instant},
+};
+
+use support::*;
+
+const T: Duration = Duration::from_secs(30);
+
+fn echo() -> (Proc, SocketAddr) {
+    let mut cmd = std::process::Command::new(bin("stream-check"));
+    cmd.args(["echo", "0"]);
+    let p = Proc::spawn("echo", cmd);
+    let line = p.stdout.wait_for("listening on", T);
+    let port: u16 = line.rsplit(':').next().unwrap().parse().unwrap();
+    (p, SocketAddr::from(([127, 0, 0, 1], port)))
+}
+
+fn peer(args: &[&str]) -> Proc {
+    let mut cmd = local("peer");
+    cmd.env_remove("PUNCHLINE_TOKEN")
+        .env("RUST_LOG", "info")
+        .args(args);
+    Proc::spawn("peer", cmd)
+}
+
+/// Sends `msg` and reads its echo on `c`.
+fn ping(c: &mut TcpStream, msg: &[u8]) -> std::io::Result<()> {
+    c.write_all(msg)?;
+    let mut got = vec![0; msg.len()];
+    c.read_exact(&mut got)?;
+    if got != msg {
+        return Err(std::io::Error::other("echo differs"));
+    }
+    Ok(())
+}
+
+fn signal(pid: u32, sig: &str) {
+    let st = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+#[test]
+fn a_paused_owner_is_noticed_within_20_s() {
+    let (_srv, addr) = rendezvous(local("rendezvous"), &["--bind", "127.0.0.1"]);
+    let (_echo, echo_addr) = echo();
+    let server = addr.to_string();
+    let owner = peer(&[
+        "--server",
+        &server,
+        "serve",
+        "svc",
+        "--local",
+        &echo_addr.to_string(),
+        "--secret",
+        "s",
+    ]);
+    owner.stderr.wait_for("registered", T);
+    let visitor = peer(&[
+        "--server",
+        &server,
+        "connect",
+        "svc",
+        "--secret",
+        "s",
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    let line = visitor.stdout.wait_for("listening on", T);
+    let listen: SocketAddr = line.split_whitespace().nth(2).unwrap().parse().unwrap();
+    let mut c = TcpStream::connect(listen).unwrap();
+    c.set_read_timeout(Some(T)).unwrap();
+    ping(&mut c, b"hello").unwrap();
+    visitor.stderr.wait_for("link up: direct", T);
+
+    // A live link idle for longer than the idle timeout stays up.
+    std::thread::sleep(common::defaults::LINK_IDLE_TIMEOUT + Duration::from_secs(3));
+    ping(&mut c, b"still there").unwrap();
+
+    // Pause the owner. The user keeps talking through the visitor; its connection
+    // fails once the visitor has noticed the silence.
+    signal(owner.child.id(), "-STOP");
+    let paused = Instant::now();
+    c.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let noticed = loop {
+        let mut buf = [0u8; 16];
+        let r = c.write_all(b"?").and_then(|()| c.read(&mut buf));
+        match r {
+            Ok(0) => break paused.elapsed(),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => break paused.elapsed(),
+            Ok(_) => panic!("an echo from a paused owner"),
+        }
+        assert!(
+            paused.elapsed() < Duration::from_secs(40),
+            "the paused owner was not noticed in 40 s; visitor:\n{}",
+            visitor.stderr.text()
+        );
+    };
+    signal(owner.child.id(), "-CONT");
+    eprintln!("paused owner noticed after {noticed:?}");
+    assert!(
+        noticed < Duration::from_secs(20),
+        "noticed only after {noticed:?}"
+    );
+    // And the visitor recovers: a new connection gets a new link to the resumed owner.
+    let mut c2 = TcpStream::connect(listen).unwrap();
+    c2.set_read_timeout(Some(T)).unwrap();
+    ping(&mut c2, b"again").unwrap();
+}
+
+#[test]
+fn an_exposed_port_works_again_within_3_s_of_a_server_restart() {
+    let (srv, addr) = rendezvous(local("rendezvous"), &["--bind", "127.0.0.1"]);
+    let (_echo, echo_addr) = echo();
+    // A fixed remote port, so that it is the same after the restart.
+    let remote = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let server = addr.to_string();
+    let p = peer(&[
+        "--server",
+        &server,
+        "expose",
+        "tcp",
+        "--local",
+        &echo_addr.to_string(),
+        "--remote-port",
+        &remote.to_string(),
+    ]);
+    p.stdout.wait_for("exposed", T);
+    let through = SocketAddr::from(([127, 0, 0, 1], remote));
+    let works = || -> bool {
+        let Ok(mut c) = TcpStream::connect_timeout(&through, Duration::from_millis(200)) else {
+            return false;
+        };
+        let _ = c.set_read_timeout(Some(Duration::from_millis(500)));
+        ping(&mut c, b"through").is_ok()
+    };
+    let deadline = Instant::now() + T;
+    while !works() {
+        assert!(Instant::now() < deadline, "{}", p.stderr.text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // Restart the server on the same port, after a few seconds of outage (the
+    // peer's backoff grows meanwhile).
+    drop(srv);
+    std::thread::sleep(Duration::from_secs(5));
+    let port = addr.port().to_string();
+    let (_srv2, _) = rendezvous(
+        local("rendezvous"),
+        &["--bind", "127.0.0.1", "--port", &port],
+    );
+    let restarted = Instant::now();
+    while !works() {
+        assert!(
+            restarted.elapsed() < Duration::from_secs(30),
+            "the exposure did not come back in 30 s:\n{}",
+            p.stderr.text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let took = restarted.elapsed();
+    eprintln!("exposed port works again {took:?} after the server restarted");
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+}
