@@ -301,7 +301,17 @@ async fn attempt_proving(
     psk: &Psk,
     proving: &mut Proving,
 ) -> Result<(LinkStream, LinkInfo), AttemptError> {
-    let result = punch_once(cfg, tx, rx, ticket, attempt, initiator, psk, proving).await;
+    let mut result = punch_once(cfg, tx, rx, ticket, attempt, initiator, psk, proving).await;
+    if let Err(AttemptError::Failed(reason)) = &result {
+        // The session may have ended because the other peer found our proof wrong (or
+        // left): the server said so on the control connection, which can be a moment
+        // behind the probe's refusal. That reason beats "unknown session".
+        if reason.contains("unknown or finished session") {
+            if let Some(fatal) = why_session_ended(rx).await {
+                result = Err(AttemptError::Fatal(fatal));
+            }
+        }
+    }
     let outcome = match &result {
         Ok((_, info)) => Outcome::Direct {
             attempt,
@@ -326,6 +336,26 @@ async fn attempt_proving(
         })
         .await;
     result
+}
+
+/// How long a failed attempt waits for the server's word on why its session ended.
+const SESSION_END_WAIT: Duration = Duration::from_millis(500);
+
+/// For a session the server says is over: the `PeerGone` that says why, if one is
+/// queued or arrives within [`SESSION_END_WAIT`] (other messages of the finished
+/// session are dropped).
+async fn why_session_ended(rx: &mut mpsc::Receiver<ServerMsg>) -> Option<LinkError> {
+    let until = Instant::now() + SESSION_END_WAIT;
+    loop {
+        match tokio::time::timeout_at(until, rx.recv()).await {
+            Ok(Some(ServerMsg::PeerGone { reason, .. })) if reason == REASON_WRONG_SECRET => {
+                return Some(LinkError::WrongSecret)
+            }
+            Ok(Some(ServerMsg::PeerGone { reason, .. })) => return Some(LinkError::PeerGone(reason)),
+            Ok(Some(_)) => continue,
+            Ok(None) | Err(_) => return None,
+        }
+    }
 }
 
 /// Why one attempt failed.
