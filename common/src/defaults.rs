@@ -197,3 +197,20 @@ pub const RECONNECT_FAST_PERIOD: Duration = Duration::from_secs(30);
 /// Every reconnect delay is shortened by a random part of up to this fraction, so that
 /// the peers of a restarted server do not all come back in the same instant.
 pub const RECONNECT_JITTER: f64 = 0.5;
+
+/// The server's accept loops wait this long after a failed `accept` (out of file
+/// descriptors, typically), doubling up to [`ACCEPT_BACKOFF_MAX`] while it keeps
+/// failing: never a busy loop, and back within a second of descriptors being free.
+pub const ACCEPT_BACKOFF_FIRST: Duration = Duration::from_millis(10);
+/// See [`ACCEPT_BACKOFF_FIRST`].
+pub const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// Connections the server's control port serves at once (control, probe, relay and
+/// data connections); more wait in the kernel's backlog. Each costs a socket and a
+/// task of a few KiB: 20,000 is far more than one server's peers, and keeps a flood
+/// from exhausting file descriptors that exposures and the vhost need too.
+pub const MAX_SERVER_CONNECTIONS: usize = 20_000;
+
+/// User connections one exposed TCP port serves at once; more wait in the kernel's
+/// backlog. Issue 9's target is 10,000 concurrent connections through one port.
+pub const MAX_PORT_CONNECTIONS: usize = 10_000;

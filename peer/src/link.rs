@@ -351,7 +351,9 @@ async fn why_session_ended(rx: &mut mpsc::Receiver<ServerMsg>) -> Option<LinkErr
             Ok(Some(ServerMsg::PeerGone { reason, .. })) if reason == REASON_WRONG_SECRET => {
                 return Some(LinkError::WrongSecret)
             }
-            Ok(Some(ServerMsg::PeerGone { reason, .. })) => return Some(LinkError::PeerGone(reason)),
+            Ok(Some(ServerMsg::PeerGone { reason, .. })) => {
+                return Some(LinkError::PeerGone(reason))
+            }
             Ok(Some(_)) => continue,
             Ok(None) | Err(_) => return None,
         }

@@ -18,8 +18,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::registry::{ConnId, PortPlan, Registry, Released};
+use crate::{
+    registry::{ConnId, PortPlan, Registry, Released},
+    server::Tasks,
+};
 use common::{
+    defaults::MAX_PORT_CONNECTIONS,
     identity::PublicKey,
     mux::{Mux, MuxStream},
     proto::ExposeSpec,
@@ -27,8 +31,8 @@ use common::{
 use tokio::{
     io::AsyncWriteExt,
     net::{TcpListener, TcpStream},
-    task::JoinHandle,
 };
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 /// How long the claims of a peer whose control connection went away stay reserved
@@ -56,8 +60,10 @@ pub(crate) struct Exposures {
     registry: Arc<Mutex<Registry>>,
     /// Control connection → its instance and data connection.
     instances: Mutex<HashMap<ConnId, Instance>>,
-    /// Port → its accept loop.
-    listeners: Mutex<HashMap<u16, JoinHandle<()>>>,
+    /// Port → the token that stops its accept loop.
+    listeners: Mutex<HashMap<u16, CancellationToken>>,
+    /// The server's tasks: listeners and splices run on them.
+    tasks: Tasks,
     /// Woken when a data connection attaches.
     attached: tokio::sync::Notify,
 }
@@ -71,6 +77,7 @@ impl Exposures {
         bind_ip: std::net::IpAddr,
         registry: Arc<Mutex<Registry>>,
         vhosts: Option<Arc<crate::vhost::Vhosts>>,
+        tasks: Tasks,
     ) -> Arc<Self> {
         Arc::new(Self {
             bind_ip,
@@ -78,6 +85,7 @@ impl Exposures {
             registry,
             instances: Mutex::default(),
             listeners: Mutex::default(),
+            tasks,
             attached: tokio::sync::Notify::new(),
         })
     }
@@ -174,13 +182,14 @@ impl Exposures {
         };
         if let Some(listener) = new_listener {
             let me = self.clone();
-            let task = tokio::spawn(
-                async move { me.accept_loop(listener, port).await }
+            let stop = self.tasks.stop.child_token();
+            if let Some(old) = lock(&self.listeners).insert(port, stop.clone()) {
+                old.cancel();
+            }
+            self.tasks.tracker.spawn(
+                async move { me.accept_loop(listener, port, stop).await }
                     .instrument(info_span!("tcp", port)),
             );
-            if let Some(old) = lock(&self.listeners).insert(port, task) {
-                old.abort();
-            }
         }
         self.apply(released);
         info!(port, proxy = name, "tcp port exposed");
@@ -190,8 +199,8 @@ impl Exposures {
     /// Carries out what the registry released: closes listeners, removes routes.
     pub(crate) fn apply(&self, released: Released) {
         for port in released.ports {
-            if let Some(task) = lock(&self.listeners).remove(&port) {
-                task.abort();
+            if let Some(stop) = lock(&self.listeners).remove(&port) {
+                stop.cancel();
                 info!(port, "tcp port released");
             }
         }
@@ -241,39 +250,53 @@ impl Exposures {
         }
     }
 
-    async fn accept_loop(self: Arc<Self>, listener: TcpListener, port: u16) {
-        loop {
-            let (user, from) = match listener.accept().await {
-                Ok(x) => x,
-                Err(e) => {
-                    warn!(%e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            let holder = self
-                .registry()
-                .port_holder(port, Instant::now())
-                .map(|(h, up)| (h.conn, h.proxy.clone(), up));
-            let Some((conn, proxy, true)) = holder else {
-                debug!(%from, "user connection refused: the peer is offline");
-                common::net::reset(user);
-                continue;
-            };
-            let me = self.clone();
-            tokio::spawn(
-                async move {
-                    match me.open(conn, &proxy).await {
-                        Ok(stream) => splice(user, stream).await,
-                        Err(e) => {
-                            debug!(%e, "user connection refused");
-                            common::net::reset(user);
+    async fn accept_loop(
+        self: Arc<Self>,
+        listener: TcpListener,
+        port: u16,
+        stop: CancellationToken,
+    ) {
+        let limit = Arc::new(tokio::sync::Semaphore::new(MAX_PORT_CONNECTIONS));
+        let tracker = self.tasks.tracker.clone();
+        crate::accept::serve(
+            "tcp port",
+            &listener,
+            limit,
+            &tracker,
+            &stop,
+            |user, from| {
+                let holder = self
+                    .registry()
+                    .port_holder(port, Instant::now())
+                    .map(|(h, up)| (h.conn, h.proxy.clone(), up));
+                let Some((conn, proxy, true)) = holder else {
+                    debug!(%from, "user connection refused: the peer is offline");
+                    common::net::reset(user);
+                    return None;
+                };
+                let (me, stop) = (self.clone(), self.tasks.stop.clone());
+                Some(
+                    async move {
+                        let served = async {
+                            match me.open(conn, &proxy).await {
+                                Ok(stream) => splice(user, stream).await,
+                                Err(e) => {
+                                    debug!(%e, "user connection refused");
+                                    common::net::reset(user);
+                                }
+                            }
+                        };
+                        tokio::select! {
+                            _ = stop.cancelled() => {}
+                            _ = served => {}
                         }
                     }
-                }
-                .instrument(info_span!("user", %from)),
-            );
-        }
+                    .instrument(info_span!("user", %from)),
+                )
+            },
+        )
+        .await;
+        // The listener closes here, when the port is released or the server stops.
     }
 
     /// Opens a stream to the peer of control connection `conn` for `proxy`, header
@@ -362,10 +385,21 @@ impl Exposures {
         }
     }
 
-    /// Stops every listener (at shutdown).
-    pub(crate) fn close_all(&self) {
-        for (_, t) in lock(&self.listeners).drain() {
-            t.abort();
+    /// Stops every listener and closes every data connection (at shutdown), waiting
+    /// for the data connections' multiplexers to finish.
+    pub(crate) async fn close_all(&self) {
+        for (_, stop) in lock(&self.listeners).drain() {
+            stop.cancel();
+        }
+        let muxes: Vec<Mux> = lock(&self.instances)
+            .drain()
+            .filter_map(|(_, i)| i.data)
+            .collect();
+        for m in &muxes {
+            m.close();
+        }
+        for m in muxes {
+            m.closed().await;
         }
     }
 }

@@ -19,9 +19,9 @@ use std::{
 use common::{
     defaults::{
         HANDSHAKE_TIMEOUT, IDLE_TIMEOUT, LINK_REQUESTS_PER_SEC, LINK_REQUEST_BURST, MAX_NAME_LEN,
-        MAX_PENDING_LINKS_PER_SERVICE, MAX_PENDING_LINKS_PER_VISITOR, MAX_SERVICES, MAX_WAITING,
-        PENDING_LINK_TIMEOUT, PING_INTERVAL, PROBE_PINGS, PROBE_WAIT, PUNCH_ATTEMPTS,
-        SESSION_SETUP_TIMEOUT,
+        MAX_PENDING_LINKS_PER_SERVICE, MAX_PENDING_LINKS_PER_VISITOR, MAX_SERVER_CONNECTIONS,
+        MAX_SERVICES, MAX_WAITING, PENDING_LINK_TIMEOUT, PING_INTERVAL, PROBE_PINGS, PROBE_WAIT,
+        PUNCH_ATTEMPTS, SESSION_SETUP_TIMEOUT,
     },
     framing::{Channel, FrameError},
     identity::PublicKey,
@@ -37,7 +37,6 @@ use crate::{
 use tokio::{
     net::{TcpListener, TcpStream},
     sync::{mpsc, oneshot},
-    task::JoinHandle,
     time::Instant,
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -54,8 +53,15 @@ pub struct Handle {
     local_addr: SocketAddr,
     alt_addr: Option<SocketAddr>,
     vhost_addr: Option<SocketAddr>,
-    shutdown: CancellationToken,
-    join: JoinHandle<()>,
+    tasks: Tasks,
+}
+
+/// Every task the server starts, and the token that stops them (mini-redis's and
+/// iroh-relay's pattern): listeners, connections, splices, relays, timers.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Tasks {
+    pub(crate) tracker: TaskTracker,
+    pub(crate) stop: CancellationToken,
 }
 
 impl Handle {
@@ -74,14 +80,20 @@ impl Handle {
         self.alt_addr
     }
 
-    /// Asks the server and all its connection tasks to stop.
+    /// Asks the server and all its tasks to stop: listeners close at once.
     pub fn shutdown(&self) {
-        self.shutdown.cancel();
+        self.tasks.stop.cancel();
     }
 
-    /// Waits until every task has stopped.
-    pub async fn join(self) {
-        let _ = self.join.await;
+    /// Waits until every task the server started has stopped (after [`Handle::shutdown`]).
+    pub async fn join(&self) {
+        self.tasks.tracker.wait().await;
+    }
+
+    /// Tasks of the server still running (listeners, connections, splices, timers):
+    /// zero once [`Handle::join`] has returned.
+    pub fn tasks(&self) -> usize {
+        self.tasks.tracker.len()
     }
 }
 
@@ -91,7 +103,7 @@ pub async fn spawn(config: Config) -> std::io::Result<Handle> {
     crate::stun::log_layout(&stun);
     let alt_addr = stun.alt_addr();
     let local_addr = listener.local_addr()?;
-    let shutdown = CancellationToken::new();
+    let tasks = Tasks::default();
     let vhost = match config.vhost_http_port {
         Some(port) => {
             let l = TcpListener::bind((config.bind.ip(), port)).await?;
@@ -111,11 +123,12 @@ pub async fn spawn(config: Config) -> std::io::Result<Handle> {
         config.bind.ip(),
         registry.clone(),
         vhost.as_ref().map(|v| v.2.clone()),
+        tasks.clone(),
     );
     if let Some((l, _, table)) = vhost {
-        let token = shutdown.clone();
-        tokio::spawn(async move {
-            if let Err(e) = crate::vhost::serve(l, table, Default::default(), token).await {
+        let stop = tasks.stop.clone();
+        tasks.tracker.spawn(async move {
+            if let Err(e) = crate::vhost::serve(l, table, Default::default(), stop).await {
                 warn!(%e, "http vhost stopped");
             }
         });
@@ -128,22 +141,27 @@ pub async fn spawn(config: Config) -> std::io::Result<Handle> {
         exposures,
         registry,
         max_streams: config.max_streams,
+        tasks: tasks.clone(),
     });
-    let token = shutdown.clone();
-    let join = tokio::spawn(async move {
-        tokio::join!(
-            accept_loop(listener, server.clone(), token.clone()),
-            stun.run(token.clone()),
-            expire_loop(server.clone(), token),
-        );
-        server.exposures.close_all();
+    tasks.tracker.spawn(accept_loop(listener, server.clone()));
+    tasks.tracker.spawn(stun.run(tasks.stop.clone()));
+    tasks
+        .tracker
+        .spawn(expire_loop(server.clone(), tasks.stop.clone()));
+    let stop = tasks.stop.clone();
+    tasks.tracker.spawn(async move {
+        stop.cancelled().await;
+        // Data connections' multiplexers run tasks of their own: close them and wait.
+        server.exposures.close_all().await;
     });
+    // Tasks spawned later (connections, exposures) are tracked too; `join` returns
+    // once all have ended.
+    tasks.tracker.close();
     Ok(Handle {
         local_addr,
         alt_addr,
         vhost_addr,
-        shutdown,
-        join,
+        tasks,
     })
 }
 
@@ -209,6 +227,7 @@ struct Server {
     exposures: Arc<crate::expose::Exposures>,
     /// Streams at once on one peer process's data connection (`--max-streams`).
     max_streams: usize,
+    tasks: Tasks,
 }
 
 #[derive(Default)]
@@ -379,38 +398,33 @@ impl Server {
     }
 }
 
-async fn accept_loop(listener: TcpListener, server: Arc<Server>, shutdown: CancellationToken) {
-    let tracker = TaskTracker::new();
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            acc = listener.accept() => match acc {
-                Ok((stream, addr)) => {
-                    let server = server.clone();
-                    let token = shutdown.child_token();
-                    let id = server.next_id.fetch_add(1, Ordering::Relaxed);
-                    tracker.spawn(
-                        async move {
-                            tokio::select! {
-                                _ = token.cancelled() => {}
-                                r = handle(server, stream, addr, id) => if let Err(e) = r {
-                                    warn!(%e, "connection closed with an error");
-                                }
-                            }
+async fn accept_loop(listener: TcpListener, server: Arc<Server>) {
+    let limit = Arc::new(tokio::sync::Semaphore::new(MAX_SERVER_CONNECTIONS));
+    let tasks = server.tasks.clone();
+    crate::accept::serve(
+        "control port",
+        &listener,
+        limit,
+        &tasks.tracker,
+        &tasks.stop,
+        |stream, addr| {
+            let server = server.clone();
+            let stop = tasks.stop.clone();
+            let id = server.next_id.fetch_add(1, Ordering::Relaxed);
+            Some(
+                async move {
+                    tokio::select! {
+                        _ = stop.cancelled() => {}
+                        r = handle(server, stream, addr, id) => if let Err(e) = r {
+                            warn!(%e, "connection closed with an error");
                         }
-                        .instrument(info_span!("conn", id, %addr, peer = tracing::field::Empty)),
-                    );
+                    }
                 }
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    warn!(%e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        }
-    }
-    tracker.close();
-    tracker.wait().await;
+                .instrument(info_span!("conn", id, %addr, peer = tracing::field::Empty)),
+            )
+        },
+    )
+    .await;
 }
 
 /// Why a connection ended.

@@ -77,7 +77,7 @@ use tokio::{
     sync::Semaphore,
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tracing::{debug, info, warn, Instrument};
+use tracing::{debug, info, Instrument};
 
 /// An endpoint's place in the RFC 5780 grid: (IP index, port index), 0 = primary.
 type Slot = (usize, usize);
@@ -318,33 +318,26 @@ async fn serve_tcp(
     shutdown: CancellationToken,
 ) {
     let tracker = TaskTracker::new();
-    loop {
-        let Ok(permit) = limit.clone().acquire_owned().await else {
-            break;
-        };
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            acc = listener.accept() => match acc {
-                Ok((stream, from)) => {
-                    let (layout, token) = (layout.clone(), shutdown.clone());
-                    tracker.spawn(
-                        async move {
-                            tokio::select! {
-                                _ = token.cancelled() => {}
-                                _ = stun_over_tcp(&layout, at, stream, from) => {}
-                            }
-                            drop(permit);
-                        }
-                        .instrument(tracing::debug_span!("stun-tcp", %from)),
-                    );
+    crate::accept::serve(
+        "STUN over TCP",
+        &listener,
+        limit,
+        &tracker,
+        &shutdown,
+        |stream, from| {
+            let (layout, token) = (layout.clone(), shutdown.clone());
+            Some(
+                async move {
+                    tokio::select! {
+                        _ = token.cancelled() => {}
+                        _ = stun_over_tcp(&layout, at, stream, from) => {}
+                    }
                 }
-                Err(e) => {
-                    warn!(%e, "STUN TCP accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                }
-            }
-        }
-    }
+                .instrument(tracing::debug_span!("stun-tcp", %from)),
+            )
+        },
+    )
+    .await;
     tracker.close();
     tracker.wait().await;
 }

@@ -52,7 +52,7 @@ use hyper::{header::HeaderValue, server::conn::http1, service::service_fn};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{net::TcpListener, sync::Semaphore};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tracing::{debug, info, warn, Instrument};
+use tracing::{debug, info, Instrument};
 
 pub use pool::Opener;
 pub use table::{Route, Vhosts};
@@ -110,10 +110,6 @@ pub const MAX_ROUTE_DOMAINS: usize = 64;
 pub const MAX_ROUTE_LOCATIONS: usize = 64;
 /// Most request (and, separately, response) headers a route may set.
 pub const MAX_ROUTE_HEADERS: usize = 64;
-
-/// How long to wait after the listener failed to accept (out of file descriptors,
-/// typically) before trying again.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Settings of the vhost listener. [`Default`] uses the constants of this module.
 #[derive(Debug, Clone)]
@@ -183,52 +179,41 @@ pub async fn serve(
     let conns = TaskTracker::new();
 
     tracker.spawn(sweep(ctx.clone()));
-    loop {
-        let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-            () = shutdown.cancelled() => break,
-        };
-        let (tcp, addr) = tokio::select! {
-            res = listener.accept() => match res {
-                Ok(conn) => conn,
-                Err(e) => {
-                    warn!(%e, "http vhost: accept failed");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
-                    continue;
-                }
-            },
-            () = shutdown.cancelled() => break,
-        };
-        let _ = tcp.set_nodelay(true);
-        let client_ip = client_ip(addr);
-        let svc_ctx = ctx.clone();
-        let svc = service_fn(move |req| proxy::handle(svc_ctx.clone(), client_ip.clone(), req));
-        let conn = http
-            .serve_connection(TokioIo::new(tcp), svc)
-            .with_upgrades();
-        let shutdown = shutdown.clone();
-        let grace = ctx.cfg.shutdown_grace;
-        conns.spawn(
-            async move {
-                let _permit = permit;
-                let mut conn = std::pin::pin!(conn);
-                let res = tokio::select! {
-                    res = conn.as_mut() => res,
-                    () = shutdown.cancelled() => {
-                        conn.as_mut().graceful_shutdown();
-                        tokio::time::timeout(grace, conn.as_mut()).await.unwrap_or(Ok(()))
+    crate::accept::serve(
+        "http vhost",
+        &listener,
+        permits,
+        &conns,
+        &shutdown,
+        |tcp, addr| {
+            let _ = tcp.set_nodelay(true);
+            let client_ip = client_ip(addr);
+            let svc_ctx = ctx.clone();
+            let svc = service_fn(move |req| proxy::handle(svc_ctx.clone(), client_ip.clone(), req));
+            let conn = http
+                .serve_connection(TokioIo::new(tcp), svc)
+                .with_upgrades();
+            let shutdown = shutdown.clone();
+            let grace = ctx.cfg.shutdown_grace;
+            Some(
+                async move {
+                    let mut conn = std::pin::pin!(conn);
+                    let res = tokio::select! {
+                        res = conn.as_mut() => res,
+                        () = shutdown.cancelled() => {
+                            conn.as_mut().graceful_shutdown();
+                            tokio::time::timeout(grace, conn.as_mut()).await.unwrap_or(Ok(()))
+                        }
+                    };
+                    if let Err(e) = res {
+                        debug!(%e, "client connection ended");
                     }
-                };
-                if let Err(e) = res {
-                    debug!(%e, "client connection ended");
                 }
-            }
-            .instrument(tracing::debug_span!("vhost", %addr)),
-        );
-    }
+                .instrument(tracing::debug_span!("vhost", %addr)),
+            )
+        },
+    )
+    .await;
     drop(listener);
     conns.close();
     conns.wait().await;

@@ -183,3 +183,159 @@ async fn a_connect_flood_harms_only_the_flooder() {
     assert!((1..=20).contains(&warned), "{warned} warnings:\n{log}");
     answers.abort();
 }
+
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which may hold spaces): utime is the 14th
+    // field overall, stime the 15th.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+/// One user at its `maxExposures` is refused with a clear reason, and the server keeps
+/// serving another user's exposure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_at_its_exposure_limit_harms_nobody_else() {
+    use common::proto::ExposeSpec;
+    let dir = lab::fresh_identity();
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("rendezvous.toml");
+    std::fs::write(
+        &config,
+        "[[users]]\nname = \"greedy\"\ntoken = \"greedy-token\"\n\
+         allowPorts = [{ start = 1024, end = 65535 }]\nmaxExposures = 20\n\n\
+         [[users]]\nname = \"other\"\ntoken = \"other-token\"\n\
+         allowPorts = [{ start = 1024, end = 65535 }]\n",
+    )
+    .unwrap();
+    let (_srv, addr) = rendezvous(
+        local("rendezvous"),
+        &["-c", config.to_str().unwrap(), "--bind", "127.0.0.1"],
+    );
+    let cfg = ServerConfig::ephemeral(addr, Some("greedy-token".into()));
+    let mut greedy = Control::connect(&cfg).await.unwrap();
+    for i in 0..30 {
+        greedy
+            .send(ClientMsg::Expose {
+                name: format!("p{i}"),
+                instance: 1,
+                spec: ExposeSpec::Tcp { remote_port: 0 },
+            })
+            .await
+            .unwrap();
+    }
+    let (mut exposed, mut refusals) = (0, Vec::new());
+    while exposed + refusals.len() < 30 {
+        match tokio::time::timeout(T, greedy.recv())
+            .await
+            .unwrap()
+            .unwrap()
+        {
+            ServerMsg::Exposed { .. } => exposed += 1,
+            ServerMsg::Refused(r) => refusals.push(r),
+            _ => {}
+        }
+    }
+    assert_eq!(exposed, 20);
+    assert!(
+        refusals.iter().all(|r| r.contains("maxExposures")),
+        "{refusals:?}"
+    );
+    // The other user exposes and is reached.
+    let (_echo, echo_addr) = echo();
+    let mut cmd = local("peer");
+    cmd.env("PUNCHLINE_TOKEN", "other-token").args([
+        "--server",
+        &addr.to_string(),
+        "expose",
+        "tcp",
+        "--local",
+        &echo_addr.to_string(),
+        "--remote-port",
+        "0",
+    ]);
+    let other = Proc::spawn("other", cmd);
+    let port: u16 = other
+        .stdout
+        .wait_for("exposed", T)
+        .split_whitespace()
+        .last()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let through = SocketAddr::from(([127, 0, 0, 1], port));
+    let deadline = Instant::now() + T;
+    loop {
+        let r = tokio::task::spawn_blocking(move || check(through))
+            .await
+            .unwrap();
+        if r.is_ok() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{r:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(greedy);
+}
+
+/// Out of file descriptors, the control port's accept loop backs off instead of
+/// spinning, logs a line (not one per 100 ms), and serves again once descriptors are
+/// free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accept_backs_off_when_out_of_file_descriptors() {
+    let (srv, addr) = rendezvous(local("rendezvous"), &["--bind", "127.0.0.1"]);
+    let pid = srv.child.id();
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
+    let limit = open + 10;
+    let st = std::process::Command::new("prlimit")
+        .args([
+            "--pid",
+            &pid.to_string(),
+            &format!("--nofile={limit}:{limit}"),
+        ])
+        .status()
+        .unwrap();
+    assert!(st.success(), "prlimit failed");
+    // Silent connections (no handshake) take the free descriptors; the rest wait
+    // in the backlog, where every accept fails with EMFILE.
+    let mut silent = Vec::new();
+    for _ in 0..40 {
+        silent.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = cpu_ticks(pid);
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let ticks = cpu_ticks(pid) - before;
+    let hz = 100.0; // USER_HZ on Linux
+    let busy = ticks as f64 / hz / started.elapsed().as_secs_f64();
+    eprintln!(
+        "server CPU while out of descriptors: {:.1}% of a core",
+        busy * 100.0
+    );
+    assert!(
+        busy < 0.2,
+        "the accept loop spins: {:.0}% of a core",
+        busy * 100.0
+    );
+    let log = srv.stderr.text();
+    let failed = log.lines().filter(|l| l.contains("accept failed")).count();
+    assert!(
+        (1..=2).contains(&failed),
+        "{failed} 'accept failed' lines:\n{log}"
+    );
+    // Descriptors come back: a peer is served again.
+    drop(silent);
+    let cfg = ServerConfig::ephemeral(addr, None);
+    let deadline = Instant::now() + T;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), Control::connect(&cfg)).await {
+            Ok(Ok(_)) => break,
+            other => assert!(Instant::now() < deadline, "{other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
