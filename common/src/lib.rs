@@ -5,7 +5,8 @@
 //! [`secure`] (a Noise `NNpsk0` channel, the PSK derived from a shared secret) →
 //! [`framing`] (length-delimited frames carrying [`proto`] messages, encoded by
 //! [`wire`]) for control, or raw bytes through [`splice`] for data.
-#![forbid(unsafe_code)]
+// `deny`, not `forbid`: `net::raise_fd_limit` (setrlimit) is the one exception.
+#![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod backoff;

@@ -24,15 +24,29 @@
 //! # How streams end
 //!
 //! * `shutdown()` on one side: the other reads end of file (a half-close).
-//! * A stream dropped without `shutdown()`, or refused: reset; the other side's
-//!   reads and writes fail with [`io::ErrorKind::ConnectionReset`].
+//! * A stream dropped without `shutdown()` while neither side has shut it down, or
+//!   refused: reset; the other side's reads and writes fail with
+//!   [`io::ErrorKind::ConnectionReset`].
 //! * The connection is lost: reads and writes fail with
 //!   [`io::ErrorKind::ConnectionAborted`] and the reason ([`MuxError::Lost`]), so a
 //!   cut never passes for a complete transfer. Over Noise even a TCP FIN is a loss
 //!   unless Noise's end marker came first.
-//! * The connection is closed ([`Mux::close`], either side): reads return what has
-//!   arrived, then end of file on the closing side's peer (the closing side chose to
-//!   end), an error on the closing side; writes fail.
+//! * The connection is closed ([`Mux::close`], either side) while the stream is open:
+//!   reads return what has arrived, then fail with [`io::ErrorKind::ConnectionAborted`]
+//!   on both sides: the stream did not end by its own FIN, so it must not pass for
+//!   complete. Writes fail.
+//!
+//! A reset can only be told apart while neither side has shut the stream down: yamux
+//! (0.13) has no reset for a half-closed stream (dropping one that has read the other
+//! side's FIN sends a FIN), and a reset that arrives after our own `shutdown()` looks
+//! like the other side's FIN. So a stream that dies abnormally *after* a half-close
+//! still ends with end of file; a lost or closed connection is an error in any state.
+//!
+//! Inbound streams are acknowledged as soon as they are first read or written (an
+//! empty data frame with the ACK flag), not when the application first sends data:
+//! yamux lets an opener have at most 256 streams unacknowledged, so without this a
+//! service that answers only after a while (long polls, a backend holding requests)
+//! would stall every new stream at 256.
 //!
 //! # Stream limits
 //!
@@ -94,11 +108,27 @@ const MIB: usize = 1024 * KIB;
 /// data whatever the configuration, so it also prices [`MuxConfig::max_streams`].
 pub const STREAM_WINDOW: usize = yamux::DEFAULT_CREDIT as usize;
 
-/// Default for [`MuxConfig::max_streams`]: yamux's own default. One stream per
-/// proxied user connection, so a few hundred browsers' worth; at most
-/// `(512 + STREAM_HEADROOM) * STREAM_WINDOW` = 192 MiB of initial windows could be
-/// filled by a peer if no stream were read at all.
-pub const DEFAULT_MAX_STREAMS: usize = 512;
+/// Default for [`MuxConfig::max_streams`]: 65,536 streams (carried TCP connections)
+/// on one connection.
+///
+/// Each stream is a TCP connection at both ends, so file descriptors bound the count
+/// first on most systems; this is the backstop. What a stream costs: its pump buffers
+/// (see [`crate::splice`]: 8 KiB while idle, up to 128 KiB when busy) plus about 3 KiB
+/// of yamux, task and socket state (measured: ~110 MiB of RSS in the server and in the
+/// peer with 10,000 connections through an exposed port, `tests/tests/capacity.rs`),
+/// and, if its reader stalls, up to its receive window. That window is fixed at
+/// [`STREAM_WINDOW`] by the yamux specification, so the most a peer could make us
+/// buffer on one connection if no stream were read at all is `(max_streams +
+/// STREAM_HEADROOM) * STREAM_WINDOW + window_growth` (16.1 GiB at this default; the
+/// kernel's buffers for that many stalled TCP connections would hold as much). A
+/// stream is read slowly only while the TCP connection it is spliced to is, so the
+/// memory follows the slow clients, not this number; lower it (`--max-streams`) on a
+/// small machine.
+///
+/// Why not more: yamux scans all streams of a connection on every open (its
+/// acknowledgement backlog), ~35 ns per open stream: 0.14 ms per open with 4,000
+/// open, 1.4 ms near this limit (the `open_cost` measurement).
+pub const DEFAULT_MAX_STREAMS: usize = 65_536;
 
 /// Default for [`MuxConfig::window_growth`]: 64 MiB. Auto-tuning grows a fast
 /// stream's window to about twice the bandwidth-delay product; 64 MiB covers one
@@ -131,7 +161,7 @@ pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// [`MuxConfig::max_streams`] is capped at this (about a million): it sizes a queue,
 /// and yamux computes `streams * STREAM_WINDOW` without overflow checks.
-const MAX_STREAMS_CAP: usize = 1 << 20;
+pub const MAX_STREAMS_CAP: usize = 1 << 20;
 
 /// Queue of [`Mux::open`] requests waiting for the driver.
 const OPEN_QUEUE: usize = 32;
@@ -384,7 +414,7 @@ impl Mux {
             return Err(self.ended_error());
         }
         match rx.await {
-            Ok(Ok(stream)) => Ok(MuxStream::new(stream, slot)),
+            Ok(Ok(stream)) => Ok(MuxStream::new(stream, slot, false)),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(self.ended_error()),
         }
@@ -503,7 +533,11 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
             );
             return;
         };
-        if self.inbound.try_send(MuxStream::new(stream, slot)).is_err() {
+        if self
+            .inbound
+            .try_send(MuxStream::new(stream, slot, true))
+            .is_err()
+        {
             tracing::debug!("refusing an inbound stream: nobody accepts streams");
         }
     }
@@ -621,6 +655,8 @@ pub struct MuxStream {
     /// close) do not wake waiting streams.
     ended: Pin<Box<WaitForCancellationFutureOwned>>,
     write_closed: bool,
+    /// An inbound stream not yet acknowledged to the opener (see the module docs).
+    ack_pending: bool,
     slot: Slot,
 }
 
@@ -634,12 +670,27 @@ impl fmt::Debug for MuxStream {
 }
 
 impl MuxStream {
-    fn new(stream: yamux::Stream, slot: Slot) -> Self {
+    fn new(stream: yamux::Stream, slot: Slot, inbound: bool) -> Self {
         Self {
             inner: stream.compat(),
             ended: Box::pin(slot.0.ended.clone().cancelled_owned()),
             write_closed: false,
+            ack_pending: inbound,
             slot,
+        }
+    }
+
+    /// Acknowledges an inbound stream with an empty data frame (yamux sets the ACK
+    /// flag on a stream's first frame), so that its opener's backlog of
+    /// unacknowledged streams shrinks now rather than when data first flows back.
+    /// Retried on the next poll while yamux's command queue is full; a stream that
+    /// cannot be written any more needs no acknowledgement.
+    fn poll_ack(&mut self, cx: &mut Context<'_>) {
+        if self.ack_pending {
+            let inner = Pin::new(self.inner.get_mut());
+            if futures::AsyncWrite::poll_write(inner, cx, &[]).is_ready() {
+                self.ack_pending = false;
+            }
         }
     }
 
@@ -702,6 +753,7 @@ impl AsyncRead for MuxStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        this.poll_ack(cx);
         let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) if buf.filled().len() == before && buf.remaining() > 0 => {
@@ -711,7 +763,13 @@ impl AsyncRead for MuxStream {
                     return Poll::Ready(Ok(()));
                 }
                 match this.shared().end_after_poll() {
-                    Some(End::Closed) => Poll::Ready(Ok(())),
+                    // We had shut down: the other side's FIN or the close ended it;
+                    // yamux does not tell which (see the module docs).
+                    Some(End::Closed) if this.write_closed => Poll::Ready(Ok(())),
+                    Some(End::Closed) => Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::ConnectionAborted,
+                        "the multiplexed connection was closed before the stream ended",
+                    ))),
                     Some(end) => Poll::Ready(Err(end.error().into())),
                     // Closed both ways while the connection is up: either we shut down
                     // and then got the FIN (clean), or the stream was reset.
@@ -733,6 +791,7 @@ impl AsyncWrite for MuxStream {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        this.poll_ack(cx);
         match Pin::new(&mut this.inner).poll_write(cx, buf) {
             Poll::Ready(Ok(n)) => Poll::Ready(Ok(n)),
             Poll::Ready(Err(e)) => Poll::Ready(Err(this.write_error(e))),
@@ -1057,6 +1116,105 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn refuses_over_max_tcp() {
         refuses_over_max(tcp().await).await;
+    }
+
+    /// A service that holds every stream without answering (a long poll) does not
+    /// stall new streams: inbound streams are acknowledged when first read, so the
+    /// opener's backlog of unacknowledged streams (256 in yamux) never fills.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn held_streams_do_not_stall_opens() {
+        let (a, b) = duplex();
+        let ((client, _), (_server, mut accept)) = start(a, b, MuxConfig::default());
+        let held = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Some(mut s) = accept.recv().await {
+                let mut byte = [0u8; 1];
+                s.read_exact(&mut byte).await.unwrap();
+                held.push(s);
+                if held.len() == 1000 {
+                    return held;
+                }
+            }
+            panic!("the connection ended");
+        });
+        let mut streams = Vec::new();
+        for i in 0..1000 {
+            let mut s = tokio::time::timeout(Duration::from_secs(10), client.open())
+                .await
+                .unwrap_or_else(|_| panic!("open {i} stalled"))
+                .unwrap();
+            s.write_all(b"x").await.unwrap();
+            streams.push(s);
+        }
+        let held = tokio::time::timeout(Duration::from_secs(10), held)
+            .await
+            .expect("every stream arrives")
+            .unwrap();
+        assert_eq!(held.len(), 1000);
+    }
+
+    /// A connection closed while a stream is open ends the stream with an error on
+    /// both sides, never with a clean end of file.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn close_mid_stream_is_an_error_on_both_sides() {
+        let (a, b) = duplex();
+        let ((client, _), (server, mut accept)) = start(a, b, MuxConfig::default());
+        let mut ours = client.open().await.unwrap();
+        ours.write_all(b"partial").await.unwrap();
+        let mut theirs = accept.recv().await.unwrap();
+        let mut buf = [0u8; 7];
+        theirs.read_exact(&mut buf).await.unwrap();
+        theirs.write_all(b"half").await.unwrap();
+        server.close();
+        let mut got = Vec::new();
+        let err = ours.read_to_end(&mut got).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionAborted, "{err}");
+        assert_eq!(got, b"half");
+        let err = theirs.read_to_end(&mut Vec::new()).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionAborted, "{err}");
+    }
+
+    /// What opening costs as streams pile up on one connection (yamux scans every
+    /// stream on each open): opens `MuxConfig::default().max_streams` streams that all
+    /// stay open, and prints the time per open in batches. Run with
+    /// `cargo test --release -p common mux::tests::open_cost -- --ignored --nocapture`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "a measurement, not a check: prints microseconds per open"]
+    async fn open_cost() {
+        let (a, b) = duplex();
+        let ((client, _), (_server, mut accept)) = start(a, b, MuxConfig::default());
+        let held = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Some(mut s) = accept.recv().await {
+                let mut byte = [0u8; 1];
+                if s.read_exact(&mut byte).await.is_err() {
+                    break;
+                }
+                held.push(s);
+            }
+            held.len()
+        });
+        let total = MuxConfig::default().max_streams;
+        let batch = total / 8;
+        let mut streams = Vec::with_capacity(total);
+        for b in 0..8 {
+            let start = Instant::now();
+            for _ in 0..batch {
+                let mut s = client.open().await.unwrap();
+                s.write_all(b"x").await.unwrap();
+                streams.push(s);
+            }
+            println!(
+                "streams {:>6}..{:>6}: {:.1} us per open",
+                b * batch,
+                (b + 1) * batch,
+                start.elapsed().as_secs_f64() * 1e6 / batch as f64
+            );
+        }
+        assert!(client.open().await.is_err(), "the limit holds");
+        drop(streams);
+        client.close();
+        let _ = held.await;
     }
 
     /// The server's end of the connection disappears (no GoAway, no Noise end

@@ -1,5 +1,7 @@
 //! Socket helpers: ports shared between a probe, a listener and dialers
-//! (`SO_REUSEADDR` + `SO_REUSEPORT`, set before `bind`), and link keepalives.
+//! (`SO_REUSEADDR` + `SO_REUSEPORT`, set before `bind`), link keepalives, resetting
+//! a connection ([`reset`]), and the process's open-files limit
+//! ([`raise_fd_limit`]).
 
 use std::{io, net::SocketAddr};
 
@@ -42,6 +44,86 @@ pub fn set_link_options(stream: &TcpStream) -> io::Result<()> {
     sock.set_tcp_keepalive(&ka)?;
     sock.set_tcp_user_timeout(Some(USER_TIMEOUT))?;
     Ok(())
+}
+
+/// Closes `stream` with a reset (RST) instead of a FIN: `SO_LINGER` 0, then drop. The
+/// other side's next read or write fails with `ECONNRESET`, so it can tell an
+/// abnormal end (a transfer cut short, a refused connection) from a complete one.
+/// Unsent data is discarded. Closing never blocks: a zero linger aborts at once.
+pub fn reset(stream: TcpStream) {
+    if let Err(e) = SockRef::from(&stream).set_linger(Some(std::time::Duration::ZERO)) {
+        tracing::debug!(%e, "cannot set SO_LINGER 0; closing normally");
+    }
+    drop(stream);
+}
+
+/// The open-files limit of this process before and after [`raise_fd_limit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FdLimit {
+    /// The soft limit found at start.
+    pub before: u64,
+    /// The soft limit now.
+    pub after: u64,
+}
+
+/// Raises this process's soft `RLIMIT_NOFILE` to its hard limit. Every carried
+/// connection costs a file descriptor or two, and the usual soft limit (1024) would
+/// cap a server or an exposing peer at a few hundred connections; the hard limit is
+/// what the administrator allows. Where the hard limit is "unlimited" (which Linux
+/// refuses as a soft limit), the kernel's `fs.nr_open` is used instead.
+///
+/// The syscalls need `unsafe` (libc); this function is the only place in this crate
+/// that has it.
+#[cfg(unix)]
+#[allow(unsafe_code)]
+// `rlim_t` is `u64` on Linux but not on every unix.
+#[allow(clippy::unnecessary_cast)]
+pub fn raise_fd_limit() -> io::Result<FdLimit> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the `rlimit` struct we pass, which lives on our
+    // stack for the whole call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let before = lim.rlim_cur as u64;
+    let mut want = lim.rlim_max;
+    if want == libc::RLIM_INFINITY {
+        want = std::fs::read_to_string("/proc/sys/fs/nr_open")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(1 << 20);
+    }
+    if lim.rlim_cur != libc::RLIM_INFINITY && lim.rlim_cur < want {
+        let new = libc::rlimit {
+            rlim_cur: want,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: setrlimit only reads the `rlimit` struct we pass, which lives on our
+        // stack for the whole call.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &new) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        return Ok(FdLimit {
+            before,
+            after: want as u64,
+        });
+    }
+    Ok(FdLimit {
+        before,
+        after: before,
+    })
+}
+
+/// Raises this process's soft `RLIMIT_NOFILE` to its hard limit (nothing to do here).
+#[cfg(not(unix))]
+pub fn raise_fd_limit() -> io::Result<FdLimit> {
+    Ok(FdLimit {
+        before: u64::MAX,
+        after: u64::MAX,
+    })
 }
 
 /// A stream with bytes already read from it put back in front: what a connection

@@ -180,32 +180,40 @@ async fn write_hs_frame<T: AsyncWrite + Unpin>(io: &mut T, parts: &[&[u8]]) -> i
     io.flush().await
 }
 
+/// The initiator's first message and the responder's reply (a Noise message after
+/// [`REPLY_OK`], or a plaintext refusal after [`REPLY_REFUSED`]).
+async fn first_exchange<T: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut T,
+    hs: &mut snow::HandshakeState,
+) -> Result<(), HandshakeError> {
+    let mut msg = [0u8; 256];
+    let n = hs
+        .write_message(&[], &mut msg)
+        .map_err(|_| HandshakeError::BadSecret)?;
+    write_hs_frame(io, &[&msg[..n]]).await?;
+    let reply = read_hs_frame(io).await?;
+    match reply.split_first() {
+        Some((&REPLY_OK, rest)) => {
+            let mut out = [0u8; 256];
+            hs.read_message(rest, &mut out)
+                .map_err(|_| HandshakeError::BadSecret)?;
+            Ok(())
+        }
+        Some((&REPLY_REFUSED, rest)) => Err(HandshakeError::Refused(
+            String::from_utf8_lossy(rest).into_owned(),
+        )),
+        Some((&other, _)) => Err(HandshakeError::Malformed(other)),
+        None => Err(HandshakeError::Closed),
+    }
+}
+
 /// Runs the initiator side of the handshake.
 pub async fn initiate<T: AsyncRead + AsyncWrite + Unpin>(
     mut io: T,
     psk: &Psk,
 ) -> Result<NoiseStream<T>, HandshakeError> {
     let mut hs = builder(psk)?;
-    let mut msg = [0u8; 128];
-    let n = hs
-        .write_message(&[], &mut msg)
-        .map_err(|_| HandshakeError::BadSecret)?;
-    write_hs_frame(&mut io, &[&msg[..n]]).await?;
-    let reply = read_hs_frame(&mut io).await?;
-    match reply.split_first() {
-        Some((&REPLY_OK, rest)) => {
-            let mut out = [0u8; 128];
-            hs.read_message(rest, &mut out)
-                .map_err(|_| HandshakeError::BadSecret)?;
-        }
-        Some((&REPLY_REFUSED, rest)) => {
-            return Err(HandshakeError::Refused(
-                String::from_utf8_lossy(rest).into_owned(),
-            ))
-        }
-        Some((&other, _)) => return Err(HandshakeError::Malformed(other)),
-        None => return Err(HandshakeError::Closed),
-    }
+    first_exchange(&mut io, &mut hs).await?;
     let state = hs
         .into_transport_mode()
         .map_err(|_| HandshakeError::BadSecret)?;
@@ -275,26 +283,8 @@ pub async fn initiate_server<T: AsyncRead + AsyncWrite + Unpin>(
     identity: &Identity,
 ) -> Result<NoiseStream<T>, HandshakeError> {
     let mut hs = server_state(psk, Some(identity))?;
+    first_exchange(&mut io, &mut hs).await?;
     let mut msg = [0u8; 256];
-    let n = hs
-        .write_message(&[], &mut msg)
-        .map_err(|_| HandshakeError::BadSecret)?;
-    write_hs_frame(&mut io, &[&msg[..n]]).await?;
-    let reply = read_hs_frame(&mut io).await?;
-    match reply.split_first() {
-        Some((&REPLY_OK, rest)) => {
-            let mut out = [0u8; 256];
-            hs.read_message(rest, &mut out)
-                .map_err(|_| HandshakeError::BadSecret)?;
-        }
-        Some((&REPLY_REFUSED, rest)) => {
-            return Err(HandshakeError::Refused(
-                String::from_utf8_lossy(rest).into_owned(),
-            ))
-        }
-        Some((&other, _)) => return Err(HandshakeError::Malformed(other)),
-        None => return Err(HandshakeError::Closed),
-    }
     let n = hs
         .write_message(&[], &mut msg)
         .map_err(|_| HandshakeError::BadSecret)?;
@@ -576,5 +566,80 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for NoiseStream<T> {
         ready!(this.poll_drain(cx))?;
         ready!(Pin::new(&mut this.io).poll_flush(cx))?;
         Pin::new(&mut this.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    async fn server_pair(
+        client_psk: Psk,
+        server_psks: Vec<Psk>,
+        id: Identity,
+    ) -> (
+        Result<NoiseStream<tokio::io::DuplexStream>, HandshakeError>,
+        Result<(NoiseStream<tokio::io::DuplexStream>, ServerPeer), HandshakeError>,
+    ) {
+        let (a, b) = tokio::io::duplex(4096);
+        let server = tokio::spawn(async move { respond_server(b, &server_psks, "no").await });
+        let client = initiate_server(a, &client_psk, &id).await;
+        (client, server.await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn the_server_learns_the_proved_identity_and_the_user() {
+        let id = Identity::generate();
+        let psks = vec![Psk::server(Some("alice")), Psk::server(Some("bob"))];
+        let (client, server) = server_pair(Psk::server(Some("bob")), psks, id.clone()).await;
+        let (mut s, who) = server.unwrap();
+        assert_eq!(who.identity, id.public());
+        assert_eq!(who.psk_index, 1);
+        let mut c = client.unwrap();
+        c.write_all(b"hello").await.unwrap();
+        c.flush().await.unwrap();
+        let mut buf = [0u8; 5];
+        s.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"hello");
+    }
+
+    #[tokio::test]
+    async fn a_wrong_token_is_refused_with_the_reason() {
+        let (client, server) = server_pair(
+            Psk::server(Some("mallory")),
+            vec![Psk::server(Some("alice"))],
+            Identity::generate(),
+        )
+        .await;
+        assert!(matches!(server, Err(HandshakeError::BadSecret)));
+        assert!(matches!(client, Err(HandshakeError::Refused(r)) if r == "no"));
+    }
+
+    #[tokio::test]
+    async fn a_version_1_peer_is_told_to_upgrade() {
+        let (a, b) = tokio::io::duplex(4096);
+        let psks = vec![Psk::server(Some("t"))];
+        let server = tokio::spawn(async move { respond_server(b, &psks, "no").await });
+        let client = initiate(a, &Psk::server(Some("t"))).await;
+        assert!(matches!(client, Err(HandshakeError::Refused(r)) if r == UPGRADE));
+        assert!(matches!(
+            server.await.unwrap(),
+            Err(HandshakeError::Refused(_))
+        ));
+    }
+
+    #[test]
+    fn proofs_are_bound_to_key_nonce_and_role() {
+        let (k, other) = (
+            Psk::derive("service", &["a", "s"]),
+            Psk::derive("service", &["a", "t"]),
+        );
+        let n = [7u8; 16];
+        let p = k.proof(&n, true);
+        assert!(k.verify_proof(&n, true, &p));
+        assert!(!k.verify_proof(&n, false, &p), "role");
+        assert!(!k.verify_proof(&[8u8; 16], true, &p), "nonce");
+        assert!(!other.verify_proof(&n, true, &p), "key");
     }
 }

@@ -42,8 +42,14 @@ fn status(msg: &str) {
 }
 
 /// Runs until a fatal error: a refused exposure at the first registration, or a
-/// wrong token.
-pub async fn run(cfg: ServerConfig, proxies: Vec<Proxy>) -> Result<(), ServiceError> {
+/// wrong token. `max_streams` bounds the user connections carried at once on the
+/// data connection (`--max-streams`); past it the peer refuses the server's stream,
+/// the server resets the user's connection, and the peer logs a warning.
+pub async fn run(
+    cfg: ServerConfig,
+    proxies: Vec<Proxy>,
+    max_streams: usize,
+) -> Result<(), ServiceError> {
     let instance: u64 = rand::random();
     let hello = proxies
         .iter()
@@ -92,7 +98,8 @@ pub async fn run(cfg: ServerConfig, proxies: Vec<Proxy>) -> Result<(), ServiceEr
                 if data.as_ref().is_none_or(|d| d.is_finished()) {
                     let (cfg, locals) = (cfg.clone(), locals.clone());
                     data = Some(tokio::spawn(
-                        data_connection(cfg, instance, locals).instrument(info_span!("data")),
+                        data_connection(cfg, instance, locals, max_streams)
+                            .instrument(info_span!("data")),
                     ));
                 }
             }
@@ -114,11 +121,12 @@ async fn data_connection(
     cfg: ServerConfig,
     instance: u64,
     locals: Arc<HashMap<String, SocketAddr>>,
+    max_streams: usize,
 ) {
     let mut backoff = common::backoff::Backoff::default();
     loop {
         let up = tokio::time::Instant::now();
-        match one_data_connection(&cfg, instance, locals.clone()).await {
+        match one_data_connection(&cfg, instance, locals.clone(), max_streams).await {
             Ok(()) => {
                 warn!("data connection closed by the server; opening it again");
                 backoff.connected(up.elapsed());
@@ -134,10 +142,15 @@ async fn one_data_connection(
     cfg: &ServerConfig,
     instance: u64,
     locals: Arc<HashMap<String, SocketAddr>>,
+    max_streams: usize,
 ) -> Result<(), client::ClientError> {
     let (ch, _) = client::connect(cfg, ConnKind::Data { instance }, None).await?;
     let (noise, _) = ch.into_parts();
-    let (mux, mut inbound) = Mux::start(noise, Role::Server, MuxConfig::default());
+    let mux_cfg = MuxConfig {
+        max_streams,
+        ..MuxConfig::default()
+    };
+    let (mux, mut inbound) = Mux::start(noise, Role::Server, mux_cfg);
     info!("data connection up");
     while let Some(mut s) = inbound.recv().await {
         let locals = locals.clone();

@@ -108,77 +108,95 @@ pub struct Strategy {
 pub const SKIPPED_DIRECT: &str =
     "both NATs map per destination (symmetric); skipped the direct attempts";
 
-/// Proves the session's shared secret to the other peer, through the server, and
-/// checks the other's proof, before any address is exchanged (libp2p DCUtR's order:
-/// authenticate first, then exchange candidates). The initiator proves first; the
-/// responder answers only a valid proof, so a peer without the secret gets nothing
-/// it could test guesses against offline, and the server sends no punch signal (no
-/// address of either peer) until both proofs were accepted.
-pub async fn prove(
-    tx: &mpsc::Sender<ClientMsg>,
-    rx: &mut mpsc::Receiver<ServerMsg>,
-    ticket: u64,
+/// The proof of the session's shared secret, exchanged through the server before any
+/// address is (libp2p DCUtR's order: authenticate first, then exchange candidates).
+/// The initiator proves first ([`Proving::start`]); the responder answers only a
+/// valid proof, so a peer without the secret gets nothing it could test guesses
+/// against offline; the server sends no punch signal (no address of either peer)
+/// until both proofs were accepted. The exchange runs while the first attempt's
+/// probe measures its RTT, so it costs no extra round trip.
+#[derive(Debug)]
+pub struct Proving {
+    nonce: [u8; 16],
     initiator: bool,
-    psk: &Psk,
-    nonce: &[u8; 16],
-) -> Result<(), ProveError> {
-    let send = |m| async { tx.send(m).await.map_err(|_| ProveError::Fatal(closed())) };
-    if initiator {
-        send(ClientMsg::Prove {
-            session: ticket,
-            proof: psk.proof(nonce, true),
-        })
-        .await?;
-    }
-    let deadline = Instant::now() + PROBE_WAIT;
-    let theirs = loop {
-        match tokio::time::timeout_at(deadline, rx.recv()).await {
-            Ok(Some(ServerMsg::PeerProof { proof, .. })) => break proof,
-            Ok(Some(ServerMsg::PeerGone { reason, .. })) => {
-                return Err(ProveError::Fatal(if reason == REASON_WRONG_SECRET {
-                    LinkError::WrongSecret
-                } else {
-                    LinkError::PeerGone(reason)
-                }))
-            }
-            Ok(Some(other)) => debug!(?other, "ignored while proving the secret"),
-            Ok(None) => return Err(ProveError::Fatal(closed())),
-            Err(_) => return Err(ProveError::NoAnswer),
+    done: bool,
+    started: Instant,
+}
+
+impl Proving {
+    /// A session whose secret is proved already (later attempts, upgrades).
+    pub fn proved() -> Self {
+        Proving {
+            nonce: [0; 16],
+            initiator: false,
+            done: true,
+            started: Instant::now(),
         }
-    };
-    let ok = psk.verify_proof(nonce, !initiator, &theirs);
-    if initiator || !ok {
-        send(ClientMsg::Verified {
-            session: ticket,
-            ok,
-        })
-        .await?;
-    } else {
-        send(ClientMsg::Prove {
-            session: ticket,
-            proof: psk.proof(nonce, false),
-        })
-        .await?;
     }
-    if ok {
+
+    /// Starts the exchange: the initiator sends its proof.
+    pub async fn start(
+        tx: &mpsc::Sender<ClientMsg>,
+        ticket: u64,
+        initiator: bool,
+        psk: &Psk,
+        nonce: [u8; 16],
+    ) -> Result<Self, LinkError> {
+        if initiator {
+            tx.send(ClientMsg::Prove {
+                session: ticket,
+                proof: psk.proof(&nonce, true),
+            })
+            .await
+            .map_err(|_| closed())?;
+        }
+        Ok(Proving {
+            nonce,
+            initiator,
+            done: false,
+            started: Instant::now(),
+        })
+    }
+
+    /// The other peer's proof arrived: check it and answer (the initiator with its
+    /// verdict, the responder with its own proof, or its verdict if the proof is wrong).
+    async fn on_peer_proof(
+        &mut self,
+        tx: &mpsc::Sender<ClientMsg>,
+        ticket: u64,
+        psk: &Psk,
+        theirs: &[u8; 32],
+    ) -> Result<(), LinkError> {
+        if self.done {
+            return Ok(());
+        }
+        let ok = psk.verify_proof(&self.nonce, !self.initiator, theirs);
+        let reply = if self.initiator || !ok {
+            ClientMsg::Verified {
+                session: ticket,
+                ok,
+            }
+        } else {
+            ClientMsg::Prove {
+                session: ticket,
+                proof: psk.proof(&self.nonce, false),
+            }
+        };
+        tx.send(reply).await.map_err(|_| closed())?;
+        if !ok {
+            return Err(LinkError::WrongSecret);
+        }
+        self.done = true;
+        info!(
+            ms = self.started.elapsed().as_millis() as u64,
+            "shared secret proved both ways"
+        );
         Ok(())
-    } else {
-        Err(ProveError::Fatal(LinkError::WrongSecret))
     }
 }
 
 fn closed() -> LinkError {
     LinkError::Server(ClientError::Frame(FrameError::Closed))
-}
-
-/// Why [`prove`] did not succeed.
-#[derive(Debug)]
-pub enum ProveError {
-    /// No link can be made (wrong secret, peer or server gone).
-    Fatal(LinkError),
-    /// The other peer did not answer in time (an older peer, or a slow one): no
-    /// direct attempt, but the relay (which reveals no address) may still work.
-    NoAnswer,
 }
 
 /// Brings up a link for the paired session `ticket`: the secret proofs, direct
@@ -210,23 +228,12 @@ async fn try_establish(
 ) -> Result<(LinkStream, LinkInfo), LinkError> {
     let SessionIo { tx, rx } = io;
     let mut attempts = Attempts::new(strategy.attempts);
+    let mut proving = Proving::proved();
     let mut step = if strategy.direct_hopeless {
         Step::GiveUp(SKIPPED_DIRECT.into())
     } else {
-        let started = Instant::now();
-        match prove(tx, rx, ticket, initiator, psk, &strategy.nonce).await {
-            Ok(()) => {
-                debug!(
-                    ms = started.elapsed().as_millis() as u64,
-                    "secret proved both ways"
-                );
-                attempts.start()
-            }
-            Err(ProveError::Fatal(e)) => return Err(e),
-            Err(ProveError::NoAnswer) => Step::GiveUp(format!(
-                "the other peer did not prove the shared secret within {PROBE_WAIT:?}"
-            )),
-        }
+        proving = Proving::start(tx, ticket, initiator, psk, strategy.nonce).await?;
+        attempts.start()
     };
     let reason = loop {
         let attempt = match step {
@@ -235,7 +242,7 @@ async fn try_establish(
             // `Done` only follows a success, which has returned already.
             Step::Done => break "internal: no link".into(),
         };
-        match direct_attempt(cfg, tx, rx, ticket, attempt, initiator, psk).await {
+        match attempt_proving(cfg, tx, rx, ticket, attempt, initiator, psk, &mut proving).await {
             Ok(x) => return Ok(x),
             Err(AttemptError::Fatal(e)) => return Err(e),
             Err(AttemptError::Failed(reason)) => step = attempts.on_result(Err(reason)),
@@ -278,7 +285,33 @@ pub async fn direct_attempt(
     initiator: bool,
     psk: &Psk,
 ) -> Result<(LinkStream, LinkInfo), AttemptError> {
-    let result = punch_once(cfg, rx, ticket, attempt, initiator, psk).await;
+    let mut proved = Proving::proved();
+    attempt_proving(cfg, tx, rx, ticket, attempt, initiator, psk, &mut proved).await
+}
+
+/// [`direct_attempt`], answering the other peer's proof of the secret meanwhile.
+#[allow(clippy::too_many_arguments)]
+async fn attempt_proving(
+    cfg: &ServerConfig,
+    tx: &mpsc::Sender<ClientMsg>,
+    rx: &mut mpsc::Receiver<ServerMsg>,
+    ticket: u64,
+    attempt: u8,
+    initiator: bool,
+    psk: &Psk,
+    proving: &mut Proving,
+) -> Result<(LinkStream, LinkInfo), AttemptError> {
+    let mut result = punch_once(cfg, tx, rx, ticket, attempt, initiator, psk, proving).await;
+    if let Err(AttemptError::Failed(reason)) = &result {
+        // The session may have ended because the other peer found our proof wrong (or
+        // left): the server said so on the control connection, which can be a moment
+        // behind the probe's refusal. That reason beats "unknown session".
+        if reason.contains("unknown or finished session") {
+            if let Some(fatal) = why_session_ended(rx).await {
+                result = Err(AttemptError::Fatal(fatal));
+            }
+        }
+    }
     let outcome = match &result {
         Ok((_, info)) => Outcome::Direct {
             attempt,
@@ -305,6 +338,28 @@ pub async fn direct_attempt(
     result
 }
 
+/// How long a failed attempt waits for the server's word on why its session ended.
+const SESSION_END_WAIT: Duration = Duration::from_millis(500);
+
+/// For a session the server says is over: the `PeerGone` that says why, if one is
+/// queued or arrives within [`SESSION_END_WAIT`] (other messages of the finished
+/// session are dropped).
+async fn why_session_ended(rx: &mut mpsc::Receiver<ServerMsg>) -> Option<LinkError> {
+    let until = Instant::now() + SESSION_END_WAIT;
+    loop {
+        match tokio::time::timeout_at(until, rx.recv()).await {
+            Ok(Some(ServerMsg::PeerGone { reason, .. })) if reason == REASON_WRONG_SECRET => {
+                return Some(LinkError::WrongSecret)
+            }
+            Ok(Some(ServerMsg::PeerGone { reason, .. })) => {
+                return Some(LinkError::PeerGone(reason))
+            }
+            Ok(Some(_)) => continue,
+            Ok(None) | Err(_) => return None,
+        }
+    }
+}
+
 /// Why one attempt failed.
 #[derive(Debug)]
 pub enum AttemptError {
@@ -314,13 +369,16 @@ pub enum AttemptError {
     Fatal(LinkError),
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn punch_once(
     cfg: &ServerConfig,
+    tx: &mpsc::Sender<ClientMsg>,
     rx: &mut mpsc::Receiver<ServerMsg>,
     ticket: u64,
     attempt: u8,
     initiator: bool,
     psk: &Psk,
+    proving: &mut Proving,
 ) -> Result<(LinkStream, LinkInfo), AttemptError> {
     // A fresh local port per attempt: the same 4-tuple twice fails with EADDRNOTAVAIL.
     let sock = net::reusable_socket(net::any_addr(cfg.addr, 0))
@@ -357,6 +415,13 @@ async fn punch_once(
                 Err(e) => return Err(AttemptError::Failed(format!("probe connection: {e}"))),
             },
             m = rx.recv() => match m {
+                Some(ServerMsg::PeerProof { proof, .. }) => proving
+                    .on_peer_proof(tx, ticket, psk, &proof)
+                    .await
+                    .map_err(AttemptError::Fatal)?,
+                Some(ServerMsg::PeerGone { reason, .. }) if reason == REASON_WRONG_SECRET => {
+                    return Err(AttemptError::Fatal(LinkError::WrongSecret))
+                }
                 Some(ServerMsg::PeerGone { reason, .. }) => return Err(AttemptError::Fatal(LinkError::PeerGone(reason))),
                 Some(other) => debug!(?other, "ignored while punching"),
                 None => return Err(AttemptError::Fatal(LinkError::Server(ClientError::Frame(FrameError::Closed)))),

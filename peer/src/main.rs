@@ -35,6 +35,13 @@ struct Args {
     /// More logging (-v info, -vv debug); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
+    /// Most carried connections (streams) at once on one multiplexed connection: per
+    /// link for `serve` and `connect` (give both sides the same value), on the data
+    /// connection to the server for `expose` (the server's own `--max-streams` has the
+    /// same default). Past it, a new connection is reset and a warning logged.
+    #[arg(long, value_name = "N", global = true,
+          default_value_t = common::mux::DEFAULT_MAX_STREAMS, value_parser = parse_max_streams)]
+    max_streams: usize,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -75,9 +82,6 @@ enum Command {
         /// Most visitors (links) at once.
         #[arg(long, default_value_t = 64)]
         max_links: usize,
-        /// Most streams (connections) at once per link.
-        #[arg(long, default_value_t = 256)]
-        max_streams: usize,
     },
     /// Reach the service NAME of another peer through a local listener.
     ///
@@ -168,6 +172,15 @@ enum ExposeKind {
     },
 }
 
+fn parse_max_streams(s: &str) -> Result<usize, String> {
+    let n: usize = s.parse().map_err(|e| format!("{e}"))?;
+    if (1..=common::mux::MAX_STREAMS_CAP).contains(&n) {
+        Ok(n)
+    } else {
+        Err(format!("must be 1 to {}", common::mux::MAX_STREAMS_CAP))
+    }
+}
+
 fn parse_header(s: &str) -> Result<(String, String), String> {
     let (k, v) = s
         .split_once('=')
@@ -237,6 +250,7 @@ fn expose_proxy(kind: ExposeKind) -> anyhow::Result<peer::expose::Proxy> {
 fn main() -> ExitCode {
     let args = Args::parse();
     init_tracing(args.verbose);
+    raise_fd_limit();
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -322,8 +336,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .token
             .or_else(|| file.as_ref().and_then(|f| f.token.clone())),
     };
+    let max_streams = args.max_streams;
     let command = match (args.command, file) {
-        (None, Some(file)) => return run_file(cfg, file).await,
+        (None, Some(file)) => return run_file(cfg, file, max_streams).await,
         (command, _) => command,
     };
     match command {
@@ -343,7 +358,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
             local,
             secret,
             max_links,
-            max_streams,
         }) => {
             let svc = peer::service::ServeConfig {
                 name,
@@ -366,12 +380,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 secret,
                 listen,
                 keep_open,
+                max_streams,
             };
             peer::service::connect(cfg, svc).await?;
             Ok(())
         }
         Some(Command::Expose { kind }) => {
-            peer::expose::run(cfg, vec![expose_proxy(kind)?]).await?;
+            peer::expose::run(cfg, vec![expose_proxy(kind)?], max_streams).await?;
             Ok(())
         }
         Some(Command::NatCheck { .. }) | Some(Command::Id) => unreachable!("handled above"),
@@ -380,7 +395,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
 }
 
 /// Runs everything a config file lists, concurrently, until one part fails.
-async fn run_file(cfg: ServerConfig, file: peer::config::ClientConfig) -> anyhow::Result<()> {
+async fn run_file(
+    cfg: ServerConfig,
+    file: peer::config::ClientConfig,
+    max_streams: usize,
+) -> anyhow::Result<()> {
     use peer::config::ProxyKind;
     let mut tasks = tokio::task::JoinSet::new();
     let mut exposed = Vec::new();
@@ -402,7 +421,7 @@ async fn run_file(cfg: ServerConfig, file: peer::config::ClientConfig) -> anyhow
                     local,
                     secret: secret.clone(),
                     max_links: 64,
-                    max_streams: 256,
+                    max_streams,
                 };
                 let cfg = cfg.clone();
                 tasks.spawn(async move {
@@ -417,7 +436,7 @@ async fn run_file(cfg: ServerConfig, file: peer::config::ClientConfig) -> anyhow
     if !exposed.is_empty() {
         let cfg = cfg.clone();
         tasks.spawn(async move {
-            peer::expose::run(cfg, exposed)
+            peer::expose::run(cfg, exposed, max_streams)
                 .await
                 .map_err(anyhow::Error::from)
         });
@@ -428,6 +447,7 @@ async fn run_file(cfg: ServerConfig, file: peer::config::ClientConfig) -> anyhow
             secret: v.secret,
             listen: v.bind,
             keep_open: v.keep_open,
+            max_streams,
         };
         let cfg = cfg.clone();
         tasks.spawn(async move {
@@ -504,3 +524,15 @@ fn trim_heap() {
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn trim_heap() {}
+
+/// Raises the open-files limit to the hard limit: every carried connection costs
+/// descriptors (see `common::net::raise_fd_limit`).
+fn raise_fd_limit() {
+    match common::net::raise_fd_limit() {
+        Ok(l) if l.after > l.before => {
+            tracing::debug!(from = l.before, to = l.after, "raised the open-files limit")
+        }
+        Ok(l) => tracing::debug!(limit = l.after, "open-files limit"),
+        Err(e) => tracing::warn!(%e, "cannot raise the open-files limit"),
+    }
+}

@@ -15,10 +15,10 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use common::{
     defaults::{REPUNCH_FIRST_BACKOFF, REPUNCH_MAX_BACKOFF, SERVICE_DIRECT_ATTEMPTS},
-    mux::{Mux, MuxConfig, MuxStream, Role},
+    mux::{Mux, MuxConfig, MuxError, MuxStream, Role},
     proto::{ClientMsg, ServerMsg},
     secure::Psk,
-    splice::{self, Counter},
+    splice,
 };
 use tokio::{
     io::AsyncWriteExt,
@@ -78,7 +78,9 @@ pub struct ServeConfig {
     pub secret: String,
     /// Most links (visitors) at once.
     pub max_links: usize,
-    /// Most streams at once per link.
+    /// Most streams at once per link (`--max-streams`; default
+    /// [`common::mux::DEFAULT_MAX_STREAMS`], as the visitor's). Past it the stream is
+    /// refused with a reset and a warning, and the visitor resets the connection.
     pub max_streams: usize,
 }
 
@@ -189,6 +191,9 @@ async fn owner_link(
     let mut streams = JoinSet::new();
     let mut inbounds = vec![inbound];
     let mut muxes = vec![mux];
+    // Once the server connection is gone no session message can come: stop polling
+    // for them (a closed receiver is always ready, and would spin this loop).
+    let mut server_gone = false;
     loop {
         // Accept streams from every link of this session (relay and, later, direct).
         let next = async {
@@ -205,7 +210,7 @@ async fn owner_link(
                     if inbounds.is_empty() { break; }
                 }
             },
-            m = rx.recv() => match m {
+            m = rx.recv(), if !server_gone => match m {
                 Some(ServerMsg::Repunch { attempt, .. }) => {
                     match link::direct_attempt(&cfg, &tx, &mut rx, ticket, attempt, false, &psk).await {
                         Ok((stream, info)) => {
@@ -219,7 +224,10 @@ async fn owner_link(
                 }
                 Some(other) => debug!(?other, "ignored"),
                 // The server connection is gone; the links stay until they end.
-                None => rx = mpsc::channel(1).1,
+                None => {
+                    debug!("server connection gone; the link stays up");
+                    server_gone = true;
+                }
             },
             Some(_) = streams.join_next(), if !streams.is_empty() => {}
         }
@@ -248,18 +256,15 @@ async fn serve_stream(svc: Arc<ServeConfig>, mut s: MuxStream) {
     splice_both(s, local).await;
 }
 
-/// Copies both ways with half-close; ends when both directions ended.
-pub(crate) async fn splice_both(a: MuxStream, b: TcpStream) {
-    let (ar, aw) = tokio::io::split(a);
-    let (br, bw) = b.into_split();
-    let (c1, c2) = (Counter::default(), Counter::default());
-    let r = tokio::join!(splice::pump(ar, bw, &c1), splice::pump(br, aw, &c2));
-    debug!(
-        up = c1.get(),
-        down = c2.get(),
-        ok = r.0.is_ok() && r.1.is_ok(),
-        "stream done"
-    );
+/// Carries `tcp` (a user's connection, or ours to the local service) over `stream`
+/// both ways with half-close, until both directions ended; an abnormal end resets
+/// `tcp` and the stream (see `common::splice`).
+pub(crate) async fn splice_both(stream: MuxStream, tcp: TcpStream) {
+    let done = splice::splice(tcp, stream).await;
+    match done.error {
+        None => debug!(up = done.up, down = done.down, "stream done"),
+        Some(e) => debug!(up = done.up, down = done.down, %e, "stream reset"),
+    }
 }
 
 /// What the visitor does.
@@ -273,6 +278,12 @@ pub struct ConnectConfig {
     pub listen: SocketAddr,
     /// Bring the link up at once and keep it up.
     pub keep_open: bool,
+    /// Most streams at once on the link: the same as the owner's
+    /// [`ServeConfig::max_streams`] (both default to
+    /// [`common::mux::DEFAULT_MAX_STREAMS`]). Past our own, a new connection is reset
+    /// here with a warning; past the owner's, the owner refuses the stream (and warns)
+    /// and the connection is reset.
+    pub max_streams: usize,
 }
 
 struct Current {
@@ -331,26 +342,41 @@ pub async fn connect(cfg: ServerConfig, svc: ConnectConfig) -> Result<(), Servic
 }
 
 impl Visitor {
+    fn mux_config(&self) -> MuxConfig {
+        MuxConfig {
+            max_streams: self.svc.max_streams,
+            ..MuxConfig::default()
+        }
+    }
+
+    /// Carries one connection to the listener; every way it fails resets it.
     async fn forward(self: Arc<Self>, conn: TcpStream) {
         let _ = conn.set_nodelay(true);
         let mux = match self.link().await {
             Ok(m) => m,
             Err(e) => {
                 status(&format!("error: {e}"));
-                return;
+                return common::net::reset(conn);
             }
         };
         let mut s = match mux.open().await {
             Ok(s) => s,
+            Err(MuxError::TooManyStreams(max)) => {
+                warn!(
+                    max,
+                    "connection refused: the link is at its --max-streams limit"
+                );
+                return common::net::reset(conn);
+            }
             Err(e) => {
                 status(&format!("error: cannot open a stream: {e}"));
-                return;
+                return common::net::reset(conn);
             }
         };
         let header = common::proto::stream_header(&self.svc.name);
         if let Err(e) = s.write_all(&header).await {
             status(&format!("error: stream refused: {e}"));
-            return;
+            return common::net::reset(conn);
         }
         splice_both(s, conn).await;
     }
@@ -392,7 +418,7 @@ impl Visitor {
             info.remote,
             started.elapsed().as_millis()
         ));
-        let (mux, _inbound) = Mux::start(stream, Role::Client, MuxConfig::default());
+        let (mux, _inbound) = Mux::start(stream, Role::Client, self.mux_config());
         if info.path == Path::Relayed {
             tokio::spawn(self.clone().upgrade(ticket, rx, tx));
         }
@@ -487,7 +513,7 @@ impl Visitor {
                         "link upgraded: direct, remote {}, attempt {attempt}",
                         info.remote
                     ));
-                    let (mux, _inbound) = Mux::start(stream, Role::Client, MuxConfig::default());
+                    let (mux, _inbound) = Mux::start(stream, Role::Client, self.mux_config());
                     *self.current.lock().await = Some(Current { mux, info, ticket });
                     // Old streams finish on the relay; then it closes.
                     tokio::spawn(async move {

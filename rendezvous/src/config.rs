@@ -14,7 +14,7 @@
 //! | `auth.method` | `"token"`, the only method | `"token"` |
 //! | `auth.token` | the token peers must present (not empty) | none: anyone may connect |
 //! | `allowPorts` | ports tcp proxies may ask for: `[{ start = 2000, end = 3000 }, { single = 3001 }]`; `[]` means all | all |
-//! | `[[users]]` | users of a shared server: `name`, `token` (their own), `allowPorts` (as above; none if absent), `allowDomains` (`"a.example.com"`, `"*.a.example.com"`, `"*"` for everything including the catch-all; none if absent), `maxExposures` (default 256) | none: `auth.token` is the one user |
+//! | `[[users]]` | users of a shared server: `name`, `token` (their own), `allowPorts` (as above; none if absent), `allowDomains` (`"a.example.com"`, `"*.a.example.com"`, `"*"` for everything including the catch-all; none if absent), `maxExposures` (default 256), `maxStreams` (streams open at once toward each of its peer processes; default: the multiplexer's) | none: `auth.token` is the one user |
 //! | `punchline.altAddr` | second address for STUN behaviour discovery, `IP` or `IP:PORT` as `--alt-addr` (port default: `bindPort` + 1) | none |
 //!
 //! Every other key frp knows (`webServer.*`, `transport.*`, `log.*`, `kcpBindPort`,
@@ -71,6 +71,11 @@ pub struct ServerConfig {
     /// How long the claims of a peer whose control connection ended stay reserved for
     /// its identity (`--grace`; default [`crate::expose::GRACE`]).
     pub grace: std::time::Duration,
+    /// Most streams (user connections to its exposed ports and vhost routes) at once on
+    /// the data connection of one peer process (`--max-streams`; default
+    /// [`common::mux::DEFAULT_MAX_STREAMS`], the peer's default too). Past it, a new
+    /// user connection is reset and the server logs a warning.
+    pub max_streams: usize,
 }
 
 /// Default for `maxExposures`: proxies and services one user may hold at once.
@@ -91,6 +96,10 @@ pub struct UserConfig {
     pub allow_domains: DomainAllow,
     /// Most proxies and services at once (`maxExposures`).
     pub max_exposures: usize,
+    /// Most streams open at once toward each of its peer processes (`maxStreams`):
+    /// every user connection to an exposed port, and every pooled HTTP connection to
+    /// it, is one. `None`: the multiplexer's default.
+    pub max_streams: Option<usize>,
 }
 
 impl fmt::Debug for UserConfig {
@@ -101,6 +110,7 @@ impl fmt::Debug for UserConfig {
             .field("allow_ports", &self.allow_ports)
             .field("allow_domains", &self.allow_domains)
             .field("max_exposures", &self.max_exposures)
+            .field("max_streams", &self.max_streams)
             .finish()
     }
 }
@@ -117,6 +127,7 @@ impl ServerConfig {
             alt_addr: None,
             users: Vec::new(),
             grace: crate::expose::GRACE,
+            max_streams: common::mux::DEFAULT_MAX_STREAMS,
         }
     }
 }
@@ -132,6 +143,7 @@ impl fmt::Debug for ServerConfig {
             .field("alt_addr", &self.alt_addr)
             .field("users", &self.users)
             .field("grace", &self.grace)
+            .field("max_streams", &self.max_streams)
             .finish()
     }
 }
@@ -388,6 +400,7 @@ const USERS: Schema = &[
     ("allowPorts", Node::Tables(PORTS)),
     ("allowDomains", Node::StrList),
     ("maxExposures", Node::Int),
+    ("maxStreams", Node::Int),
 ];
 
 /// `[punchline]`: punchline's own keys, which frp does not have.
@@ -427,6 +440,8 @@ struct UserFile {
     allow_domains: Option<Vec<String>>,
     #[serde(rename = "maxExposures")]
     max_exposures: Option<i64>,
+    #[serde(rename = "maxStreams")]
+    max_streams: Option<i64>,
 }
 
 #[derive(Deserialize, Default)]
@@ -600,12 +615,23 @@ impl FrpsFile {
                     )
                 })?,
             };
+            let max_streams = match u.max_streams {
+                None => None,
+                Some(n) if n >= 1 => Some(usize::try_from(n).unwrap_or(usize::MAX)),
+                Some(n) => {
+                    return Err(invalid(
+                        &key("maxStreams"),
+                        format!("{n} is not a count of streams (1 or more)"),
+                    ))
+                }
+            };
             users.push(UserConfig {
                 name,
                 token,
                 allow_ports,
                 allow_domains,
                 max_exposures,
+                max_streams,
             });
         }
 
@@ -628,6 +654,7 @@ impl FrpsFile {
             alt_addr,
             users,
             grace: crate::expose::GRACE,
+            max_streams: common::mux::DEFAULT_MAX_STREAMS,
         })
     }
 }
@@ -667,6 +694,63 @@ mod tests {
         match parse(text, "frps.toml") {
             Ok(c) => panic!("accepted: {c:?}"),
             Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn users_parse_with_their_allowances() {
+        let c = ok(r#"
+            auth.token = "shared"
+            [[users]]
+            name = "alice"
+            token = "a"
+            allowPorts = [{ start = 6000, end = 6009 }]
+            allowDomains = ["*.Alice.example.com"]
+            [[users]]
+            name = "ops"
+            token = "o"
+            allowDomains = ["*"]
+            maxExposures = 3
+        "#);
+        assert_eq!(c.users.len(), 2);
+        let a = &c.users[0];
+        assert_eq!(
+            a.allow_ports.as_ref().map(|p| p.to_string()),
+            Some("6000-6009".into())
+        );
+        assert!(a.allow_domains.allows("www.alice.example.com"));
+        assert!(!a.allow_domains.allows("*"));
+        assert_eq!(a.max_exposures, MAX_EXPOSURES);
+        assert!(c.users[1].allow_domains.allows("*"));
+        assert_eq!(c.users[1].allow_ports, None);
+        assert_eq!(c.users[1].max_exposures, 3);
+        assert!(!format!("{c:?}").contains("\"a\""), "tokens are masked");
+    }
+
+    #[test]
+    fn users_need_names_and_tokens_of_their_own() {
+        for (text, key) in [
+            ("[[users]]\ntoken = \"a\"", "users[0].name"),
+            ("[[users]]\nname = \"a\"", "users[0].token"),
+            (
+                "[[users]]\nname = \"a\"\ntoken = \"t\"\n[[users]]\nname = \"b\"\ntoken = \"t\"",
+                "users[1].token",
+            ),
+            (
+                "auth.token = \"t\"\n[[users]]\nname = \"a\"\ntoken = \"t\"",
+                "users[0].token",
+            ),
+            (
+                "[[users]]\nname = \"a\"\ntoken = \"t\"\n[[users]]\nname = \"a\"\ntoken = \"u\"",
+                "users[1].name",
+            ),
+            (
+                "[[users]]\nname = \"a\"\ntoken = \"t\"\nallowDomains = [\"a b\"]",
+                "users[0].allowDomains",
+            ),
+        ] {
+            let e = err(text).to_string();
+            assert!(e.contains(key), "{text}: {e}");
         }
     }
 

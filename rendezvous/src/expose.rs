@@ -33,7 +33,7 @@ use tokio::{
     net::{TcpListener, TcpStream},
 };
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, info_span, Instrument};
+use tracing::{debug, info, info_span, warn, Instrument};
 
 /// How long the claims of a peer whose control connection went away stay reserved
 /// for it. Covers a server restart or a network blip with the peer's reconnect backoff.
@@ -271,6 +271,7 @@ impl Exposures {
                     .map(|(h, up)| (h.conn, h.proxy.clone(), up));
                 let Some((conn, proxy, true)) = holder else {
                     debug!(%from, "user connection refused: the peer is offline");
+                    common::net::reset(user);
                     return None;
                 };
                 let (me, stop) = (self.clone(), self.tasks.stop.clone());
@@ -279,7 +280,10 @@ impl Exposures {
                         let served = async {
                             match me.open(conn, &proxy).await {
                                 Ok(stream) => splice(user, stream).await,
-                                Err(e) => debug!(%e, "user connection refused"),
+                                Err(e) => {
+                                    debug!(%e, "user connection refused");
+                                    common::net::reset(user);
+                                }
                             }
                         };
                         tokio::select! {
@@ -320,7 +324,16 @@ impl Exposures {
             }
             let _ = tokio::time::timeout_at(deadline, notified).await;
         };
-        let mut s = mux.open().await.map_err(std::io::Error::other)?;
+        let mut s = mux.open().await.map_err(|e| {
+            if let common::mux::MuxError::TooManyStreams(max) = e {
+                warn!(
+                    max,
+                    %proxy,
+                    "user connection refused: the peer's data connection is at its stream limit (--max-streams, or the user's maxStreams)"
+                );
+            }
+            std::io::Error::other(e)
+        })?;
         s.write_all(&common::proto::stream_header(proxy)).await?;
         Ok(s)
     }
@@ -391,17 +404,13 @@ impl Exposures {
     }
 }
 
+/// Carries a user connection over its stream; an abnormal end resets the user's
+/// connection (see `common::splice`).
 async fn splice(user: TcpStream, stream: MuxStream) {
     let _ = user.set_nodelay(true);
-    let (ur, uw) = user.into_split();
-    let (sr, sw) = tokio::io::split(stream);
-    let (c1, c2) = (
-        common::splice::Counter::default(),
-        common::splice::Counter::default(),
-    );
-    let _ = tokio::join!(
-        common::splice::pump(ur, sw, &c1),
-        common::splice::pump(sr, uw, &c2)
-    );
-    debug!(up = c1.get(), down = c2.get(), "user connection done");
+    let done = common::splice::splice(user, stream).await;
+    match done.error {
+        None => debug!(up = done.up, down = done.down, "user connection done"),
+        Some(e) => debug!(up = done.up, down = done.down, %e, "user connection reset"),
+    }
 }

@@ -47,6 +47,12 @@ struct Args {
     /// is refused meanwhile). [default: 60]
     #[arg(long, value_name = "SECS")]
     grace: Option<u64>,
+    /// Most user connections at once through the exposed ports and vhost routes of one
+    /// peer process (streams on its data connection); past it, new ones are reset and a
+    /// warning is logged. The peer's own limit (`peer expose --max-streams`) has the
+    /// same default. [default: 65536]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=common::mux::MAX_STREAMS_CAP as u64))]
+    max_streams: Option<u64>,
     /// Speak the original C demo's text protocol instead (unencrypted).
     #[arg(long)]
     classic: bool,
@@ -84,6 +90,7 @@ fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+    raise_fd_limit();
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -142,6 +149,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(ports) = args.allow_ports {
         cfg.allow_ports = ports;
     }
+    if let Some(n) = args.max_streams {
+        cfg.max_streams = n as usize;
+    }
     if let Some(secs) = args.grace {
         cfg.grace = std::time::Duration::from_secs(secs);
     }
@@ -177,6 +187,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
     handle.shutdown();
     handle.join().await;
     Ok(())
+}
+
+/// Raises the open-files limit to the hard limit: every user connection and peer
+/// costs descriptors (see `common::net::raise_fd_limit`).
+fn raise_fd_limit() {
+    match common::net::raise_fd_limit() {
+        Ok(l) if l.after > l.before => {
+            tracing::debug!(from = l.before, to = l.after, "raised the open-files limit")
+        }
+        Ok(l) => tracing::debug!(limit = l.after, "open-files limit"),
+        Err(e) => warn!(%e, "cannot raise the open-files limit"),
+    }
 }
 
 /// Hands heap memory that is free back to the system. glibc keeps what departed

@@ -47,6 +47,9 @@ pub struct Allowance {
     pub domains: DomainAllow,
     /// Most proxies and services it may hold at once.
     pub max_exposures: usize,
+    /// Most streams open at once toward each of its peer processes (`None`: the
+    /// multiplexer's default).
+    pub max_streams: Option<usize>,
 }
 
 /// The name of the user of a server with one token (or none): its allowances are the
@@ -725,6 +728,7 @@ mod tests {
             ports: PortRanges::parse_cli(ports).expect("ports"),
             domains,
             max_exposures: 100,
+            max_streams: None,
         }
     }
 

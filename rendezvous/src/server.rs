@@ -140,6 +140,7 @@ pub async fn spawn(config: Config) -> std::io::Result<Handle> {
         relays: Default::default(),
         exposures,
         registry,
+        max_streams: config.max_streams,
         tasks: tasks.clone(),
     });
     tasks.tracker.spawn(accept_loop(listener, server.clone()));
@@ -176,6 +177,7 @@ fn users(config: &Config) -> (Vec<Allowance>, Vec<Psk>) {
             ports: config.allow_ports.clone(),
             domains: DomainAllow::AnyButCatchAll,
             max_exposures: crate::config::MAX_EXPOSURES,
+            max_streams: None,
         });
         psks.push(Psk::server(config.token.as_deref()));
     }
@@ -185,6 +187,7 @@ fn users(config: &Config) -> (Vec<Allowance>, Vec<Psk>) {
             ports: u.allow_ports.clone().unwrap_or_else(PortRanges::none),
             domains: u.allow_domains.clone(),
             max_exposures: u.max_exposures,
+            max_streams: u.max_streams,
         });
         psks.push(Psk::server(Some(&u.token)));
     }
@@ -222,6 +225,8 @@ struct Server {
     next_id: AtomicU64,
     relays: crate::relay::Relays,
     exposures: Arc<crate::expose::Exposures>,
+    /// Streams at once on one peer process's data connection (`--max-streams`).
+    max_streams: usize,
     tasks: Tasks,
 }
 
@@ -514,11 +519,20 @@ async fn handle(
             result
         }
         ConnKind::Data { instance } => {
-            let (mux, mut inbound) = common::mux::Mux::start(
-                ch.into_parts().0,
-                common::mux::Role::Client,
-                common::mux::MuxConfig::default(),
-            );
+            // The server's stream limit per data connection, or the user's own.
+            let mut cfg = common::mux::MuxConfig {
+                max_streams: server.max_streams,
+                ..common::mux::MuxConfig::default()
+            };
+            if let Some(n) = server
+                .registry()
+                .allowance(who.psk_index)
+                .and_then(|a| a.max_streams)
+            {
+                cfg.max_streams = n;
+            }
+            let (mux, mut inbound) =
+                common::mux::Mux::start(ch.into_parts().0, common::mux::Role::Client, cfg);
             if let Err(reason) = server
                 .exposures
                 .attach_data(identity, instance, mux.clone())
@@ -1094,6 +1108,7 @@ async fn probe(
         }
         rtt = rtt.min(sent.elapsed());
     }
+    let proof_wait = Instant::now();
     let proven_in_time = match proven.as_mut() {
         Some(rx) => tokio::time::timeout(PROBE_WAIT, rx.wait_for(|v| *v))
             .await
@@ -1107,6 +1122,14 @@ async fn probe(
         let _ = ch.send(&ServerMsg::Refused(reason.clone())).await;
         return Err(ConnError::Refused(reason));
     }
+    // How long this probe, its RTT measured, waited for the secret proofs: what the
+    // proofs cost the punch (0 when they finished first).
+    info!(
+        attempt,
+        rtt_ms = rtt.as_secs_f64() * 1e3,
+        proof_wait_ms = proof_wait.elapsed().as_secs_f64() * 1e3,
+        "probe ready"
+    );
     let (go_tx, go_rx) = oneshot::channel();
     let ready = {
         let mut st = server.lock();

@@ -80,7 +80,7 @@ pub const MAX_HEADER_SIZE: usize = 64 * 1024;
 pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Default for [`VhostConfig::pool_max_idle`]: 128 idle upstream connections per
-/// route. Covers a busy site's concurrent browsers; a quarter of a peer connection's
+/// route. Covers a busy site's concurrent browsers; a sliver of a peer connection's
 /// default stream limit ([`common::mux::DEFAULT_MAX_STREAMS`]), so idle streams never
 /// crowd out new ones.
 pub const POOL_MAX_IDLE: usize = 128;
@@ -91,10 +91,14 @@ pub const POOL_MAX_IDLE: usize = 128;
 /// is noticed and replaced, and a request that could not be sent on it is retried).
 pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
-/// Default for [`VhostConfig::max_connections`]: 10 000 client connections at once.
-/// Each costs a socket and a task (a few KiB); beyond this the listener stops
-/// accepting until one ends, rather than running out of file descriptors.
-pub const MAX_CONNECTIONS: usize = 10_000;
+/// Default for [`VhostConfig::max_connections`]: 65,536 client connections at once,
+/// as many as one peer process's data connection carries by default
+/// ([`common::mux::DEFAULT_MAX_STREAMS`]). Each costs a socket, a task and hyper's
+/// buffers (about 38 KiB of server RSS per connection with a request in flight,
+/// measured with 10,000 in `tests/tests/capacity.rs`); beyond this the listener stops
+/// accepting until one ends. The open-files limit, raised to the hard limit at start,
+/// usually binds first.
+pub const MAX_CONNECTIONS: usize = 65_536;
 
 /// Default for [`VhostConfig::shutdown_grace`]: requests in flight get 5 s to finish
 /// when the server shuts down.

@@ -155,6 +155,49 @@ fn service_case(name: &str, spec: LabSpec, expect: &str) {
     );
 }
 
+/// What the secret proofs cost a direct link (issue 8): the server holds each punch
+/// signal until both peers proved the shared secret; the proofs run while the probes
+/// measure their RTT, so the wait should be nothing. Prints the figures; checks the
+/// links are direct.
+#[test]
+fn the_secret_proofs_cost_the_punch_nothing() {
+    if !lab::require_lab() {
+        return;
+    }
+    let w = world(LabSpec::default());
+    let _owner = w.serve("svc", "s3cret", &[]);
+    let mut waits = Vec::new();
+    let mut request_to_link = Vec::new();
+    for _ in 0..5 {
+        let (visitor, listen) = w.connect("svc", "s3cret", &[]);
+        w.check(listen, 1, 10_000)
+            .unwrap_or_else(|e| panic!("{e}\n{}", visitor.stderr.text()));
+        let line = visitor.stderr.wait_for("link up: direct", T);
+        let ms: u64 = line
+            .split(", ")
+            .find_map(|f| f.strip_suffix(" ms after the request"))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no time in {line}"));
+        request_to_link.push(ms);
+    }
+    let log = w.server.as_ref().unwrap().stderr.text();
+    for line in log.lines().filter(|l| l.contains("probe ready")) {
+        let v: f64 = line
+            .split_whitespace()
+            .find_map(|f| f.strip_prefix("proof_wait_ms="))
+            .and_then(|v| v.parse().ok())
+            .unwrap();
+        waits.push(v);
+    }
+    assert_eq!(waits.len(), 10, "two probes per link:\n{log}");
+    waits.sort_by(f64::total_cmp);
+    request_to_link.sort();
+    println!(
+        "PROOF punch held for the proofs: median {:.1} ms, max {:.1} ms (10 probes); connect request to direct link: median {} ms, max {} ms (5 links)",
+        waits[5], waits[9], request_to_link[2], request_to_link[4]
+    );
+}
+
 #[test]
 fn services_direct_port_restricted() {
     service_case("pr x pr", LabSpec::default(), "direct");

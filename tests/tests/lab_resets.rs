@@ -1,0 +1,81 @@
+//! Abnormal ends through the NAT lab with the real binaries: a transfer over a
+//! *relayed* serve/connect link whose rendezvous server is killed mid-transfer ends
+//! with a reset at the client (ECONNRESET), not with a clean end of file after a
+//! truncated transfer. (A direct link survives the server: `lab_services.rs`.)
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::{net::SocketAddr, time::Duration};
+
+use lab::{Host, Lab, LabSpec, NatProfile, Site};
+use support::*;
+
+const T: Duration = Duration::from_secs(30);
+
+#[test]
+fn a_relayed_transfer_is_reset_when_the_server_dies() {
+    if !lab::require_lab() {
+        return;
+    }
+    // Two symmetric NATs: no punch can work, the link is relayed by the server.
+    let lab = Lab::new(
+        LabSpec::default()
+            .nat(Site::A, NatProfile::Symmetric)
+            .nat(Site::B, NatProfile::Symmetric),
+    )
+    .expect("lab");
+    let mut cmd = lab.command(Host::Server, bin("rendezvous"));
+    cmd.env_remove("PUNCHLINE_TOKEN").env("RUST_LOG", "info");
+    let ip = lab.server_ip().to_string();
+    let (server, addr) = rendezvous(cmd, &["--bind", ip.as_str()]);
+    let server_addr = addr.to_string();
+
+    let mut cmd = lab.command(Host::A, bin("stream-check"));
+    cmd.args(["echo", "0"]);
+    let echo = Proc::spawn("echo", cmd);
+    let line = echo.stdout.wait_for("listening on", T);
+    let port: u16 = line.rsplit(':').next().unwrap().parse().unwrap();
+    let local = SocketAddr::from(([127, 0, 0, 1], port)).to_string();
+
+    let mut cmd = lab.command(Host::A, bin("peer"));
+    cmd.env_remove("PUNCHLINE_SECRET").env("RUST_LOG", "info");
+    cmd.args(["--server", &server_addr, "serve", "svc", "--local", &local])
+        .args(["--secret", "k"]);
+    let owner = Proc::spawn("owner", cmd);
+    owner.stderr.wait_for("registered", T);
+
+    let mut cmd = lab.command(Host::B, bin("peer"));
+    cmd.env_remove("PUNCHLINE_SECRET").env("RUST_LOG", "info");
+    cmd.args(["--server", &server_addr, "connect", "svc", "--secret", "k"])
+        .args(["--keep-open"]);
+    let visitor = Proc::spawn("visitor", cmd);
+    let line = visitor.stdout.wait_for("listening on", T);
+    let listen: SocketAddr = line.split_whitespace().nth(2).unwrap().parse().unwrap();
+    visitor.stderr.wait_for("link up: relayed", T);
+
+    let mut cmd = lab.command(Host::B, bin("stream-check"));
+    cmd.args(["run", &listen.to_string(), "--streams", "1"])
+        .args(["--bytes", "200000000"]);
+    let mut transfer = Proc::spawn("transfer", cmd);
+    // Kill the server (SIGKILL) once the transfer has reached the owner's service.
+    echo.stdout.wait_for("accepted from", T);
+    std::thread::sleep(Duration::from_millis(300));
+    drop(server);
+    let st = transfer.wait_exit(Duration::from_secs(120));
+    let out = transfer.stdout.text();
+    assert!(
+        !st.success(),
+        "the transfer completed although its relay died:\n{out}"
+    );
+    // A reset reads as "read after N bytes: Connection reset by peer"; a truncated
+    // transfer that ended cleanly would read as "MISMATCH stream=0 got=N".
+    assert!(
+        out.contains("Connection reset") && !out.contains("MISMATCH"),
+        "the client did not see a reset:\n{out}\nvisitor:\n{}",
+        visitor.stderr.text()
+    );
+    println!("RESET relayed transfer, server killed: {}", out.trim());
+    drop(owner);
+}
