@@ -347,4 +347,3 @@ fn wrong_secret_unknown_service_and_flooding() {
         visitor.stderr.text()
     );
 }
-
