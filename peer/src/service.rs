@@ -14,7 +14,9 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use common::{
-    defaults::{REPUNCH_FIRST_BACKOFF, REPUNCH_MAX_BACKOFF, SERVICE_DIRECT_ATTEMPTS},
+    defaults::{
+        REPUNCH_FIRST_BACKOFF, REPUNCH_MAX_BACKOFF, SERVER_BACK_WAIT, SERVICE_DIRECT_ATTEMPTS,
+    },
     mux::{Mux, MuxConfig, MuxError, MuxStream, Role},
     proto::{ClientMsg, ServerMsg},
     secure::Psk,
@@ -392,8 +394,11 @@ impl Visitor {
             let tx = self.hub.lock().await.tx.clone();
             let _ = tx.try_send(ClientMsg::EndSession { session: c.ticket });
         }
+        // A link that had to be relayed last time would be relayed again: skip the
+        // punch window (the background upgrade still tries direct).
+        let relay_first = cur.as_ref().is_some_and(|c| c.info.path == Path::Relayed);
         let started = Instant::now();
-        let (ticket, direct_hopeless, nonce, rx) = self.pair().await?;
+        let (ticket, direct_hopeless, nonce, rx) = self.pair(relay_first).await?;
         let mut rx = rx;
         let psk = service_psk(&self.svc.name, &self.svc.secret);
         let tx = self.hub.lock().await.tx.clone();
@@ -407,7 +412,9 @@ impl Visitor {
             direct_hopeless,
             nonce,
         };
-        if direct_hopeless {
+        if relay_first {
+            status("relayed at once: the last link to this service was relayed too (direct is tried in the background)");
+        } else if direct_hopeless {
             status(&format!("relayed: {}", link::SKIPPED_DIRECT));
         }
         let (stream, info) = link::establish(&self.cfg, io, ticket, true, &psk, strategy).await?;
@@ -431,8 +438,17 @@ impl Visitor {
     }
 
     #[allow(clippy::type_complexity)]
-    async fn pair(&self) -> Result<(u64, bool, [u8; 16], mpsc::Receiver<ServerMsg>), ServiceError> {
+    async fn pair(
+        &self,
+        relay_first: bool,
+    ) -> Result<(u64, bool, [u8; 16], mpsc::Receiver<ServerMsg>), ServiceError> {
         let mut hub = self.hub.lock().await;
+        // The server may be restarting: give it a moment rather than fail at once.
+        hub.wait_up(SERVER_BACK_WAIT).await.map_err(|why| {
+            ServiceError::Refused(format!(
+                "rendezvous server unreachable for {SERVER_BACK_WAIT:?}: {why}"
+            ))
+        })?;
         // Stale events from an earlier request or connection are of no use now.
         while let Ok(ev) = hub.events.try_recv() {
             if let HubEvent::Fatal(e) = ev {
@@ -442,6 +458,7 @@ impl Visitor {
         hub.tx
             .send(ClientMsg::Connect {
                 name: self.svc.name.clone(),
+                relay_first,
             })
             .await
             .map_err(|_| ServiceError::Refused("not connected to the rendezvous server".into()))?;

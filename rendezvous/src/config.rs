@@ -76,6 +76,9 @@ pub struct ServerConfig {
     /// [`common::mux::DEFAULT_MAX_STREAMS`], the peer's default too). Past it, a new
     /// user connection is reset and the server logs a warning.
     pub max_streams: usize,
+    /// The vhost's timeouts and per-client limit (`--vhost-idle-timeout`,
+    /// `--vhost-max-per-client`, `vhostHTTPTimeout`).
+    pub vhost: crate::vhost::VhostConfig,
 }
 
 /// Default for `maxExposures`: proxies and services one user may hold at once.
@@ -128,6 +131,7 @@ impl ServerConfig {
             users: Vec::new(),
             grace: crate::expose::GRACE,
             max_streams: common::mux::DEFAULT_MAX_STREAMS,
+            vhost: Default::default(),
         }
     }
 }
@@ -144,6 +148,7 @@ impl fmt::Debug for ServerConfig {
             .field("users", &self.users)
             .field("grace", &self.grace)
             .field("max_streams", &self.max_streams)
+            .field("vhost", &self.vhost)
             .finish()
     }
 }
@@ -655,6 +660,7 @@ impl FrpsFile {
             users,
             grace: crate::expose::GRACE,
             max_streams: common::mux::DEFAULT_MAX_STREAMS,
+            vhost: Default::default(),
         })
     }
 }

@@ -53,6 +53,15 @@ struct Args {
     /// same default. [default: 65536]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=common::mux::MAX_STREAMS_CAP as u64))]
     max_streams: Option<u64>,
+    /// The HTTP vhost ends a request whose body (from the client, or the response's
+    /// from the peer) makes no progress for this many seconds: 408, or the client's
+    /// connection cut. [default: 60]
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    vhost_idle_timeout: Option<u64>,
+    /// Most HTTP requests in flight at once from one client address through the vhost;
+    /// past it, 429 and a warning. [default: 256]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    vhost_max_per_client: Option<u64>,
     /// Speak the original C demo's text protocol instead (unencrypted).
     #[arg(long)]
     classic: bool,
@@ -151,6 +160,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     if let Some(n) = args.max_streams {
         cfg.max_streams = n as usize;
+    }
+    if let Some(secs) = args.vhost_idle_timeout {
+        cfg.vhost.idle_timeout = std::time::Duration::from_secs(secs);
+    }
+    if let Some(n) = args.vhost_max_per_client {
+        cfg.vhost.max_per_client = n as usize;
     }
     if let Some(secs) = args.grace {
         cfg.grace = std::time::Duration::from_secs(secs);
