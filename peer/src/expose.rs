@@ -41,10 +41,12 @@ fn status(msg: &str) {
     eprintln!("punchline: {msg}");
 }
 
-/// Runs until a fatal error: a refused exposure at the first registration, or a
-/// wrong token. `max_streams` bounds the user connections carried at once on the
-/// data connection (`--max-streams`); past it the peer refuses the server's stream,
-/// the server resets the user's connection, and the peer logs a warning.
+/// Runs until a fatal error: every exposure refused at the first registration, or a
+/// wrong token. A proxy the server refuses while others are exposed is reported
+/// (`[NAME] start error: ...`, frp's line) and the others keep running. `max_streams`
+/// bounds the user connections carried at once on the data connection
+/// (`--max-streams`); past it the peer refuses the server's stream, the server resets
+/// the user's connection, and the peer logs a warning.
 pub async fn run(
     cfg: ServerConfig,
     proxies: Vec<Proxy>,
@@ -64,13 +66,16 @@ pub async fn run(
     let mut hub = Hub::start(cfg.clone(), hello);
     let mut data: Option<JoinHandle<()>> = None;
     let mut first_round = true;
+    // Names refused at the first registration, and whether any proxy was exposed.
+    let mut refused: Vec<String> = Vec::new();
+    let mut any_exposed = false;
     loop {
         let Some(ev) = hub.events.recv().await else {
             return Ok(());
         };
         match ev {
             HubEvent::Fatal(e) => return Err(e.into()),
-            HubEvent::Up => {}
+            HubEvent::Up => status("login to server success"),
             HubEvent::Down(why) => {
                 if let Some(d) = data.take() {
                     d.abort();
@@ -83,6 +88,7 @@ pub async fn run(
                 remote_port,
                 urls,
             }) => {
+                any_exposed = true;
                 // Printed on every registration: after a server restart a port the
                 // server chose may differ.
                 match remote_port {
@@ -95,6 +101,7 @@ pub async fn run(
                         status(&format!("exposed {name}: {}", urls.join(", ")));
                     }
                 }
+                status(&format!("[{name}] start proxy success"));
                 if data.as_ref().is_none_or(|d| d.is_finished()) {
                     let (cfg, locals) = (cfg.clone(), locals.clone());
                     data = Some(tokio::spawn(
@@ -104,10 +111,31 @@ pub async fn run(
                 }
             }
             HubEvent::Msg(ServerMsg::Refused(reason)) => {
+                // The server names the proxy: "NAME: why".
+                let name = proxies
+                    .iter()
+                    .map(|p| p.name.as_str())
+                    .filter(|n| reason.starts_with(&format!("{n}: ")))
+                    .max_by_key(|n| n.len());
+                let Some(name) = name else {
+                    if first_round && !any_exposed {
+                        return Err(ServiceError::Refused(reason));
+                    }
+                    warn!(%reason, "the server refused a request");
+                    continue;
+                };
+                let why = &reason[name.len() + 2..];
+                status(&format!("[{name}] start error: {why}"));
                 if first_round {
-                    return Err(ServiceError::Refused(reason));
+                    if !refused.iter().any(|r| r == name) {
+                        refused.push(name.to_string());
+                    }
+                    if refused.len() == proxies.len() {
+                        return Err(ServiceError::Refused(reason));
+                    }
+                } else {
+                    warn!(%reason, "the server refused an exposure after a reconnect");
                 }
-                warn!(%reason, "the server refused an exposure after a reconnect");
             }
             HubEvent::Msg(other) => debug!(?other, "ignored"),
         }

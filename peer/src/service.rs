@@ -105,11 +105,15 @@ pub async fn serve(cfg: ServerConfig, svc: ServeConfig) -> Result<(), ServiceErr
         };
         match ev {
             HubEvent::Fatal(e) => return Err(e.into()),
-            HubEvent::Up | HubEvent::Down(_) => {}
-            HubEvent::Msg(ServerMsg::Registered { name }) => status(&format!(
-                "service {name:?} registered; serving {}",
-                svc.local
-            )),
+            HubEvent::Up => status("login to server success"),
+            HubEvent::Down(_) => {}
+            HubEvent::Msg(ServerMsg::Registered { name }) => {
+                status(&format!(
+                    "service {name:?} registered; serving {}",
+                    svc.local
+                ));
+                status(&format!("[{name}] start proxy success"));
+            }
             HubEvent::Msg(ServerMsg::Refused(r)) => return Err(ServiceError::Refused(r)),
             HubEvent::Msg(ServerMsg::Incoming {
                 session,
@@ -313,6 +317,7 @@ pub async fn connect(cfg: ServerConfig, svc: ConnectConfig) -> Result<(), Servic
         err,
     })?;
     println!("listening on {local}");
+    status(&format!("[{}] start visitor success", svc.name));
     let keep_open = svc.keep_open;
     let v = Arc::new(Visitor {
         hub: Mutex::new(Hub::start(cfg.clone(), Vec::new())),

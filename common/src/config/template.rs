@@ -50,12 +50,14 @@ pub(crate) fn render(
         };
         match env(name) {
             Some(v) => out.push_str(&v),
-            None => return Err((
-                format!(
+            None => {
+                return Err((
+                    format!(
                     "template `{{{{ .Envs.{name} }}}}`: the environment variable {name} is not set"
                 ),
-                line,
-            )),
+                    line,
+                ))
+            }
         }
         consumed += after_start;
         rest = &rest[after_start..];

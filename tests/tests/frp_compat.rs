@@ -1,0 +1,361 @@
+//! frp users switch without editing their files: `rendezvous -c` and `peer -c` on files
+//! written as frp's documentation and its own test framework write them (TOML and the
+//! legacy INI format, with log settings, `loginFailExit`, keys in another case and
+//! `{{ .Envs.X }}` templates), a mixed file where one proxy is refused and the others
+//! serve, frp's status lines, `verify -c`, and frp's command-line forms. Data is
+//! checked by sha256 (stream-check) and through a real HTTP client (curl).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::{
+    io::{Read, Write},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use support::*;
+
+const T: Duration = Duration::from_secs(30);
+
+/// A port the OS had free a moment ago (frp's files need fixed numbers).
+fn free() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A scratch directory for one test's files.
+fn dir(test: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("pl-frpc-{test}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// stream-check's echo server; returns it and its port.
+fn echo() -> (Proc, u16) {
+    let mut cmd = Command::new(bin("stream-check"));
+    cmd.args(["echo", "0"]);
+    let p = Proc::spawn("echo", cmd);
+    let port = p
+        .stdout
+        .wait_for("listening on", T)
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    (p, port)
+}
+
+/// A local HTTP server answering every request with `web <Host>`.
+fn web() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(mut conn) = conn else { break };
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 1024];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+                let host = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("host:"))
+                    .unwrap_or("-")
+                    .trim();
+                let host = host.split(':').next().unwrap_or(host).to_string();
+                let body = format!("web {host}");
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            });
+        }
+    });
+    port
+}
+
+/// curl through the vhost: the body, or panics with curl's output.
+fn curl(vhost: u16, host: &str) -> String {
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "--max-time",
+            "20",
+            "--resolve",
+            &format!("{host}:{vhost}:127.0.0.1"),
+            &format!("http://{host}:{vhost}/"),
+        ])
+        .output()
+        .expect("curl (apt-get install curl)");
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// 4 streams of 2 MB each through `port`, echoed and compared by sha256.
+fn carry(port: u16) {
+    let out = Command::new(bin("stream-check"))
+        .args([
+            "run",
+            &format!("127.0.0.1:{port}"),
+            "--streams",
+            "4",
+            "--bytes",
+            "2000000",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn cmd(name: &str) -> Command {
+    let mut c = local(name);
+    c.env_remove("PUNCHLINE_TOKEN").env_remove("RUST_LOG");
+    c
+}
+
+fn with_config(name: &str, file: &Path) -> Proc {
+    let mut c = cmd(name);
+    c.env("FRP_AUTH_TOKEN", "token-from-the-environment");
+    c.args(["-c", file.to_str().unwrap()]);
+    Proc::spawn(name, c)
+}
+
+/// The lines of a log that contain `pat`.
+fn lines_with(log: &Log, pat: &str) -> Vec<String> {
+    log.text()
+        .lines()
+        .filter(|l| l.contains(pat))
+        .map(str::to_string)
+        .collect()
+}
+
+/// A peer serving a good tcp proxy, a refused one (its port is outside allowPorts) and
+/// an http one: frp's status lines, one warning naming every key with no effect, and
+/// the good proxies carry data while the refused one is reported.
+fn mixed(server: &Path, client: &Path, vhost: Option<u16>, good: u16) {
+    let srv = with_config("rendezvous", server);
+    srv.stdout.wait_for("listening on", T);
+    let peer = with_config("peer", client);
+    peer.stderr.wait_for("login to server success", T);
+    peer.stderr.wait_for("[good] start proxy success", T);
+    let refused = peer.stderr.wait_for("[bad] start error:", T);
+    assert!(refused.contains("allowed"), "{refused}");
+    if let Some(vhost) = vhost {
+        peer.stderr.wait_for("[web] start proxy success", T);
+        assert_eq!(curl(vhost, "web.example.com"), "web web.example.com");
+    }
+    carry(good);
+    // The refused proxy stopped nothing.
+    let mut peer = peer;
+    assert!(
+        peer.child.try_wait().unwrap().is_none(),
+        "{}",
+        peer.stderr.text()
+    );
+    // One warning, naming every key with no effect.
+    let warned = lines_with(&peer.stderr, "have no effect");
+    assert_eq!(warned.len(), 1, "{}", peer.stderr.text());
+    for key in ["loginFailExit", "log.level"] {
+        assert!(warned[0].contains(key), "{key} in {}", warned[0]);
+    }
+    let warned = lines_with(&srv.stderr, "have no effect");
+    assert_eq!(warned.len(), 1, "{}", srv.stderr.text());
+    assert!(warned[0].contains("log.level"), "{}", warned[0]);
+}
+
+#[test]
+fn toml_files_as_frp_writes_them() {
+    let d = dir("toml");
+    let (bind, vhost, good, bad) = (free(), free(), free(), free());
+    let (_echo, echo_port) = echo();
+    let web_port = web();
+    let frps = format!(
+        r#"bindAddr = "127.0.0.1"
+bindPort = {bind}
+vhostHTTPPort = {vhost}
+subdomainHost = "example.com"
+log.level = "trace"
+log.to = "console"
+auth.token = "{{{{ .Envs.FRP_AUTH_TOKEN }}}}"
+allowPorts = [{{ single = {good} }}]
+transport.tls.force = false
+"#
+    );
+    let frpc = format!(
+        r#"serverAddr = "127.0.0.1"
+serverPort = {bind}
+loginFailExit = false
+log.level = "trace"
+auth.token = "{{{{ .Envs.FRP_AUTH_TOKEN }}}}"
+transport.tls.enable = true
+
+[[proxies]]
+name = "good"
+type = "tcp"
+localIP = "127.0.0.1"
+localPort = {echo_port}
+remotePort = {good}
+transport.useEncryption = true
+
+[[proxies]]
+name = "bad"
+type = "tcp"
+localPort = {echo_port}
+remotePort = {bad}
+
+[[proxies]]
+name = "web"
+type = "http"
+localPort = {web_port}
+subdomain = "web"
+"#
+    );
+    std::fs::write(d.join("frps.toml"), frps).unwrap();
+    std::fs::write(d.join("frpc.toml"), frpc).unwrap();
+    mixed(
+        &d.join("frps.toml"),
+        &d.join("frpc.toml"),
+        Some(vhost),
+        good,
+    );
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn ini_files_as_frp_writes_them() {
+    let d = dir("ini");
+    let (bind, good, bad) = (free(), free(), free());
+    let (_echo, echo_port) = echo();
+    let frps = format!(
+        "[common]\nbind_addr = 127.0.0.1\nbind_port = {bind}\ntoken = {{{{ .Envs.FRP_AUTH_TOKEN }}}}\n\
+         allow_ports = {good}\nlog_level = info\nlog_max_days = 3\n"
+    );
+    let frpc = format!(
+        "[common]\nserver_addr = 127.0.0.1\nserver_port = {bind}\ntoken = {{{{ .Envs.FRP_AUTH_TOKEN }}}}\n\
+         login_fail_exit = false\nlog_level = info\n\n\
+         [good]\ntype = tcp\nlocal_ip = 127.0.0.1\nlocal_port = {echo_port}\nremote_port = {good}\n\
+         use_encryption = true\n\n\
+         [bad]\ntype = tcp\nlocal_port = {echo_port}\nremote_port = {bad}\n"
+    );
+    std::fs::write(d.join("frps.ini"), frps).unwrap();
+    std::fs::write(d.join("frpc.ini"), frpc).unwrap();
+    mixed(&d.join("frps.ini"), &d.join("frpc.ini"), None, good);
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn verify_checks_a_file_and_exits() {
+    let d = dir("verify");
+    std::fs::write(
+        d.join("frps.toml"),
+        "bindPort = 7000\nlog.level = \"info\"\nsubdomainHost = \"example.com\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("frpc.toml"),
+        "serverAddr = \"127.0.0.1\"\nloginFailExit = false\n[[proxies]]\nname = \"ssh\"\n\
+         type = \"tcp\"\nlocalPort = 22\nremotePort = 6000\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("bad.toml"),
+        "serverAddr = \"127.0.0.1\"\nincludes = [\"./confd/*.toml\"]\n[[proxies]]\nname = \"s\"\n\
+         type = \"tcp\"\nlocalPort = 1\n[proxies.plugin]\ntype = \"socks5\"\n",
+    )
+    .unwrap();
+    for (bin_name, file) in [("rendezvous", "frps.toml"), ("peer", "frpc.toml")] {
+        let path = d.join(file);
+        let out = cmd(bin_name)
+            .args(["verify", "-c", path.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{bin_name}: {out:?}");
+        assert!(
+            stdout.contains(&format!(
+                "the configuration file {} syntax is ok",
+                path.display()
+            )),
+            "{stdout}"
+        );
+    }
+    let out = cmd("peer")
+        .args(["verify", "-c", d.join("bad.toml").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for key in [": includes: ", ": proxies[0].plugin.type: "] {
+        assert!(stderr.contains(key), "{key} in {stderr}");
+    }
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn frp_command_line_forms() {
+    let (bind, vhost, remote) = (free(), free(), free());
+    let (_echo, echo_port) = echo();
+    let web_port = web();
+    let mut c = cmd("rendezvous");
+    c.args(["--bind", "127.0.0.1", "-p", &bind.to_string(), "-t", "tok"]);
+    c.args(["--vhost-http-port", &vhost.to_string()]);
+    let srv = Proc::spawn("rendezvous", c);
+    srv.stdout.wait_for("http vhost on", T);
+    let server = SocketAddr::from(([127, 0, 0, 1], bind)).ip().to_string();
+    let (b, l, r) = (bind.to_string(), echo_port.to_string(), remote.to_string());
+    let mut c = cmd("peer");
+    c.args([
+        "tcp", "-s", &server, "-P", &b, "-t", "tok", "-l", &l, "-r", &r, "-n", "ssh",
+    ]);
+    let tcp = Proc::spawn("peer tcp", c);
+    tcp.stderr.wait_for("[ssh] start proxy success", T);
+    carry(remote);
+    let w = web_port.to_string();
+    let mut c = cmd("peer");
+    c.args([
+        "http",
+        "-s",
+        &server,
+        "-P",
+        &b,
+        "-t",
+        "tok",
+        "-l",
+        &w,
+        "-d",
+        "www.example.com",
+    ]);
+    let http = Proc::spawn("peer http", c);
+    http.stderr.wait_for("[http-", T);
+    http.stderr.wait_for("start proxy success", T);
+    assert_eq!(curl(vhost, "www.example.com"), "web www.example.com");
+    // A wrong token: the peer says why and exits.
+    let mut c = cmd("peer");
+    c.args([
+        "tcp", "-s", &server, "-P", &b, "-t", "wrong", "-l", &l, "-n", "x",
+    ]);
+    let mut bad = Proc::spawn("peer wrong token", c);
+    assert!(!bad.wait_exit(T).success());
+    assert!(
+        bad.stderr.contains("[x] start error"),
+        "{}",
+        bad.stderr.text()
+    );
+}
