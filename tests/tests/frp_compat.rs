@@ -103,7 +103,7 @@ fn curl(vhost: u16, host: &str) -> String {
     String::from_utf8_lossy(&out.stdout).to_string()
 }
 
-/// 4 streams of 2 MB each through `port`, echoed and compared by sha256.
+/// 4 streams of 500 kB each through `port`, echoed and compared by sha256.
 fn carry(port: u16) {
     let out = Command::new(bin("stream-check"))
         .args([
@@ -112,7 +112,7 @@ fn carry(port: u16) {
             "--streams",
             "4",
             "--bytes",
-            "2000000",
+            "500000",
         ])
         .output()
         .unwrap();
