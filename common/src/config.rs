@@ -232,6 +232,9 @@ pub struct Parsed<T> {
     pub no_effect: Vec<(String, &'static str)>,
     /// The format the file was in.
     pub format: Format,
+    /// Every key of the model that this file reached (`proxies[].localPort`): the
+    /// fields of each table the model read, tables themselves left out.
+    pub fields: Vec<String>,
     /// Unknown and refused keys, reported by [`Parsed::finish`] with the model's own
     /// errors.
     errors: Vec<ConfigError>,
@@ -310,6 +313,7 @@ impl<T> Parsed<T> {
             model,
             no_effect,
             format,
+            fields,
             errors,
             origin,
             root,
@@ -320,6 +324,7 @@ impl<T> Parsed<T> {
                 model: (),
                 no_effect,
                 format,
+                fields,
                 errors,
                 origin,
                 root,
@@ -365,6 +370,24 @@ impl<T> Parsed<T> {
     pub fn warning(&self) -> Option<String> {
         no_effect_warning(&self.origin, &self.no_effect)
     }
+}
+
+/// The rows of the README's table of frp keys for one program (`frps` or `frpc`):
+/// each key and its status (`accepted`, `no effect`, `refused`). The crates' tests
+/// check the table against the model and [`FrpKey`] tables with it.
+pub fn readme_rows(readme: &str, program: &str) -> Vec<(String, String)> {
+    readme
+        .lines()
+        .filter_map(|l| {
+            let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+            // | `key` | frps | accepted | why |
+            if cells.len() < 5 || cells[2] != program {
+                return None;
+            }
+            let key = cells[1].strip_prefix('`')?.strip_suffix('`')?;
+            Some((key.to_string(), cells[3].to_string()))
+        })
+        .collect()
 }
 
 /// `frpc.toml: accepted with no effect in punchline: log.level, log.to (why); ...`.
@@ -458,15 +481,25 @@ pub fn read<T: serde::de::DeserializeOwned>(
             message: e.message,
         },
     )?;
+    let fields = ctx.fields.into_inner();
+    let mut keys_read = Vec::new();
+    for (path, names) in &fields {
+        for name in *names {
+            let key = tree::join(path, name);
+            if !fields.contains_key(&key) && !fields.contains_key(&format!("{key}[]")) {
+                keys_read.push(key);
+            }
+        }
+    }
     let mut parsed = Parsed {
         model,
         no_effect: Vec::new(),
         format,
+        fields: keys_read,
         errors: Vec::new(),
         origin: origin.to_string(),
         root,
     };
-    let fields = ctx.fields.into_inner();
     let mut errors = Vec::new();
     let mut unknown: Vec<String> = Vec::new();
     for path in ignored {

@@ -6,13 +6,13 @@
 //!
 //! | key | meaning | default |
 //! |---|---|---|
-//! | `serverAddr` | the rendezvous server, host name or IP | required |
+//! | `serverAddr` | the rendezvous server, host name or IP | `0.0.0.0`, frp's |
 //! | `serverPort` | its port | `7000`, frp's (the CLI's is 8877) |
 //! | `auth.method` | `"token"`, the only method | `"token"` |
 //! | `auth.token` | the server's token (not empty) | none |
 //! | `user` | prefixes proxy names: `user.name` (see below) | none |
 //! | `transport.protocol` | `"tcp"`, the only one (a no-op) | `"tcp"` |
-//! | `transport.tls.enable` | `true` only: the connection is always encrypted (with Noise, not TLS; a no-op) | `true` |
+//! | `start` | names of the proxies and visitors to run | all |
 //!
 //! `[[proxies]]`, each with `name` (unique), `type`, `localIP` (an IP address or a host
 //! name, default `127.0.0.1`), `localPort`, and by type:
@@ -26,9 +26,8 @@
 //!   know users, so whoever knows `secretKey` may connect; frp's default, visitors of
 //!   the same user, cannot be enforced).
 //!
-//! `transport.useEncryption = true` is accepted as a no-op on proxies and visitors:
-//! punchline always encrypts. A key of another type (`remotePort` on an http proxy) is
-//! an error.
+//! `enabled = false` skips a proxy or visitor. A key of another type (`remotePort`
+//! on an http proxy) is an error.
 //!
 //! `[[visitors]]` (`type = "xtcp"`): `name` (unique), `serverName`, `serverUser`,
 //! `secretKey` (required), `bindAddr` (an IP address, default `127.0.0.1`), `bindPort`
@@ -38,18 +37,20 @@
 //! looks for `serverUser.serverName`, or `user.serverName` when `serverUser` is not
 //! set (plain `serverName` when neither is).
 //!
-//! Every other key frp knows (proxy types `udp`, `https`, `stcp`, `sudp`, `tcpmux`;
-//! plugins, `healthCheck`, `loadBalancer`, `webServer`, `log`, most of `transport`,
-//! ...) is an error that names the key and says punchline does not support it, even
-//! when it holds frp's default; a key nobody knows (a typo) is an error that names it
-//! and the closest known key. Nothing is silently ignored.
+//! frp's other keys are in [`FRP_KEYS`]: accepted with no effect (`log.*`,
+//! `loginFailExit`, `transport.tls.*`, `transport.useEncryption`, ...; named together
+//! in one warning) or refused (plugins, `loadBalancer`, `includes`, ...; named together
+//! in one error, with the proxies' own errors). Proxy types `udp`, `https`, `stcp`,
+//! `sudp` and `tcpmux` are refused. A key nobody knows (a typo) is an error naming it
+//! and the closest known key. The legacy INI format (`frpc.ini`) is read into the same
+//! model.
 //!
-//! Parsing goes in three steps (rathole's `config.rs` is the model): the TOML is parsed
-//! and every key and value type checked against a schema, so errors carry the key's
-//! path and line (`frpc.toml:31: proxies[2].type: "udp" ("dns") is not supported by
-//! punchline (tcp, http, xtcp are)`); serde (`deny_unknown_fields`) reads the same text
-//! into the file's model; its `validate()` checks the values and fills in defaults,
-//! giving a [`ClientConfig`].
+//! Parsing ([`common::config::read`]) renders `{{ .Envs.NAME }}` templates, reads the
+//! TOML or INI text into the serde model below (keys matched ignoring case, as frp
+//! does), sorts the keys the model did not read by [`FRP_KEYS`], and `validate()`
+//! checks the values and fills in defaults, giving a [`ClientConfig`]. Errors carry
+//! the key's path and line (`frpc.toml:31: proxies[2].type: "udp" ("dns") is not
+//! supported by punchline (tcp, http, xtcp are)`).
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -1526,6 +1527,68 @@ mod tests {
         );
         let e = err("[common]\n[range:web]\ntype = tcp\nlocal_port = 6000-6005\n");
         assert_eq!(e.key(), Some("range[0].name"), "{e}");
+    }
+
+    /// The README's table of frp keys is the model's keys (those a file with every
+    /// table reaches) and [`FRP_KEYS`], each with its status: nothing more, nothing less.
+    #[test]
+    fn readme_lists_every_key() {
+        let readme =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
+                .expect("README.md");
+        let mut rows = config::readme_rows(&readme, "frpc");
+        let full = r#"serverAddr = "s"
+serverPort = 7000
+user = "u"
+start = ["p"]
+auth.method = "token"
+auth.token = "t"
+transport.protocol = "tcp"
+[[proxies]]
+name = "p"
+type = "http"
+localIP = "127.0.0.1"
+localPort = 1
+remotePort = 1
+customDomains = ["a"]
+subdomain = "b"
+locations = ["/"]
+httpUser = "u"
+httpPassword = "p"
+hostHeaderRewrite = "h"
+requestHeaders.set.a = "b"
+responseHeaders.set.a = "b"
+secretKey = "k"
+allowUsers = ["*"]
+enabled = true
+[[visitors]]
+name = "v"
+type = "xtcp"
+serverName = "s"
+serverUser = "u"
+secretKey = "k"
+bindAddr = "127.0.0.1"
+bindPort = 1
+keepTunnelOpen = true
+enabled = true
+"#;
+        let parsed = config::read::<FrpcFile>(full, "frpc.toml", Side::Client, FRP_KEYS)
+            .expect("the full file");
+        let mut want: Vec<(String, String)> = parsed
+            .fields
+            .iter()
+            .map(|k| (k.clone(), "accepted".to_string()))
+            .collect();
+        for k in FRP_KEYS {
+            let status = match k.effect {
+                Effect::NoEffect => "no effect",
+                Effect::Refused => "refused",
+            };
+            want.push((k.key.to_string(), status.to_string()));
+        }
+        rows.sort();
+        want.sort();
+        assert_eq!(rows, want);
     }
 
     #[test]

@@ -10,8 +10,9 @@ use peer::client::ServerConfig;
 #[derive(Parser, Debug)]
 #[command(version, about, long_about = None)]
 struct Args {
-    /// Config file: punchline's or frp's `frpc.toml` (serverAddr, serverPort,
-    /// auth.token, [[proxies]] of type tcp, http and xtcp, [[visitors]] of type xtcp).
+    /// Config file: punchline's or frp's `frpc.toml` or `frpc.ini` (serverAddr,
+    /// serverPort, auth.token, [[proxies]] of type tcp, http and xtcp, [[visitors]] of
+    /// type xtcp; see the README's table of frp keys).
     /// Without a command, runs everything the file lists. --server and --token override.
     #[arg(long, short = 'c', value_name = "FILE", global = true)]
     config: Option<std::path::PathBuf>,

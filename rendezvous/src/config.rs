@@ -17,17 +17,18 @@
 //! | `[[users]]` | users of a shared server: `name`, `token` (their own), `allowPorts` (as above; none if absent), `allowDomains` (`"a.example.com"`, `"*.a.example.com"`, `"*"` for everything including the catch-all; none if absent), `maxExposures` (default 256), `maxStreams` (streams open at once toward each of its peer processes; default: the multiplexer's) | none: `auth.token` is the one user |
 //! | `punchline.altAddr` | second address for STUN behaviour discovery, `IP` or `IP:PORT` as `--alt-addr` (port default: `bindPort` + 1) | none |
 //!
-//! Every other key frp knows (`webServer.*`, `transport.*`, `log.*`, `kcpBindPort`,
-//! `quicBindPort`, `vhostHTTPSPort`, `tcpmuxHTTPConnectPort`, `httpPlugins`,
-//! `auth.oidc.*`, ...) is an error that names the key and says punchline does not
-//! support it, even when it holds frp's default; a key nobody knows (a typo) is an error
-//! that names it and the closest known key. Nothing is silently ignored.
+//! frp's other keys are in [`FRP_KEYS`]: accepted with no effect (`log.*`,
+//! `webServer.*`, most of `transport.*`, ...; named together in one warning) or refused
+//! (`kcpBindPort`, `vhostHTTPSPort`, `httpPlugins`, ...; named together in one error).
+//! A key nobody knows (a typo) is an error naming it and the closest known key. The
+//! legacy INI format (`frps.ini`) is read into the same model.
 //!
-//! Parsing goes in three steps (rathole's `config.rs` is the model): the TOML is parsed
-//! and every key and value type checked against a schema, so errors carry the key's
-//! path and line (`frps.toml:7: webServer.port: not supported by punchline: ...`);
-//! serde (`deny_unknown_fields`) reads the same text into the file's model; its
-//! `validate()` checks the values and fills in defaults, giving a [`ServerConfig`].
+//! Parsing ([`common::config::read`]) renders `{{ .Envs.NAME }}` templates, reads the
+//! TOML or INI text into the serde model below (keys matched ignoring case, as frp
+//! does), sorts the keys the model did not read by [`FRP_KEYS`], and `validate()`
+//! checks the values and fills in defaults, giving a [`ServerConfig`]. Errors carry
+//! the key's path and line (`frps.toml:7: kcpBindPort: not supported by punchline
+//! (...)`).
 
 use std::{
     fmt,
@@ -1046,6 +1047,49 @@ mod tests {
             keys,
             ["kcpBindPort", "httpPlugins[0].name", "httpPlugins[0].addr"]
         );
+    }
+
+    /// The README's table of frp keys is the model's keys (those a file with every
+    /// table reaches) and [`FRP_KEYS`], each with its status: nothing more, nothing less.
+    #[test]
+    fn readme_lists_every_key() {
+        let readme =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
+                .expect("README.md");
+        let mut rows = config::readme_rows(&readme, "frps");
+        let full = r#"bindAddr = "0.0.0.0"
+bindPort = 7000
+vhostHTTPPort = 80
+subDomainHost = "example.com"
+auth.method = "token"
+auth.token = "t"
+allowPorts = [{ start = 1, end = 2 }]
+punchline.altAddr = "127.0.0.2"
+[[users]]
+name = "u"
+token = "v"
+allowPorts = [{ single = 3 }]
+allowDomains = ["*"]
+maxExposures = 1
+maxStreams = 1
+"#;
+        let parsed = config::read::<FrpsFile>(full, "frps.toml", Side::Server, FRP_KEYS)
+            .expect("the full file");
+        let mut want: Vec<(String, String)> = parsed
+            .fields
+            .iter()
+            .map(|k| (k.clone(), "accepted".to_string()))
+            .collect();
+        for k in FRP_KEYS {
+            let status = match k.effect {
+                Effect::NoEffect => "no effect",
+                Effect::Refused => "refused",
+            };
+            want.push((k.key.to_string(), status.to_string()));
+        }
+        rows.sort();
+        want.sort();
+        assert_eq!(rows, want);
     }
 
     #[test]

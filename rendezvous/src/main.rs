@@ -12,8 +12,9 @@ use tracing::warn;
 #[derive(Parser, Debug)]
 #[command(version, about, long_about = None)]
 struct Args {
-    /// Config file: punchline's or frp's `frps.toml` (bindAddr, bindPort, vhostHTTPPort,
-    /// subDomainHost, auth.token, allowPorts). Flags given too override it.
+    /// Config file: punchline's or frp's `frps.toml` or `frps.ini` (bindAddr, bindPort,
+    /// vhostHTTPPort, subDomainHost, auth.token, allowPorts; see the README's table of
+    /// frp keys). Flags given too override it.
     #[arg(long, short = 'c', value_name = "FILE", global = true)]
     config: Option<std::path::PathBuf>,
     /// TCP port to listen on (0: any free port, printed at start). [default: 8877]
