@@ -1005,6 +1005,8 @@ mod tests {
     /// tests take `frps*` and `rendezvous*` and refuse any other name).
     #[test]
     fn every_client_example_parses() {
+        // The INI examples take the token from the environment, as frp's do.
+        std::env::set_var("FRP_AUTH_TOKEN", "example-token");
         let mut n = 0;
         for entry in std::fs::read_dir(example("")).expect("examples/") {
             let path = entry.expect("examples/ entry").path();
@@ -1012,14 +1014,15 @@ mod tests {
                 .file_name()
                 .and_then(|n| n.to_str())
                 .unwrap_or_default();
-            if name.ends_with(".toml") && (name.starts_with("frpc") || name.starts_with("peer")) {
+            let kind = name.ends_with(".toml") || name.ends_with(".ini");
+            if kind && (name.starts_with("frpc") || name.starts_with("peer")) {
                 if let Err(e) = load(&path) {
                     panic!("{e}");
                 }
                 n += 1;
             }
         }
-        assert!(n >= 2, "expected frpc.toml and peer.toml");
+        assert!(n >= 3, "expected frpc.toml, frpc.ini and peer.toml");
     }
 
     #[test]

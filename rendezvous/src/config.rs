@@ -734,7 +734,10 @@ mod tests {
         let (mut servers, mut clients) = (Vec::new(), Vec::new());
         for entry in std::fs::read_dir(&dir).expect("examples/") {
             let path = entry.expect("examples/ entry").path();
-            if path.extension().and_then(|e| e.to_str()) != Some("toml") {
+            if !matches!(
+                path.extension().and_then(|e| e.to_str()),
+                Some("toml" | "ini")
+            ) {
                 continue;
             }
             let name = path
@@ -758,6 +761,8 @@ mod tests {
 
     #[test]
     fn every_server_example_parses() {
+        // The INI examples take the token from the environment, as frp's do.
+        std::env::set_var("FRP_AUTH_TOKEN", "example-token");
         let (servers, _) = examples();
         assert!(
             servers.len() >= 2,
