@@ -22,14 +22,15 @@
 //!   (at least one), `locations` (path prefixes, default `/`), `httpUser` and
 //!   `httpPassword` (basic auth, both or neither), `hostHeaderRewrite`,
 //!   `requestHeaders.set.NAME`, `responseHeaders.set.NAME`;
-//! * `xtcp`: `secretKey` (required), `allowUsers` (only `["*"]`: the server does not
+//! * `xtcp` and `stcp` (the same, always relayed through the server): `secretKey`
+//!   (required), `allowUsers` (only `["*"]`: the server does not
 //!   know users, so whoever knows `secretKey` may connect; frp's default, visitors of
 //!   the same user, cannot be enforced).
 //!
 //! `enabled = false` skips a proxy or visitor. A key of another type (`remotePort`
 //! on an http proxy) is an error.
 //!
-//! `[[visitors]]` (`type = "xtcp"`): `name` (unique), `serverName`, `serverUser`,
+//! `[[visitors]]` (`type = "xtcp"` or `"stcp"`): `name` (unique), `serverName`, `serverUser`,
 //! `secretKey` (required), `bindAddr` (an IP address, default `127.0.0.1`), `bindPort`
 //! (required; 0: any free port), `keepTunnelOpen` (default `false`).
 //!
@@ -40,8 +41,8 @@
 //! frp's other keys are in [`FRP_KEYS`]: accepted with no effect (`log.*`,
 //! `loginFailExit`, `transport.tls.*`, `transport.useEncryption`, ...; named together
 //! in one warning) or refused (plugins, `loadBalancer`, `includes`, ...; named together
-//! in one error, with the proxies' own errors). Proxy types `udp`, `https`, `stcp`,
-//! `sudp` and `tcpmux` are refused. A key nobody knows (a typo) is an error naming it
+//! in one error, with the proxies' own errors). Proxy types `udp`, `https`, `sudp` and
+//! `tcpmux` are refused. A key nobody knows (a typo) is an error naming it
 //! and the closest known key. The legacy INI format (`frpc.ini`) is read into the same
 //! model.
 //!
@@ -136,6 +137,12 @@ pub enum ProxyKind {
         /// `secretKey`. Printed as `MASKED` by `Debug`.
         secret: String,
     },
+    /// Offered to visitors that know the secret, always relayed through the server
+    /// (`peer serve` without punching; frp's stcp).
+    Stcp {
+        /// `secretKey`. Printed as `MASKED` by `Debug`.
+        secret: String,
+    },
 }
 
 impl ProxyKind {
@@ -147,7 +154,7 @@ impl ProxyKind {
                 remote_port: *remote_port,
             }),
             ProxyKind::Http(route) => Some(ExposeSpec::Http(route.clone())),
-            ProxyKind::Xtcp { .. } => None,
+            ProxyKind::Xtcp { .. } | ProxyKind::Stcp { .. } => None,
         }
     }
 }
@@ -167,6 +174,7 @@ impl fmt::Debug for ProxyKind {
                 f.debug_tuple("Http").field(&shown).finish()
             }
             ProxyKind::Xtcp { .. } => f.debug_struct("Xtcp").field("secret", &Masked).finish(),
+            ProxyKind::Stcp { .. } => f.debug_struct("Stcp").field("secret", &Masked).finish(),
         }
     }
 }
@@ -185,6 +193,8 @@ pub struct Visitor {
     pub bind: SocketAddr,
     /// Bring the link up at start and keep it up (`keepTunnelOpen`).
     pub keep_open: bool,
+    /// frp's stcp visitor: the link is always relayed, never punched.
+    pub relay_only: bool,
 }
 
 impl fmt::Debug for Visitor {
@@ -195,6 +205,7 @@ impl fmt::Debug for Visitor {
             .field("secret", &Masked)
             .field("bind", &self.bind)
             .field("keep_open", &self.keep_open)
+            .field("relay_only", &self.relay_only)
             .finish()
     }
 }
@@ -681,7 +692,7 @@ fn check_proxies(e: &Errors<'_>, proxies: &[Proxy]) -> Result<(), ConfigError> {
                     }
                 }
             }
-            ProxyKind::Tcp { .. } | ProxyKind::Xtcp { .. } => {}
+            ProxyKind::Tcp { .. } | ProxyKind::Xtcp { .. } | ProxyKind::Stcp { .. } => {}
         }
     }
     Ok(())
@@ -702,8 +713,8 @@ impl ProxyFile {
             &at("type"),
             &kind,
             &name,
-            &["tcp", "http", "xtcp"],
-            &["udp", "https", "stcp", "sudp", "tcpmux"],
+            &["tcp", "http", "xtcp", "stcp"],
+            &["udp", "https", "sudp", "tcpmux"],
         )?;
 
         // Keys that belong to another type of proxy.
@@ -724,7 +735,16 @@ impl ProxyFile {
             ("secretKey", self.secret_key.is_some(), "xtcp"),
             ("allowUsers", self.allow_users.is_some(), "xtcp"),
         ];
-        if let Some((key, _, owner)) = typed.iter().find(|(_, set, owner)| *set && *owner != kind) {
+        // stcp takes xtcp's keys.
+        let family = if kind == "stcp" {
+            "xtcp"
+        } else {
+            kind.as_str()
+        };
+        if let Some((key, _, owner)) = typed
+            .iter()
+            .find(|(_, set, owner)| *set && *owner != family)
+        {
             return Err(e.invalid(
                 at(key),
                 format!("is for {owner} proxies, and {name:?} is of type {kind}"),
@@ -840,7 +860,7 @@ impl ProxyFile {
                     response_headers: headers(e, &at("responseHeaders"), self.response_headers)?,
                 })
             }
-            "xtcp" => {
+            "xtcp" | "stcp" => {
                 if let Some(users) = &self.allow_users {
                     if users != &["*"] {
                         return Err(e.unsupported(
@@ -849,15 +869,18 @@ impl ProxyFile {
                         ));
                     }
                 }
-                ProxyKind::Xtcp {
-                    secret: e.secret(self.secret_key, &at("secretKey"))?,
+                let secret = e.secret(self.secret_key, &at("secretKey"))?;
+                if kind == "stcp" {
+                    ProxyKind::Stcp { secret }
+                } else {
+                    ProxyKind::Xtcp { secret }
                 }
             }
-            // The key check let only the three types through.
+            // e.kind() above let only the four types through.
             other => {
                 return Err(e.unsupported(
                     at("type"),
-                    format!("{other:?} is not supported by punchline (tcp, http, xtcp are)"),
+                    format!("{other:?} is not supported by punchline (tcp, http, xtcp, stcp are)"),
                 ))
             }
         };
@@ -914,8 +937,8 @@ impl VisitorFile {
             &at("type"),
             &kind,
             &name,
-            &["xtcp"],
-            &["stcp", "sudp", "xudp", "stcp+sudp", "xtcp+xudp"],
+            &["xtcp", "stcp"],
+            &["sudp", "xudp", "stcp+sudp", "xtcp+xudp"],
         )?;
         let service = e.required(
             self.server_name,
@@ -962,6 +985,7 @@ impl VisitorFile {
             secret,
             bind: SocketAddr::new(ip, port),
             keep_open: self.keep_tunnel_open.unwrap_or(false),
+            relay_only: kind == "stcp",
         })
     }
 }
@@ -1079,6 +1103,7 @@ mod tests {
                 secret: "the-desktop-machines-secret".into(),
                 bind: "127.0.0.1:6001".parse().unwrap(),
                 keep_open: false,
+                relay_only: false,
             }]
         );
     }
@@ -1209,15 +1234,14 @@ mod tests {
     fn errors_name_the_key() {
         let cases: Vec<(String, &str, &str)> = vec![
             // Proxy and visitor types frp has and punchline does not.
-            (proxy("udp", ""), "proxies[1].type", "\"udp\" (\"p\") is not supported by punchline (tcp, http, xtcp are)"),
+            (proxy("udp", ""), "proxies[1].type", "\"udp\" (\"p\") is not supported by punchline (tcp, http, xtcp, stcp are)"),
             (proxy("https", ""), "proxies[1].type", "not supported"),
-            (proxy("stcp", "secretKey = \"k\""), "proxies[1].type", "not supported"),
             (proxy("sudp", ""), "proxies[1].type", "not supported"),
             (proxy("tcpmux", "multiplexer = \"httpconnect\""), "proxies[1].type", "not supported"),
             (proxy("tpc", ""), "proxies[1].type", "unknown"),
             (proxy("tcp", "type = \"http\""), "", "duplicate key: `type = \"http\"`"),
             (visitor("type = \"stcp\""), "", "duplicate key"),
-            ("serverAddr = \"s\"\n[[visitors]]\nname = \"v\"\ntype = \"stcp\"".into(), "visitors[0].type", "(xtcp is)"),
+            ("serverAddr = \"s\"\n[[visitors]]\nname = \"v\"\ntype = \"xudp\"".into(), "visitors[0].type", "(xtcp, stcp are)"),
             ("serverAddr = \"s\"\n[[visitors]]\nname = \"v\"\ntype = \"sudp\"".into(), "visitors[0].type", "not supported"),
             // frp keys punchline does not implement.
             (proxy("tcp", "transport.bandwidthLimit = \"1MB\""), "proxies[1].transport.bandwidthLimit", "not supported"),
@@ -1311,7 +1335,7 @@ mod tests {
         let e = err(text);
         assert_eq!(
             e.to_string(),
-            "frpc.toml:10: proxies[1].type: \"udp\" (\"dns\") is not supported by punchline (tcp, http, xtcp are)"
+            "frpc.toml:10: proxies[1].type: \"udp\" (\"dns\") is not supported by punchline (tcp, http, xtcp, stcp are)"
         );
         // From validate(), which has no spans: the line is looked up afterwards.
         let e = err("serverAddr = \"s\"\n[[proxies]]\nname = \"p\"\ntype = \"tcp\"\nlocalPort = 22\nremotePort = 99999\n");

@@ -64,13 +64,14 @@ pub async fn run(
                 local,
                 spec,
             }),
-            (ProxyKind::Xtcp { secret }, None) => {
+            (ProxyKind::Xtcp { secret } | ProxyKind::Stcp { secret }, None) => {
                 let svc = service::ServeConfig {
                     name: p.name.clone(),
                     local,
                     secret: secret.clone(),
                     max_links: 64,
                     max_streams,
+                    relay_only: matches!(p.kind, ProxyKind::Stcp { .. }),
                 };
                 let cfg = cfg.clone();
                 tasks.spawn(async move { (p.name, service::serve(cfg, svc).await) });
@@ -96,6 +97,7 @@ pub async fn run(
             listen: v.bind,
             keep_open: v.keep_open,
             max_streams,
+            relay_only: v.relay_only,
         };
         let cfg = cfg.clone();
         tasks.spawn(async move { (v.name, service::connect(cfg, svc).await) });

@@ -401,6 +401,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 secret,
                 max_links,
                 max_streams,
+                relay_only: false,
             };
             peer::service::serve(cfg, svc).await?;
             Ok(())
@@ -417,6 +418,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 listen,
                 keep_open,
                 max_streams,
+                relay_only: false,
             };
             peer::service::connect(cfg, svc).await?;
             Ok(())

@@ -78,6 +78,9 @@ pub struct ServeConfig {
     pub secret: String,
     /// Most links (visitors) at once.
     pub max_links: usize,
+    /// Links always run relayed through the server, never punched (frp's stcp: the
+    /// server carries the bytes, end-to-end encrypted with the secret).
+    pub relay_only: bool,
     /// Most streams at once per link (`--max-streams`; default
     /// [`common::mux::DEFAULT_MAX_STREAMS`], as the visitor's). Past it the stream is
     /// refused with a reset and a warning, and the visitor resets the connection.
@@ -165,13 +168,15 @@ async fn owner_link(
         tx: &tx,
         rx: &mut rx,
     };
-    if direct_hopeless {
+    if svc.relay_only {
+        debug!("relayed: stcp");
+    } else if direct_hopeless {
         status(&format!("relayed: {}", link::SKIPPED_DIRECT));
     }
     let strategy = Strategy {
         attempts: SERVICE_DIRECT_ATTEMPTS,
         relay: true,
-        direct_hopeless,
+        direct_hopeless: direct_hopeless || svc.relay_only,
         nonce,
     };
     let (stream, info) = match link::establish(&cfg, io, ticket, false, &psk, strategy).await {
@@ -282,6 +287,9 @@ pub struct ConnectConfig {
     pub listen: SocketAddr,
     /// Bring the link up at once and keep it up.
     pub keep_open: bool,
+    /// The link always runs relayed through the server, never punched (frp's stcp
+    /// visitor).
+    pub relay_only: bool,
     /// Most streams at once on the link: the same as the owner's
     /// [`ServeConfig::max_streams`] (both default to
     /// [`common::mux::DEFAULT_MAX_STREAMS`]). Past our own, a new connection is reset
@@ -409,10 +417,10 @@ impl Visitor {
         let strategy = Strategy {
             attempts: SERVICE_DIRECT_ATTEMPTS,
             relay: true,
-            direct_hopeless,
+            direct_hopeless: direct_hopeless || self.svc.relay_only,
             nonce,
         };
-        if direct_hopeless {
+        if direct_hopeless && !self.svc.relay_only {
             status(&format!("relayed: {}", link::SKIPPED_DIRECT));
         }
         let (stream, info) = link::establish(&self.cfg, io, ticket, true, &psk, strategy).await?;
@@ -424,7 +432,7 @@ impl Visitor {
             started.elapsed().as_millis()
         ));
         let (mux, _inbound) = Mux::start(stream, Role::Client, self.mux_config());
-        if info.path == Path::Relayed {
+        if info.path == Path::Relayed && !self.svc.relay_only {
             tokio::spawn(self.clone().upgrade(ticket, rx, tx));
         }
         *cur = Some(Current {

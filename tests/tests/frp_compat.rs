@@ -359,3 +359,52 @@ fn frp_command_line_forms() {
         bad.stderr.text()
     );
 }
+
+/// frp's stcp: a secret service reached only through a visitor, carried by the server
+/// (relayed, end-to-end encrypted with secretKey) even where a direct link would work,
+/// as here on loopback.
+#[test]
+fn stcp_proxy_and_visitor() {
+    let d = dir("stcp");
+    let (bind, visitor_port) = (free(), free());
+    let (_echo, echo_port) = echo();
+    std::fs::write(
+        d.join("frps.toml"),
+        format!("bindAddr = \"127.0.0.1\"\nbindPort = {bind}\nauth.token = \"tok\"\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("frpc-owner.toml"),
+        format!(
+            "serverPort = {bind}\nauth.token = \"tok\"\n\n[[proxies]]\nname = \"secret_ssh\"\n\
+             type = \"stcp\"\nsecretKey = \"abcdefg\"\nlocalIP = \"127.0.0.1\"\nlocalPort = {echo_port}\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("frpc-visitor.toml"),
+        format!(
+            "serverAddr = \"127.0.0.1\"\nserverPort = {bind}\nauth.token = \"tok\"\n\n\
+             [[visitors]]\nname = \"secret_ssh_visitor\"\ntype = \"stcp\"\nserverName = \"secret_ssh\"\n\
+             secretKey = \"abcdefg\"\nbindAddr = \"127.0.0.1\"\nbindPort = {visitor_port}\n"
+        ),
+    )
+    .unwrap();
+    let srv = with_config("rendezvous", &d.join("frps.toml"));
+    srv.stdout.wait_for("listening on", T);
+    let owner = with_config("peer", &d.join("frpc-owner.toml"));
+    owner.stderr.wait_for("[secret_ssh] start proxy success", T);
+    let visitor = with_config("peer", &d.join("frpc-visitor.toml"));
+    visitor
+        .stderr
+        .wait_for("[secret_ssh] start visitor success", T);
+    carry(visitor_port);
+    let up = visitor.stderr.wait_for("link up:", T);
+    assert!(up.contains("link up: relayed"), "{up}");
+    assert!(
+        !visitor.stderr.contains("direct"),
+        "{}",
+        visitor.stderr.text()
+    );
+    let _ = std::fs::remove_dir_all(&d);
+}
