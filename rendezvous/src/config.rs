@@ -54,6 +54,10 @@ pub struct ServerConfig {
     pub bind: SocketAddr,
     /// The HTTP virtual host port (`vhostHTTPPort`); `None`: no vhost listener.
     pub vhost_http_port: Option<u16>,
+    /// Longest wait for a peer's response head to a vhost request, then 504
+    /// (`vhostHTTPTimeout`, seconds; default [`crate::vhost::RESPONSE_TIMEOUT`], frp's
+    /// 60 s too).
+    pub vhost_http_timeout: std::time::Duration,
     /// The domain under which `subdomain` routes live (`subDomainHost`), lowercased.
     pub subdomain_host: Option<String>,
     /// The token peers must present (`auth.token`); `None` accepts anyone. Printed as
@@ -124,6 +128,7 @@ impl ServerConfig {
         Self {
             bind,
             vhost_http_port: None,
+            vhost_http_timeout: crate::vhost::RESPONSE_TIMEOUT,
             subdomain_host: None,
             token: None,
             allow_ports: PortRanges::all(),
@@ -141,6 +146,7 @@ impl fmt::Debug for ServerConfig {
         f.debug_struct("ServerConfig")
             .field("bind", &self.bind)
             .field("vhost_http_port", &self.vhost_http_port)
+            .field("vhost_http_timeout", &self.vhost_http_timeout)
             .field("subdomain_host", &self.subdomain_host)
             .field("token", &self.token.as_ref().map(|_| Masked))
             .field("allow_ports", &self.allow_ports)
@@ -365,7 +371,6 @@ pub const FRP_KEYS: &[FrpKey] = &[
     FrpKey { key: "auth.additionalScopes", effect: Effect::NoEffect, why: "every connection is authenticated by the token" },
     FrpKey { key: "detailedErrorsToClient", effect: Effect::NoEffect, why: "peers always get the reason of a refusal" },
     FrpKey { key: "userConnTimeout", effect: Effect::NoEffect, why: "the timeouts are punchline's own" },
-    FrpKey { key: "vhostHTTPTimeout", effect: Effect::NoEffect, why: "the timeouts are punchline's own" },
     FrpKey { key: "custom404Page", effect: Effect::NoEffect, why: "the vhost's 404 page is built in" },
     FrpKey { key: "udpPacketSize", effect: Effect::NoEffect, why: "there are no udp proxies" },
     FrpKey { key: "natholeAnalysisDataReserveHours", effect: Effect::NoEffect, why: "no NAT analysis data is kept" },
@@ -393,6 +398,8 @@ struct FrpsFile {
     bind_port: Option<i64>,
     #[serde(rename = "vhostHTTPPort")]
     vhost_http_port: Option<i64>,
+    #[serde(rename = "vhostHTTPTimeout")]
+    vhost_http_timeout: Option<i64>,
     #[serde(rename = "subDomainHost")]
     subdomain_host: Option<String>,
     #[serde(default)]
@@ -465,6 +472,16 @@ impl FrpsFile {
         let vhost_http_port = match self.vhost_http_port {
             None | Some(0) => None,
             Some(p) => Some(port("vhostHTTPPort", p, false)?),
+        };
+        let vhost_http_timeout = match self.vhost_http_timeout {
+            None => crate::vhost::RESPONSE_TIMEOUT,
+            Some(n) if n >= 1 => std::time::Duration::from_secs(n.unsigned_abs()),
+            Some(n) => {
+                return Err(invalid(
+                    "vhostHTTPTimeout",
+                    format!("{n} is not a number of seconds (1 or more)"),
+                ))
+            }
         };
         if vhost_http_port.is_some() && vhost_http_port == Some(bind_port) {
             return Err(invalid(
@@ -621,6 +638,7 @@ impl FrpsFile {
         Ok(ServerConfig {
             bind: SocketAddr::new(ip, bind_port),
             vhost_http_port,
+            vhost_http_timeout,
             subdomain_host,
             token,
             allow_ports,
@@ -903,6 +921,11 @@ mod tests {
                 "expected an integer, found a string",
             ),
             ("bindPort = 70000", "bindPort", "not a port"),
+            (
+                "vhostHTTPTimeout = 0",
+                "vhostHTTPTimeout",
+                "seconds (1 or more)",
+            ),
             ("bindPort = -1", "bindPort", "not a port"),
             ("vhostHTTPPort = 7000", "vhostHTTPPort", "bindPort too"),
             ("bindAddr = \"localhost\"", "bindAddr", "not an IP address"),
@@ -1010,6 +1033,11 @@ mod tests {
         "#);
         assert_eq!(c.subdomain_host.as_deref(), Some("example.com"));
         assert_eq!(c.vhost_http_port, Some(8080));
+        assert_eq!(c.vhost_http_timeout, crate::vhost::RESPONSE_TIMEOUT);
+        assert_eq!(
+            ok("vhostHTTPTimeout = 5").vhost_http_timeout,
+            std::time::Duration::from_secs(5)
+        );
         let keys: Vec<&str> = c.no_effect.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(
             keys,

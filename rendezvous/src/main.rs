@@ -26,6 +26,11 @@ struct Args {
     /// Serve HTTP virtual hosts on this port (`peer expose http`); 0: any free port.
     #[arg(long, value_name = "PORT", alias = "vhost_http_port")]
     vhost_http_port: Option<u16>,
+    /// Seconds the vhost waits for a peer's response head before answering 504.
+    /// [default: 60]
+    #[arg(long, value_name = "SECS", alias = "vhost_http_timeout",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    vhost_http_timeout: Option<u64>,
     /// The domain under which `peer expose http --subdomain NAME` lives
     /// (NAME.DOMAIN).
     #[arg(long, value_name = "DOMAIN", alias = "subdomain_host")]
@@ -160,6 +165,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     if args.vhost_http_port.is_some() {
         cfg.vhost_http_port = args.vhost_http_port;
+    }
+    if let Some(secs) = args.vhost_http_timeout {
+        cfg.vhost_http_timeout = std::time::Duration::from_secs(secs);
     }
     if args.subdomain_host.is_some() {
         cfg.subdomain_host = args.subdomain_host.map(|d| d.to_ascii_lowercase());

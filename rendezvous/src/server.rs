@@ -127,8 +127,12 @@ pub async fn spawn(config: Config) -> std::io::Result<Handle> {
     );
     if let Some((l, _, table)) = vhost {
         let stop = tasks.stop.clone();
+        let vhost_cfg = crate::vhost::VhostConfig {
+            response_timeout: config.vhost_http_timeout,
+            ..Default::default()
+        };
         tasks.tracker.spawn(async move {
-            if let Err(e) = crate::vhost::serve(l, table, Default::default(), stop).await {
+            if let Err(e) = crate::vhost::serve(l, table, vhost_cfg, stop).await {
                 warn!(%e, "http vhost stopped");
             }
         });

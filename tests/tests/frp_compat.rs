@@ -408,3 +408,58 @@ fn stcp_proxy_and_visitor() {
     );
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// `vhostHTTPTimeout`: a peer's service that never answers gets 504 after the file's
+/// 1 s, not punchline's default 60 s (curl gives up after 20 s).
+#[test]
+fn vhost_http_timeout_is_honoured() {
+    let d = dir("timeout");
+    let (bind, vhost) = (free(), free());
+    // A service that reads requests and never answers.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in l.incoming().flatten() {
+            held.push(c);
+        }
+    });
+    std::fs::write(
+        d.join("frps.toml"),
+        format!(
+            "bindAddr = \"127.0.0.1\"\nbindPort = {bind}\nvhostHTTPPort = {vhost}\nvhostHTTPTimeout = 1\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("frpc.toml"),
+        format!(
+            "serverPort = {bind}\n[[proxies]]\nname = \"slow\"\ntype = \"http\"\n\
+             localPort = {silent}\ncustomDomains = [\"slow.example.com\"]\n"
+        ),
+    )
+    .unwrap();
+    let srv = with_config("rendezvous", &d.join("frps.toml"));
+    srv.stdout.wait_for("http vhost on", T);
+    let peer = with_config("peer", &d.join("frpc.toml"));
+    peer.stderr.wait_for("[slow] start proxy success", T);
+    let host = "slow.example.com";
+    let started = std::time::Instant::now();
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "20",
+        ])
+        .args(["--resolve", &format!("{host}:{vhost}:127.0.0.1")])
+        .arg(format!("http://{host}:{vhost}/"))
+        .output()
+        .expect("curl");
+    let code = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(code, "504", "after {:?}", started.elapsed());
+    let _ = std::fs::remove_dir_all(&d);
+}
