@@ -17,7 +17,8 @@
 //! `[[proxies]]`, each with `name` (unique), `type`, `localIP` (an IP address or a host
 //! name, default `127.0.0.1`), `localPort`, and by type:
 //!
-//! * `tcp`: `remotePort` (0 or absent: the server chooses);
+//! * `tcp` and `udp`: `remotePort` (0 or absent: the server chooses; tcp and udp
+//!   proxies share the server's port numbers);
 //! * `http`: `customDomains` (lowercased, `*.example.com` allowed) and/or `subdomain`
 //!   (at least one), `locations` (path prefixes, default `/`), `httpUser` and
 //!   `httpPassword` (basic auth, both or neither), `hostHeaderRewrite`,
@@ -41,7 +42,7 @@
 //! frp's other keys are in [`FRP_KEYS`]: accepted with no effect (`log.*`,
 //! `loginFailExit`, `transport.tls.*`, `transport.useEncryption`, ...; named together
 //! in one warning) or refused (plugins, `loadBalancer`, `includes`, ...; named together
-//! in one error, with the proxies' own errors). Proxy types `udp`, `https`, `sudp` and
+//! in one error, with the proxies' own errors). Proxy types `https`, `sudp` and
 //! `tcpmux` are refused. A key nobody knows (a typo) is an error naming it
 //! and the closest known key. The legacy INI format (`frpc.ini`) is read into the same
 //! model.
@@ -129,6 +130,12 @@ pub enum ProxyKind {
         /// `remotePort`.
         remote_port: u16,
     },
+    /// The server receives datagrams on UDP port `remote_port` (0: it chooses) and
+    /// carries each user address's here, to a UDP socket of its own.
+    Udp {
+        /// `remotePort`.
+        remote_port: u16,
+    },
     /// The server's HTTP virtual hosts route requests here by Host and path. `Debug`
     /// masks the basic auth password.
     Http(HttpRoute),
@@ -153,6 +160,9 @@ impl ProxyKind {
             ProxyKind::Tcp { remote_port } => Some(ExposeSpec::Tcp {
                 remote_port: *remote_port,
             }),
+            ProxyKind::Udp { remote_port } => Some(ExposeSpec::Udp {
+                remote_port: *remote_port,
+            }),
             ProxyKind::Http(route) => Some(ExposeSpec::Http(route.clone())),
             ProxyKind::Xtcp { .. } | ProxyKind::Stcp { .. } => None,
         }
@@ -164,6 +174,10 @@ impl fmt::Debug for ProxyKind {
         match self {
             ProxyKind::Tcp { remote_port } => f
                 .debug_struct("Tcp")
+                .field("remote_port", remote_port)
+                .finish(),
+            ProxyKind::Udp { remote_port } => f
+                .debug_struct("Udp")
                 .field("remote_port", remote_port)
                 .finish(),
             ProxyKind::Http(route) => {
@@ -267,7 +281,7 @@ pub const FRP_KEYS: &[FrpKey] = &[
     FrpKey { key: "clientID", effect: Effect::NoEffect, why: "peers are told apart by their identity keys" },
     FrpKey { key: "natHoleStunServer", effect: Effect::NoEffect, why: "peers learn their NAT mappings from the rendezvous server" },
     FrpKey { key: "dnsServer", effect: Effect::NoEffect, why: "the system's resolver is used" },
-    FrpKey { key: "udpPacketSize", effect: Effect::NoEffect, why: "there are no udp proxies" },
+    FrpKey { key: "udpPacketSize", effect: Effect::NoEffect, why: "datagrams of any size up to 65,535 bytes are carried" },
     FrpKey { key: "metadatas", effect: Effect::NoEffect, why: "there is no metadata" },
     FrpKey { key: "featureGates", effect: Effect::NoEffect, why: "there are no feature gates" },
     FrpKey { key: "auth.additionalScopes", effect: Effect::NoEffect, why: "every connection is authenticated by the token" },
@@ -660,7 +674,9 @@ fn check_proxies(e: &Errors<'_>, proxies: &[Proxy]) -> Result<(), ConfigError> {
             ));
         }
         match &p.kind {
-            ProxyKind::Tcp { remote_port } if *remote_port != 0 => {
+            ProxyKind::Tcp { remote_port } | ProxyKind::Udp { remote_port }
+                if *remote_port != 0 =>
+            {
                 if let Some(first) = ports.insert(*remote_port, i) {
                     return Err(e.invalid(
                         format!("proxies[{i}].remotePort"),
@@ -692,7 +708,10 @@ fn check_proxies(e: &Errors<'_>, proxies: &[Proxy]) -> Result<(), ConfigError> {
                     }
                 }
             }
-            ProxyKind::Tcp { .. } | ProxyKind::Xtcp { .. } | ProxyKind::Stcp { .. } => {}
+            ProxyKind::Tcp { .. }
+            | ProxyKind::Udp { .. }
+            | ProxyKind::Xtcp { .. }
+            | ProxyKind::Stcp { .. } => {}
         }
     }
     Ok(())
@@ -713,8 +732,8 @@ impl ProxyFile {
             &at("type"),
             &kind,
             &name,
-            &["tcp", "http", "xtcp", "stcp"],
-            &["udp", "https", "sudp", "tcpmux"],
+            &["tcp", "udp", "http", "xtcp", "stcp"],
+            &["https", "sudp", "tcpmux"],
         )?;
 
         // Keys that belong to another type of proxy.
@@ -735,11 +754,11 @@ impl ProxyFile {
             ("secretKey", self.secret_key.is_some(), "xtcp"),
             ("allowUsers", self.allow_users.is_some(), "xtcp"),
         ];
-        // stcp takes xtcp's keys.
-        let family = if kind == "stcp" {
-            "xtcp"
-        } else {
-            kind.as_str()
+        // stcp takes xtcp's keys, udp tcp's.
+        let family = match kind.as_str() {
+            "stcp" => "xtcp",
+            "udp" => "tcp",
+            k => k,
         };
         if let Some((key, _, owner)) = typed
             .iter()
@@ -767,6 +786,9 @@ impl ProxyFile {
 
         let kind = match kind.as_str() {
             "tcp" => ProxyKind::Tcp {
+                remote_port: e.port(&at("remotePort"), self.remote_port.unwrap_or(0), true)?,
+            },
+            "udp" => ProxyKind::Udp {
                 remote_port: e.port(&at("remotePort"), self.remote_port.unwrap_or(0), true)?,
             },
             "http" => {
@@ -880,7 +902,9 @@ impl ProxyFile {
             other => {
                 return Err(e.unsupported(
                     at("type"),
-                    format!("{other:?} is not supported by punchline (tcp, http, xtcp, stcp are)"),
+                    format!(
+                        "{other:?} is not supported by punchline (tcp, udp, http, xtcp, stcp are)"
+                    ),
                 ))
             }
         };
@@ -1234,8 +1258,7 @@ mod tests {
     fn errors_name_the_key() {
         let cases: Vec<(String, &str, &str)> = vec![
             // Proxy and visitor types frp has and punchline does not.
-            (proxy("udp", ""), "proxies[1].type", "\"udp\" (\"p\") is not supported by punchline (tcp, http, xtcp, stcp are)"),
-            (proxy("https", ""), "proxies[1].type", "not supported"),
+            (proxy("https", ""), "proxies[1].type", "\"https\" (\"p\") is not supported by punchline (tcp, udp, http, xtcp, stcp are)"),
             (proxy("sudp", ""), "proxies[1].type", "not supported"),
             (proxy("tcpmux", "multiplexer = \"httpconnect\""), "proxies[1].type", "not supported"),
             (proxy("tpc", ""), "proxies[1].type", "unknown"),
@@ -1331,11 +1354,11 @@ mod tests {
     fn errors_carry_the_line() {
         let text =
             "serverAddr = \"s\"\n\n[[proxies]]\nname = \"ssh\"\ntype = \"tcp\"\nlocalPort = 22\n\n\
-                    [[proxies]]\nname = \"dns\"\ntype = \"udp\"\nlocalPort = 53\n";
+                    [[proxies]]\nname = \"dns\"\ntype = \"sudp\"\nlocalPort = 53\n";
         let e = err(text);
         assert_eq!(
             e.to_string(),
-            "frpc.toml:10: proxies[1].type: \"udp\" (\"dns\") is not supported by punchline (tcp, http, xtcp, stcp are)"
+            "frpc.toml:10: proxies[1].type: \"sudp\" (\"dns\") is not supported by punchline (tcp, udp, http, xtcp, stcp are)"
         );
         // From validate(), which has no spans: the line is looked up afterwards.
         let e = err("serverAddr = \"s\"\n[[proxies]]\nname = \"p\"\ntype = \"tcp\"\nlocalPort = 22\nremotePort = 99999\n");

@@ -11,10 +11,16 @@
 use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
 
 use common::{
+    defaults::UDP_SESSION_IDLE,
     mux::{Mux, MuxConfig, Role},
     proto::{ClientMsg, ConnKind, ExposeSpec, ServerMsg},
 };
-use tokio::{net::TcpStream, task::JoinHandle};
+use futures::{SinkExt, StreamExt};
+use tokio::{
+    net::{TcpStream, UdpSocket},
+    task::JoinHandle,
+};
+use tokio_util::codec::{FramedRead, FramedWrite};
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::{
@@ -61,8 +67,15 @@ pub async fn run(
             spec: p.spec.clone(),
         })
         .collect();
-    let locals: Arc<HashMap<String, SocketAddr>> =
-        Arc::new(proxies.iter().map(|p| (p.name.clone(), p.local)).collect());
+    let locals: Arc<HashMap<String, Local>> = Arc::new(
+        proxies
+            .iter()
+            .map(|p| {
+                let udp = matches!(p.spec, ExposeSpec::Udp { .. });
+                (p.name.clone(), Local { addr: p.local, udp })
+            })
+            .collect(),
+    );
     let mut hub = Hub::start(cfg.clone(), hello);
     let mut data: Option<JoinHandle<()>> = None;
     let mut first_round = true;
@@ -91,10 +104,12 @@ pub async fn run(
                 any_exposed = true;
                 // Printed on every registration: after a server restart a port the
                 // server chose may differ.
+                let udp = locals.get(&name).is_some_and(|l| l.udp);
                 match remote_port {
                     Some(p) => {
-                        println!("exposed {name} tcp {p}");
-                        status(&format!("exposed {name}: tcp port {p} on the server"));
+                        let proto = if udp { "udp" } else { "tcp" };
+                        println!("exposed {name} {proto} {p}");
+                        status(&format!("exposed {name}: {proto} port {p} on the server"));
                     }
                     None => {
                         println!("exposed {name} http {}", urls.join(" "));
@@ -142,13 +157,21 @@ pub async fn run(
     }
 }
 
+/// A proxy's local service.
+#[derive(Clone, Copy)]
+struct Local {
+    addr: SocketAddr,
+    /// Datagrams (a udp proxy), framed on the stream.
+    udp: bool,
+}
+
 /// The data connection, for as long as the control connection is up: a data
 /// connection that fails or ends is opened again with backoff (the server closes it
 /// when the control connection goes, and the hub then ends this task).
 async fn data_connection(
     cfg: ServerConfig,
     instance: u64,
-    locals: Arc<HashMap<String, SocketAddr>>,
+    locals: Arc<HashMap<String, Local>>,
     max_streams: usize,
 ) {
     let mut backoff = common::backoff::Backoff::default();
@@ -169,7 +192,7 @@ async fn data_connection(
 async fn one_data_connection(
     cfg: &ServerConfig,
     instance: u64,
-    locals: Arc<HashMap<String, SocketAddr>>,
+    locals: Arc<HashMap<String, Local>>,
     max_streams: usize,
 ) -> Result<(), client::ClientError> {
     let (ch, _) = client::connect(cfg, ConnKind::Data { instance }, None).await?;
@@ -187,9 +210,12 @@ async fn one_data_connection(
                 Ok(n) => n,
                 Err(e) => return warn!(%e, "bad stream from the server"),
             };
-            let Some(&local) = locals.get(&name) else {
+            let Some(&Local { addr: local, udp }) = locals.get(&name) else {
                 return warn!(proxy = %name, "stream for an unknown proxy refused");
             };
+            if udp {
+                return udp_session(s, local, &name).await;
+            }
             match TcpStream::connect(local).await {
                 Ok(conn) => {
                     let _ = conn.set_nodelay(true);
@@ -202,4 +228,43 @@ async fn one_data_connection(
     drop(mux);
     info!("data connection closed");
     Ok(())
+}
+
+/// One user address of a udp proxy: its datagrams, framed on the stream, to the local
+/// service from a UDP socket of its own, and the answers back, until
+/// [`UDP_SESSION_IDLE`] passes without either.
+async fn udp_session(stream: common::mux::MuxStream, local: SocketAddr, name: &str) {
+    let bind: SocketAddr = if local.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let socket = match UdpSocket::bind(bind).await {
+        Ok(s) => s,
+        Err(e) => return warn!(proxy = %name, %e, "cannot open a udp socket"),
+    };
+    if let Err(e) = socket.connect(local).await {
+        return warn!(proxy = %name, %local, %e, "cannot reach the local service");
+    }
+    let (r, w) = tokio::io::split(stream);
+    let mut from_server = FramedRead::new(r, common::net::datagram_codec());
+    let mut to_server = FramedWrite::new(w, common::net::datagram_codec());
+    let mut buf = vec![0u8; usize::from(u16::MAX)];
+    loop {
+        tokio::select! {
+            f = from_server.next() => match f {
+                Some(Ok(d)) => { let _ = socket.send(&d).await; }
+                _ => break,
+            },
+            r = socket.recv(&mut buf) => match r {
+                Ok(n) => {
+                    let d = bytes::Bytes::copy_from_slice(&buf[..n]);
+                    if to_server.send(d).await.is_err() { break }
+                }
+                // An ICMP "port unreachable" from the local service: keep waiting.
+                Err(e) => debug!(proxy = %name, %e, "udp receive failed"),
+            },
+            _ = tokio::time::sleep(UDP_SESSION_IDLE) => break,
+        }
+    }
 }

@@ -164,7 +164,7 @@ pub struct ProxyArgs {
     /// The local service's port.
     #[arg(short = 'l', long = "local-port", alias = "local_port")]
     pub local_port: u16,
-    /// tcp: the port on the server (0 or absent: the server chooses).
+    /// tcp, udp: the port on the server (0 or absent: the server chooses).
     #[arg(short = 'r', long = "remote-port", alias = "remote_port")]
     pub remote_port: Option<u16>,
     /// http: a domain to serve (repeat, or comma-separated).
@@ -242,9 +242,9 @@ pub fn proxy_config(
         }
     };
     let kind = match kind {
-        ProxyType::Udp => {
-            return Err("udp proxies are not supported by punchline (tcp and http are)".into())
-        }
+        ProxyType::Udp => ProxyKind::Udp {
+            remote_port: args.remote_port.unwrap_or(0),
+        },
         ProxyType::Tcp => ProxyKind::Tcp {
             remote_port: args.remote_port.unwrap_or(0),
         },
@@ -274,6 +274,7 @@ pub fn proxy_config(
     };
     let type_name = match kind {
         ProxyKind::Http(_) => "http",
+        ProxyKind::Udp { .. } => "udp",
         _ => "tcp",
     };
     let name = args
@@ -346,7 +347,8 @@ mod tests {
         assert_eq!(c.server, "h:7001");
         let e = proxy_config(ProxyType::Http, &args(80), None, None).unwrap_err();
         assert!(e.contains("-d DOMAIN"), "{e}");
-        let e = proxy_config(ProxyType::Udp, &args(53), None, None).unwrap_err();
-        assert!(e.contains("udp proxies are not supported"), "{e}");
+        let c = proxy_config(ProxyType::Udp, &args(53), None, None).unwrap();
+        assert_eq!(c.proxies[0].name, "udp-53");
+        assert_eq!(c.proxies[0].kind, ProxyKind::Udp { remote_port: 0 });
     }
 }

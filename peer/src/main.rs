@@ -135,7 +135,8 @@ enum Command {
     /// frp's `frpc tcp`: expose a local TCP service on a port of the server
     /// (`peer tcp -s HOST -P 7000 -t TOKEN -l 22 -r 6000 -n ssh`).
     Tcp(peer::frpc::ProxyArgs),
-    /// frp's `frpc udp` (refused: punchline has no udp proxies).
+    /// frp's `frpc udp`: carry datagrams from a UDP port of the server to a local UDP
+    /// service (`peer udp -s HOST -P 7000 -t TOKEN -l 53 -r 6053 -n dns`).
     Udp(peer::frpc::ProxyArgs),
     /// frp's `frpc http`: serve a local HTTP service under -d DOMAIN on the server's
     /// vhost port.

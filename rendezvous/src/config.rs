@@ -372,7 +372,7 @@ pub const FRP_KEYS: &[FrpKey] = &[
     FrpKey { key: "detailedErrorsToClient", effect: Effect::NoEffect, why: "peers always get the reason of a refusal" },
     FrpKey { key: "userConnTimeout", effect: Effect::NoEffect, why: "the timeouts are punchline's own" },
     FrpKey { key: "custom404Page", effect: Effect::NoEffect, why: "the vhost's 404 page is built in" },
-    FrpKey { key: "udpPacketSize", effect: Effect::NoEffect, why: "there are no udp proxies" },
+    FrpKey { key: "udpPacketSize", effect: Effect::NoEffect, why: "datagrams of any size up to 65,535 bytes are carried" },
     FrpKey { key: "natholeAnalysisDataReserveHours", effect: Effect::NoEffect, why: "no NAT analysis data is kept" },
     FrpKey { key: "bindUdpPort", effect: Effect::NoEffect, why: "xtcp punching needs no UDP port" },
     FrpKey { key: "kcpBindPort", effect: Effect::Refused, why: "peers connect over TCP only, not KCP" },

@@ -463,3 +463,87 @@ fn vhost_http_timeout_is_honoured() {
     assert_eq!(code, "504", "after {:?}", started.elapsed());
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// frp's udp proxy: 32 clients at once, each its own session on the server, send
+/// datagrams (one of 60,000 bytes) through a UDP port of the server to a local UDP
+/// echo service; every echo comes back to its own client, compared by sha256.
+#[test]
+fn udp_proxy_carries_many_clients() {
+    let d = dir("udp");
+    let bind = free();
+    let remote = {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.local_addr().unwrap().port()
+    };
+    let echo = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let echo_port = echo.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 65536];
+        while let Ok((n, from)) = echo.recv_from(&mut buf) {
+            let _ = echo.send_to(&buf[..n], from);
+        }
+    });
+    std::fs::write(
+        d.join("frps.toml"),
+        format!("bindAddr = \"127.0.0.1\"\nbindPort = {bind}\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("frpc.toml"),
+        format!(
+            "serverPort = {bind}\n[[proxies]]\nname = \"dns\"\ntype = \"udp\"\nlocalIP = \"127.0.0.1\"\n\
+             localPort = {echo_port}\nremotePort = {remote}\n"
+        ),
+    )
+    .unwrap();
+    let srv = with_config("rendezvous", &d.join("frps.toml"));
+    srv.stdout.wait_for("listening on", T);
+    let peer = with_config("peer", &d.join("frpc.toml"));
+    peer.stderr.wait_for("[dns] start proxy success", T);
+    let clients: Vec<_> = (0..32u64)
+        .map(|c| {
+            std::thread::spawn(move || {
+                let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+                s.connect(("127.0.0.1", remote)).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+                let mut buf = vec![0u8; 65536];
+                for i in 0..10u64 {
+                    let len = if c == 0 && i == 0 {
+                        60_000
+                    } else {
+                        200 + (c * 31 + i * 7) as usize
+                    };
+                    let sent = data(len, c * 1000 + i);
+                    let want = sha256(&sent);
+                    // UDP may drop a datagram: resend each second, for up to 20 s.
+                    let mut ok = false;
+                    'resend: for _ in 0..20 {
+                        s.send(&sent).unwrap();
+                        let until = std::time::Instant::now() + Duration::from_secs(1);
+                        while std::time::Instant::now() < until {
+                            match s.recv(&mut buf) {
+                                Ok(n) if sha256(&buf[..n]) == want => {
+                                    ok = true;
+                                    break 'resend;
+                                }
+                                // A late echo of an earlier datagram.
+                                Ok(_) => {}
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                    assert!(ok, "client {c}: no echo of datagram {i}");
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+    assert!(
+        peer.stdout.contains(&format!("exposed dns udp {remote}")),
+        "{}",
+        peer.stdout.text()
+    );
+    let _ = std::fs::remove_dir_all(&d);
+}
