@@ -11,8 +11,8 @@ use peer::client::ServerConfig;
 #[command(version, about, long_about = None)]
 struct Args {
     /// Config file: punchline's or frp's `frpc.toml` or `frpc.ini` (serverAddr,
-    /// serverPort, auth.token, [[proxies]] of type tcp, http and xtcp, [[visitors]] of
-    /// type xtcp; see the README's table of frp keys).
+    /// serverPort, auth.token, [[proxies]] of type tcp, udp, http, xtcp and stcp,
+    /// [[visitors]] of type xtcp and stcp; see the README's table of frp keys).
     /// Without a command, runs everything the file lists. --server and --token override.
     #[arg(long, short = 'c', value_name = "FILE", global = true)]
     config: Option<std::path::PathBuf>,
