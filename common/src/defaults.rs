@@ -229,3 +229,17 @@ pub const MAX_SERVER_CONNECTIONS: usize = 20_000;
 /// User connections one exposed TCP port serves at once; more wait in the kernel's
 /// backlog. Issue 9's target is 10,000 concurrent connections through one port.
 pub const MAX_PORT_CONNECTIONS: usize = 10_000;
+
+/// A UDP session of an exposed udp port (one user address) ends after this long
+/// without a datagram either way: 60 s sits between Linux conntrack's 30 s for
+/// unanswered UDP flows and its 120 s for answered streams, and DNS, game and VPN
+/// clients send more often than that while they are alive.
+pub const UDP_SESSION_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Most UDP sessions (user addresses) one exposed udp port carries at once; datagrams
+/// from new addresses past it are dropped. Each session is a stream to the peer.
+pub const MAX_UDP_SESSIONS: usize = 1024;
+
+/// Datagrams queued per UDP session toward the peer; past it new ones are dropped,
+/// as a congested UDP path drops them.
+pub const UDP_SESSION_QUEUE: usize = 256;

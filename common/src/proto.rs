@@ -213,6 +213,13 @@ pub enum ExposeSpec {
     },
     /// The server routes HTTP requests on its vhost port by Host and path.
     Http(HttpRoute),
+    /// The server receives datagrams on UDP port `remote_port` (0: the server chooses)
+    /// and carries each user address's datagrams on a stream of its own, framed by
+    /// [`crate::net::datagram_codec`], to the peer (frp's udp proxy).
+    Udp {
+        /// The UDP port on the server.
+        remote_port: u16,
+    },
 }
 
 /// An HTTP virtual host route (frp's http proxy options).

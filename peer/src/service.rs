@@ -80,6 +80,9 @@ pub struct ServeConfig {
     pub secret: String,
     /// Most links (visitors) at once.
     pub max_links: usize,
+    /// Links always run relayed through the server, never punched (frp's stcp: the
+    /// server carries the bytes, end-to-end encrypted with the secret).
+    pub relay_only: bool,
     /// Most streams at once per link (`--max-streams`; default
     /// [`common::mux::DEFAULT_MAX_STREAMS`], as the visitor's). Past it the stream is
     /// refused with a reset and a warning, and the visitor resets the connection.
@@ -107,11 +110,15 @@ pub async fn serve(cfg: ServerConfig, svc: ServeConfig) -> Result<(), ServiceErr
         };
         match ev {
             HubEvent::Fatal(e) => return Err(e.into()),
-            HubEvent::Up | HubEvent::Down(_) => {}
-            HubEvent::Msg(ServerMsg::Registered { name }) => status(&format!(
-                "service {name:?} registered; serving {}",
-                svc.local
-            )),
+            HubEvent::Up => status("login to server success"),
+            HubEvent::Down(_) => {}
+            HubEvent::Msg(ServerMsg::Registered { name }) => {
+                status(&format!(
+                    "service {name:?} registered; serving {}",
+                    svc.local
+                ));
+                status(&format!("[{name}] start proxy success"));
+            }
             HubEvent::Msg(ServerMsg::Refused(r)) => return Err(ServiceError::Refused(r)),
             HubEvent::Msg(ServerMsg::Incoming {
                 session,
@@ -163,13 +170,15 @@ async fn owner_link(
         tx: &tx,
         rx: &mut rx,
     };
-    if direct_hopeless {
+    if svc.relay_only {
+        debug!("relayed: stcp");
+    } else if direct_hopeless {
         status(&format!("relayed: {}", link::SKIPPED_DIRECT));
     }
     let strategy = Strategy {
         attempts: SERVICE_DIRECT_ATTEMPTS,
         relay: true,
-        direct_hopeless,
+        direct_hopeless: direct_hopeless || svc.relay_only,
         nonce,
     };
     let (stream, info) = match link::establish(&cfg, io, ticket, false, &psk, strategy).await {
@@ -280,6 +289,9 @@ pub struct ConnectConfig {
     pub listen: SocketAddr,
     /// Bring the link up at once and keep it up.
     pub keep_open: bool,
+    /// The link always runs relayed through the server, never punched (frp's stcp
+    /// visitor).
+    pub relay_only: bool,
     /// Most streams at once on the link: the same as the owner's
     /// [`ServeConfig::max_streams`] (both default to
     /// [`common::mux::DEFAULT_MAX_STREAMS`]). Past our own, a new connection is reset
@@ -315,6 +327,7 @@ pub async fn connect(cfg: ServerConfig, svc: ConnectConfig) -> Result<(), Servic
         err,
     })?;
     println!("listening on {local}");
+    status(&format!("[{}] start visitor success", svc.name));
     let keep_open = svc.keep_open;
     let v = Arc::new(Visitor {
         hub: Mutex::new(Hub::start(cfg.clone(), Vec::new())),
@@ -409,12 +422,12 @@ impl Visitor {
         let strategy = Strategy {
             attempts: SERVICE_DIRECT_ATTEMPTS,
             relay: true,
-            direct_hopeless,
+            direct_hopeless: direct_hopeless || self.svc.relay_only,
             nonce,
         };
         if relay_first {
             status("relayed at once: the last link to this service was relayed too (direct is tried in the background)");
-        } else if direct_hopeless {
+        } else if direct_hopeless && !self.svc.relay_only {
             status(&format!("relayed: {}", link::SKIPPED_DIRECT));
         }
         let (stream, info) = link::establish(&self.cfg, io, ticket, true, &psk, strategy).await?;
@@ -426,7 +439,7 @@ impl Visitor {
             started.elapsed().as_millis()
         ));
         let (mux, _inbound) = Mux::start(stream, Role::Client, self.mux_config());
-        if info.path == Path::Relayed {
+        if info.path == Path::Relayed && !self.svc.relay_only {
             tokio::spawn(self.clone().upgrade(ticket, rx, tx));
         }
         *cur = Some(Current {

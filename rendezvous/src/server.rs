@@ -128,7 +128,8 @@ pub async fn spawn(config: Config) -> std::io::Result<Handle> {
     );
     if let Some((l, _, table)) = vhost {
         let stop = tasks.stop.clone();
-        let vcfg = config.vhost.clone();
+        let mut vcfg = config.vhost.clone();
+        vcfg.response_timeout = config.vhost_http_timeout;
         tasks.tracker.spawn(async move {
             if let Err(e) = crate::vhost::serve(l, table, vcfg, stop).await {
                 warn!(%e, "http vhost stopped");

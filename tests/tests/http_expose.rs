@@ -655,10 +655,11 @@ fn frp_config_files_work_as_they_are() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
-    // An unsupported key is an error naming it.
+    // A key punchline cannot honour is an error naming it.
     std::fs::write(
         dir.join("bad.toml"),
-        "serverAddr = \"127.0.0.1\"\nloginFailExit = true\n",
+        "serverAddr = \"127.0.0.1\"\n[[proxies]]\nname = \"s\"\ntype = \"tcp\"\nlocalPort = 1\n\
+         loadBalancer.group = \"g\"\n",
     )
     .unwrap();
     let out = local_cmd("peer")
@@ -667,7 +668,7 @@ fn frp_config_files_work_as_they_are() {
         .unwrap();
     assert!(!out.status.success());
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("loginFailExit"),
+        String::from_utf8_lossy(&out.stderr).contains("proxies[0].loadBalancer.group"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
