@@ -81,7 +81,7 @@ pub struct ServerConfig {
     /// user connection is reset and the server logs a warning.
     pub max_streams: usize,
     /// The vhost's timeouts and per-client limit (`--vhost-idle-timeout`,
-    /// `--vhost-max-per-client`, `vhostHTTPTimeout`).
+    /// `--max-per-client`; `vhostHTTPTimeout` is [`ServerConfig::vhost_http_timeout`]).
     pub vhost: crate::vhost::VhostConfig,
     /// frp keys of the file accepted with no effect, each with the reason (see
     /// [`FRP_KEYS`]); [`load`] names them in one warning.

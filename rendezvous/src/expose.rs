@@ -71,6 +71,8 @@ pub(crate) struct Exposures {
     tasks: Tasks,
     /// Woken when a data connection attaches.
     attached: tokio::sync::Notify,
+    /// Most connections at once from one client address to one port.
+    max_per_client: usize,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -83,6 +85,7 @@ impl Exposures {
         registry: Arc<Mutex<Registry>>,
         vhosts: Option<Arc<crate::vhost::Vhosts>>,
         tasks: Tasks,
+        max_per_client: usize,
     ) -> Arc<Self> {
         Arc::new(Self {
             bind_ip,
@@ -91,6 +94,7 @@ impl Exposures {
             instances: Mutex::default(),
             listeners: Mutex::default(),
             tasks,
+            max_per_client,
             attached: tokio::sync::Notify::new(),
         })
     }
@@ -425,6 +429,7 @@ impl Exposures {
     ) {
         let limit = Arc::new(tokio::sync::Semaphore::new(MAX_PORT_CONNECTIONS));
         let tracker = self.tasks.tracker.clone();
+        let clients = crate::limit::Clients::new(self.max_per_client);
         crate::accept::serve(
             "tcp port",
             &listener,
@@ -432,6 +437,10 @@ impl Exposures {
             &tracker,
             &stop,
             |user, from| {
+                let Some(slot) = clients.acquire(from.ip().to_canonical(), "tcp port") else {
+                    common::net::reset(user);
+                    return None;
+                };
                 let holder = self
                     .registry()
                     .port_holder(port, Instant::now())
@@ -444,6 +453,7 @@ impl Exposures {
                 let (me, stop) = (self.clone(), self.tasks.stop.clone());
                 Some(
                     async move {
+                        let _slot = slot;
                         let served = async {
                             match me.open(conn, &proxy).await {
                                 Ok(stream) => splice(user, stream).await,

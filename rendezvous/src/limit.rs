@@ -1,10 +1,16 @@
 //! Small rate limits: a token bucket for requests, and a limit on how often a warning
 //! is logged (so that a flood is visible in the log without flooding it).
 
-use std::time::Duration;
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
 
 use common::defaults::WARN_LOG_INTERVAL;
 use tokio::time::Instant;
+use tracing::warn;
 
 /// A token bucket: `rate` requests per second on average, `burst` at once.
 #[derive(Debug)]
@@ -93,5 +99,75 @@ mod tests {
         assert_eq!(l.ready(t0 + Duration::from_secs(1)), None);
         assert_eq!(l.ready(t0 + Duration::from_secs(2)), None);
         assert_eq!(l.ready(t0 + WARN_LOG_INTERVAL), Some(2));
+    }
+}
+
+/// Connections or requests in flight per client address (`--max-per-client`): one
+/// address cannot take everything a port or a site has.
+#[derive(Clone)]
+pub(crate) struct Clients(Arc<ClientsInner>);
+
+struct ClientsInner {
+    max: usize,
+    in_flight: Mutex<HashMap<IpAddr, usize>>,
+    /// When the last "limit reached" warning was logged (one a second at most).
+    warned: Mutex<Option<Instant>>,
+}
+
+/// One connection or request in flight from a client address; the count goes down when dropped.
+pub(crate) struct ClientSlot {
+    clients: Clients,
+    ip: IpAddr,
+}
+
+impl Clients {
+    pub(crate) fn new(max: usize) -> Clients {
+        Clients(Arc::new(ClientsInner {
+            max: max.max(1),
+            in_flight: Mutex::default(),
+            warned: Mutex::default(),
+        }))
+    }
+
+    /// A slot for one more connection from `ip`, or `None` at the limit (a warning
+    /// naming `what`, once a second at most).
+    pub(crate) fn acquire(&self, ip: IpAddr, what: &str) -> Option<ClientSlot> {
+        let mut map = self
+            .0
+            .in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let n = map.entry(ip).or_default();
+        if *n >= self.0.max {
+            drop(map);
+            let mut warned = self.0.warned.lock().unwrap_or_else(PoisonError::into_inner);
+            if warned.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                *warned = Some(Instant::now());
+                warn!(%ip, max = self.0.max, "{what}: client at its limit of connections in flight (--max-per-client); refused");
+            }
+            return None;
+        }
+        *n += 1;
+        Some(ClientSlot {
+            clients: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut map = self
+            .clients
+            .0
+            .in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
     }
 }

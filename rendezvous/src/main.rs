@@ -64,10 +64,11 @@ struct Args {
     /// connection cut. [default: 60]
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
     vhost_idle_timeout: Option<u64>,
-    /// Most HTTP requests in flight at once from one client address through the vhost;
-    /// past it, 429 and a warning. [default: 256]
+    /// Most connections at once from one client address to one exposed TCP port (past
+    /// it, reset), and HTTP requests in flight from one address through the vhost
+    /// (past it, 429); a warning is logged. [default: 256]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
-    vhost_max_per_client: Option<u64>,
+    max_per_client: Option<u64>,
     /// Speak the original C demo's text protocol instead (unencrypted).
     #[arg(long)]
     classic: bool,
@@ -190,7 +191,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(secs) = args.vhost_idle_timeout {
         cfg.vhost.idle_timeout = std::time::Duration::from_secs(secs);
     }
-    if let Some(n) = args.vhost_max_per_client {
+    if let Some(n) = args.max_per_client {
         cfg.vhost.max_per_client = n as usize;
     }
     if let Some(secs) = args.grace {

@@ -125,6 +125,7 @@ pub async fn spawn(config: Config) -> std::io::Result<Handle> {
         registry.clone(),
         vhost.as_ref().map(|v| v.2.clone()),
         tasks.clone(),
+        config.vhost.max_per_client,
     );
     if let Some((l, _, table)) = vhost {
         let stop = tasks.stop.clone();

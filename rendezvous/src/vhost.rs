@@ -109,9 +109,10 @@ pub const MAX_CONNECTIONS: usize = 65_536;
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Default for [`VhostConfig::max_per_client`]: requests in flight at once from one
-/// client address, over all sites. Browsers open 6 connections per host; 256 leaves
-/// room for an office behind one NAT, while a single address that opens hundreds of
-/// slow requests gets 429 instead of holding every stream of a site's peer.
+/// client address, over all sites (the server's `--max-per-client`, also applied per
+/// exposed TCP port). Browsers open 6 connections per host; 256 leaves room for an
+/// office behind one NAT, while a single address that opens hundreds of slow
+/// requests gets 429 instead of holding every stream of a site's peer.
 pub const MAX_PER_CLIENT: usize = 256;
 
 /// Default for [`VhostConfig::shutdown_grace`]: requests in flight get 5 s to finish
@@ -183,7 +184,7 @@ pub async fn serve(
     let tracker = TaskTracker::new();
     let ctx = Arc::new(Ctx {
         vhosts,
-        clients: proxy::Clients::new(cfg.max_per_client),
+        clients: crate::limit::Clients::new(cfg.max_per_client),
         cfg,
         tasks: Tasks {
             tracker: tracker.clone(),

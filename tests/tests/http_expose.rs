@@ -735,7 +735,7 @@ fn slow_upstream() -> SocketAddr {
     addr
 }
 
-/// One client address cannot hold a site: past `--vhost-max-per-client` its requests
+/// One client address cannot hold a site: past `--max-per-client` its requests
 /// get 429 while another address is served; request bodies that stop arriving get 408
 /// after `--vhost-idle-timeout` (freeing the slots), and a response whose body stops
 /// coming from the peer cuts the client's connection (curl sees a partial transfer,
@@ -743,7 +743,7 @@ fn slow_upstream() -> SocketAddr {
 #[test]
 fn slow_clients_and_stalled_responses_harm_only_themselves() {
     const LIMIT: usize = 8;
-    let s = server(&["--vhost-idle-timeout", "2", "--vhost-max-per-client", "8"]);
+    let s = server(&["--vhost-idle-timeout", "2", "--max-per-client", "8"]);
     let up = slow_upstream();
     let p = expose(&s, up, &["--domain", "slow.example.com"]);
     p.stdout.wait_for("exposed", T);
@@ -788,7 +788,7 @@ fn slow_clients_and_stalled_responses_harm_only_themselves() {
     assert!(s
         .proc
         .stderr
-        .wait_for("at its limit of requests in flight", T)
+        .wait_for("at its limit of connections in flight", T)
         .contains("127.0.0.1"));
 
     // The stalled uploads get 408 after the idle timeout, and the slots come back.

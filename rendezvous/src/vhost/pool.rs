@@ -29,7 +29,8 @@ use tokio::time::Instant;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::debug;
 
-use super::proxy::{BoxError, ClientSlot, UpBody};
+use super::proxy::{BoxError, UpBody};
+use crate::limit::ClientSlot;
 
 /// Opens a byte stream to the peer that serves a route, already past the stream
 /// header (the server writes it). Returns an error when the peer is offline or its

@@ -4,16 +4,14 @@
 
 use std::{
     borrow::Cow,
-    collections::HashMap,
     convert::Infallible,
     net::IpAddr,
     pin::Pin,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
-        Arc, Mutex, PoisonError,
+        Arc,
     },
     task::{ready, Context, Poll},
-    time::Duration,
 };
 
 use hyper::{
@@ -24,8 +22,8 @@ use hyper::{
     Method, Request, Response, StatusCode, Uri, Version,
 };
 use hyper_util::rt::TokioIo;
-use tokio::{sync::oneshot, time::Instant};
-use tracing::{debug, warn};
+use tokio::sync::oneshot;
+use tracing::debug;
 
 use super::{
     pool::{ConnectError, Lease, Tasks, UpstreamBody},
@@ -36,7 +34,7 @@ use super::{
 /// What every request of the vhost server shares.
 pub(super) struct Ctx {
     pub(super) vhosts: Arc<Vhosts>,
-    pub(super) clients: Clients,
+    pub(super) clients: crate::limit::Clients,
     pub(super) cfg: VhostConfig,
     pub(super) tasks: Tasks,
 }
@@ -56,74 +54,6 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 
 /// Errors of the bodies the vhost passes on (hyper's own, or an idle timeout).
 pub(super) type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// Requests in flight per client address ([`super::VhostConfig::max_per_client`]).
-#[derive(Clone)]
-pub(super) struct Clients(Arc<ClientsInner>);
-
-struct ClientsInner {
-    max: usize,
-    in_flight: Mutex<HashMap<IpAddr, usize>>,
-    /// When the last "limit reached" warning was logged (one a second at most).
-    warned: Mutex<Option<Instant>>,
-}
-
-/// One request in flight from a client address; the count goes down when dropped.
-pub(super) struct ClientSlot {
-    clients: Clients,
-    ip: IpAddr,
-}
-
-impl Clients {
-    pub(super) fn new(max: usize) -> Clients {
-        Clients(Arc::new(ClientsInner {
-            max: max.max(1),
-            in_flight: Mutex::default(),
-            warned: Mutex::default(),
-        }))
-    }
-
-    /// A slot for one more request from `ip`, or `None` at the limit (warned).
-    fn acquire(&self, ip: IpAddr) -> Option<ClientSlot> {
-        let mut map = self
-            .0
-            .in_flight
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let n = map.entry(ip).or_default();
-        if *n >= self.0.max {
-            drop(map);
-            let mut warned = self.0.warned.lock().unwrap_or_else(PoisonError::into_inner);
-            if warned.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
-                *warned = Some(Instant::now());
-                warn!(%ip, max = self.0.max, "vhost: client at its limit of requests in flight (--vhost-max-per-client); answering 429");
-            }
-            return None;
-        }
-        *n += 1;
-        Some(ClientSlot {
-            clients: self.clone(),
-            ip,
-        })
-    }
-}
-
-impl Drop for ClientSlot {
-    fn drop(&mut self) {
-        let mut map = self
-            .clients
-            .0
-            .in_flight
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(n) = map.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(&self.ip);
-            }
-        }
-    }
-}
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -211,7 +141,7 @@ async fn proxy(
     if !entry.is_online() {
         return Err(offline());
     }
-    let slot = ctx.clients.acquire(ip).ok_or_else(|| {
+    let slot = ctx.clients.acquire(ip, "http vhost").ok_or_else(|| {
         page(
             StatusCode::TOO_MANY_REQUESTS,
             "Too many requests at once from your address: wait for some to finish.",
