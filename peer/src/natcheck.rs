@@ -63,6 +63,24 @@ impl Target {
             Target::Stun(a) => *a,
         }
     }
+
+    /// A rendezvous server's second port by default (`rendezvous --alt-port`): its
+    /// port + 1 on the same address. Asked when the server names no OTHER-ADDRESS
+    /// (a wildcard bind cannot name itself), and used only if it answers.
+    fn default_alternate(&self) -> Option<SocketAddr> {
+        match self {
+            Target::Rendezvous(cfg) => default_alternate(cfg.addr),
+            Target::Stun(_) => None,
+        }
+    }
+}
+
+/// See [`Target::default_alternate`].
+fn default_alternate(primary: SocketAddr) -> Option<SocketAddr> {
+    primary
+        .port()
+        .checked_add(1)
+        .map(|p| SocketAddr::new(primary.ip(), p))
 }
 
 /// A NAT's mapping or filtering behaviour (RFC 4787 / RFC 5780 terms).
@@ -143,6 +161,7 @@ pub struct Transport {
 #[derive(Debug, Clone, Serialize)]
 pub struct Verdict {
     /// The NAT in classic terms: `none`, `full cone`, `restricted cone`,
+    /// `full or restricted cone` (a server with one IP cannot tell them apart),
     /// `port-restricted cone`, `cone`, `symmetric` or `unknown`.
     pub nat: String,
     /// Which measurements the verdict rests on.
@@ -188,8 +207,9 @@ pub enum NatCheckError {
 /// Runs both suites against `target` and draws the conclusion.
 pub async fn run(target: &Target) -> Result<Report, NatCheckError> {
     let primary = target.primary();
-    let (mut udp, other) = udp_suite(primary).await?;
-    let tcp = tcp_suite(target, other).await?;
+    let guess = target.default_alternate();
+    let (mut udp, other) = udp_suite(primary, guess).await?;
+    let tcp = tcp_suite(target, other.or(guess)).await?;
     // Test I over UDP ran first; the TCP suite needs OTHER-ADDRESS from it.
     if !udp.reachable && tcp.reachable {
         udp.notes
@@ -255,7 +275,10 @@ async fn measure_own_mapping(cfg: &ServerConfig) -> Option<NatMapping> {
     let primary = cfg.addr;
     let udp = udp_socket(primary).await.ok()?;
     let answer = transact(&udp, &[(primary, Change::NONE)]).await;
-    let other = mapped(&answer[0]).ok()?.1.other?;
+    let other = match mapped(&answer[0]).ok()?.1.other {
+        Some(o) => o,
+        None => confirm_alternate(&udp, default_alternate(primary)).await?,
+    };
     let sock = reusable_socket(any_addr(primary, 0)).ok()?;
     let local = any_addr(primary, sock.local_addr().ok()?.port());
     let (mut ch, m1) = client::connect(cfg, ConnKind::Control, Some(sock))
@@ -393,7 +416,17 @@ async fn local_towards(dest: SocketAddr, port: u16) -> Option<SocketAddr> {
     Some(SocketAddr::new(s.local_addr().ok()?.ip(), port))
 }
 
-async fn udp_suite(primary: SocketAddr) -> Result<(Transport, Option<SocketAddr>), NatCheckError> {
+/// `guess` if a Binding request to it over UDP is answered.
+async fn confirm_alternate(sock: &UdpSocket, guess: Option<SocketAddr>) -> Option<SocketAddr> {
+    let guess = guess?;
+    let r = transact(sock, &[(guess, Change::NONE)]).await;
+    mapped(&r[0]).ok().map(|_| guess)
+}
+
+async fn udp_suite(
+    primary: SocketAddr,
+    guess: Option<SocketAddr>,
+) -> Result<(Transport, Option<SocketAddr>), NatCheckError> {
     let mut t = Transport::default();
     // `m` measures mapping; `f` measures filtering and hairpinning and talks to the
     // primary address only, so no other endpoint is ever let in by its own traffic.
@@ -419,12 +452,15 @@ async fn udp_suite(primary: SocketAddr) -> Result<(Transport, Option<SocketAddr>
     });
     t.behind_nat = t.local.map(|l| l != m1);
     t.port_preserved = Some(m1.port() == local_port);
-    let other = first.other;
+    let other = match first.other {
+        Some(o) => Some(o),
+        None => confirm_alternate(&m, guess).await,
+    };
     let Some(other) = other else {
         t.notes.push(
-            "the server has no alternate address (no OTHER-ADDRESS): mapping and filtering \
-             cannot be measured; use a server started with --alt-addr, or --stun with an \
-             RFC 5780 server"
+            "the server has no alternate address (no OTHER-ADDRESS, no answer on its port + 1): \
+             mapping and filtering cannot be measured; use a server without --alt-port off, \
+             or --stun with an RFC 5780 server"
                 .into(),
         );
         let mf = mapped(&rf[0]).ok().map(|(a, _)| a);
@@ -904,6 +940,14 @@ fn verdict(tcp: &Transport, udp: &Transport) -> Verdict {
         ),
         (_, Some(_), Some(Behaviour::EndpointIndependent)) => (
             "full cone",
+            "peers behind any NAT, symmetric ones included",
+            "nobody, as long as your NAT keeps its mappings",
+        ),
+        // One server IP: what comes from the server's other port gets in, so the NAT
+        // filters by address at most. Either way a peer this side has sent to first
+        // (as every punch does) gets in from any of its ports.
+        (_, Some(_), Some(Behaviour::EndpointIndependentOrAddressDependent)) => (
+            "full or restricted cone",
             "peers behind any NAT, symmetric ones included",
             "nobody, as long as your NAT keeps its mappings",
         ),

@@ -99,7 +99,7 @@ impl Handle {
 
 /// Binds and starts the server (and its STUN responder on the same port).
 pub async fn spawn(config: Config) -> std::io::Result<Handle> {
-    let (listener, stun) = crate::stun::bind(config.bind, config.alt_addr).await?;
+    let (listener, stun) = bind_with_alternate(&config).await?;
     crate::stun::log_layout(&stun);
     let alt_addr = stun.alt_addr();
     let local_addr = listener.local_addr()?;
@@ -163,6 +163,31 @@ pub async fn spawn(config: Config) -> std::io::Result<Handle> {
         vhost_addr,
         tasks,
     })
+}
+
+/// Binds the server's port and its STUN endpoints: `--alt-addr` if given, else the
+/// second port on the bind address (`--alt-port`, by default the bind port + 1). When
+/// the default second port is taken, the server starts without it and says so.
+async fn bind_with_alternate(
+    config: &Config,
+) -> std::io::Result<(TcpListener, crate::stun::Responder)> {
+    let second = config
+        .alt_port
+        .resolve(config.bind.port())
+        .map(|p| SocketAddr::new(config.bind.ip(), p));
+    let alt = config.alt_addr.or(second);
+    let next = config.alt_addr.is_none() && config.alt_port == crate::config::AltPort::Next;
+    match crate::stun::bind(config.bind, alt, next).await {
+        Err(e) if next && e.kind() == std::io::ErrorKind::AddrInUse => {
+            warn!(
+                %e,
+                "the second port for NAT checks is taken; starting without it (peers cannot \
+                 tell symmetric NATs apart; see --alt-port)"
+            );
+            crate::stun::bind(config.bind, None, false).await
+        }
+        r => r,
+    }
 }
 
 /// The registry's users and their PSKs, in the same order: the `[[users]]` of the

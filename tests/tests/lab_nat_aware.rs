@@ -35,6 +35,8 @@ fn world(spec: LabSpec, alt: bool) -> World {
     let mut args = vec!["--bind", ip.as_str()];
     if alt {
         args.extend(["--alt-addr", alt_addr.as_str()]);
+    } else {
+        args.extend(["--alt-port", "off"]);
     }
     let (server, addr) = rendezvous(cmd, &args);
     if alt {
@@ -197,8 +199,8 @@ fn one_symmetric_side_still_tries_direct_first() {
     );
 }
 
-/// Without an alternate endpoint the peers cannot measure their mapping: the same two
-/// symmetric NATs wait out the punch window first, as before.
+/// Without a second server port (`--alt-port off`) the peers cannot measure their
+/// mapping: the same two symmetric NATs wait out the punch window first, as before.
 #[test]
 fn unknown_mapping_changes_nothing() {
     if !lab::require_lab() {
