@@ -188,7 +188,7 @@ mod tests {
             ServerMsg::Paired {
                 session: 5,
                 initiator: true,
-                direct_hopeless: true,
+                mode: crate::proto::PunchMode::Relay,
                 nonce: [7; 16],
             },
             ServerMsg::PeerProof {

@@ -14,7 +14,10 @@ use serde::{Deserialize, Serialize};
 /// 2: peers prove an identity key in the server handshake (Noise `XNpsk0`); data
 /// connections are tied to it; punch signals wait for both peers' proofs of the
 /// shared secret.
-pub const PROTOCOL_VERSION: u16 = 2;
+///
+/// 3: `Paired` and `Incoming` say how to punch ([`PunchMode`]: direct, birthday,
+/// relay) instead of only whether direct is hopeless.
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// What a connection to the server is for; sent in [`ClientMsg::Hello`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -194,6 +197,38 @@ impl NatMapping {
     }
 }
 
+/// How the peers of a session try for a direct link, chosen by the server from the
+/// NAT mappings they reported ([`ClientMsg::Nat`]). The first two variants encode as
+/// protocol version 2's `direct_hopeless` bool did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PunchMode {
+    /// Simultaneous open from both probes' mapped ports (neither NAT maps per
+    /// destination, or a mapping is unknown).
+    Direct,
+    /// Both NATs map per destination: no punch can work; relay at once.
+    Relay,
+    /// Birthday punch, the easy side (this NAT keeps one public port for all
+    /// destinations, the other's maps per destination): listen on the probe's port
+    /// and send SYNs from it to many ports of the other's public address.
+    BirthdayEasy,
+    /// Birthday punch, the hard side (this NAT maps per destination): open many
+    /// sockets toward the other's mapped address, each getting a new public port.
+    BirthdayHard,
+}
+
+impl PunchMode {
+    /// The modes of two peers whose NATs map as `a` and `b` (`None`: unknown).
+    pub fn pair(a: Option<NatMapping>, b: Option<NatMapping>) -> (PunchMode, PunchMode) {
+        let hard = |m: Option<NatMapping>| m.map(NatMapping::per_destination);
+        match (hard(a), hard(b)) {
+            (Some(true), Some(true)) => (PunchMode::Relay, PunchMode::Relay),
+            (Some(true), Some(false)) => (PunchMode::BirthdayHard, PunchMode::BirthdayEasy),
+            (Some(false), Some(true)) => (PunchMode::BirthdayEasy, PunchMode::BirthdayHard),
+            _ => (PunchMode::Direct, PunchMode::Direct),
+        }
+    }
+}
+
 /// What a peer exposes through the server.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ExposeSpec {
@@ -249,9 +284,8 @@ pub enum ServerMsg {
         session: u64,
         /// Whether this side is the Noise initiator of the link (the later arrival).
         initiator: bool,
-        /// Both peers reported NATs that map per destination: punching cannot work,
-        /// so skip the direct attempts and relay at once.
-        direct_hopeless: bool,
+        /// How to try for a direct link, from the NAT mappings both peers reported.
+        mode: PunchMode,
         /// Random per session, the same for both peers: what their proofs of the
         /// shared secret are bound to ([`ClientMsg::Prove`]).
         nonce: [u8; 16],
@@ -287,8 +321,8 @@ pub enum ServerMsg {
         name: String,
         /// The visitor's address as the server sees it (for logs).
         visitor: SocketAddr,
-        /// As in [`ServerMsg::Paired`]: skip the direct attempts, relay at once.
-        direct_hopeless: bool,
+        /// How to try for a direct link, from the NAT mappings both peers reported.
+        mode: PunchMode,
         /// As in [`ServerMsg::Paired`].
         nonce: [u8; 16],
     },

@@ -16,7 +16,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use common::{
     defaults::{REPUNCH_FIRST_BACKOFF, REPUNCH_MAX_BACKOFF, SERVICE_DIRECT_ATTEMPTS},
     mux::{Mux, MuxConfig, MuxError, MuxStream, Role},
-    proto::{ClientMsg, ServerMsg},
+    proto::{ClientMsg, PunchMode, ServerMsg},
     secure::Psk,
     splice,
 };
@@ -32,7 +32,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 use crate::{
     client::{ClientError, ServerConfig},
     hub::{Hub, HubEvent},
-    link::{self, LinkError, LinkInfo, Path, SessionIo, Strategy},
+    link::{self, LinkError, LinkInfo, Path, Punching, SessionIo, Strategy},
 };
 
 /// How long an owner waits for a stream's header.
@@ -115,7 +115,7 @@ pub async fn serve(cfg: ServerConfig, svc: ServeConfig) -> Result<(), ServiceErr
                 session,
                 name,
                 visitor,
-                direct_hopeless,
+                mode,
                 nonce,
             }) => {
                 if name != svc.name {
@@ -135,7 +135,7 @@ pub async fn serve(cfg: ServerConfig, svc: ServeConfig) -> Result<(), ServiceErr
                 let (cfg, svc, tx) = (cfg.clone(), svc.clone(), hub.tx.clone());
                 tasks.spawn(
                     async move {
-                        owner_link(cfg, svc, tx, rx, session, direct_hopeless, nonce).await;
+                        owner_link(cfg, svc, tx, rx, session, mode, nonce).await;
                         drop(permit);
                     }
                     .instrument(info_span!("link", %visitor)),
@@ -153,7 +153,7 @@ async fn owner_link(
     tx: mpsc::Sender<ClientMsg>,
     mut rx: mpsc::Receiver<ServerMsg>,
     ticket: u64,
-    direct_hopeless: bool,
+    mode: PunchMode,
     nonce: [u8; 16],
 ) {
     let psk = service_psk(&svc.name, &svc.secret);
@@ -161,13 +161,13 @@ async fn owner_link(
         tx: &tx,
         rx: &mut rx,
     };
-    if direct_hopeless {
+    if mode == PunchMode::Relay {
         status(&format!("relayed: {}", link::SKIPPED_DIRECT));
     }
     let strategy = Strategy {
         attempts: SERVICE_DIRECT_ATTEMPTS,
         relay: true,
-        direct_hopeless,
+        mode,
         nonce,
     };
     let (stream, info) = match link::establish(&cfg, io, ticket, false, &psk, strategy).await {
@@ -212,7 +212,7 @@ async fn owner_link(
             },
             m = rx.recv(), if !server_gone => match m {
                 Some(ServerMsg::Repunch { attempt, .. }) => {
-                    match link::direct_attempt(&cfg, &tx, &mut rx, ticket, attempt, false, &psk).await {
+                    match link::direct_attempt(&cfg, &tx, &mut rx, ticket, attempt, Punching { initiator: false, mode }, &psk).await {
                         Ok((stream, info)) => {
                             info!(remote = %info.remote, "link upgraded to direct");
                             let (mux, inbound) = Mux::start(stream, Role::Server, mux_cfg.clone());
@@ -393,7 +393,7 @@ impl Visitor {
             let _ = tx.try_send(ClientMsg::EndSession { session: c.ticket });
         }
         let started = Instant::now();
-        let (ticket, direct_hopeless, nonce, rx) = self.pair().await?;
+        let (ticket, mode, nonce, rx) = self.pair().await?;
         let mut rx = rx;
         let psk = service_psk(&self.svc.name, &self.svc.secret);
         let tx = self.hub.lock().await.tx.clone();
@@ -404,10 +404,10 @@ impl Visitor {
         let strategy = Strategy {
             attempts: SERVICE_DIRECT_ATTEMPTS,
             relay: true,
-            direct_hopeless,
+            mode,
             nonce,
         };
-        if direct_hopeless {
+        if mode == PunchMode::Relay {
             status(&format!("relayed: {}", link::SKIPPED_DIRECT));
         }
         let (stream, info) = link::establish(&self.cfg, io, ticket, true, &psk, strategy).await?;
@@ -420,7 +420,7 @@ impl Visitor {
         ));
         let (mux, _inbound) = Mux::start(stream, Role::Client, self.mux_config());
         if info.path == Path::Relayed {
-            tokio::spawn(self.clone().upgrade(ticket, rx, tx));
+            tokio::spawn(self.clone().upgrade(ticket, mode, rx, tx));
         }
         *cur = Some(Current {
             mux: mux.clone(),
@@ -431,7 +431,9 @@ impl Visitor {
     }
 
     #[allow(clippy::type_complexity)]
-    async fn pair(&self) -> Result<(u64, bool, [u8; 16], mpsc::Receiver<ServerMsg>), ServiceError> {
+    async fn pair(
+        &self,
+    ) -> Result<(u64, PunchMode, [u8; 16], mpsc::Receiver<ServerMsg>), ServiceError> {
         let mut hub = self.hub.lock().await;
         // Stale events from an earlier request or connection are of no use now.
         while let Ok(ev) = hub.events.try_recv() {
@@ -457,10 +459,10 @@ impl Visitor {
             match ev {
                 Some(HubEvent::Msg(ServerMsg::Paired {
                     session,
-                    direct_hopeless,
+                    mode,
                     nonce,
                     ..
-                })) => return Ok((session, direct_hopeless, nonce, hub.route(session))),
+                })) => return Ok((session, mode, nonce, hub.route(session))),
                 Some(HubEvent::Msg(ServerMsg::Refused(r))) => return Err(ServiceError::Refused(r)),
                 Some(HubEvent::Fatal(e)) => return Err(e.into()),
                 Some(HubEvent::Down(why)) => {
@@ -480,6 +482,7 @@ impl Visitor {
     async fn upgrade(
         self: Arc<Self>,
         ticket: u64,
+        mode: PunchMode,
         mut rx: mpsc::Receiver<ServerMsg>,
         tx: mpsc::Sender<ClientMsg>,
     ) {
@@ -507,7 +510,20 @@ impl Visitor {
                 }
             };
             let Some(attempt) = attempt else { continue };
-            match link::direct_attempt(&self.cfg, &tx, &mut rx, ticket, attempt, true, &psk).await {
+            match link::direct_attempt(
+                &self.cfg,
+                &tx,
+                &mut rx,
+                ticket,
+                attempt,
+                Punching {
+                    initiator: true,
+                    mode,
+                },
+                &psk,
+            )
+            .await
+            {
                 Ok((stream, info)) => {
                     status(&format!(
                         "link upgraded: direct, remote {}, attempt {attempt}",

@@ -25,7 +25,9 @@ use common::{
     },
     framing::{Channel, FrameError},
     identity::PublicKey,
-    proto::{ClientMsg, ConnKind, NatMapping, Outcome, Pairing, ServerMsg, PROTOCOL_VERSION},
+    proto::{
+        ClientMsg, ConnKind, NatMapping, Outcome, Pairing, PunchMode, ServerMsg, PROTOCOL_VERSION,
+    },
     secure::{self, NoiseStream, Psk},
 };
 
@@ -309,11 +311,11 @@ impl State {
             .unwrap_or_default()
     }
 
-    /// Whether both control connections reported NATs that map per destination:
-    /// then no punch can work and the peers relay at once.
-    fn direct_hopeless(&self, a: u64, b: u64) -> bool {
-        let per_dest = |c| self.nat.get(&c).is_some_and(|m| m.per_destination());
-        per_dest(a) && per_dest(b)
+    /// How the peers on control connections `a` and `b` punch, from the NAT mappings
+    /// they reported: both per destination, relay at once; one, a birthday punch;
+    /// otherwise (or unknown) the plain simultaneous open.
+    fn punch_modes(&self, a: u64, b: u64) -> (PunchMode, PunchMode) {
+        PunchMode::pair(self.nat.get(&a).copied(), self.nat.get(&b).copied())
     }
 
     /// Forgets session `id`; with a reason, tells both peers it is over.
@@ -765,23 +767,21 @@ fn pair(
             let (session, t_first, t_second) =
                 new_session(&mut st, (w.conn, &w.tx), (id, tx), None);
             info!(session = format_args!("{session:016x}"), "paired");
-            let direct_hopeless = st.direct_hopeless(w.conn, id);
-            if direct_hopeless {
-                info!(session = format_args!("{session:016x}"), "{HOPELESS}");
-            }
+            let (first_mode, second_mode) = st.punch_modes(w.conn, id);
+            log_mode(session, first_mode);
             // The later arrival initiates the link's Noise handshake (the C demo's
             // client2 is the one that dials first).
             let nonce = st.nonce(session);
             let _ = w.tx.try_send(ServerMsg::Paired {
                 session: t_first,
                 initiator: false,
-                direct_hopeless,
+                mode: first_mode,
                 nonce,
             });
             let _ = tx.try_send(ServerMsg::Paired {
                 session: t_second,
                 initiator: true,
-                direct_hopeless,
+                mode: second_mode,
                 nonce,
             });
             Ok(())
@@ -927,20 +927,14 @@ fn connect(
         Some((name.to_string(), identity)),
     );
     info!(service = name, session = format_args!("{session:016x}"), %visitor, "visitor paired with owner");
-    let direct_hopeless = st.direct_hopeless(oconn, id);
-    if direct_hopeless {
-        info!(
-            service = name,
-            session = format_args!("{session:016x}"),
-            "{HOPELESS}"
-        );
-    }
+    let (owner_mode, visitor_mode) = st.punch_modes(oconn, id);
+    log_mode(session, owner_mode);
     let nonce = st.nonce(session);
     let incoming = ServerMsg::Incoming {
         session: t_owner,
         name: name.to_string(),
         visitor,
-        direct_hopeless,
+        mode: owner_mode,
         nonce,
     };
     if otx.try_send(incoming).is_err() {
@@ -950,10 +944,22 @@ fn connect(
     let _ = tx.try_send(ServerMsg::Paired {
         session: t_visitor,
         initiator: true,
-        direct_hopeless,
+        mode: visitor_mode,
         nonce,
     });
     Ok(())
+}
+
+/// Logs a pairing's punch mode when it is not the plain simultaneous open.
+fn log_mode(session: u64, mode: PunchMode) {
+    match mode {
+        PunchMode::Direct => {}
+        PunchMode::Relay => info!(session = format_args!("{session:016x}"), "{HOPELESS}"),
+        PunchMode::BirthdayEasy | PunchMode::BirthdayHard => info!(
+            session = format_args!("{session:016x}"),
+            "one NAT maps per destination (symmetric): birthday punch"
+        ),
+    }
 }
 
 fn repunch(server: &Server, id: u64, ticket: u64, tx: &mpsc::Sender<ServerMsg>) {
