@@ -33,6 +33,10 @@
 use std::{
     collections::HashSet,
     net::{IpAddr, SocketAddr},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
     time::Duration,
 };
 
@@ -198,7 +202,13 @@ async fn run_spray(
     let step = BIRTHDAY_SPRAY_TIME / SPRAY_BATCHES;
     let mut probes = JoinSet::new();
     let mut sockets = 0usize;
+    // Set when a SYN of ours completed a connection: the rest of the spray is not
+    // needed (the listener still takes crossings that complete later).
+    let hit = Arc::new(AtomicBool::new(false));
     loop {
+        if hit.load(Ordering::Relaxed) {
+            break;
+        }
         let now = Instant::now();
         for &port in spray.due(now - begin) {
             let target = SocketAddr::new(ip, port);
@@ -210,10 +220,11 @@ async fn run_spray(
                 }
             };
             sockets += 1;
-            let tx = tx.clone();
+            let (tx, hit) = (tx.clone(), hit.clone());
             probes.spawn(async move {
                 match tokio::time::timeout(BIRTHDAY_PROBE_LIFETIME, sock.connect(target)).await {
                     Ok(Ok(stream)) => {
+                        hit.store(true, Ordering::Relaxed);
                         let _ = tx.send(Event::Connected(stream, target)).await;
                     }
                     Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
@@ -234,6 +245,7 @@ async fn run_spray(
     info!(
         sockets,
         ms = begin.elapsed().as_millis() as u64,
+        hit = hit.load(Ordering::Relaxed),
         "birthday punch: SYNs sent"
     );
     // Keep the last probes until their lifetime ends; `tx` goes with them.

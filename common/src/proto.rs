@@ -15,8 +15,8 @@ use serde::{Deserialize, Serialize};
 /// connections are tied to it; punch signals wait for both peers' proofs of the
 /// shared secret.
 ///
-/// 3: `Paired` and `Incoming` say how to punch ([`PunchMode`]: direct, birthday,
-/// relay) instead of only whether direct is hopeless.
+/// 3: `Paired`, `Incoming` and `Repunch` say how to punch ([`PunchMode`]: direct,
+/// birthday, relay) instead of only whether direct is hopeless.
 pub const PROTOCOL_VERSION: u16 = 3;
 
 /// What a connection to the server is for; sent in [`ClientMsg::Hello`].
@@ -198,8 +198,7 @@ impl NatMapping {
 }
 
 /// How the peers of a session try for a direct link, chosen by the server from the
-/// NAT mappings they reported ([`ClientMsg::Nat`]). The first two variants encode as
-/// protocol version 2's `direct_hopeless` bool did.
+/// NAT mappings they reported ([`ClientMsg::Nat`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PunchMode {
     /// Simultaneous open from both probes' mapped ports (neither NAT maps per
@@ -344,6 +343,8 @@ pub enum ServerMsg {
         session: u64,
         /// The attempt number to put in the probe's `Hello`.
         attempt: u8,
+        /// How to punch, from the NAT mappings reported by now.
+        mode: PunchMode,
     },
     /// The other peer's [`ClientMsg::Prove`], for this side to check.
     PeerProof {

@@ -122,6 +122,8 @@ pub struct Proving {
     nonce: [u8; 16],
     initiator: bool,
     done: bool,
+    /// Whether the initiator's proof went out.
+    sent: bool,
     started: Instant,
 }
 
@@ -132,8 +134,43 @@ impl Proving {
             nonce: [0; 16],
             initiator: false,
             done: true,
+            sent: true,
             started: Instant::now(),
         }
+    }
+
+    /// A session relayed at once (no direct attempt, so no proofs yet): the first
+    /// background attempt proves the secret, as the first attempt of any other
+    /// session does ([`Proving::send_if_due`]).
+    pub fn later(initiator: bool, nonce: [u8; 16]) -> Self {
+        Proving {
+            nonce,
+            initiator,
+            done: false,
+            sent: false,
+            started: Instant::now(),
+        }
+    }
+
+    /// The initiator's proof, if it has not gone out yet.
+    async fn send_if_due(
+        &mut self,
+        tx: &mpsc::Sender<ClientMsg>,
+        ticket: u64,
+        psk: &Psk,
+    ) -> Result<(), LinkError> {
+        if self.done || self.sent || !self.initiator {
+            return Ok(());
+        }
+        tx.send(ClientMsg::Prove {
+            session: ticket,
+            proof: psk.proof(&self.nonce, true),
+        })
+        .await
+        .map_err(|_| closed())?;
+        self.sent = true;
+        self.started = Instant::now();
+        Ok(())
     }
 
     /// Starts the exchange: the initiator sends its proof.
@@ -156,6 +193,7 @@ impl Proving {
             nonce,
             initiator,
             done: false,
+            sent: initiator,
             started: Instant::now(),
         })
     }
@@ -290,7 +328,10 @@ pub struct Punching {
 }
 
 /// One direct attempt (`attempt` as numbered by the peers or by the server's
-/// `Repunch`), reported to the server either way.
+/// `Repunch`), reported to the server either way; `proving` is the session's secret
+/// proof exchange ([`Proving::proved`] once done, [`Proving::later`] for a session
+/// that was relayed at once).
+#[allow(clippy::too_many_arguments)]
 pub async fn direct_attempt(
     cfg: &ServerConfig,
     tx: &mpsc::Sender<ClientMsg>,
@@ -299,9 +340,9 @@ pub async fn direct_attempt(
     attempt: u8,
     how: Punching,
     psk: &Psk,
+    proving: &mut Proving,
 ) -> Result<(LinkStream, LinkInfo), AttemptError> {
-    let mut proved = Proving::proved();
-    attempt_proving(cfg, tx, rx, ticket, attempt, how, psk, &mut proved).await
+    attempt_proving(cfg, tx, rx, ticket, attempt, how, psk, proving).await
 }
 
 /// [`direct_attempt`], answering the other peer's proof of the secret meanwhile.
@@ -396,6 +437,10 @@ async fn punch_once(
     proving: &mut Proving,
 ) -> Result<(LinkStream, LinkInfo), AttemptError> {
     let initiator = how.initiator;
+    proving
+        .send_if_due(tx, ticket, psk)
+        .await
+        .map_err(AttemptError::Fatal)?;
     // A fresh local port per attempt: the same 4-tuple twice fails with EADDRNOTAVAIL.
     let sock = net::reusable_socket(net::any_addr(cfg.addr, 0))
         .map_err(|e| AttemptError::Failed(format!("probe socket: {e}")))?;

@@ -271,6 +271,13 @@ pub async fn own_mapping(cfg: &ServerConfig) -> Option<NatMapping> {
         .await
 }
 
+/// This process's own TCP mapping, measured now (not cached): see [`own_mapping`].
+pub async fn measure_mapping(cfg: &ServerConfig) -> Option<NatMapping> {
+    let mapping = measure_own_mapping(cfg).await;
+    tracing::debug!(?mapping, "own TCP mapping measured again");
+    mapping
+}
+
 async fn measure_own_mapping(cfg: &ServerConfig) -> Option<NatMapping> {
     let primary = cfg.addr;
     let udp = udp_socket(primary).await.ok()?;

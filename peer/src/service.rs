@@ -32,7 +32,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 use crate::{
     client::{ClientError, ServerConfig},
     hub::{Hub, HubEvent},
-    link::{self, LinkError, LinkInfo, Path, Punching, SessionIo, Strategy},
+    link::{self, LinkError, LinkInfo, Path, Proving, Punching, SessionIo, Strategy},
 };
 
 /// How long an owner waits for a stream's header.
@@ -170,6 +170,13 @@ async fn owner_link(
         mode,
         nonce,
     };
+    // A session relayed at once has proved nothing yet: its first background attempt
+    // does (the visitor, as initiator, proves first).
+    let mut proving = if mode == PunchMode::Relay {
+        Proving::later(false, nonce)
+    } else {
+        Proving::proved()
+    };
     let (stream, info) = match link::establish(&cfg, io, ticket, false, &psk, strategy).await {
         Ok(x) => x,
         Err(LinkError::WrongSecret) => {
@@ -211,8 +218,8 @@ async fn owner_link(
                 }
             },
             m = rx.recv(), if !server_gone => match m {
-                Some(ServerMsg::Repunch { attempt, .. }) => {
-                    match link::direct_attempt(&cfg, &tx, &mut rx, ticket, attempt, Punching { initiator: false, mode }, &psk).await {
+                Some(ServerMsg::Repunch { attempt, mode, .. }) => {
+                    match link::direct_attempt(&cfg, &tx, &mut rx, ticket, attempt, Punching { initiator: false, mode }, &psk, &mut proving).await {
                         Ok((stream, info)) => {
                             info!(remote = %info.remote, "link upgraded to direct");
                             let (mux, inbound) = Mux::start(stream, Role::Server, mux_cfg.clone());
@@ -420,7 +427,12 @@ impl Visitor {
         ));
         let (mux, _inbound) = Mux::start(stream, Role::Client, self.mux_config());
         if info.path == Path::Relayed {
-            tokio::spawn(self.clone().upgrade(ticket, mode, rx, tx));
+            let proving = if mode == PunchMode::Relay {
+                Proving::later(true, nonce)
+            } else {
+                Proving::proved()
+            };
+            tokio::spawn(self.clone().upgrade(ticket, proving, rx, tx));
         }
         *cur = Some(Current {
             mux: mux.clone(),
@@ -482,7 +494,7 @@ impl Visitor {
     async fn upgrade(
         self: Arc<Self>,
         ticket: u64,
-        mode: PunchMode,
+        mut proving: Proving,
         mut rx: mpsc::Receiver<ServerMsg>,
         tx: mpsc::Sender<ClientMsg>,
     ) {
@@ -494,6 +506,12 @@ impl Visitor {
                 Some(c) if c.info.path == Path::Relayed && !c.mux.is_closed() => c.mux.clone(),
                 _ => return,
             };
+            // Measure the NAT again first: if it changed (a new network, a router
+            // restarted with other settings), the server picks the punch for the NAT
+            // as it is now.
+            if let Some(mapping) = crate::natcheck::measure_mapping(&self.cfg).await {
+                let _ = tx.send(ClientMsg::Nat { mapping }).await;
+            }
             if tx
                 .send(ClientMsg::Repunch { session: ticket })
                 .await
@@ -503,13 +521,17 @@ impl Visitor {
             }
             let attempt = loop {
                 match tokio::time::timeout(PAIR_TIMEOUT, rx.recv()).await {
-                    Ok(Some(ServerMsg::Repunch { attempt, .. })) => break Some(attempt),
+                    Ok(Some(ServerMsg::Repunch { attempt, mode, .. })) => {
+                        break Some((attempt, mode))
+                    }
                     Ok(Some(ServerMsg::PeerGone { .. })) | Ok(None) => return,
                     Ok(Some(_)) => {}
                     Err(_) => break None,
                 }
             };
-            let Some(attempt) = attempt else { continue };
+            let Some((attempt, mode)) = attempt else {
+                continue;
+            };
             match link::direct_attempt(
                 &self.cfg,
                 &tx,
@@ -521,6 +543,7 @@ impl Visitor {
                     mode,
                 },
                 &psk,
+                &mut proving,
             )
             .await
             {

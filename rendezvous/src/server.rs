@@ -983,13 +983,23 @@ fn repunch(server: &Server, id: u64, ticket: u64, tx: &mpsc::Sender<ServerMsg>) 
         *next + 1
     };
     let attempt = *next;
+    // The mappings as reported now: a peer may have measured again since pairing
+    // (its network changed, or it asks for this attempt after re-measuring).
+    let other_conn = st.tickets.get(&t.other).map(|o| o.conn);
+    let (mine, theirs) = match other_conn {
+        Some(o) => st.punch_modes(id, o),
+        None => (PunchMode::Direct, PunchMode::Direct),
+    };
+    log_mode(t.session, mine);
     let _ = tx.try_send(ServerMsg::Repunch {
         session: ticket,
         attempt,
+        mode: mine,
     });
     let _ = t.other_tx.try_send(ServerMsg::Repunch {
         session: t.other,
         attempt,
+        mode: theirs,
     });
 }
 

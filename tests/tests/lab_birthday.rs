@@ -159,6 +159,9 @@ fn run_once(r: &Running, run: usize) -> Run {
         );
         eprintln!("run {run}: relayed\nA: {ea}\nB: {eb}");
     }
+    if link > Duration::from_millis(1500) {
+        eprintln!("run {run}: slow link ({link:?}):\nA: {ea}\nB: {eb}");
+    }
     Run {
         direct,
         link,

@@ -2,7 +2,7 @@
 //! server with `--alt-addr`, so that each peer can measure its own TCP mapping), the
 //! server says the direct attempts are hopeless and the link is relayed at once,
 //! well inside the punch window it used to wait out; with only one side symmetric,
-//! the normal direct attempt still comes first.
+//! the server picks the birthday punch (see `lab_birthday.rs`) and the link is direct.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -172,7 +172,7 @@ fn both_symmetric_relays_at_once() {
 }
 
 #[test]
-fn one_symmetric_side_still_tries_direct_first() {
+fn one_symmetric_side_gets_a_birthday_punch() {
     if !lab::require_lab() {
         return;
     }
@@ -180,9 +180,10 @@ fn one_symmetric_side_still_tries_direct_first() {
     let (_owner, visitor, listen, up) = w.link();
     let log = visitor.stderr.text();
     assert!(
-        log.contains("punching"),
-        "no direct attempt was made:\n{log}"
+        log.contains("punching (birthday)"),
+        "no birthday punch was made:\n{log}"
     );
+    assert!(up.contains("link up: direct"), "{up}\n{log}");
     assert!(
         !log.contains("skipped the direct attempts"),
         "direct attempts skipped:\n{log}"
