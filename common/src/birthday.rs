@@ -261,21 +261,15 @@ pub async fn hard(plan: &Plan) -> Result<Link, PunchError> {
     let mut tasks = JoinSet::new();
     let mut opened = 0usize;
     let mut errors = Vec::new();
-    let mut sockets = Vec::with_capacity(BIRTHDAY_SOCKETS);
-    for _ in 0..BIRTHDAY_SOCKETS {
-        match low_ttl_connect(target) {
-            Ok(s) => sockets.push(s),
-            Err(e) => errors.push(e.to_string()),
-        }
-    }
-    // The SYNs are out (a non-blocking connect sends at once): back to the normal TTL
-    // for the SYN-ACK of a crossing and for the retransmission.
     let normal_ttl = default_ttl(target);
-    for sock in sockets {
-        if let Err(e) = sock.set_ttl_v4(normal_ttl) {
-            errors.push(format!("restore TTL: {e}"));
-            continue;
-        }
+    for _ in 0..BIRTHDAY_SOCKETS {
+        let sock = match low_ttl_connect(target, normal_ttl) {
+            Ok(s) => s,
+            Err(e) => {
+                errors.push(e.to_string());
+                continue;
+            }
+        };
         let std: std::net::TcpStream = sock.into();
         let stream = match TcpStream::from_std(std) {
             Ok(s) => s,
@@ -322,8 +316,10 @@ pub async fn hard(plan: &Plan) -> Result<Link, PunchError> {
 }
 
 /// A non-blocking socket whose connect to `target` is under way, its SYN sent with
-/// TTL [`BIRTHDAY_TTL`].
-fn low_ttl_connect(target: SocketAddr) -> std::io::Result<Socket> {
+/// TTL [`BIRTHDAY_TTL`], its TTL back at `normal` (for the SYN-ACK of a crossing and
+/// the retransmission). The SYN leaves inside `connect()`, so the TTL can go back at
+/// once: a crossing SYN arriving a moment later gets its SYN-ACK through.
+fn low_ttl_connect(target: SocketAddr, normal: u32) -> std::io::Result<Socket> {
     let sock = Socket::new(
         Domain::for_address(target),
         Type::STREAM,
@@ -336,16 +332,29 @@ fn low_ttl_connect(target: SocketAddr) -> std::io::Result<Socket> {
         sock.set_unicast_hops_v6(BIRTHDAY_TTL)?;
     }
     match sock.connect(&target.into()) {
-        Ok(()) => Ok(sock),
-        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => Ok(sock),
-        Err(e) => Err(e),
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
     }
+    if target.is_ipv4() {
+        sock.set_ttl_v4(normal)?;
+    } else {
+        sock.set_unicast_hops_v6(normal)?;
+    }
+    Ok(sock)
 }
 
-/// The system's TTL for new sockets (what a socket has before anyone changes it).
+/// The system's TTL (hop limit) for new sockets: what a socket has before anyone
+/// changes it.
 fn default_ttl(target: SocketAddr) -> u32 {
     Socket::new(Domain::for_address(target), Type::STREAM, None)
-        .and_then(|s| s.ttl_v4())
+        .and_then(|s| {
+            if target.is_ipv4() {
+                s.ttl_v4()
+            } else {
+                s.unicast_hops_v6()
+            }
+        })
         .unwrap_or(64)
 }
 

@@ -155,7 +155,7 @@ mod tests {
                 ok: true,
             },
             ClientMsg::Nat {
-                mapping: crate::proto::NatMapping::AddressAndPortDependent,
+                mapping: crate::proto::NatBehaviour::AddressAndPortDependent,
             },
             ClientMsg::EndSession { session: 5 },
             ClientMsg::Report {

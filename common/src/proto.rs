@@ -160,7 +160,7 @@ pub enum ClientMsg {
     /// says so in [`ServerMsg::Paired`] / [`ServerMsg::Incoming`].
     Nat {
         /// How the peer's NAT maps its TCP connections.
-        mapping: NatMapping,
+        mapping: NatBehaviour,
     },
     /// The link of a session is over: closed, or abandoned before it came up (control
     /// connection). The server forgets the session and tells the other peer
@@ -173,27 +173,46 @@ pub enum ClientMsg {
     },
 }
 
-/// A NAT's TCP mapping behaviour (RFC 4787 terms), as measured by a peer.
+/// A NAT's mapping or filtering behaviour (RFC 4787 / RFC 5780 terms), as measured by
+/// a peer: what `peer nat-check` reports for each, and the TCP mapping a peer tells
+/// the server ([`ClientMsg::Nat`]). One type for both, so that the report and pairing
+/// never disagree on what a measurement means.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum NatMapping {
-    /// The same public port for every destination (or no NAT at all).
+#[serde(rename_all = "kebab-case")]
+pub enum NatBehaviour {
+    /// The same for every remote endpoint ("cone"; for mapping: the same public port
+    /// for every destination, or no NAT at all).
     EndpointIndependent,
-    /// The server has one IP address: endpoint-independent or address-dependent.
+    /// Not address-and-port-dependent, but the server has one IP address, so
+    /// endpoint-independent and address-dependent cannot be told apart.
     EndpointIndependentOrAddressDependent,
-    /// A new public port per destination IP address.
+    /// Depends on the remote IP address (for mapping: a new public port per
+    /// destination IP address).
     AddressDependent,
-    /// A new public port per destination IP address and port ("symmetric").
+    /// Depends on the remote IP address and port ("symmetric" for mapping).
     AddressAndPortDependent,
 }
 
-impl NatMapping {
-    /// Whether the mapping depends on the destination, so that the address the server
+impl NatBehaviour {
+    /// Whether a *mapping* depends on the destination, so that the address the server
     /// sees is not the one the other peer would have to reach (a symmetric NAT).
     pub fn per_destination(self) -> bool {
         matches!(
             self,
-            NatMapping::AddressDependent | NatMapping::AddressAndPortDependent
+            NatBehaviour::AddressDependent | NatBehaviour::AddressAndPortDependent
         )
+    }
+
+    /// How a person would say it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            NatBehaviour::EndpointIndependent => "endpoint-independent",
+            NatBehaviour::AddressDependent => "address-dependent",
+            NatBehaviour::AddressAndPortDependent => "address-and-port-dependent",
+            NatBehaviour::EndpointIndependentOrAddressDependent => {
+                "endpoint-independent or address-dependent (the server has one IP address)"
+            }
+        }
     }
 }
 
@@ -217,8 +236,8 @@ pub enum PunchMode {
 
 impl PunchMode {
     /// The modes of two peers whose NATs map as `a` and `b` (`None`: unknown).
-    pub fn pair(a: Option<NatMapping>, b: Option<NatMapping>) -> (PunchMode, PunchMode) {
-        let hard = |m: Option<NatMapping>| m.map(NatMapping::per_destination);
+    pub fn pair(a: Option<NatBehaviour>, b: Option<NatBehaviour>) -> (PunchMode, PunchMode) {
+        let hard = |m: Option<NatBehaviour>| m.map(NatBehaviour::per_destination);
         match (hard(a), hard(b)) {
             (Some(true), Some(true)) => (PunchMode::Relay, PunchMode::Relay),
             (Some(true), Some(false)) => (PunchMode::BirthdayHard, PunchMode::BirthdayEasy),

@@ -26,7 +26,7 @@ use common::{
     framing::{Channel, FrameError},
     identity::PublicKey,
     proto::{
-        ClientMsg, ConnKind, NatMapping, Outcome, Pairing, PunchMode, ServerMsg, PROTOCOL_VERSION,
+        ClientMsg, ConnKind, NatBehaviour, Outcome, Pairing, PunchMode, ServerMsg, PROTOCOL_VERSION,
     },
     secure::{self, NoiseStream, Psk},
 };
@@ -264,7 +264,7 @@ struct State {
     attempts: HashMap<(u64, u8), [Option<ProbeSlot>; 2]>,
     services: HashMap<String, Waiter>,
     /// The TCP mapping each control connection reported (`ClientMsg::Nat`).
-    nat: HashMap<u64, NatMapping>,
+    nat: HashMap<u64, NatBehaviour>,
     /// Sessions by id, until their link is up for good, over, or abandoned.
     sessions: HashMap<u64, Session>,
 }
