@@ -106,7 +106,7 @@ mod tests {
         };
         assert_eq!(
             wire::encode(&hello).unwrap(),
-            [0, 0, 0, 0, 0, 3, 0, 0, 0, 0]
+            [0, 0, 0, 0, 0, 4, 0, 0, 0, 0]
         );
         let pair = ClientMsg::Pair(Pairing::Code("ab".into()));
         assert_eq!(
@@ -144,7 +144,10 @@ mod tests {
                 kind: ConnKind::Relay { session: 3 },
             },
             ClientMsg::Register { name: "ssh".into() },
-            ClientMsg::Connect { name: "ssh".into() },
+            ClientMsg::Connect {
+                name: "ssh".into(),
+                relay_first: true,
+            },
             ClientMsg::Repunch { session: 4 },
             ClientMsg::Prove {
                 session: 3,
