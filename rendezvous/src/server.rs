@@ -180,9 +180,18 @@ async fn bind_with_alternate(
         .alt_port
         .resolve(config.bind.port())
         .map(|p| SocketAddr::new(config.bind.ip(), p));
-    let alt = config.alt_addr.or(second);
+    let mut alt = config.alt_addr.or(second);
     let next = config.alt_addr.is_none() && config.alt_port == crate::config::AltPort::Next;
-    match crate::stun::bind(config.bind, alt, next).await {
+    // The default second port never takes a port the configuration gives the vhost.
+    let vhost = config.vhost_http_port.filter(|p| *p != 0);
+    if next && vhost.is_some() && vhost == config.bind.port().checked_add(1) {
+        warn!(
+            "the vhost port is the bind port + 1: no second port for NAT checks \
+             (peers cannot tell symmetric NATs apart; see --alt-port)"
+        );
+        alt = None;
+    }
+    match crate::stun::bind(config.bind, alt, next && alt.is_some()).await {
         Err(e) if next && e.kind() == std::io::ErrorKind::AddrInUse => {
             warn!(
                 %e,
