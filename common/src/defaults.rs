@@ -230,6 +230,53 @@ pub const MAX_SERVER_CONNECTIONS: usize = 20_000;
 /// backlog. Issue 9's target is 10,000 concurrent connections through one port.
 pub const MAX_PORT_CONNECTIONS: usize = 10_000;
 
+/// Birthday punch (port-restricted × symmetric, `common::birthday`): sockets the hard
+/// side (the NAT that maps per destination) opens toward the easy side's mapped
+/// endpoint, each getting a fresh public port. frp's xtcp uses 256 over UDP. With
+/// [`BIRTHDAY_SPRAY`] probes into a NAT that picks ports uniformly from 64,512, a
+/// miss has probability exp(-256 × 2048 / 64512) ≈ 0.03%.
+pub const BIRTHDAY_SOCKETS: usize = 256;
+
+/// Birthday punch: SYNs the easy side sends, from its one mapped port, to ports of
+/// the hard side's public address: the first [`BIRTHDAY_PREDICT`] just above the
+/// port the server saw (a NAT that allocates sequentially), the rest at random.
+/// Each is one socket, closed after [`BIRTHDAY_PROBE_LIFETIME`], so at most one SYN.
+pub const BIRTHDAY_SPRAY: usize = 2048;
+
+/// Birthday punch: how many of [`BIRTHDAY_SPRAY`] go to the ports just above the hard
+/// side's last seen port: a NAT that hands out ports in sequence gives the hard
+/// side's new sockets those. Costs 16% of the random coverage
+/// (miss ≈ 0.1% instead of 0.03% for a random NAT).
+pub const BIRTHDAY_PREDICT: usize = 320;
+
+/// Birthday punch: the easy side spreads its SYNs over this long, in small batches
+/// (a burst of 2,000 SYNs is what DoS filters look for), starting
+/// [`BIRTHDAY_SPRAY_DELAY`] after the punch signal.
+pub const BIRTHDAY_SPRAY_TIME: Duration = Duration::from_millis(400);
+
+/// Birthday punch: the easy side waits this long after the signal before its first
+/// SYN, so that the hard side's NAT holds its new mappings when the SYNs arrive
+/// (opening 256 sockets takes some milliseconds on a busy machine).
+pub const BIRTHDAY_SPRAY_DELAY: Duration = Duration::from_millis(40);
+
+/// Birthday punch: each of the easy side's SYN sockets is closed after this long,
+/// before its first retransmission (1 s on Linux), so that each costs one SYN. A
+/// crossing that completes later arrives at the listener on the same port.
+pub const BIRTHDAY_PROBE_LIFETIME: Duration = Duration::from_millis(900);
+
+/// Birthday punch: the IP TTL of the hard side's first SYNs. They must pass the hard
+/// side's own NAT (creating its mappings) but not reach the easy side's NAT, which
+/// would answer them with RST or ICMP and so close the mappings again. 4 hops leave a
+/// home router and a carrier-grade NAT behind and die well before the other site on a
+/// real path (10+ hops; the lab ages frames by 10 per link). The TTL goes back to the
+/// system's default right after, for the SYN-ACK and retransmissions.
+pub const BIRTHDAY_TTL: u32 = 4;
+
+/// Birthday punch: the whole attempt (sockets, listener, SYNs) ends after this long.
+/// Covers the spray, one SYN retransmission of the hard side (1 s) and the
+/// handshake's round trips; the hard side's sockets send at most two SYNs each.
+pub const BIRTHDAY_WINDOW: Duration = Duration::from_millis(2500);
+
 /// A UDP session of an exposed udp port (one user address) ends after this long
 /// without a datagram either way: 60 s sits between Linux conntrack's 30 s for
 /// unanswered UDP flows and its 120 s for answered streams, and DNS, game and VPN

@@ -106,7 +106,7 @@ mod tests {
         };
         assert_eq!(
             wire::encode(&hello).unwrap(),
-            [0, 0, 0, 0, 0, 2, 0, 0, 0, 0]
+            [0, 0, 0, 0, 0, 4, 0, 0, 0, 0]
         );
         let pair = ClientMsg::Pair(Pairing::Code("ab".into()));
         assert_eq!(
@@ -158,7 +158,7 @@ mod tests {
                 ok: true,
             },
             ClientMsg::Nat {
-                mapping: crate::proto::NatMapping::AddressAndPortDependent,
+                mapping: crate::proto::NatBehaviour::AddressAndPortDependent,
             },
             ClientMsg::EndSession { session: 5 },
             ClientMsg::Report {
@@ -191,7 +191,7 @@ mod tests {
             ServerMsg::Paired {
                 session: 5,
                 initiator: true,
-                direct_hopeless: true,
+                mode: crate::proto::PunchMode::Relay,
                 nonce: [7; 16],
             },
             ServerMsg::PeerProof {

@@ -10,6 +10,7 @@
 #![warn(missing_docs)]
 
 pub mod backoff;
+pub mod birthday;
 pub mod config;
 pub mod defaults;
 pub mod framing;

@@ -16,7 +16,10 @@ use serde::{Deserialize, Serialize};
 /// shared secret.
 ///
 /// 3: [`ClientMsg::Connect`] carries `relay_first`.
-pub const PROTOCOL_VERSION: u16 = 3;
+///
+/// 4: `Paired`, `Incoming` and `Repunch` say how to punch ([`PunchMode`]: direct,
+/// birthday, relay) instead of only whether direct is hopeless.
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// What a connection to the server is for; sent in [`ClientMsg::Hello`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -115,7 +118,7 @@ pub enum ClientMsg {
         /// The service's name.
         name: String,
         /// Skip the direct attempts and relay at once (both peers are told so in
-        /// `direct_hopeless`): the visitor's previous link to this service could not
+        /// `mode`, as [`PunchMode::Relay`]): the visitor's previous link to this service could not
         /// be made direct, so a new one (after a server restart, say) should not wait
         /// a punch window for the same result. The visitor still tries direct in the
         /// background once the relayed link is up.
@@ -165,7 +168,7 @@ pub enum ClientMsg {
     /// says so in [`ServerMsg::Paired`] / [`ServerMsg::Incoming`].
     Nat {
         /// How the peer's NAT maps its TCP connections.
-        mapping: NatMapping,
+        mapping: NatBehaviour,
     },
     /// The link of a session is over: closed, or abandoned before it came up (control
     /// connection). The server forgets the session and tells the other peer
@@ -178,27 +181,77 @@ pub enum ClientMsg {
     },
 }
 
-/// A NAT's TCP mapping behaviour (RFC 4787 terms), as measured by a peer.
+/// A NAT's mapping or filtering behaviour (RFC 4787 / RFC 5780 terms), as measured by
+/// a peer: what `peer nat-check` reports for each, and the TCP mapping a peer tells
+/// the server ([`ClientMsg::Nat`]). One type for both, so that the report and pairing
+/// never disagree on what a measurement means.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum NatMapping {
-    /// The same public port for every destination (or no NAT at all).
+#[serde(rename_all = "kebab-case")]
+pub enum NatBehaviour {
+    /// The same for every remote endpoint ("cone"; for mapping: the same public port
+    /// for every destination, or no NAT at all).
     EndpointIndependent,
-    /// The server has one IP address: endpoint-independent or address-dependent.
+    /// Not address-and-port-dependent, but the server has one IP address, so
+    /// endpoint-independent and address-dependent cannot be told apart.
     EndpointIndependentOrAddressDependent,
-    /// A new public port per destination IP address.
+    /// Depends on the remote IP address (for mapping: a new public port per
+    /// destination IP address).
     AddressDependent,
-    /// A new public port per destination IP address and port ("symmetric").
+    /// Depends on the remote IP address and port ("symmetric" for mapping).
     AddressAndPortDependent,
 }
 
-impl NatMapping {
-    /// Whether the mapping depends on the destination, so that the address the server
+impl NatBehaviour {
+    /// Whether a *mapping* depends on the destination, so that the address the server
     /// sees is not the one the other peer would have to reach (a symmetric NAT).
     pub fn per_destination(self) -> bool {
         matches!(
             self,
-            NatMapping::AddressDependent | NatMapping::AddressAndPortDependent
+            NatBehaviour::AddressDependent | NatBehaviour::AddressAndPortDependent
         )
+    }
+
+    /// How a person would say it.
+    pub fn describe(self) -> &'static str {
+        match self {
+            NatBehaviour::EndpointIndependent => "endpoint-independent",
+            NatBehaviour::AddressDependent => "address-dependent",
+            NatBehaviour::AddressAndPortDependent => "address-and-port-dependent",
+            NatBehaviour::EndpointIndependentOrAddressDependent => {
+                "endpoint-independent or address-dependent (the server has one IP address)"
+            }
+        }
+    }
+}
+
+/// How the peers of a session try for a direct link, chosen by the server from the
+/// NAT mappings they reported ([`ClientMsg::Nat`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PunchMode {
+    /// Simultaneous open from both probes' mapped ports (neither NAT maps per
+    /// destination, or a mapping is unknown).
+    Direct,
+    /// Both NATs map per destination: no punch can work; relay at once.
+    Relay,
+    /// Birthday punch, the easy side (this NAT keeps one public port for all
+    /// destinations, the other's maps per destination): listen on the probe's port
+    /// and send SYNs from it to many ports of the other's public address.
+    BirthdayEasy,
+    /// Birthday punch, the hard side (this NAT maps per destination): open many
+    /// sockets toward the other's mapped address, each getting a new public port.
+    BirthdayHard,
+}
+
+impl PunchMode {
+    /// The modes of two peers whose NATs map as `a` and `b` (`None`: unknown).
+    pub fn pair(a: Option<NatBehaviour>, b: Option<NatBehaviour>) -> (PunchMode, PunchMode) {
+        let hard = |m: Option<NatBehaviour>| m.map(NatBehaviour::per_destination);
+        match (hard(a), hard(b)) {
+            (Some(true), Some(true)) => (PunchMode::Relay, PunchMode::Relay),
+            (Some(true), Some(false)) => (PunchMode::BirthdayHard, PunchMode::BirthdayEasy),
+            (Some(false), Some(true)) => (PunchMode::BirthdayEasy, PunchMode::BirthdayHard),
+            _ => (PunchMode::Direct, PunchMode::Direct),
+        }
     }
 }
 
@@ -264,9 +317,8 @@ pub enum ServerMsg {
         session: u64,
         /// Whether this side is the Noise initiator of the link (the later arrival).
         initiator: bool,
-        /// Both peers reported NATs that map per destination: punching cannot work,
-        /// so skip the direct attempts and relay at once.
-        direct_hopeless: bool,
+        /// How to try for a direct link, from the NAT mappings both peers reported.
+        mode: PunchMode,
         /// Random per session, the same for both peers: what their proofs of the
         /// shared secret are bound to ([`ClientMsg::Prove`]).
         nonce: [u8; 16],
@@ -302,8 +354,8 @@ pub enum ServerMsg {
         name: String,
         /// The visitor's address as the server sees it (for logs).
         visitor: SocketAddr,
-        /// As in [`ServerMsg::Paired`]: skip the direct attempts, relay at once.
-        direct_hopeless: bool,
+        /// How to try for a direct link, from the NAT mappings both peers reported.
+        mode: PunchMode,
         /// As in [`ServerMsg::Paired`].
         nonce: [u8; 16],
     },
@@ -325,6 +377,8 @@ pub enum ServerMsg {
         session: u64,
         /// The attempt number to put in the probe's `Hello`.
         attempt: u8,
+        /// How to punch, from the NAT mappings reported by now.
+        mode: PunchMode,
     },
     /// The other peer's [`ClientMsg::Prove`], for this side to check.
     PeerProof {

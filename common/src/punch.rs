@@ -197,7 +197,7 @@ pub struct Link {
 }
 
 #[derive(Default)]
-struct Seen {
+pub(crate) struct Seen {
     refused: u32,
     other_errors: Vec<String>,
     handshakes_failed: Vec<String>,
@@ -216,9 +216,13 @@ impl Seen {
     }
 }
 
-enum Event {
+/// What a dialer reports to [`first_link`].
+pub(crate) enum Event {
+    /// A connection is up (not yet authenticated).
     Connected(TcpStream, SocketAddr),
+    /// A connect was refused (RST or ICMP).
     Refused,
+    /// Any other dial failure.
     DialError(String),
 }
 
@@ -343,26 +347,54 @@ pub async fn punch(plan: &Plan) -> Result<Link, PunchError> {
             err,
         })?;
 
-    let (tx, mut rx) = mpsc::channel::<Event>(64);
+    let (tx, rx) = mpsc::channel::<Event>(64);
     let mut dialers = JoinSet::new();
     for &target in &plan.targets {
         dialers.spawn(dial_loop(local, target, until, tx.clone()));
     }
     drop(tx);
+    first_link(
+        rx,
+        Some(listener),
+        plan.initiator,
+        &plan.psk,
+        until,
+        plan.window,
+    )
+    .await
+}
 
+async fn accept_on(l: Option<&tokio::net::TcpListener>) -> io::Result<(TcpStream, SocketAddr)> {
+    match l {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Takes connections from the dialers (`rx`, until every sender is gone) and from
+/// `listener` (until `until`), runs the link's Noise handshake on them, and returns
+/// the first that authenticates. The initiator runs one handshake at a time, so that
+/// the responder can never complete on a different connection than the initiator;
+/// the responder answers on any. Everything else is dropped (closed) on return.
+pub(crate) async fn first_link(
+    mut rx: mpsc::Receiver<Event>,
+    listener: Option<tokio::net::TcpListener>,
+    initiator: bool,
+    psk: &Psk,
+    until: Instant,
+    window: Duration,
+) -> Result<Link, PunchError> {
     let mut seen = Seen::default();
-    // Initiator: one handshake at a time, so that the responder can never complete on
-    // a different connection than the initiator. Responder: answer on any.
     let mut pending: Vec<(TcpStream, SocketAddr)> = Vec::new();
     let mut handshakes: JoinSet<(Result<NoiseStream<net::LinkIo>, AuthError>, SocketAddr)> =
         JoinSet::new();
     let hard_deadline = until + LINK_HANDSHAKE_TIMEOUT;
-    let mut accepting = true;
+    let mut accepting = listener.is_some();
     let mut dialing = true;
     loop {
-        if plan.initiator && handshakes.is_empty() {
+        if initiator && handshakes.is_empty() {
             if let Some((s, peer)) = pending.pop() {
-                let psk = plan.psk.clone();
+                let psk = psk.clone();
                 handshakes.spawn(async move { (handshake(s, true, psk).await, peer) });
             }
         }
@@ -373,8 +405,8 @@ pub async fn punch(plan: &Plan) -> Result<Link, PunchError> {
             ev = rx.recv(), if dialing => match ev {
                 Some(Event::Connected(s, peer)) => {
                     debug!(%peer, "connected (dial)");
-                    if plan.initiator { pending.insert(0, (s, peer)); } else {
-                        let psk = plan.psk.clone();
+                    if initiator { pending.insert(0, (s, peer)); } else {
+                        let psk = psk.clone();
                         handshakes.spawn(async move { (handshake(s, false, psk).await, peer) });
                     }
                 }
@@ -382,11 +414,11 @@ pub async fn punch(plan: &Plan) -> Result<Link, PunchError> {
                 Some(Event::DialError(e)) => seen.other_errors.push(e),
                 None => dialing = false,
             },
-            acc = listener.accept(), if accepting => match acc {
+            acc = accept_on(listener.as_ref()), if accepting => match acc {
                 Ok((s, peer)) => {
                     debug!(%peer, "connected (accept)");
-                    if plan.initiator { pending.insert(0, (s, peer)); } else {
-                        let psk = plan.psk.clone();
+                    if initiator { pending.insert(0, (s, peer)); } else {
+                        let psk = psk.clone();
                         handshakes.spawn(async move { (handshake(s, false, psk).await, peer) });
                     }
                 }
@@ -403,7 +435,7 @@ pub async fn punch(plan: &Plan) -> Result<Link, PunchError> {
         }
     }
     Err(PunchError::Timeout {
-        window: plan.window,
+        window,
         detail: seen.summary(),
     })
 }

@@ -5,10 +5,11 @@
 use std::{net::SocketAddr, time::Duration};
 
 use common::{
+    birthday,
     defaults::{PROBE_WAIT, PUNCH_WINDOW},
     framing::FrameError,
     net::{self, LinkIo, Prefixed},
-    proto::{ClientMsg, ConnKind, Outcome, ServerMsg, REASON_WRONG_SECRET},
+    proto::{ClientMsg, ConnKind, Outcome, PunchMode, ServerMsg, REASON_WRONG_SECRET},
     punch::{self, Attempts, AuthError, Plan, PunchError, Step},
     secure::{NoiseStream, Psk},
 };
@@ -98,8 +99,9 @@ pub struct Strategy {
     pub attempts: u8,
     /// Whether to fall back to the relay.
     pub relay: bool,
-    /// The server said both NATs map per destination: make no direct attempt.
-    pub direct_hopeless: bool,
+    /// How to punch, as the server said from both NATs' mappings
+    /// ([`PunchMode::Relay`]: make no direct attempt).
+    pub mode: PunchMode,
     /// The session nonce the secret proofs are bound to (from `Paired`/`Incoming`).
     pub nonce: [u8; 16],
 }
@@ -120,6 +122,8 @@ pub struct Proving {
     nonce: [u8; 16],
     initiator: bool,
     done: bool,
+    /// Whether the initiator's proof went out.
+    sent: bool,
     started: Instant,
 }
 
@@ -130,8 +134,43 @@ impl Proving {
             nonce: [0; 16],
             initiator: false,
             done: true,
+            sent: true,
             started: Instant::now(),
         }
+    }
+
+    /// A session relayed at once (no direct attempt, so no proofs yet): the first
+    /// background attempt proves the secret, as the first attempt of any other
+    /// session does ([`Proving::send_if_due`]).
+    pub fn later(initiator: bool, nonce: [u8; 16]) -> Self {
+        Proving {
+            nonce,
+            initiator,
+            done: false,
+            sent: false,
+            started: Instant::now(),
+        }
+    }
+
+    /// The initiator's proof, if it has not gone out yet.
+    async fn send_if_due(
+        &mut self,
+        tx: &mpsc::Sender<ClientMsg>,
+        ticket: u64,
+        psk: &Psk,
+    ) -> Result<(), LinkError> {
+        if self.done || self.sent || !self.initiator {
+            return Ok(());
+        }
+        tx.send(ClientMsg::Prove {
+            session: ticket,
+            proof: psk.proof(&self.nonce, true),
+        })
+        .await
+        .map_err(|_| closed())?;
+        self.sent = true;
+        self.started = Instant::now();
+        Ok(())
     }
 
     /// Starts the exchange: the initiator sends its proof.
@@ -154,6 +193,7 @@ impl Proving {
             nonce,
             initiator,
             done: false,
+            sent: initiator,
             started: Instant::now(),
         })
     }
@@ -229,7 +269,7 @@ async fn try_establish(
     let SessionIo { tx, rx } = io;
     let mut attempts = Attempts::new(strategy.attempts);
     let mut proving = Proving::proved();
-    let mut step = if strategy.direct_hopeless {
+    let mut step = if strategy.mode == PunchMode::Relay {
         Step::GiveUp(SKIPPED_DIRECT.into())
     } else {
         proving = Proving::start(tx, ticket, initiator, psk, strategy.nonce).await?;
@@ -242,7 +282,11 @@ async fn try_establish(
             // `Done` only follows a success, which has returned already.
             Step::Done => break "internal: no link".into(),
         };
-        match attempt_proving(cfg, tx, rx, ticket, attempt, initiator, psk, &mut proving).await {
+        let how = Punching {
+            initiator,
+            mode: strategy.mode,
+        };
+        match attempt_proving(cfg, tx, rx, ticket, attempt, how, psk, &mut proving).await {
             Ok(x) => return Ok(x),
             Err(AttemptError::Fatal(e)) => return Err(e),
             Err(AttemptError::Failed(reason)) => step = attempts.on_result(Err(reason)),
@@ -274,19 +318,31 @@ async fn try_establish(
         })
 }
 
+/// This side's part in a punch.
+#[derive(Debug, Clone, Copy)]
+pub struct Punching {
+    /// Whether this side runs the Noise initiator.
+    pub initiator: bool,
+    /// Simultaneous open or a birthday punch, as the server said at pairing.
+    pub mode: PunchMode,
+}
+
 /// One direct attempt (`attempt` as numbered by the peers or by the server's
-/// `Repunch`), reported to the server either way.
+/// `Repunch`), reported to the server either way; `proving` is the session's secret
+/// proof exchange ([`Proving::proved`] once done, [`Proving::later`] for a session
+/// that was relayed at once).
+#[allow(clippy::too_many_arguments)]
 pub async fn direct_attempt(
     cfg: &ServerConfig,
     tx: &mpsc::Sender<ClientMsg>,
     rx: &mut mpsc::Receiver<ServerMsg>,
     ticket: u64,
     attempt: u8,
-    initiator: bool,
+    how: Punching,
     psk: &Psk,
+    proving: &mut Proving,
 ) -> Result<(LinkStream, LinkInfo), AttemptError> {
-    let mut proved = Proving::proved();
-    attempt_proving(cfg, tx, rx, ticket, attempt, initiator, psk, &mut proved).await
+    attempt_proving(cfg, tx, rx, ticket, attempt, how, psk, proving).await
 }
 
 /// [`direct_attempt`], answering the other peer's proof of the secret meanwhile.
@@ -297,11 +353,11 @@ async fn attempt_proving(
     rx: &mut mpsc::Receiver<ServerMsg>,
     ticket: u64,
     attempt: u8,
-    initiator: bool,
+    how: Punching,
     psk: &Psk,
     proving: &mut Proving,
 ) -> Result<(LinkStream, LinkInfo), AttemptError> {
-    let mut result = punch_once(cfg, tx, rx, ticket, attempt, initiator, psk, proving).await;
+    let mut result = punch_once(cfg, tx, rx, ticket, attempt, how, psk, proving).await;
     if let Err(AttemptError::Failed(reason)) = &result {
         // The session may have ended because the other peer found our proof wrong (or
         // left): the server said so on the control connection, which can be a moment
@@ -376,10 +432,15 @@ async fn punch_once(
     rx: &mut mpsc::Receiver<ServerMsg>,
     ticket: u64,
     attempt: u8,
-    initiator: bool,
+    how: Punching,
     psk: &Psk,
     proving: &mut Proving,
 ) -> Result<(LinkStream, LinkInfo), AttemptError> {
+    let initiator = how.initiator;
+    proving
+        .send_if_due(tx, ticket, psk)
+        .await
+        .map_err(AttemptError::Fatal)?;
     // A fresh local port per attempt: the same 4-tuple twice fails with EADDRNOTAVAIL.
     let sock = net::reusable_socket(net::any_addr(cfg.addr, 0))
         .map_err(|e| AttemptError::Failed(format!("probe socket: {e}")))?;
@@ -439,15 +500,40 @@ async fn punch_once(
         return Err(AttemptError::Failed("internal: not a punch".into()));
     };
     let targets = punch::targets(peer_public, peer_local, own_public, probe_local);
-    info!(attempt, ?targets, %own_public, "punching");
-    let plan = Plan {
-        local_port,
-        targets,
-        window: PUNCH_WINDOW,
-        initiator,
-        psk: psk.clone(),
+    // Behind one NAT the LAN address is the way: no birthday needed.
+    let birthday = match how.mode {
+        _ if peer_public.ip() == own_public.ip() => None,
+        PunchMode::BirthdayEasy => Some(true),
+        PunchMode::BirthdayHard => Some(false),
+        PunchMode::Direct | PunchMode::Relay => None,
     };
-    let result = punch::punch(&plan).await;
+    let result = match birthday {
+        Some(easy) => {
+            info!(attempt, %peer_public, %own_public, side = if easy { "easy" } else { "hard" }, "punching (birthday)");
+            let plan = birthday::Plan {
+                local_port,
+                peer_public,
+                initiator,
+                psk: psk.clone(),
+            };
+            if easy {
+                birthday::easy(&plan).await
+            } else {
+                birthday::hard(&plan).await
+            }
+        }
+        None => {
+            info!(attempt, ?targets, %own_public, "punching");
+            let plan = Plan {
+                local_port,
+                targets,
+                window: PUNCH_WINDOW,
+                initiator,
+                psk: psk.clone(),
+            };
+            punch::punch(&plan).await
+        }
+    };
     // The probe kept our NAT mapping alive while punching; the link holds it now.
     let _ = tokio::time::timeout(Duration::from_millis(500), probe.close()).await;
     match result {

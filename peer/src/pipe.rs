@@ -5,7 +5,7 @@ use std::{io::IsTerminal, time::Duration};
 
 use common::{
     defaults::{NAT_MAPPING_WAIT, PUNCH_ATTEMPTS},
-    proto::{ClientMsg, Pairing, ServerMsg},
+    proto::{ClientMsg, Pairing, PunchMode, ServerMsg},
     secure::Psk,
     splice::{self, Counter},
 };
@@ -87,23 +87,25 @@ where
         None => Pairing::Any,
     };
     control.send(ClientMsg::Pair(pairing)).await?;
-    let (ticket, initiator, direct_hopeless, nonce) = loop {
+    let (ticket, initiator, mode, nonce) = loop {
         match control.recv().await? {
             ServerMsg::Waiting => status("waiting for the other peer"),
             ServerMsg::Paired {
                 session,
                 initiator,
-                direct_hopeless,
+                mode,
                 nonce,
-            } => break (session, initiator, direct_hopeless, nonce),
+            } => break (session, initiator, mode, nonce),
             ServerMsg::Refused(r) => return Err(ClientError::Refused(r).into()),
             other => info!(?other, "ignored while waiting"),
         }
     };
-    if direct_hopeless {
-        status(&format!("paired; relayed: {}", link::SKIPPED_DIRECT));
-    } else {
-        status("paired; punching a direct connection");
+    match mode {
+        PunchMode::Relay => status(&format!("paired; relayed: {}", link::SKIPPED_DIRECT)),
+        PunchMode::BirthdayEasy | PunchMode::BirthdayHard => {
+            status("paired; one NAT maps per destination: birthday punch")
+        }
+        PunchMode::Direct => status("paired; punching a direct connection"),
     }
     let psk = pipe_psk(code.as_deref(), cfg.token.as_deref());
     let io = SessionIo {
@@ -115,7 +117,7 @@ where
     let strategy = Strategy {
         attempts: PUNCH_ATTEMPTS,
         relay,
-        direct_hopeless,
+        mode,
         nonce,
     };
     let (link, info) = link::establish(cfg, io, ticket, initiator, &psk, strategy).await?;

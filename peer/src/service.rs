@@ -18,7 +18,7 @@ use common::{
         REPUNCH_FIRST_BACKOFF, REPUNCH_MAX_BACKOFF, SERVER_BACK_WAIT, SERVICE_DIRECT_ATTEMPTS,
     },
     mux::{Mux, MuxConfig, MuxError, MuxStream, Role},
-    proto::{ClientMsg, ServerMsg},
+    proto::{ClientMsg, PunchMode, ServerMsg},
     secure::Psk,
     splice,
 };
@@ -34,7 +34,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 use crate::{
     client::{ClientError, ServerConfig},
     hub::{Hub, HubEvent},
-    link::{self, LinkError, LinkInfo, Path, SessionIo, Strategy},
+    link::{self, LinkError, LinkInfo, Path, Proving, Punching, SessionIo, Strategy},
 };
 
 /// How long an owner waits for a stream's header.
@@ -124,7 +124,7 @@ pub async fn serve(cfg: ServerConfig, svc: ServeConfig) -> Result<(), ServiceErr
                 session,
                 name,
                 visitor,
-                direct_hopeless,
+                mode,
                 nonce,
             }) => {
                 if name != svc.name {
@@ -144,7 +144,7 @@ pub async fn serve(cfg: ServerConfig, svc: ServeConfig) -> Result<(), ServiceErr
                 let (cfg, svc, tx) = (cfg.clone(), svc.clone(), hub.tx.clone());
                 tasks.spawn(
                     async move {
-                        owner_link(cfg, svc, tx, rx, session, direct_hopeless, nonce).await;
+                        owner_link(cfg, svc, tx, rx, session, mode, nonce).await;
                         drop(permit);
                     }
                     .instrument(info_span!("link", %visitor)),
@@ -162,7 +162,7 @@ async fn owner_link(
     tx: mpsc::Sender<ClientMsg>,
     mut rx: mpsc::Receiver<ServerMsg>,
     ticket: u64,
-    direct_hopeless: bool,
+    mode: PunchMode,
     nonce: [u8; 16],
 ) {
     let psk = service_psk(&svc.name, &svc.secret);
@@ -172,14 +172,25 @@ async fn owner_link(
     };
     if svc.relay_only {
         debug!("relayed: stcp");
-    } else if direct_hopeless {
+    } else if mode == PunchMode::Relay {
         status(&format!("relayed: {}", link::SKIPPED_DIRECT));
     }
     let strategy = Strategy {
         attempts: SERVICE_DIRECT_ATTEMPTS,
         relay: true,
-        direct_hopeless: direct_hopeless || svc.relay_only,
+        mode: if svc.relay_only {
+            PunchMode::Relay
+        } else {
+            mode
+        },
         nonce,
+    };
+    // A session relayed at once has proved nothing yet: its first background attempt
+    // does (the visitor, as initiator, proves first).
+    let mut proving = if mode == PunchMode::Relay {
+        Proving::later(false, nonce)
+    } else {
+        Proving::proved()
     };
     let (stream, info) = match link::establish(&cfg, io, ticket, false, &psk, strategy).await {
         Ok(x) => x,
@@ -222,8 +233,8 @@ async fn owner_link(
                 }
             },
             m = rx.recv(), if !server_gone => match m {
-                Some(ServerMsg::Repunch { attempt, .. }) => {
-                    match link::direct_attempt(&cfg, &tx, &mut rx, ticket, attempt, false, &psk).await {
+                Some(ServerMsg::Repunch { attempt, mode, .. }) => {
+                    match link::direct_attempt(&cfg, &tx, &mut rx, ticket, attempt, Punching { initiator: false, mode }, &psk, &mut proving).await {
                         Ok((stream, info)) => {
                             info!(remote = %info.remote, "link upgraded to direct");
                             let (mux, inbound) = Mux::start(stream, Role::Server, mux_cfg.clone());
@@ -411,7 +422,7 @@ impl Visitor {
         // punch window (the background upgrade still tries direct).
         let relay_first = cur.as_ref().is_some_and(|c| c.info.path == Path::Relayed);
         let started = Instant::now();
-        let (ticket, direct_hopeless, nonce, rx) = self.pair(relay_first).await?;
+        let (ticket, mode, nonce, rx) = self.pair(relay_first).await?;
         let mut rx = rx;
         let psk = service_psk(&self.svc.name, &self.svc.secret);
         let tx = self.hub.lock().await.tx.clone();
@@ -422,12 +433,16 @@ impl Visitor {
         let strategy = Strategy {
             attempts: SERVICE_DIRECT_ATTEMPTS,
             relay: true,
-            direct_hopeless: direct_hopeless || self.svc.relay_only,
+            mode: if self.svc.relay_only {
+                PunchMode::Relay
+            } else {
+                mode
+            },
             nonce,
         };
         if relay_first {
             status("relayed at once: the last link to this service was relayed too (direct is tried in the background)");
-        } else if direct_hopeless && !self.svc.relay_only {
+        } else if mode == PunchMode::Relay && !self.svc.relay_only {
             status(&format!("relayed: {}", link::SKIPPED_DIRECT));
         }
         let (stream, info) = link::establish(&self.cfg, io, ticket, true, &psk, strategy).await?;
@@ -440,7 +455,12 @@ impl Visitor {
         ));
         let (mux, _inbound) = Mux::start(stream, Role::Client, self.mux_config());
         if info.path == Path::Relayed && !self.svc.relay_only {
-            tokio::spawn(self.clone().upgrade(ticket, rx, tx));
+            let proving = if mode == PunchMode::Relay {
+                Proving::later(true, nonce)
+            } else {
+                Proving::proved()
+            };
+            tokio::spawn(self.clone().upgrade(ticket, proving, rx, tx));
         }
         *cur = Some(Current {
             mux: mux.clone(),
@@ -454,7 +474,7 @@ impl Visitor {
     async fn pair(
         &self,
         relay_first: bool,
-    ) -> Result<(u64, bool, [u8; 16], mpsc::Receiver<ServerMsg>), ServiceError> {
+    ) -> Result<(u64, PunchMode, [u8; 16], mpsc::Receiver<ServerMsg>), ServiceError> {
         let mut hub = self.hub.lock().await;
         // The server may be restarting: give it a moment rather than fail at once.
         hub.wait_up(SERVER_BACK_WAIT).await.map_err(|why| {
@@ -487,10 +507,10 @@ impl Visitor {
             match ev {
                 Some(HubEvent::Msg(ServerMsg::Paired {
                     session,
-                    direct_hopeless,
+                    mode,
                     nonce,
                     ..
-                })) => return Ok((session, direct_hopeless, nonce, hub.route(session))),
+                })) => return Ok((session, mode, nonce, hub.route(session))),
                 Some(HubEvent::Msg(ServerMsg::Refused(r))) => return Err(ServiceError::Refused(r)),
                 Some(HubEvent::Fatal(e)) => return Err(e.into()),
                 Some(HubEvent::Down(why)) => {
@@ -510,6 +530,7 @@ impl Visitor {
     async fn upgrade(
         self: Arc<Self>,
         ticket: u64,
+        mut proving: Proving,
         mut rx: mpsc::Receiver<ServerMsg>,
         tx: mpsc::Sender<ClientMsg>,
     ) {
@@ -521,6 +542,12 @@ impl Visitor {
                 Some(c) if c.info.path == Path::Relayed && !c.mux.is_closed() => c.mux.clone(),
                 _ => return,
             };
+            // Measure the NAT again first: if it changed (a new network, a router
+            // restarted with other settings), the server picks the punch for the NAT
+            // as it is now.
+            if let Some(mapping) = crate::natcheck::measure_mapping(&self.cfg).await {
+                let _ = tx.send(ClientMsg::Nat { mapping }).await;
+            }
             if tx
                 .send(ClientMsg::Repunch { session: ticket })
                 .await
@@ -530,14 +557,32 @@ impl Visitor {
             }
             let attempt = loop {
                 match tokio::time::timeout(PAIR_TIMEOUT, rx.recv()).await {
-                    Ok(Some(ServerMsg::Repunch { attempt, .. })) => break Some(attempt),
+                    Ok(Some(ServerMsg::Repunch { attempt, mode, .. })) => {
+                        break Some((attempt, mode))
+                    }
                     Ok(Some(ServerMsg::PeerGone { .. })) | Ok(None) => return,
                     Ok(Some(_)) => {}
                     Err(_) => break None,
                 }
             };
-            let Some(attempt) = attempt else { continue };
-            match link::direct_attempt(&self.cfg, &tx, &mut rx, ticket, attempt, true, &psk).await {
+            let Some((attempt, mode)) = attempt else {
+                continue;
+            };
+            match link::direct_attempt(
+                &self.cfg,
+                &tx,
+                &mut rx,
+                ticket,
+                attempt,
+                Punching {
+                    initiator: true,
+                    mode,
+                },
+                &psk,
+                &mut proving,
+            )
+            .await
+            {
                 Ok((stream, info)) => {
                     status(&format!(
                         "link upgraded: direct, remote {}, attempt {attempt}",

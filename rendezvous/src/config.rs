@@ -68,6 +68,10 @@ pub struct ServerConfig {
     /// The alternate address for STUN behaviour discovery (`punchline.altAddr`), with
     /// its port filled in as `--alt-addr` does (`bindPort` + 1; 0 when `bindPort` is 0).
     pub alt_addr: Option<SocketAddr>,
+    /// The second port on the bind address when there is no `alt_addr` (`--alt-port`):
+    /// by default `bindPort` + 1, so that peers can always tell a NAT that maps per
+    /// destination from one that does not.
+    pub alt_port: AltPort,
     /// The server's users (`[[users]]`), each with its own token and allowances. Empty:
     /// one user, whose token is [`ServerConfig::token`] and whose allowances are
     /// `allowPorts` and any domain but the catch-all `*`.
@@ -86,6 +90,43 @@ pub struct ServerConfig {
     /// frp keys of the file accepted with no effect, each with the reason (see
     /// [`FRP_KEYS`]); [`load`] names them in one warning.
     pub no_effect: Vec<(String, &'static str)>,
+}
+
+/// The server's second port on its own address (`--alt-port`), which answers STUN
+/// over UDP and TCP: a peer that sees the same public port from both of the server's
+/// ports is behind a NAT that maps endpoint-independently, one that sees two is behind
+/// a symmetric NAT. Without it, `peer nat-check` and pairing cannot tell the two apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AltPort {
+    /// The bind port + 1 (with bind port 0: the port the server gets, + 1). If that
+    /// port is taken, the server starts without it and logs a warning.
+    #[default]
+    Next,
+    /// This port (0: any free port); the server does not start if it is taken.
+    Port(u16),
+    /// No second port.
+    Off,
+}
+
+impl AltPort {
+    /// The port to open beside `bind_port`, or `None` for no second port.
+    pub fn resolve(self, bind_port: u16) -> Option<u16> {
+        match self {
+            AltPort::Off => None,
+            AltPort::Port(p) => Some(p),
+            AltPort::Next => Some(bind_port.checked_add(1).unwrap_or(0)),
+        }
+    }
+
+    /// `--alt-port`'s syntax: a port number or `off`.
+    pub fn parse_cli(s: &str) -> Result<AltPort, String> {
+        if s.eq_ignore_ascii_case("off") {
+            return Ok(AltPort::Off);
+        }
+        s.parse::<u16>()
+            .map(AltPort::Port)
+            .map_err(|_| format!("{s:?} is not a port number or \"off\""))
+    }
 }
 
 /// Default for `maxExposures`: proxies and services one user may hold at once.
@@ -136,6 +177,7 @@ impl ServerConfig {
             token: None,
             allow_ports: PortRanges::all(),
             alt_addr: None,
+            alt_port: AltPort::Next,
             users: Vec::new(),
             grace: crate::expose::GRACE,
             max_streams: common::mux::DEFAULT_MAX_STREAMS,
@@ -155,6 +197,7 @@ impl fmt::Debug for ServerConfig {
             .field("token", &self.token.as_ref().map(|_| Masked))
             .field("allow_ports", &self.allow_ports)
             .field("alt_addr", &self.alt_addr)
+            .field("alt_port", &self.alt_port)
             .field("users", &self.users)
             .field("grace", &self.grace)
             .field("max_streams", &self.max_streams)
@@ -648,6 +691,7 @@ impl FrpsFile {
             token,
             allow_ports,
             alt_addr,
+            alt_port: AltPort::Next,
             users,
             grace: crate::expose::GRACE,
             max_streams: common::mux::DEFAULT_MAX_STREAMS,

@@ -44,6 +44,13 @@ struct Args {
     /// port changes; with the same IP, or a wildcard --bind, only port changes.
     #[arg(long, value_name = "IP[:PORT]", value_parser = parse_alt)]
     alt_addr: Option<AltAddr>,
+    /// A second port on the same address, answering STUN over UDP and TCP, from which
+    /// peers tell a NAT that maps per destination (symmetric) from one that does not
+    /// (`peer nat-check`, and pairing's choice of direct, birthday punch or relay).
+    /// PORT, 0 for any free port, or `off`. [default: --port + 1; if that port is
+    /// taken, the server starts without it and warns]
+    #[arg(long, value_name = "PORT|off", value_parser = rendezvous::config::AltPort::parse_cli, conflicts_with = "alt_addr")]
+    alt_port: Option<rendezvous::config::AltPort>,
     /// Ports peers may expose with `peer expose tcp`, e.g. `2000-3000,3389`. Default:
     /// any port.
     #[arg(long, value_name = "RANGES", value_parser = rendezvous::config::PortRanges::parse_cli)]
@@ -196,6 +203,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     if let Some(secs) = args.grace {
         cfg.grace = std::time::Duration::from_secs(secs);
+    }
+    if let Some(p) = args.alt_port {
+        cfg.alt_port = p;
     }
     if let Some(a) = args.alt_addr {
         let port = a.port.unwrap_or(if bind.port() == 0 {

@@ -26,7 +26,9 @@ use common::{
     },
     framing::{Channel, FrameError},
     identity::PublicKey,
-    proto::{ClientMsg, ConnKind, NatMapping, Outcome, Pairing, ServerMsg, PROTOCOL_VERSION},
+    proto::{
+        ClientMsg, ConnKind, NatBehaviour, Outcome, Pairing, PunchMode, ServerMsg, PROTOCOL_VERSION,
+    },
     secure::{self, NoiseStream, Psk},
 };
 
@@ -100,7 +102,7 @@ impl Handle {
 
 /// Binds and starts the server (and its STUN responder on the same port).
 pub async fn spawn(config: Config) -> std::io::Result<Handle> {
-    let (listener, stun) = crate::stun::bind(config.bind, config.alt_addr).await?;
+    let (listener, stun) = bind_with_alternate(&config).await?;
     crate::stun::log_layout(&stun);
     let alt_addr = stun.alt_addr();
     let local_addr = listener.local_addr()?;
@@ -167,6 +169,40 @@ pub async fn spawn(config: Config) -> std::io::Result<Handle> {
         vhost_addr,
         tasks,
     })
+}
+
+/// Binds the server's port and its STUN endpoints: `--alt-addr` if given, else the
+/// second port on the bind address (`--alt-port`, by default the bind port + 1). When
+/// the default second port is taken, the server starts without it and says so.
+async fn bind_with_alternate(
+    config: &Config,
+) -> std::io::Result<(TcpListener, crate::stun::Responder)> {
+    let second = config
+        .alt_port
+        .resolve(config.bind.port())
+        .map(|p| SocketAddr::new(config.bind.ip(), p));
+    let mut alt = config.alt_addr.or(second);
+    let next = config.alt_addr.is_none() && config.alt_port == crate::config::AltPort::Next;
+    // The default second port never takes a port the configuration gives the vhost.
+    let vhost = config.vhost_http_port.filter(|p| *p != 0);
+    if next && vhost.is_some() && vhost == config.bind.port().checked_add(1) {
+        warn!(
+            "the vhost port is the bind port + 1: no second port for NAT checks \
+             (peers cannot tell symmetric NATs apart; see --alt-port)"
+        );
+        alt = None;
+    }
+    match crate::stun::bind(config.bind, alt, next && alt.is_some()).await {
+        Err(e) if next && e.kind() == std::io::ErrorKind::AddrInUse => {
+            warn!(
+                %e,
+                "the second port for NAT checks is taken; starting without it (peers cannot \
+                 tell symmetric NATs apart; see --alt-port)"
+            );
+            crate::stun::bind(config.bind, None, false).await
+        }
+        r => r,
+    }
 }
 
 /// The registry's users and their PSKs, in the same order: the `[[users]]` of the
@@ -241,7 +277,7 @@ struct State {
     attempts: HashMap<(u64, u8), [Option<ProbeSlot>; 2]>,
     services: HashMap<String, Waiter>,
     /// The TCP mapping each control connection reported (`ClientMsg::Nat`).
-    nat: HashMap<u64, NatMapping>,
+    nat: HashMap<u64, NatBehaviour>,
     /// Sessions by id, until their link is up for good, over, or abandoned.
     sessions: HashMap<u64, Session>,
 }
@@ -296,11 +332,11 @@ impl State {
             .unwrap_or_default()
     }
 
-    /// Whether both control connections reported NATs that map per destination:
-    /// then no punch can work and the peers relay at once.
-    fn direct_hopeless(&self, a: u64, b: u64) -> bool {
-        let per_dest = |c| self.nat.get(&c).is_some_and(|m| m.per_destination());
-        per_dest(a) && per_dest(b)
+    /// How the peers on control connections `a` and `b` punch, from the NAT mappings
+    /// they reported: both per destination, relay at once; one, a birthday punch;
+    /// otherwise (or unknown) the plain simultaneous open.
+    fn punch_modes(&self, a: u64, b: u64) -> (PunchMode, PunchMode) {
+        PunchMode::pair(self.nat.get(&a).copied(), self.nat.get(&b).copied())
     }
 
     /// Forgets session `id`; with a reason, tells both peers it is over.
@@ -754,23 +790,21 @@ fn pair(
             let (session, t_first, t_second) =
                 new_session(&mut st, (w.conn, &w.tx), (id, tx), None);
             info!(session = format_args!("{session:016x}"), "paired");
-            let direct_hopeless = st.direct_hopeless(w.conn, id);
-            if direct_hopeless {
-                info!(session = format_args!("{session:016x}"), "{HOPELESS}");
-            }
+            let (first_mode, second_mode) = st.punch_modes(w.conn, id);
+            log_mode(session, first_mode);
             // The later arrival initiates the link's Noise handshake (the C demo's
             // client2 is the one that dials first).
             let nonce = st.nonce(session);
             let _ = w.tx.try_send(ServerMsg::Paired {
                 session: t_first,
                 initiator: false,
-                direct_hopeless,
+                mode: first_mode,
                 nonce,
             });
             let _ = tx.try_send(ServerMsg::Paired {
                 session: t_second,
                 initiator: true,
-                direct_hopeless,
+                mode: second_mode,
                 nonce,
             });
             Ok(())
@@ -927,29 +961,24 @@ fn connect(
         Some((name.to_string(), identity, visitor.ip())),
     );
     info!(service = name, session = format_args!("{session:016x}"), %visitor, "visitor paired with owner");
-    let direct_hopeless = if relay_first {
+    let (owner_mode, visitor_mode) = if relay_first {
         info!(
             service = name,
             session = format_args!("{session:016x}"),
             "relaying at once: the visitor's last link to this service was relayed"
         );
-        true
+        (PunchMode::Relay, PunchMode::Relay)
     } else {
-        st.direct_hopeless(oconn, id)
+        let modes = st.punch_modes(oconn, id);
+        log_mode(session, modes.0);
+        modes
     };
-    if direct_hopeless && !relay_first {
-        info!(
-            service = name,
-            session = format_args!("{session:016x}"),
-            "{HOPELESS}"
-        );
-    }
     let nonce = st.nonce(session);
     let incoming = ServerMsg::Incoming {
         session: t_owner,
         name: name.to_string(),
         visitor,
-        direct_hopeless,
+        mode: owner_mode,
         nonce,
     };
     if otx.try_send(incoming).is_err() {
@@ -959,10 +988,22 @@ fn connect(
     let _ = tx.try_send(ServerMsg::Paired {
         session: t_visitor,
         initiator: true,
-        direct_hopeless,
+        mode: visitor_mode,
         nonce,
     });
     Ok(())
+}
+
+/// Logs a pairing's punch mode when it is not the plain simultaneous open.
+fn log_mode(session: u64, mode: PunchMode) {
+    match mode {
+        PunchMode::Direct => {}
+        PunchMode::Relay => info!(session = format_args!("{session:016x}"), "{HOPELESS}"),
+        PunchMode::BirthdayEasy | PunchMode::BirthdayHard => info!(
+            session = format_args!("{session:016x}"),
+            "one NAT maps per destination (symmetric): birthday punch"
+        ),
+    }
 }
 
 fn repunch(server: &Server, id: u64, ticket: u64, tx: &mpsc::Sender<ServerMsg>) {
@@ -986,13 +1027,23 @@ fn repunch(server: &Server, id: u64, ticket: u64, tx: &mpsc::Sender<ServerMsg>) 
         *next + 1
     };
     let attempt = *next;
+    // The mappings as reported now: a peer may have measured again since pairing
+    // (its network changed, or it asks for this attempt after re-measuring).
+    let other_conn = st.tickets.get(&t.other).map(|o| o.conn);
+    let (mine, theirs) = match other_conn {
+        Some(o) => st.punch_modes(id, o),
+        None => (PunchMode::Direct, PunchMode::Direct),
+    };
+    log_mode(t.session, mine);
     let _ = tx.try_send(ServerMsg::Repunch {
         session: ticket,
         attempt,
+        mode: mine,
     });
     let _ = t.other_tx.try_send(ServerMsg::Repunch {
         session: t.other,
         attempt,
+        mode: theirs,
     });
 }
 

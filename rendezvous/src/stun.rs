@@ -11,14 +11,17 @@
 //!
 //! | configuration | UDP endpoints | what CHANGE-REQUEST can do |
 //! |---|---|---|
-//! | no `--alt-addr` | A1:P1 | nothing (a request to change gets 420) |
-//! | `--alt-addr` with the same IP, or a wildcard `--bind` | A:P1, A:P2 | change port (change IP gets 400) |
+//! | `--alt-port off`, no `--alt-addr` | A1:P1 | nothing (a request to change gets 420) |
+//! | default (`--alt-port`, P2 = P1 + 1), `--alt-addr` with the same IP, or a wildcard `--bind` | A:P1, A:P2 | change port (change IP gets 400) |
 //! | `--bind A1 --alt-addr A2[:P2]`, A1 ≠ A2 | A1:P1, A1:P2, A2:P1, A2:P2 | everything |
 //!
 //! With a wildcard `--bind` the server cannot tell which of its addresses a request
 //! came to, so the alternate address's IP names the server in OTHER-ADDRESS and
-//! RESPONSE-ORIGIN: one IP, two ports. For the full test, bind the primary address
-//! explicitly.
+//! RESPONSE-ORIGIN: one IP, two ports. When that IP is a wildcard too (the default
+//! second port of a plain `rendezvous --port P`), the server names nothing: no
+//! OTHER-ADDRESS, no RESPONSE-ORIGIN; `peer nat-check` then finds the second port by
+//! the default rule (P + 1) and checks that it answers. For the full test, bind the
+//! primary address explicitly.
 //!
 //! # TCP: STUN over TCP on the alternate endpoints only
 //!
@@ -129,7 +132,8 @@ pub(crate) struct Responder {
 }
 
 impl Responder {
-    /// The alternate endpoint (A2:P2, or A:P2 with one IP), if any.
+    /// The alternate endpoint (A2:P2, or A:P2 with one IP), if any; with a wildcard
+    /// bind and no named alternate, the wildcard address and the alternate port.
     pub(crate) fn alt_addr(&self) -> Option<SocketAddr> {
         self.alt
     }
@@ -169,9 +173,13 @@ fn in_use(e: &io::Error) -> bool {
 /// Binds the server's TCP listener on `bind` and the STUN endpoints beside it (see
 /// the module doc). With port 0 in `bind` or `alt`, ports are chosen so that UDP gets
 /// the same port as TCP, retrying a few times if another program holds it.
+///
+/// `alt_next`: the alternate port is the primary port + 1, whatever port the primary
+/// gets (a server on port 0 still has its second port where peers look for it).
 pub(crate) async fn bind(
     bind: SocketAddr,
     alt: Option<SocketAddr>,
+    alt_next: bool,
 ) -> io::Result<(TcpListener, Responder)> {
     if let Some(alt) = alt {
         if alt.is_ipv4() != bind.is_ipv4() {
@@ -187,14 +195,14 @@ pub(crate) async fn bind(
             ));
         }
     }
-    let tries = if bind.port() == 0 || alt.is_some_and(|a| a.port() == 0) {
+    let tries = if bind.port() == 0 || alt.is_some_and(|a| a.port() == 0 && !alt_next) {
         8
     } else {
         1
     };
     let mut last = None;
     for _ in 0..tries {
-        match try_bind(bind, alt).await {
+        match try_bind(bind, alt, alt_next).await {
             Ok(x) => return Ok(x),
             Err(e) if in_use(&e) => last = Some(e),
             Err(e) => return Err(e),
@@ -206,9 +214,18 @@ pub(crate) async fn bind(
 async fn try_bind(
     bind: SocketAddr,
     alt: Option<SocketAddr>,
+    alt_next: bool,
 ) -> io::Result<(TcpListener, Responder)> {
     let listener = TcpListener::bind(bind).await?;
     let p1 = listener.local_addr()?.port();
+    let alt = match alt {
+        Some(a) if alt_next => match p1.checked_add(1) {
+            Some(p2) => Some(SocketAddr::new(a.ip(), p2)),
+            // Port 65535 has no next port: the server gets a free one.
+            None => Some(SocketAddr::new(a.ip(), 0)),
+        },
+        a => a,
+    };
     let a1 = bind.ip();
     let mut udp: [[Option<Arc<UdpSocket>>; 2]; 2] = Default::default();
     let mut tcp = Vec::new();
@@ -257,12 +274,15 @@ async fn try_bind(
     }
     for (i, row) in layout.names.iter_mut().enumerate() {
         for (p, name) in row.iter_mut().enumerate() {
-            *name = Some(SocketAddr::new(name_ip(i), [p1, p2][p]));
+            // A wildcard address names nothing: leave OTHER-ADDRESS and
+            // RESPONSE-ORIGIN out rather than tell clients to send to 0.0.0.0.
+            let ip = name_ip(i);
+            *name = (!ip.is_unspecified()).then_some(SocketAddr::new(ip, [p1, p2][p]));
         }
     }
     let alt_name = if two_ips { (1, 1) } else { (0, 1) };
     let responder = Responder {
-        alt: layout.name(alt_name),
+        alt: layout.name(alt_name).or(Some(SocketAddr::new(a2, p2))),
         layout: Arc::new(layout),
         udp,
         tcp,

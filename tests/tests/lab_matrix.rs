@@ -217,7 +217,8 @@ fn symmetric_case(name: &str, spec: LabSpec) {
         &["--no-relay"],
         Input::Bytes(vec![2; 1000]),
     );
-    // 3 attempts × (3 s window + probe set-up) stays well under 30 s.
+    // Bounded: no attempt at all here (and 3 attempts × (3 s window + probe set-up)
+    // where the mapping is unknown) stays well under 30 s.
     let (sa, sb) = (
         pa.wait_exit(Duration::from_secs(30)),
         pb.wait_exit(Duration::from_secs(30)),
@@ -226,8 +227,11 @@ fn symmetric_case(name: &str, spec: LabSpec) {
     for (st, p) in [(sa, &pa), (sb, &pb)] {
         assert!(!st.success(), "{name}: a direct link cannot exist here");
         let err = p.stderr.text();
+        // Both NATs map per destination and the server's second port let the peers
+        // measure it: the server says so at pairing, and no attempt is made.
         assert!(
-            err.contains("no direct connection could be made after 3 attempts"),
+            err.contains("no direct connection could be made after 0 attempts")
+                && err.contains("skipped the direct attempts"),
             "{name}: {err}"
         );
     }
@@ -272,7 +276,4 @@ fn symmetric_x_symmetric_relays() {
     );
 }
 
-#[test]
-fn port_restricted_x_symmetric_relays() {
-    symmetric_case("pr x sym", pr().nat(Site::B, NatProfile::Symmetric));
-}
+// Port-restricted × symmetric goes direct by the birthday punch: `lab_birthday.rs`.

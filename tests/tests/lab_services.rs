@@ -231,11 +231,12 @@ fn services_relayed_symmetric_x_symmetric() {
 }
 
 #[test]
-fn services_relayed_port_restricted_x_symmetric() {
+fn services_direct_port_restricted_x_symmetric() {
+    // The birthday punch (the server's second port lets both peers measure their NAT).
     service_case(
         "pr x sym",
         LabSpec::default().nat(Site::B, NatProfile::Symmetric),
-        "relayed",
+        "direct",
     );
 }
 
@@ -244,16 +245,27 @@ fn relayed_link_upgrades_to_direct_when_the_nat_allows() {
     if !lab::require_lab() {
         return;
     }
-    let w = world(LabSpec::default().nat(Site::B, NatProfile::Symmetric));
+    let w = world(
+        LabSpec::default()
+            .nat(Site::A, NatProfile::Symmetric)
+            .nat(Site::B, NatProfile::Symmetric),
+    );
     let _owner = w.serve("svc", "k", &[]);
     let (visitor, listen) = w.connect("svc", "k", &["--keep-open"]);
     visitor.stderr.wait_for("link up: relayed", T);
     w.check(listen, 4, 2_000_000).unwrap();
-    // The NAT in front of B becomes port-restricted: the background attempts succeed.
+    // The NAT in front of B becomes port-restricted; A's stays symmetric. The visitor
+    // measures its NAT again before each background attempt, the server picks the
+    // birthday punch, and it succeeds.
     w.lab.set_nat(Site::B, NatProfile::PortRestricted).unwrap();
     visitor
         .stderr
         .wait_for("link upgraded: direct", Duration::from_secs(90));
+    let log = visitor.stderr.text();
+    assert!(
+        log.contains("punching (birthday)"),
+        "the upgrade was not a birthday punch:\n{log}"
+    );
     let before = w.server_bytes();
     let line = w.check(listen, 4, 10_000_000).unwrap();
     let through_server = w.server_bytes() - before;

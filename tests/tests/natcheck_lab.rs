@@ -282,3 +282,52 @@ fn hairpinning_router_is_reported() {
         },
     );
 }
+
+/// A server started with no option but its port (`rendezvous --port P`, bound to the
+/// wildcard address): its default second port (P + 1) is enough to tell the three
+/// profiles apart. With one server IP, endpoint-independent and address-dependent
+/// behaviour cannot be told apart, and the report says so; TCP filtering is not
+/// measured (no second IP to dial back from), UDP's is used.
+#[test]
+fn a_plain_server_tells_port_restricted_full_cone_and_symmetric_apart() {
+    if !lab::require_lab() {
+        return;
+    }
+    let lab = Lab::new(LabSpec::default().nat(Site::B, NatProfile::Symmetric)).expect("lab");
+    let mut cmd = lab.command(Host::Server, bin("rendezvous"));
+    cmd.env_remove("PUNCHLINE_TOKEN");
+    let (srv, addr) = rendezvous(cmd, &[]);
+    let alt = srv.stdout.wait_for("stun alternate", T);
+    assert!(alt.ends_with(&format!(":{}", addr.port() + 1)), "{alt}");
+    // The server listens on the wildcard address: peers reach it on its first IP.
+    let addr = SocketAddr::new(lab.server_ip().into(), addr.port());
+    const ONE_IP: &str =
+        "endpoint-independent or address-dependent (the server has one IP address)";
+    let (a, b) = (
+        start_check(&lab, Host::A, addr),
+        start_check(&lab, Host::B, addr),
+    );
+    let (a, b) = (report(a), report(b));
+    for section in ["TCP", "UDP"] {
+        assert_eq!(field(&a, section, "mapping"), ONE_IP, "{a}");
+        assert_eq!(
+            field(&b, section, "mapping"),
+            "address-and-port-dependent",
+            "{b}"
+        );
+    }
+    assert_eq!(
+        field(&a, "UDP", "filtering"),
+        "address-and-port-dependent",
+        "{a}"
+    );
+    assert!(a.contains("Verdict: port-restricted cone NAT"), "{a}");
+    assert!(b.contains("Verdict: symmetric NAT"), "{b}");
+
+    lab.set_nat(Site::A, NatProfile::FullCone).expect("set_nat");
+    let a = report(start_check(&lab, Host::A, addr));
+    assert_eq!(field(&a, "TCP", "mapping"), ONE_IP, "{a}");
+    assert_eq!(field(&a, "UDP", "filtering"), ONE_IP, "{a}");
+    assert!(a.contains("Verdict: full or restricted cone NAT"), "{a}");
+    assert!(a.contains("symmetric ones included"), "{a}");
+}

@@ -264,10 +264,10 @@ fn our_client_against_our_server_with_two_addresses() {
 }
 
 #[test]
-fn without_alternate_the_server_answers_and_the_client_says_what_it_cannot_tell() {
+fn without_second_port_the_server_answers_and_the_client_says_what_it_cannot_tell() {
     let mut cmd = local("rendezvous");
     cmd.env_remove("PUNCHLINE_TOKEN");
-    let (_srv, addr) = rendezvous(cmd, &["--bind", "127.0.0.1"]);
+    let (_srv, addr) = rendezvous(cmd, &["--bind", "127.0.0.1", "--alt-port", "off"]);
     let report = nat_check(&["--server", &addr.to_string()], &[]);
     assert!(
         field(&report, "UDP", "public address").ends_with("— no NAT"),

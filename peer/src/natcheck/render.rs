@@ -1,0 +1,91 @@
+//! The report for people.
+
+use std::fmt::Write as _;
+
+use super::report::{Behaviour, Report, Transport, UnsolicitedSyn};
+
+fn yes_no(b: Option<bool>) -> &'static str {
+    match b {
+        Some(true) => "yes",
+        Some(false) => "no",
+        None => "not measured",
+    }
+}
+
+fn transport_text(out: &mut String, title: &str, t: &Transport) {
+    let _ = writeln!(out, "{title}");
+    if !t.reachable {
+        let _ = writeln!(
+            out,
+            "  no answer: {}",
+            t.error.as_deref().unwrap_or("unknown")
+        );
+        for n in &t.notes {
+            let _ = writeln!(out, "  note: {n}");
+        }
+        return;
+    }
+    let public = t.public.map(|a| a.to_string()).unwrap_or_default();
+    let local = t.local.map(|a| format!(" (local {a})")).unwrap_or_default();
+    let nat = match t.behind_nat {
+        Some(false) => " — no NAT",
+        _ => "",
+    };
+    let _ = writeln!(out, "  public address   {public}{local}{nat}");
+    let _ = writeln!(out, "  local port kept  {}", yes_no(t.port_preserved));
+    let seen: Vec<String> = t
+        .observations
+        .iter()
+        .map(|o| format!("{} via {}", o.public, o.server))
+        .collect();
+    let mapping = t.mapping.map(Behaviour::describe).unwrap_or("not measured");
+    let _ = writeln!(out, "  mapping          {mapping}");
+    if seen.len() > 1 {
+        let _ = writeln!(out, "                   ({})", seen.join(", "));
+    }
+    let filtering = t
+        .filtering
+        .map(Behaviour::describe)
+        .unwrap_or("not measured");
+    let _ = writeln!(out, "  filtering        {filtering}");
+    let _ = writeln!(out, "  hairpinning      {}", yes_no(t.hairpinning));
+    if let Some(u) = t.unsolicited_syn {
+        let what = match u {
+            UnsolicitedSyn::Refused => "refused (RST or ICMP): an early punch is redialed at once",
+            UnsolicitedSyn::Dropped => "dropped silently: an early punch is retransmitted",
+        };
+        let _ = writeln!(out, "  unsolicited SYN  {what}");
+    }
+    for n in &t.notes {
+        let _ = writeln!(out, "  note: {n}");
+    }
+}
+
+/// The report for people.
+pub fn render(r: &Report) -> String {
+    let mut out = String::new();
+    let alt = r
+        .alternate
+        .map(|a| format!(", alternate {a}"))
+        .unwrap_or_default();
+    let _ = writeln!(out, "NAT check via {}{alt}\n", r.server);
+    transport_text(&mut out, "TCP (what direct links use)", &r.tcp);
+    out.push('\n');
+    transport_text(&mut out, "UDP (STUN)", &r.udp);
+    out.push('\n');
+    for n in &r.notes {
+        let _ = writeln!(out, "note: {n}");
+    }
+    let v = &r.verdict;
+    let nat = match v.nat.as_str() {
+        "none" => "no NAT".to_string(),
+        "unknown" => "NAT type unknown".to_string(),
+        other => format!("{other} NAT"),
+    };
+    let _ = writeln!(
+        out,
+        "Verdict: {nat} (from {}). Direct links will work with {}; expect relay with {}.",
+        v.basis, v.direct_with, v.relay_with
+    );
+    out
+}

@@ -1,0 +1,288 @@
+//! The birthday punch through real NATs: a port-restricted site and a symmetric one
+//! (`masquerade fully-random`: uniformly random ports), both orders, with a server
+//! started as the README says (`rendezvous --port P`, nothing else): its second port
+//! (P + 1) lets each peer measure its mapping, the server picks the birthday punch,
+//! and the pipe goes direct.
+//!
+//! Per run: 2 MiB A → B and an answer back, hashes compared; "direct" checked from
+//! the server namespace's nftables counters (the server carries next to none of the
+//! bytes); the time from starting the peers to the link; and the punch's cost, counted
+//! by nftables on each home router: SYNs forwarded from the LAN to the WAN (the easy
+//! side's spray, the hard side's sockets and their retransmissions), which must stay
+//! within the caps of `common::defaults` plus the few connections to the server.
+//!
+//! Both symmetric: relayed at once, well within 1 s of the pairing.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use common::defaults::{BIRTHDAY_SOCKETS, BIRTHDAY_SPRAY};
+use lab::{Host, Lab, LabSpec, NatProfile, Site};
+use support::*;
+
+/// Runs per cell: 10, as the issue asks; each takes 2–3 s (two peers measuring their
+/// mapping, pairing, punching, 2 MiB), so a cell stays near 30 s.
+const RUNS: usize = 10;
+/// Runs that may go relayed, or take longer than [`LINK_LIMIT`], before the cell
+/// fails: the birthday punch is probabilistic (≈ 0.1% miss per attempt in theory),
+/// and a machine running five builds at once starts processes late. The issue's bar:
+/// direct within 3 s in at least 9 of 10 runs.
+const MAX_MISSES: usize = 1;
+const RUN_BYTES: usize = 2 << 20;
+const SERVER_BYTES_LIMIT: u64 = 64 * 1024;
+/// From starting both peers (processes, NAT measurement, pairing, punch) to the
+/// authenticated link: the issue's bar of 3 s to the first byte.
+const LINK_LIMIT: Duration = Duration::from_secs(3);
+/// SYNs besides the punch's own: control, probe and mapping-test connections to the
+/// server.
+const OTHER_SYNS: u64 = 40;
+
+struct Running {
+    lab: Lab,
+    _server: Proc,
+    addr: SocketAddr,
+}
+
+fn start(spec: LabSpec) -> Running {
+    let lab = Lab::new(spec).expect("lab");
+    let mut cmd = lab.command(Host::Server, bin("rendezvous"));
+    cmd.env_remove("PUNCHLINE_TOKEN").env("RUST_LOG", "info");
+    let (server, addr) = rendezvous(cmd, &[]);
+    for site in Site::ALL {
+        syn_counter(&lab, Host::router(site));
+    }
+    Running {
+        addr: SocketAddr::new(lab.server_ip().into(), addr.port()),
+        lab,
+        _server: server,
+    }
+}
+
+/// Counts SYNs (without ACK) forwarded from the LAN to the WAN on `router`.
+fn syn_counter(lab: &Lab, router: Host) {
+    for args in [
+        "add table inet syns",
+        "add chain inet syns count { type filter hook forward priority -300 ; }",
+        r#"add rule inet syns count iifname "lan" oifname "wan" tcp flags & (syn | ack) == syn counter"#,
+    ] {
+        let args: Vec<&str> = shell_words(args);
+        lab.run(router, "nft", &args).expect("nft");
+    }
+}
+
+/// Splits an nft command on spaces, keeping quoted words whole.
+fn shell_words(s: &str) -> Vec<&str> {
+    s.split(' ').filter(|w| !w.is_empty()).collect()
+}
+
+fn syns(lab: &Lab, router: Host) -> u64 {
+    let out = lab
+        .run(router, "nft", &["list", "chain", "inet", "syns", "count"])
+        .expect("nft list");
+    out.split_whitespace()
+        .skip_while(|w| *w != "packets")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no counter in {out}"))
+}
+
+fn peer(
+    r: &Running,
+    host: Host,
+    code: &str,
+    input: Vec<u8>,
+) -> (Proc, std::thread::JoinHandle<Vec<u8>>) {
+    let mut cmd = r.lab.command(host, bin("peer"));
+    cmd.env_remove("PUNCHLINE_TOKEN").env("RUST_LOG", "info");
+    cmd.args(["--server", &r.addr.to_string(), "pipe", "--code", code]);
+    Proc::spawn_piped(&format!("peer {host:?}"), cmd, Input::Bytes(input))
+}
+
+struct Run {
+    direct: bool,
+    link: Duration,
+    syns: [u64; 2],
+}
+
+/// One pipe run between A and B.
+fn run_once(r: &Running, run: usize) -> Run {
+    let code = format!("bday-{run}");
+    let (a_in, b_in) = (data(RUN_BYTES, run as u64), data(4096, 500 + run as u64));
+    let before = r.lab.server_tcp_bytes().expect("counters");
+    let syns_before = [syns(&r.lab, Host::RouterA), syns(&r.lab, Host::RouterB)];
+    let started = Instant::now();
+    let (mut pa, a_out) = peer(r, Host::A, &code, a_in.clone());
+    let (mut pb, b_out) = peer(r, Host::B, &code, b_in.clone());
+    pa.stderr.wait_for("link up:", Duration::from_secs(30));
+    pb.stderr.wait_for("link up:", Duration::from_secs(30));
+    let link = started.elapsed();
+    let (sa, sb) = (
+        pa.wait_exit(Duration::from_secs(60)),
+        pb.wait_exit(Duration::from_secs(60)),
+    );
+    let server_bytes = r.lab.server_tcp_bytes().expect("counters") - before;
+    let syns_after = [syns(&r.lab, Host::RouterA), syns(&r.lab, Host::RouterB)];
+    let (ea, eb) = (pa.stderr.text(), pb.stderr.text());
+    assert!(
+        sa.success() && sb.success(),
+        "run {run} failed:\nA: {ea}\nB: {eb}"
+    );
+    assert_eq!(
+        sha256(&b_out.join().unwrap()),
+        sha256(&a_in),
+        "A→B data differs"
+    );
+    assert_eq!(
+        sha256(&a_out.join().unwrap()),
+        sha256(&b_in),
+        "B→A data differs"
+    );
+    let direct = ea.contains("link up: direct") && eb.contains("link up: direct");
+    assert!(
+        ea.contains("birthday punch") && eb.contains("birthday punch"),
+        "run {run}: no birthday punch:\nA: {ea}\nB: {eb}"
+    );
+    if direct {
+        assert!(
+            server_bytes < SERVER_BYTES_LIMIT,
+            "run {run}: 'direct', but the server's namespace carried {server_bytes} bytes"
+        );
+    } else {
+        assert!(
+            server_bytes > 2 * RUN_BYTES as u64,
+            "run {run}: neither direct nor relayed ({server_bytes} bytes):\nA: {ea}\nB: {eb}"
+        );
+        eprintln!("run {run}: relayed\nA: {ea}\nB: {eb}");
+    }
+    if link > Duration::from_millis(1500) {
+        eprintln!("run {run}: slow link ({link:?}):\nA: {ea}\nB: {eb}");
+    }
+    Run {
+        direct,
+        link,
+        syns: [
+            syns_after[0] - syns_before[0],
+            syns_after[1] - syns_before[1],
+        ],
+    }
+}
+
+fn cell(name: &str, spec: LabSpec, hard: Site) {
+    if !lab::require_lab() {
+        return;
+    }
+    let r = start(spec);
+    let (hard_i, easy_i) = match hard {
+        Site::A => (0, 1),
+        Site::B => (1, 0),
+    };
+    let (mut direct, mut good) = (0, 0);
+    let mut millis = Vec::new();
+    let mut max_syns = [0u64; 2];
+    for run in 0..RUNS {
+        let x = run_once(&r, run);
+        if x.direct {
+            direct += 1;
+            millis.push(x.link.as_millis() as u64);
+            if x.link <= LINK_LIMIT {
+                good += 1;
+            }
+        }
+        max_syns = [max_syns[0].max(x.syns[0]), max_syns[1].max(x.syns[1])];
+    }
+    millis.sort_unstable();
+    let median = millis.get(millis.len() / 2).copied().unwrap_or(0);
+    let max = millis.last().copied().unwrap_or(0);
+    println!(
+        "BIRTHDAY case={name} direct={direct}/{RUNS} start_to_link_ms median={median} max={max} \
+         max_syns_per_run easy={} hard={}",
+        max_syns[easy_i], max_syns[hard_i]
+    );
+    assert!(
+        good + MAX_MISSES >= RUNS,
+        "{name}: only {good}/{RUNS} direct within {LINK_LIMIT:?} ({direct} direct; times {millis:?} ms)"
+    );
+    // The cost caps: one SYN per easy socket; two per hard socket (the first, with a
+    // low TTL, and one retransmission).
+    assert!(
+        max_syns[easy_i] <= BIRTHDAY_SPRAY as u64 + OTHER_SYNS,
+        "{name}: the easy side sent {} SYNs in one run",
+        max_syns[easy_i]
+    );
+    assert!(
+        max_syns[hard_i] <= 2 * BIRTHDAY_SOCKETS as u64 + OTHER_SYNS,
+        "{name}: the hard side sent {} SYNs in one run",
+        max_syns[hard_i]
+    );
+    // And the punch did happen: the easy side's spray went out.
+    assert!(
+        max_syns[easy_i] > BIRTHDAY_SOCKETS as u64,
+        "{name}: only {} SYNs from the easy side",
+        max_syns[easy_i]
+    );
+}
+
+#[test]
+fn port_restricted_x_symmetric_goes_direct() {
+    cell(
+        "pr x sym",
+        LabSpec::default().nat(Site::B, NatProfile::Symmetric),
+        Site::B,
+    );
+}
+
+#[test]
+fn symmetric_x_port_restricted_goes_direct() {
+    cell(
+        "sym x pr",
+        LabSpec::default().nat(Site::A, NatProfile::Symmetric),
+        Site::A,
+    );
+}
+
+/// Both symmetric, plain server: the server says so at pairing and the link is
+/// relayed at once, no punch tried.
+#[test]
+fn symmetric_x_symmetric_relays_at_once() {
+    if !lab::require_lab() {
+        return;
+    }
+    let r = start(
+        LabSpec::default()
+            .nat(Site::A, NatProfile::Symmetric)
+            .nat(Site::B, NatProfile::Symmetric),
+    );
+    let (a_in, b_in) = (data(RUN_BYTES, 1), data(4096, 2));
+    let (mut pa, a_out) = peer(&r, Host::A, "both-sym", a_in.clone());
+    let (mut pb, b_out) = peer(&r, Host::B, "both-sym", b_in.clone());
+    let (sa, sb) = (
+        pa.wait_exit(Duration::from_secs(60)),
+        pb.wait_exit(Duration::from_secs(60)),
+    );
+    let (ea, eb) = (pa.stderr.text(), pb.stderr.text());
+    assert!(sa.success() && sb.success(), "A: {ea}\nB: {eb}");
+    assert_eq!(sha256(&b_out.join().unwrap()), sha256(&a_in));
+    assert_eq!(sha256(&a_out.join().unwrap()), sha256(&b_in));
+    for e in [&ea, &eb] {
+        assert!(
+            e.contains("paired; relayed: both NATs map per destination"),
+            "{e}"
+        );
+        assert!(!e.contains("punching"), "a punch was tried:\n{e}");
+        let line = e.lines().find(|l| l.contains("link up: relayed")).unwrap();
+        let ms: u64 = line
+            .split(" ms after")
+            .next()
+            .and_then(|s| s.rsplit(' ').next())
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("no figure in {line:?}"));
+        println!("BIRTHDAY case=sym x sym relayed {ms} ms after the relay request");
+        assert!(ms < 1000, "relayed only {ms} ms after the request:\n{e}");
+    }
+}
