@@ -8,7 +8,7 @@
 //! proxy's local address and splices. Control and data connections come back with
 //! backoff when the server goes away.
 
-use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use common::{
     mux::{Mux, MuxConfig, Role},
@@ -31,8 +31,8 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Proxy {
     /// Unique per peer; names the streams.
     pub name: String,
-    /// The local service.
-    pub local: SocketAddr,
+    /// The local service, `HOST:PORT`; a name is resolved when dialing.
+    pub local: String,
     /// How the server exposes it.
     pub spec: ExposeSpec,
 }
@@ -59,8 +59,12 @@ pub async fn run(
             spec: p.spec.clone(),
         })
         .collect();
-    let locals: Arc<HashMap<String, SocketAddr>> =
-        Arc::new(proxies.iter().map(|p| (p.name.clone(), p.local)).collect());
+    let locals: Arc<HashMap<String, String>> = Arc::new(
+        proxies
+            .iter()
+            .map(|p| (p.name.clone(), p.local.clone()))
+            .collect(),
+    );
     let mut hub = Hub::start(cfg.clone(), hello);
     let mut data: Option<JoinHandle<()>> = None;
     let mut first_round = true;
@@ -120,7 +124,7 @@ pub async fn run(
 async fn data_connection(
     cfg: ServerConfig,
     instance: u64,
-    locals: Arc<HashMap<String, SocketAddr>>,
+    locals: Arc<HashMap<String, String>>,
     max_streams: usize,
 ) {
     let mut backoff = common::backoff::Backoff::default();
@@ -141,7 +145,7 @@ async fn data_connection(
 async fn one_data_connection(
     cfg: &ServerConfig,
     instance: u64,
-    locals: Arc<HashMap<String, SocketAddr>>,
+    locals: Arc<HashMap<String, String>>,
     max_streams: usize,
 ) -> Result<(), client::ClientError> {
     let (ch, _) = client::connect(cfg, ConnKind::Data { instance }, None).await?;
@@ -159,10 +163,10 @@ async fn one_data_connection(
                 Ok(n) => n,
                 Err(e) => return warn!(%e, "bad stream from the server"),
             };
-            let Some(&local) = locals.get(&name) else {
+            let Some(local) = locals.get(&name) else {
                 return warn!(proxy = %name, "stream for an unknown proxy refused");
             };
-            match TcpStream::connect(local).await {
+            match TcpStream::connect(local.as_str()).await {
                 Ok(conn) => {
                     let _ = conn.set_nodelay(true);
                     crate::service::splice_both(s, conn).await;

@@ -72,8 +72,9 @@ pub enum ServiceError {
 pub struct ServeConfig {
     /// The service's name.
     pub name: String,
-    /// The local service every stream is connected to.
-    pub local: SocketAddr,
+    /// The local service every stream is connected to, `HOST:PORT`; a name is
+    /// resolved when dialing.
+    pub local: String,
     /// The shared secret.
     pub secret: String,
     /// Most links (visitors) at once.
@@ -245,7 +246,7 @@ async fn serve_stream(svc: Arc<ServeConfig>, mut s: MuxStream) {
             return;
         }
     }
-    let local = match TcpStream::connect(svc.local).await {
+    let local = match TcpStream::connect(svc.local.as_str()).await {
         Ok(l) => l,
         Err(e) => {
             warn!(local = %svc.local, %e, "cannot reach the local service");
@@ -314,8 +315,20 @@ pub async fn connect(cfg: ServerConfig, svc: ConnectConfig) -> Result<(), Servic
     })?;
     println!("listening on {local}");
     let keep_open = svc.keep_open;
+    let mut hub = Hub::start(cfg.clone(), Vec::new());
+    // Connections wait in the listener's backlog until the server was reached once;
+    // one that cannot be reached at all (a wrong address, not a punchline server) is
+    // an error after `start_wait` instead of a listener that can never work.
+    loop {
+        match hub.events.recv().await {
+            Some(HubEvent::Up) => break,
+            Some(HubEvent::Fatal(e)) => return Err(e.into()),
+            Some(_) => {}
+            None => return Err(ServiceError::Refused("internal: hub stopped".into())),
+        }
+    }
     let v = Arc::new(Visitor {
-        hub: Mutex::new(Hub::start(cfg.clone(), Vec::new())),
+        hub: Mutex::new(hub),
         cfg,
         svc,
         current: Mutex::new(None),
