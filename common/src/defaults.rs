@@ -21,6 +21,12 @@ pub const SERVICE_MAX_LINKS: usize = 64;
 /// Once connected, a lost server is retried for ever.
 pub const START_WAIT: Duration = Duration::from_secs(10);
 
+/// How long the server remembers that a pairing code paired two peers: a third peer
+/// arriving with it within this time is told that the code was just used (it waits
+/// for a new partner, which is rarely what was meant). Long enough to cover a
+/// transfer started by hand; bounded in number by [`MAX_WAITING`].
+pub const RECENT_CODE_TTL: Duration = Duration::from_secs(600);
+
 /// Largest control frame (after decryption). Control messages are small (addresses,
 /// names, reasons); 64 KiB leaves room for growth while a hostile length prefix can
 /// never make a process allocate more than this per connection.

@@ -47,9 +47,15 @@ pub fn init_logging(default_level: &str, format: LogFormat) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     match format {
-        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Text => builder.with_ansi(colour()).init(),
         LogFormat::Json => builder.json().with_ansi(false).init(),
     }
+}
+
+/// Whether text logs are coloured: only on a terminal, and not when `NO_COLOR` is set
+/// (<https://no-color.org>).
+fn colour() -> bool {
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 /// Raises the open-files limit to the hard limit (every carried connection costs

@@ -14,7 +14,7 @@ use common::{
     mux::{Mux, MuxConfig, Role},
     proto::{ClientMsg, ConnKind, ExposeSpec, ServerMsg},
 };
-use tokio::{net::TcpStream, task::JoinHandle};
+use tokio::{io::AsyncWriteExt, net::TcpStream, task::JoinHandle};
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::{
@@ -25,6 +25,20 @@ use crate::{
 
 /// How long the peer waits for a stream's header.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What an HTTP user gets when the local service cannot be reached: the server's
+/// vhost passes it on as the peer's answer (without it, the server could only say
+/// that the peer did not answer properly).
+fn local_refused_response() -> String {
+    let body = "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>502 Bad Gateway</title></head>\n\
+                <body><h1>502 Bad Gateway</h1>\n<p>The peer is online, but its local service refused \
+                the connection (is it running?).</p></body></html>\n";
+    format!(
+        "HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/html; charset=utf-8\r\n\
+         Cache-Control: no-store\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
 
 /// One exposed service.
 #[derive(Debug, Clone)]
@@ -59,10 +73,13 @@ pub async fn run(
             spec: p.spec.clone(),
         })
         .collect();
-    let locals: Arc<HashMap<String, String>> = Arc::new(
+    let locals: Arc<HashMap<String, (String, bool)>> = Arc::new(
         proxies
             .iter()
-            .map(|p| (p.name.clone(), p.local.clone()))
+            .map(|p| {
+                let http = matches!(p.spec, ExposeSpec::Http(_));
+                (p.name.clone(), (p.local.clone(), http))
+            })
             .collect(),
     );
     let mut hub = Hub::start(cfg.clone(), hello);
@@ -124,7 +141,7 @@ pub async fn run(
 async fn data_connection(
     cfg: ServerConfig,
     instance: u64,
-    locals: Arc<HashMap<String, String>>,
+    locals: Arc<HashMap<String, (String, bool)>>,
     max_streams: usize,
 ) {
     let mut backoff = common::backoff::Backoff::default();
@@ -145,7 +162,7 @@ async fn data_connection(
 async fn one_data_connection(
     cfg: &ServerConfig,
     instance: u64,
-    locals: Arc<HashMap<String, String>>,
+    locals: Arc<HashMap<String, (String, bool)>>,
     max_streams: usize,
 ) -> Result<(), client::ClientError> {
     let (ch, _) = client::connect(cfg, ConnKind::Data { instance }, None).await?;
@@ -163,7 +180,7 @@ async fn one_data_connection(
                 Ok(n) => n,
                 Err(e) => return warn!(%e, "bad stream from the server"),
             };
-            let Some(local) = locals.get(&name) else {
+            let Some((local, http)) = locals.get(&name) else {
                 return warn!(proxy = %name, "stream for an unknown proxy refused");
             };
             match TcpStream::connect(local.as_str()).await {
@@ -171,7 +188,14 @@ async fn one_data_connection(
                     let _ = conn.set_nodelay(true);
                     crate::service::splice_both(s, conn).await;
                 }
-                Err(e) => warn!(proxy = %name, %local, %e, "cannot reach the local service"),
+                Err(e) => {
+                    warn!(proxy = %name, %local, %e, "cannot reach the local service");
+                    if *http {
+                        // The user gets a page that says where the fault is.
+                        let _ = s.write_all(local_refused_response().as_bytes()).await;
+                        let _ = s.shutdown().await;
+                    }
+                }
             }
         });
     }

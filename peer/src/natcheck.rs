@@ -213,7 +213,13 @@ pub async fn run(target: &Target) -> Result<Report, NatCheckError> {
                 .into(),
         );
     }
-    if is_private(primary.ip()) || primary.ip().is_loopback() {
+    if primary.ip().is_loopback() {
+        notes.push(
+            "the server is on this machine (loopback): this says nothing about the NATs \
+             between you and other peers; run it against a public server"
+                .into(),
+        );
+    } else if is_private(primary.ip()) {
         notes.push(
             "the server has a private address: this describes only the NATs between you and it"
                 .into(),
@@ -886,10 +892,11 @@ fn verdict(tcp: &Transport, udp: &Transport) -> Verdict {
         (Some(f), _) => (Some(f), "TCP filtering"),
         (None, f) => (f, "UDP filtering"),
     };
-    let basis = match (mapping, filtering) {
-        (Some(_), Some(_)) => format!("{mapping_from}, {filtering_from}"),
-        (Some(_), None) => mapping_from.to_string(),
-        _ => "nothing conclusive".to_string(),
+    let basis = match (behind_nat, mapping, filtering) {
+        (_, Some(_), Some(_)) => format!("{mapping_from}, {filtering_from}"),
+        (_, Some(_), None) => mapping_from.to_string(),
+        (Some(false), None, _) => "the server sees this machine's own address".to_string(),
+        _ => "too few answers to tell".to_string(),
     };
     let (nat, direct, relay) = match (behind_nat, mapping, filtering) {
         (Some(false), _, f) if f.is_none() || f == Some(Behaviour::EndpointIndependent) => (
@@ -1008,10 +1015,15 @@ pub fn render(r: &Report) -> String {
         "unknown" => "NAT type unknown".to_string(),
         other => format!("{other} NAT"),
     };
+    // "expect relay with nobody" reads badly: say it the other way round.
+    let relay = match v.relay_with.strip_prefix("nobody") {
+        Some(rest) => format!("no peer should need the relay{rest}"),
+        None => format!("expect relay with {}", v.relay_with),
+    };
     let _ = writeln!(
         out,
-        "Verdict: {nat} (from {}). Direct links will work with {}; expect relay with {}.",
-        v.basis, v.direct_with, v.relay_with
+        "Verdict: {nat} (from {}). Direct links will work with {}; {relay}.",
+        v.basis, v.direct_with
     );
     out
 }
