@@ -224,3 +224,32 @@ fn unknown_mapping_changes_nothing() {
     );
     println!("{}", w.check(listen));
 }
+
+/// `pipe --no-relay` where the server knows no direct link can work: both peers say
+/// so (no "relayed", no "after 0 attempts") and exit 1 at once.
+#[test]
+fn no_relay_between_symmetric_nats_says_why() {
+    if !lab::require_lab() {
+        return;
+    }
+    let both = LabSpec::default()
+        .nat(Site::A, NatProfile::Symmetric)
+        .nat(Site::B, NatProfile::Symmetric);
+    let w = world(both, true);
+    let args = ["pipe", "--code", "hopeless", "--no-relay"];
+    let (mut a, mut b) = (w.peer(Host::A, "A", &args), w.peer(Host::B, "B", &args));
+    for p in [&mut a, &mut b] {
+        let st = p.wait_exit(T);
+        let err = p.stderr.text();
+        assert_eq!(st.code(), Some(1), "{err}");
+        assert!(
+            err.contains(
+                "no direct connection is possible: both NATs map per destination (symmetric); \
+                 skipped the direct attempts, and --no-relay forbids the relay"
+            ),
+            "{err}"
+        );
+        assert!(!err.contains("relayed"), "{err}");
+        assert!(!err.contains("after 0 attempts"), "{err}");
+    }
+}
