@@ -2,7 +2,13 @@
 //! every subcommand of both), the open-files limit, and handing freed heap back to
 //! the system. The binaries call these; libraries never install a subscriber.
 
-use std::{io::IsTerminal, str::FromStr};
+use std::{io::IsTerminal, str::FromStr, sync::OnceLock};
+
+/// The format [`init_logging`] chose, for [`status`] and [`fatal`].
+static FORMAT: OnceLock<LogFormat> = OnceLock::new();
+
+/// The tracing target of [`status`] lines in JSON mode; always enabled at INFO.
+const STATUS_TARGET: &str = "punchline::status";
 
 /// How log lines are written to stderr.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -41,14 +47,38 @@ impl std::fmt::Display for LogFormat {
 /// (`"warn"`, `"info"`, `"debug"`), written to stderr in `format`. Call once, first
 /// thing in `main`.
 pub fn init_logging(default_level: &str, format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let _ = FORMAT.set(format);
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    // Status lines are for people as much as the log: never filtered out.
+    if let Ok(d) = format!("{STATUS_TARGET}=info").parse() {
+        filter = filter.add_directive(d);
+    }
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.with_ansi(colour()).init(),
         LogFormat::Json => builder.json().with_ansi(false).init(),
+    }
+}
+
+/// A status line for the user (`link up: ...`, `waiting for the other peer`): on
+/// stderr as `punchline: MSG`, or with `--log-format json` as a JSON log line at INFO
+/// (target `punchline::status`), so that stderr is all JSON.
+pub fn status(msg: &str) {
+    match FORMAT.get() {
+        Some(LogFormat::Json) => tracing::info!(target: STATUS_TARGET, "{msg}"),
+        _ => eprintln!("punchline: {msg}"),
+    }
+}
+
+/// The error that ends the process: `PROGRAM: error: MSG` on stderr, or a JSON log
+/// line at ERROR with `--log-format json`.
+pub fn fatal(program: &str, msg: &str) {
+    match FORMAT.get() {
+        Some(LogFormat::Json) => tracing::error!(target: STATUS_TARGET, "{msg}"),
+        _ => eprintln!("{program}: error: {msg}"),
     }
 }
 

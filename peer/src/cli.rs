@@ -345,11 +345,11 @@ pub fn load_identity(path: Option<&Path>) -> anyhow::Result<Arc<Identity>> {
     };
     let (id, created) = Identity::load_or_create(&path)?;
     if created {
-        eprintln!(
-            "punchline: created identity {} in {}",
+        common::process::status(&format!(
+            "created identity {} in {}",
             id.fingerprint(),
             path.display()
-        );
+        ));
     }
     Ok(Arc::new(id))
 }
@@ -450,9 +450,8 @@ async fn pipe(cfg: &ServerConfig, code: Option<String>, relay: bool) -> anyhow::
     let input = if read_stdin {
         tokio_util::either::Either::Left(tokio::io::stdin())
     } else {
-        eprintln!(
-            "punchline: receiving only (stdin is a terminal and stdout is not); \
-             this side sends nothing"
+        common::process::status(
+            "receiving only (stdin is a terminal and stdout is not); this side sends nothing",
         );
         tokio_util::either::Either::Right(tokio::io::empty())
     };

@@ -52,7 +52,7 @@ pub struct Proxy {
 }
 
 fn status(msg: &str) {
-    eprintln!("punchline: {msg}");
+    common::process::status(msg);
 }
 
 /// Runs until a fatal error: a refused exposure at the first registration, or a

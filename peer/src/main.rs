@@ -29,7 +29,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("punchline: error: {e:#}");
+            common::process::fatal("punchline", &format!("{e:#}"));
             ExitCode::FAILURE
         }
     }

@@ -258,7 +258,7 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for LocalOutput<W> {
 }
 
 fn status(msg: &str) {
-    eprintln!("punchline: {msg}");
+    common::process::status(msg);
 }
 
 async fn show_progress(path: Path, sent: Counter, received: Counter, start: Instant) {

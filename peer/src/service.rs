@@ -86,7 +86,7 @@ pub struct ServeConfig {
 }
 
 fn status(msg: &str) {
-    eprintln!("punchline: {msg}");
+    common::process::status(msg);
 }
 
 /// Runs the owner side until a fatal error.

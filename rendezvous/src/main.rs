@@ -23,7 +23,7 @@ fn main() -> ExitCode {
     match rt.block_on(rendezvous::cli::run(args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("rendezvous: error: {e:#}");
+            common::process::fatal("rendezvous", &format!("{e:#}"));
             ExitCode::FAILURE
         }
     }

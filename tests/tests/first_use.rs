@@ -518,6 +518,34 @@ fn logs_are_plain_off_a_terminal_and_json_on_request() {
     let l = p.stderr.wait_for("own TCP mapping measured", T);
     let v: serde_json::Value = serde_json::from_str(&l).expect("a JSON line");
     assert_eq!(v["level"], "INFO", "{l}");
+    // Status lines too (without -v): stderr is all JSON.
+    let mut cmd = peer_cmd(addr);
+    cmd.args(["--log-format", "json", "pipe", "--code", "json-status"]);
+    let (p2, _) = Proc::spawn_piped("peer", cmd, Input::Bytes(Vec::new()));
+    let l = p2.stderr.wait_for("waiting for the other peer", T);
+    let v: serde_json::Value = serde_json::from_str(&l).expect("a JSON line");
+    assert_eq!(v["fields"]["message"], "waiting for the other peer", "{l}");
+    for l in p.stderr.text().lines().chain(p2.stderr.text().lines()) {
+        serde_json::from_str::<serde_json::Value>(l)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {l:?}"));
+    }
+    // The final error too.
+    let out = local("peer")
+        .args(["--log-format", "json", "-s", "127.0.0.1:1", "pipe"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let last = err.lines().last().unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_str(last).expect("a JSON line");
+    assert_eq!(v["level"], "ERROR", "{err}");
+    assert!(
+        v["fields"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("cannot reach the rendezvous server at 127.0.0.1:1"),
+        "{err}"
+    );
 
     // Coloured on a terminal.
     let mut cmd = local("rendezvous");
