@@ -585,3 +585,51 @@ fn nat_check_on_loopback_reads_well() {
     assert!(!text.contains("nothing conclusive"), "{text}");
     assert!(text.contains("no peer should need the relay"), "{text}");
 }
+
+/// A domain another peer holds: the error names the holder by its fingerprint (what
+/// `peer id` prints there) and its proxy, and nothing random.
+#[test]
+fn a_duplicate_domain_names_the_holder() {
+    let (srv_p, srv) = rendezvous(
+        local("rendezvous"),
+        &["--bind", "127.0.0.1", "--vhost-http-port", "0"],
+    );
+    srv_p.stdout.wait_for("http vhost on", T);
+    let args = [
+        "expose",
+        "http",
+        "--local",
+        "127.0.0.1:1",
+        "--domain",
+        "dup.example",
+    ];
+    let mut first = peer_cmd(srv);
+    first.args(args).args(["--name", "web"]);
+    let identity = first
+        .get_envs()
+        .find(|(k, _)| *k == "PUNCHLINE_IDENTITY")
+        .and_then(|(_, v)| v)
+        .unwrap()
+        .to_owned();
+    let holder = Proc::spawn("first", first);
+    holder.stdout.wait_for("exposed web http", T);
+    let id = Command::new(bin("peer"))
+        .arg("id")
+        .env("PUNCHLINE_IDENTITY", &identity)
+        .output()
+        .unwrap();
+    let fingerprint = String::from_utf8_lossy(&id.stdout).trim().to_string();
+    assert!(fingerprint.starts_with("pl1:"), "{fingerprint}");
+    let mut second = peer_cmd(srv);
+    second.args(args);
+    let mut p = Proc::spawn("second", second);
+    assert_eq!(p.wait_exit(T).code(), Some(1));
+    let err = p.stderr.text();
+    assert!(
+        err.contains(&format!(
+            "rendezvous server refused: http-1: host dup.example is held by peer {fingerprint} (proxy 'web')"
+        )),
+        "{err}"
+    );
+    assert!(!err.contains("instance"), "{err}");
+}
