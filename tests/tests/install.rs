@@ -136,8 +136,8 @@ fn systemd_units_run_as_written() {
     let _ = std::fs::remove_dir_all(&etc);
 }
 
-/// Release binaries are small enough to copy around (the split-off debug info stays
-/// in target/release/*.dwp). Checked when the tests run in release, as CI does.
+/// Release binaries are small enough to copy around (no debug info; the `profiling`
+/// profile has it). Checked when the tests run in release, as CI does.
 #[test]
 fn release_binaries_are_under_12_mb() {
     let peer = bin("peer");
