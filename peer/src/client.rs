@@ -58,18 +58,6 @@ impl std::fmt::Debug for ServerConfig {
     }
 }
 
-impl ClientError {
-    /// Whether trying again cannot help: the server refused our token, or what answers
-    /// at its address is not a punchline server.
-    pub fn is_permanent(&self) -> bool {
-        match self {
-            ClientError::Refused(r) => r.contains("token"),
-            ClientError::NotPunchline { .. } | ClientError::GaveUp { .. } => true,
-            _ => false,
-        }
-    }
-}
-
 /// Why talking to the server failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -98,7 +86,8 @@ pub enum ClientError {
         /// What was wrong with the answer.
         err: HandshakeError,
     },
-    /// The server could not be reached within [`ServerConfig::start_wait`] of starting.
+    /// The server could not be reached within [`ServerConfig::start_wait`] of starting
+    /// (`waited`, the configured wait).
     #[error("{last}; gave up after {}s (check --server, or start with --retry-forever to keep trying)", .waited.as_secs())]
     GaveUp {
         /// How long it tried.
@@ -118,6 +107,18 @@ pub enum ClientError {
     /// The server did not answer in time.
     #[error("rendezvous server {0} did not complete the handshake within {HANDSHAKE_TIMEOUT:?}")]
     Timeout(SocketAddr),
+}
+
+impl ClientError {
+    /// Whether trying again cannot help: the server refused our token, or what answers
+    /// at its address is not a punchline server.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            ClientError::Refused(r) => r.contains("token"),
+            ClientError::NotPunchline { .. } | ClientError::GaveUp { .. } => true,
+            _ => false,
+        }
+    }
 }
 
 /// Connects to the server (from `socket` if given, e.g. one bound to a shareable

@@ -142,9 +142,8 @@ async fn run(
                 return;
             }
             Err(e) if !ever_up && cfg.start_wait.is_some_and(|w| started.elapsed() >= w) => {
-                let waited = started.elapsed();
                 let e = ClientError::GaveUp {
-                    waited,
+                    waited: cfg.start_wait.unwrap_or_default(),
                     last: Box::new(e),
                 };
                 let _ = events.send(HubEvent::Fatal(e)).await;
