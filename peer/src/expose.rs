@@ -14,7 +14,11 @@ use common::{
     mux::{Mux, MuxConfig, Role},
     proto::{ClientMsg, ConnKind, ExposeSpec, ServerMsg},
 };
-use tokio::{io::AsyncWriteExt, net::TcpStream, task::JoinHandle};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+    task::JoinHandle,
+};
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::{
@@ -38,6 +42,33 @@ fn local_refused_response() -> String {
          Cache-Control: no-store\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )
+}
+
+/// Answers an HTTP request whose local service cannot be reached with
+/// [`local_refused_response`], as a server would: reads the request head first, and
+/// after the answer waits for the server to close (dropping the stream earlier could
+/// reset it before the answer is read). Bounded by [`HEADER_TIMEOUT`] each way.
+async fn refuse_http(mut s: common::mux::MuxStream) {
+    let mut buf = vec![0u8; 8192];
+    let mut head: Vec<u8> = Vec::new();
+    let read_head = async {
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 64 * 1024 {
+            match s.read(&mut buf).await {
+                Ok(n) if n > 0 => head.extend_from_slice(&buf[..n]),
+                _ => return,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(HEADER_TIMEOUT, read_head).await;
+    if s.write_all(local_refused_response().as_bytes())
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let _ = s.shutdown().await;
+    let drain = async { while matches!(s.read(&mut buf).await, Ok(n) if n > 0) {} };
+    let _ = tokio::time::timeout(HEADER_TIMEOUT, drain).await;
 }
 
 /// One exposed service.
@@ -191,9 +222,7 @@ async fn one_data_connection(
                 Err(e) => {
                     warn!(proxy = %name, %local, %e, "cannot reach the local service");
                     if *http {
-                        // The user gets a page that says where the fault is.
-                        let _ = s.write_all(local_refused_response().as_bytes()).await;
-                        let _ = s.shutdown().await;
+                        refuse_http(s).await;
                     }
                 }
             }
