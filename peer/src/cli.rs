@@ -27,8 +27,9 @@ use crate::client::ServerConfig;
 #[derive(Parser, Debug)]
 #[command(name = "peer", version, about, long_about)]
 pub struct Args {
-    /// Config file: punchline's or frp's `frpc.toml` (serverAddr, serverPort,
-    /// auth.token, [[proxies]] of type tcp, http and xtcp, [[visitors]] of type xtcp).
+    /// Config file: punchline's or frp's `frpc.toml` or `frpc.ini` (serverAddr,
+    /// serverPort, auth.token, [[proxies]] of type tcp, udp, http, xtcp and stcp,
+    /// [[visitors]] of type xtcp and stcp; see the README's table of frp keys).
     /// Without a command, runs everything the file lists. --server and --token override.
     #[arg(long, short = 'c', value_name = "FILE", global = true)]
     pub config: Option<PathBuf>,
@@ -43,7 +44,13 @@ pub struct Args {
     )]
     pub server: Option<String>,
     /// The server's token (must match the server's --token, or a user's token).
-    #[arg(long, env = "PUNCHLINE_TOKEN", hide_env_values = true, global = true)]
+    #[arg(
+        long,
+        short = 't',
+        env = "PUNCHLINE_TOKEN",
+        hide_env_values = true,
+        global = true
+    )]
     pub token: Option<String>,
     /// This peer's identity file (created on first use, mode 0600). The server knows
     /// the peer's ports, domains and service names by it. Default:
@@ -169,6 +176,17 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Check a config file (-c FILE) and exit: "syntax is ok", or what to fix.
+    Verify,
+    /// frp's `frpc tcp`: expose a local TCP service on a port of the server
+    /// (`peer tcp -s HOST -P 7000 -t TOKEN -l 22 -r 6000 -n ssh`).
+    Tcp(crate::frpc::ProxyArgs),
+    /// frp's `frpc udp`: carry datagrams from a UDP port of the server to a local UDP
+    /// service (`peer udp -s HOST -P 7000 -t TOKEN -l 53 -r 6053 -n dns`).
+    Udp(crate::frpc::ProxyArgs),
+    /// frp's `frpc http`: serve a local HTTP service under -d DOMAIN on the server's
+    /// vhost port.
+    Http(crate::frpc::ProxyArgs),
 }
 
 /// `peer expose tcp|http`.
@@ -276,8 +294,17 @@ fn port_of(local: &str) -> &str {
     local.rsplit_once(':').map_or(local, |(_, p)| p)
 }
 
+/// Resolves `--local HOST:PORT` (a name like localhost, or an address).
+pub async fn resolve_local(local: &str) -> anyhow::Result<std::net::SocketAddr> {
+    tokio::net::lookup_host(local)
+        .await
+        .with_context(|| format!("--local {local}: cannot resolve"))?
+        .next()
+        .with_context(|| format!("--local {local}: no address"))
+}
+
 /// The proxy `peer expose tcp|http` describes.
-pub fn expose_proxy(kind: ExposeKind) -> anyhow::Result<crate::expose::Proxy> {
+pub async fn expose_proxy(kind: ExposeKind) -> anyhow::Result<crate::expose::Proxy> {
     Ok(match kind {
         ExposeKind::Tcp {
             local,
@@ -285,7 +312,7 @@ pub fn expose_proxy(kind: ExposeKind) -> anyhow::Result<crate::expose::Proxy> {
             name,
         } => crate::expose::Proxy {
             name: name.unwrap_or_else(|| format!("tcp-{}", port_of(&local))),
-            local,
+            local: resolve_local(&local).await?,
             spec: ExposeSpec::Tcp { remote_port },
         },
         ExposeKind::Http {
@@ -313,7 +340,7 @@ pub fn expose_proxy(kind: ExposeKind) -> anyhow::Result<crate::expose::Proxy> {
             };
             crate::expose::Proxy {
                 name: name.unwrap_or_else(|| format!("http-{}", port_of(&local))),
-                local,
+                local: resolve_local(&local).await?,
                 spec: ExposeSpec::Http(HttpRoute {
                     domains,
                     subdomain,
@@ -363,15 +390,39 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(Command::NatCheck { stun, json }) = &args.command {
         return nat_check(&args, stun.as_deref(), *json).await;
     }
-    let file = match &args.config {
-        Some(path) => Some(crate::config::load(path)?),
-        None => None,
+    if let Some(Command::Verify) = &args.command {
+        let path = args.config.as_ref().context("verify needs -c FILE")?;
+        crate::config::load(path)?;
+        println!(
+            "peer: the configuration file {} syntax is ok",
+            path.display()
+        );
+        return Ok(());
+    }
+    // frp's proxy commands make the config a file would.
+    let (frp_form, file) = match &args.command {
+        Some(Command::Tcp(a)) => (true, Some(frp_form(crate::frpc::ProxyType::Tcp, a, &args)?)),
+        Some(Command::Udp(a)) => (true, Some(frp_form(crate::frpc::ProxyType::Udp, a, &args)?)),
+        Some(Command::Http(a)) => (
+            true,
+            Some(frp_form(crate::frpc::ProxyType::Http, a, &args)?),
+        ),
+        _ => (
+            false,
+            args.config
+                .as_deref()
+                .map(crate::config::load)
+                .transpose()?,
+        ),
     };
-    let Some(server) = args
-        .server
-        .clone()
-        .or_else(|| file.as_ref().map(|f| f.server.clone()))
-    else {
+    let server = match (&file, frp_form) {
+        (Some(f), true) => Some(f.server.clone()),
+        _ => args
+            .server
+            .clone()
+            .or_else(|| file.as_ref().map(|f| f.server.clone())),
+    };
+    let Some(server) = server else {
         anyhow::bail!("no rendezvous server given: use --server HOST[:PORT] (or PUNCHLINE_SERVER, or -c FILE)");
     };
     let addr = common::resolve_server(&server, SERVER_PORT)
@@ -392,7 +443,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     };
     let max_streams = args.max_streams;
     let command = match (args.command, file) {
-        (None, Some(file)) => return run_file(cfg, file, max_streams).await,
+        (None, Some(file)) => return Ok(crate::frpc::run(cfg, file, max_streams).await?),
+        (_, Some(file)) if frp_form => return Ok(crate::frpc::run(cfg, file, max_streams).await?),
         (command, _) => command,
     };
     match command {
@@ -407,10 +459,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }) => {
             let svc = crate::service::ServeConfig {
                 name,
-                local,
+                local: resolve_local(&local).await?,
                 secret,
                 max_links,
                 max_streams,
+                relay_only: false,
             };
             crate::service::serve(cfg, svc).await?;
             Ok(())
@@ -427,16 +480,20 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 listen,
                 keep_open,
                 max_streams,
+                relay_only: false,
             };
             crate::service::connect(cfg, svc).await?;
             Ok(())
         }
         Some(Command::Expose { kind }) => {
-            crate::expose::run(cfg, vec![expose_proxy(kind)?], max_streams).await?;
+            crate::expose::run(cfg, vec![expose_proxy(kind).await?], max_streams).await?;
             Ok(())
         }
-        Some(Command::NatCheck { .. }) | Some(Command::Id) => {
+        Some(Command::NatCheck { .. } | Command::Id | Command::Verify) => {
             anyhow::bail!("internal: handled above")
+        }
+        Some(Command::Tcp(_) | Command::Udp(_) | Command::Http(_)) => {
+            anyhow::bail!("internal: run as a file above")
         }
     }
 }
@@ -459,70 +516,14 @@ async fn pipe(cfg: &ServerConfig, code: Option<String>, relay: bool) -> anyhow::
     Ok(())
 }
 
-/// Runs everything a config file lists, concurrently, until one part fails.
-pub async fn run_file(
-    cfg: ServerConfig,
-    file: crate::config::ClientConfig,
-    max_streams: usize,
-) -> anyhow::Result<()> {
-    use crate::config::ProxyKind;
-    let mut tasks = tokio::task::JoinSet::new();
-    let mut exposed = Vec::new();
-    for p in file.proxies {
-        match (&p.kind, p.kind.expose_spec()) {
-            (_, Some(spec)) => exposed.push(crate::expose::Proxy {
-                name: p.name.clone(),
-                local: p.local.clone(),
-                spec,
-            }),
-            (ProxyKind::Xtcp { secret }, None) => {
-                let svc = crate::service::ServeConfig {
-                    name: p.name.clone(),
-                    local: p.local.clone(),
-                    secret: secret.clone(),
-                    max_links: SERVICE_MAX_LINKS,
-                    max_streams,
-                };
-                let cfg = cfg.clone();
-                tasks.spawn(async move {
-                    crate::service::serve(cfg, svc)
-                        .await
-                        .map_err(anyhow::Error::from)
-                });
-            }
-            _ => {}
-        }
-    }
-    if !exposed.is_empty() {
-        let cfg = cfg.clone();
-        tasks.spawn(async move {
-            crate::expose::run(cfg, exposed, max_streams)
-                .await
-                .map_err(anyhow::Error::from)
-        });
-    }
-    for v in file.visitors {
-        let svc = crate::service::ConnectConfig {
-            name: v.server_name,
-            secret: v.secret,
-            listen: v.bind,
-            keep_open: v.keep_open,
-            max_streams,
-        };
-        let cfg = cfg.clone();
-        tasks.spawn(async move {
-            crate::service::connect(cfg, svc)
-                .await
-                .map_err(anyhow::Error::from)
-        });
-    }
-    if tasks.is_empty() {
-        anyhow::bail!("the config file lists no proxies or visitors");
-    }
-    while let Some(r) = tasks.join_next().await {
-        r.context("task panicked")??;
-    }
-    Ok(())
+/// The config of one of frp's proxy commands (`peer tcp ...`).
+fn frp_form(
+    kind: crate::frpc::ProxyType,
+    a: &crate::frpc::ProxyArgs,
+    args: &Args,
+) -> anyhow::Result<crate::config::ClientConfig> {
+    crate::frpc::proxy_config(kind, a, args.server.as_deref(), args.token.clone())
+        .map_err(anyhow::Error::msg)
 }
 
 /// `peer nat-check`: runs the checks and prints the report (JSON with `--json`).

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod expose;
+pub mod frpc;
 pub mod hub;
 pub mod link;
 pub mod natcheck;
