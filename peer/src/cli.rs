@@ -124,8 +124,8 @@ pub enum Command {
     Serve {
         /// The service's name, unique on the server.
         name: String,
-        /// The local service, HOST:PORT (a name like localhost is resolved when
-        /// dialing).
+        /// The local service, HOST:PORT (a name like localhost is resolved at
+        /// start).
         #[arg(long, value_name = "HOST:PORT", value_parser = parse_host_port)]
         local: String,
         /// The shared secret visitors must know (the link key derives from it).
@@ -194,8 +194,8 @@ pub enum Command {
 pub enum ExposeKind {
     /// The server listens on --remote-port and carries each connection to --local.
     Tcp {
-        /// The local service, HOST:PORT (a name like localhost is resolved when
-        /// dialing).
+        /// The local service, HOST:PORT (a name like localhost is resolved at
+        /// start).
         #[arg(long, value_name = "HOST:PORT", value_parser = parse_host_port)]
         local: String,
         /// The port on the server (must be inside the server's --allow-ports; 0: the
@@ -208,8 +208,8 @@ pub enum ExposeKind {
     },
     /// The server's vhost port routes requests for --domain (or --subdomain) here.
     Http {
-        /// The local HTTP service, HOST:PORT (a name like localhost is resolved when
-        /// dialing).
+        /// The local HTTP service, HOST:PORT (a name like localhost is resolved at
+        /// start).
         #[arg(long, value_name = "HOST:PORT", value_parser = parse_host_port)]
         local: String,
         /// Host names to serve (repeat; wildcards like *.example.com allowed).
@@ -249,7 +249,7 @@ fn parse_max_streams(s: &str) -> Result<usize, String> {
 }
 
 /// `HOST:PORT` with a host name or an IP address (`[v6]:PORT` for IPv6); the name is
-/// resolved when dialing, as in config files.
+/// resolved at start ([`resolve_local`]), as in config files.
 pub fn parse_host_port(s: &str) -> Result<String, String> {
     if s.parse::<std::net::SocketAddr>().is_ok() {
         return Ok(s.to_string());
