@@ -5,5 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tests/setup.sh
-cargo build --workspace --release --quiet
+# Not --quiet: the first build takes minutes, and cargo's progress shows it is working.
+echo "demo: building the workspace (release; the first build takes a few minutes)" >&2
+cargo build --workspace --release
 exec target/release/punchline-demo "$@"

@@ -13,6 +13,8 @@ command -v ping >/dev/null || need+=(iputils-ping)
 command -v curl >/dev/null || need+=(curl)
 command -v sysctl >/dev/null || need+=(procps)
 command -v kill >/dev/null || need+=(procps)
+# A pseudo-terminal for the `pipe` terminal tests (tests/tests/first_use.rs).
+command -v script >/dev/null || need+=(bsdutils)
 # STUN interoperability (tests/tests/stun.rs): coturn as a reference server (and its
 # turnutils_natdiscovery RFC 5780 client), stun-client's RFC 3489 `stun`.
 command -v turnserver >/dev/null || need+=(coturn)

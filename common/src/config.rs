@@ -24,13 +24,13 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("{}: cannot read: {source}", path.display())]
+    // The OS error is in the message, not a `source`: `{:#}` would print it twice.
+    #[error("{}: cannot read: {err}", path.display())]
     Read {
         /// The file.
         path: PathBuf,
         /// Why.
-        #[source]
-        source: std::io::Error,
+        err: std::io::Error,
     },
     /// The text is not valid TOML.
     #[error("{}: {message}", at(origin, *line))]

@@ -5,6 +5,28 @@ use std::time::Duration;
 /// The rendezvous server's port when none is given: the C demo's port.
 pub const SERVER_PORT: u16 = 8877;
 
+/// A STUN server's port when none is given (RFC 8489 §18.4).
+pub const STUN_PORT: u16 = 3478;
+
+/// Most visitors (links) a `serve` owner accepts at once, unless told otherwise
+/// (`--max-links`): each link holds a few descriptors and a yamux session, so 64 keeps
+/// a forgotten service from being an open door for thousands, while covering a team.
+pub const SERVICE_MAX_LINKS: usize = 64;
+
+/// How long `serve`, `connect` and `expose` keep trying to reach a server they have
+/// never reached before they give up (exit 1), unless `--retry-forever`: a mistyped
+/// `--server` is an error within seconds instead of WARN lines for ever, while a
+/// server starting at the same moment (both on one machine at boot) still has time to
+/// come up: the first reconnect delays are under a second, so this is about ten tries.
+/// Once connected, a lost server is retried for ever.
+pub const START_WAIT: Duration = Duration::from_secs(10);
+
+/// How long the server remembers that a pairing code paired two peers: a third peer
+/// arriving with it within this time is told that the code was just used (it waits
+/// for a new partner, which is rarely what was meant). Long enough to cover a
+/// transfer started by hand; bounded in number by [`MAX_WAITING`].
+pub const RECENT_CODE_TTL: Duration = Duration::from_secs(600);
+
 /// Largest control frame (after decryption). Control messages are small (addresses,
 /// names, reasons); 64 KiB leaves room for growth while a hostile length prefix can
 /// never make a process allocate more than this per connection.

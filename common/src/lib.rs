@@ -5,7 +5,8 @@
 //! [`secure`] (a Noise `NNpsk0` channel, the PSK derived from a shared secret) →
 //! [`framing`] (length-delimited frames carrying [`proto`] messages, encoded by
 //! [`wire`]) for control, or raw bytes through [`splice`] for data.
-// `deny`, not `forbid`: `net::raise_fd_limit` (setrlimit) is the one exception.
+// `deny`, not `forbid`: `net::raise_fd_limit` (setrlimit) and `process::trim_heap`
+// (malloc_trim) are the exceptions.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -18,6 +19,7 @@ pub mod identity;
 pub mod liveness;
 pub mod mux;
 pub mod net;
+pub mod process;
 pub mod proto;
 pub mod punch;
 pub mod secure;

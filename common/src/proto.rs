@@ -387,6 +387,9 @@ pub enum ServerMsg {
         /// The other peer's proof.
         proof: [u8; 32],
     },
+    /// Something the user should know that changes nothing in the protocol (e.g. that
+    /// the pairing code it waits on was just used by two other peers); printed.
+    Notice(String),
 }
 
 /// The reason in [`ServerMsg::PeerGone`] when a peer found the other's proof wrong.

@@ -30,6 +30,9 @@ pub struct ServerConfig {
     /// This peer's identity, proved on every connection to the server: what the
     /// server knows the peer's claims by.
     pub identity: Arc<Identity>,
+    /// How long to keep trying to reach the server before it was ever reached (the
+    /// reconnecting commands give up then); `None`: for ever.
+    pub start_wait: Option<std::time::Duration>,
 }
 
 impl ServerConfig {
@@ -39,6 +42,7 @@ impl ServerConfig {
             addr,
             token,
             identity: Arc::new(Identity::generate()),
+            start_wait: None,
         }
     }
 }
@@ -49,6 +53,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("addr", &self.addr)
             .field("token", &self.token.as_ref().map(|_| "MASKED"))
             .field("identity", &self.identity.fingerprint())
+            .field("start_wait", &self.start_wait)
             .finish()
     }
 }
@@ -72,6 +77,24 @@ pub enum ClientError {
         /// Why.
         err: HandshakeError,
     },
+    /// Something answered at the server's address, but not the punchline protocol (a
+    /// wrong port, another service).
+    #[error("is {addr} a punchline server? It answered something else ({err})")]
+    NotPunchline {
+        /// The address dialed.
+        addr: SocketAddr,
+        /// What was wrong with the answer.
+        err: HandshakeError,
+    },
+    /// The server could not be reached within [`ServerConfig::start_wait`] of starting
+    /// (`waited`, the configured wait).
+    #[error("{last}; gave up after {}s (check --server, or start with --retry-forever to keep trying)", .waited.as_secs())]
+    GaveUp {
+        /// How long it tried.
+        waited: std::time::Duration,
+        /// The last attempt's error.
+        last: Box<ClientError>,
+    },
     /// The server refused a request.
     #[error("rendezvous server refused: {0}")]
     Refused(String),
@@ -84,6 +107,18 @@ pub enum ClientError {
     /// The server did not answer in time.
     #[error("rendezvous server {0} did not complete the handshake within {HANDSHAKE_TIMEOUT:?}")]
     Timeout(SocketAddr),
+}
+
+impl ClientError {
+    /// Whether trying again cannot help: the server refused our token, or what answers
+    /// at its address is not a punchline server.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            ClientError::Refused(r) => r.contains("token"),
+            ClientError::NotPunchline { .. } | ClientError::GaveUp { .. } => true,
+            _ => false,
+        }
+    }
 }
 
 /// Connects to the server (from `socket` if given, e.g. one bound to a shareable
@@ -107,6 +142,9 @@ pub async fn connect(
             .await
             .map_err(|err| match err {
                 HandshakeError::Refused(r) => ClientError::Refused(r),
+                err @ (HandshakeError::Oversized(_)
+                | HandshakeError::Malformed(_)
+                | HandshakeError::BadSecret) => ClientError::NotPunchline { addr, err },
                 err => ClientError::Handshake { addr, err },
             })?;
         let mut ch = Channel::new(noise);

@@ -235,9 +235,9 @@ impl fmt::Debug for Masked {
 
 /// Reads and parses a client config file (see the module docs for the keys).
 pub fn load(path: &Path) -> Result<ClientConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    let text = std::fs::read_to_string(path).map_err(|err| ConfigError::Read {
         path: path.to_path_buf(),
-        source,
+        err,
     })?;
     let origin = path.display().to_string();
     let cfg = parse(&text, &origin)?;

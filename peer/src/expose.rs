@@ -17,6 +17,7 @@ use common::{
 };
 use futures::{SinkExt, StreamExt};
 use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpStream, UdpSocket},
     task::JoinHandle,
 };
@@ -32,6 +33,47 @@ use crate::{
 /// How long the peer waits for a stream's header.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// What an HTTP user gets when the local service cannot be reached: the server's
+/// vhost passes it on as the peer's answer (without it, the server could only say
+/// that the peer did not answer properly).
+fn local_refused_response() -> String {
+    let body = "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>502 Bad Gateway</title></head>\n\
+                <body><h1>502 Bad Gateway</h1>\n<p>The peer is online, but its local service refused \
+                the connection (is it running?).</p></body></html>\n";
+    format!(
+        "HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/html; charset=utf-8\r\n\
+         Cache-Control: no-store\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// Answers an HTTP request whose local service cannot be reached with
+/// [`local_refused_response`], as a server would: reads the request head first, and
+/// after the answer waits for the server to close (dropping the stream earlier could
+/// reset it before the answer is read). Bounded by [`HEADER_TIMEOUT`] each way.
+async fn refuse_http(mut s: common::mux::MuxStream) {
+    let mut buf = vec![0u8; 8192];
+    let mut head: Vec<u8> = Vec::new();
+    let read_head = async {
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 64 * 1024 {
+            match s.read(&mut buf).await {
+                Ok(n) if n > 0 => head.extend_from_slice(&buf[..n]),
+                _ => return,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(HEADER_TIMEOUT, read_head).await;
+    if s.write_all(local_refused_response().as_bytes())
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let _ = s.shutdown().await;
+    let drain = async { while matches!(s.read(&mut buf).await, Ok(n) if n > 0) {} };
+    let _ = tokio::time::timeout(HEADER_TIMEOUT, drain).await;
+}
+
 /// One exposed service.
 #[derive(Debug, Clone)]
 pub struct Proxy {
@@ -44,7 +86,7 @@ pub struct Proxy {
 }
 
 fn status(msg: &str) {
-    eprintln!("punchline: {msg}");
+    common::process::status(msg);
 }
 
 /// Runs until a fatal error: every exposure refused at the first registration, or a
@@ -72,7 +114,15 @@ pub async fn run(
             .iter()
             .map(|p| {
                 let udp = matches!(p.spec, ExposeSpec::Udp { .. });
-                (p.name.clone(), Local { addr: p.local, udp })
+                let http = matches!(p.spec, ExposeSpec::Http(_));
+                (
+                    p.name.clone(),
+                    Local {
+                        addr: p.local,
+                        udp,
+                        http,
+                    },
+                )
             })
             .collect(),
     );
@@ -163,6 +213,8 @@ struct Local {
     addr: SocketAddr,
     /// Datagrams (a udp proxy), framed on the stream.
     udp: bool,
+    /// An HTTP proxy: a refused local service gets a 502 page that says so.
+    http: bool,
 }
 
 /// The data connection, for as long as the control connection is up: a data
@@ -210,7 +262,12 @@ async fn one_data_connection(
                 Ok(n) => n,
                 Err(e) => return warn!(%e, "bad stream from the server"),
             };
-            let Some(&Local { addr: local, udp }) = locals.get(&name) else {
+            let Some(&Local {
+                addr: local,
+                udp,
+                http,
+            }) = locals.get(&name)
+            else {
                 return warn!(proxy = %name, "stream for an unknown proxy refused");
             };
             if udp {
@@ -221,7 +278,12 @@ async fn one_data_connection(
                     let _ = conn.set_nodelay(true);
                     crate::service::splice_both(s, conn).await;
                 }
-                Err(e) => warn!(proxy = %name, %local, %e, "cannot reach the local service"),
+                Err(e) => {
+                    warn!(proxy = %name, %local, %e, "cannot reach the local service");
+                    if http {
+                        refuse_http(s).await;
+                    }
+                }
             }
         });
     }

@@ -69,7 +69,7 @@ pub async fn run(
                     name: p.name.clone(),
                     local,
                     secret: secret.clone(),
-                    max_links: 64,
+                    max_links: common::defaults::SERVICE_MAX_LINKS,
                     max_streams,
                     relay_only: matches!(p.kind, ProxyKind::Stcp { .. }),
                 };

@@ -152,11 +152,27 @@ async fn run(
     state: watch::Sender<Result<(), String>>,
 ) {
     let mut backoff = Backoff::default();
+    let started = Instant::now();
+    let mut ever_up = false;
     loop {
         let mut control = match Control::connect(&cfg).await {
             Ok(c) => c,
-            Err(ClientError::Refused(r)) if r.contains("token") => {
-                let _ = events.send(HubEvent::Fatal(ClientError::Refused(r))).await;
+            // A wrong token stays wrong; so does a wrong port, until we were ever up
+            // (a server restarting behind a port another program held a moment).
+            Err(e @ ClientError::Refused(_)) if e.is_permanent() => {
+                let _ = events.send(HubEvent::Fatal(e)).await;
+                return;
+            }
+            Err(e) if !ever_up && e.is_permanent() => {
+                let _ = events.send(HubEvent::Fatal(e)).await;
+                return;
+            }
+            Err(e) if !ever_up && cfg.start_wait.is_some_and(|w| started.elapsed() >= w) => {
+                let e = ClientError::GaveUp {
+                    waited: cfg.start_wait.unwrap_or_default(),
+                    last: Box::new(e),
+                };
+                let _ = events.send(HubEvent::Fatal(e)).await;
                 return;
             }
             Err(e) => {
@@ -170,6 +186,7 @@ async fn run(
             }
         };
         let up_since = Instant::now();
+        ever_up = true;
         for h in &hello {
             let _ = control.send(h.clone()).await;
         }

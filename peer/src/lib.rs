@@ -5,6 +5,7 @@
 #![warn(missing_docs)]
 
 pub mod classic;
+pub mod cli;
 pub mod client;
 pub mod config;
 pub mod expose;

@@ -66,6 +66,10 @@ pub enum LinkError {
         /// What each attempt saw.
         reason: String,
     },
+    /// Both NATs map per destination, so no attempt was made, and the relay was not
+    /// allowed.
+    #[error("no direct connection is possible: {SKIPPED_DIRECT}, and --no-relay forbids the relay (without it the link runs through the server, still end-to-end encrypted)")]
+    DirectHopeless,
     /// The relay failed too.
     #[error("no direct connection ({direct}), and the relay failed: {relay}")]
     RelayFailed {
@@ -300,6 +304,9 @@ async fn try_establish(
             },
         })
         .await;
+    if !strategy.relay && strategy.mode == PunchMode::Relay {
+        return Err(LinkError::DirectHopeless);
+    }
     if !strategy.relay {
         return Err(LinkError::NoDirect {
             attempts: attempts.current(),

@@ -29,6 +29,15 @@ pub enum PipeError {
     /// The server connection failed.
     #[error(transparent)]
     Server(#[from] ClientError),
+    /// This process's own output failed: the program reading it exited (`| head`) or
+    /// the disk is full. The link was fine.
+    #[error("cannot write to the local output after {received} bytes received: {err}{}", hint(.err))]
+    Output {
+        /// Bytes received (and written) before the failure.
+        received: u64,
+        /// What the write said.
+        err: std::io::Error,
+    },
     /// The link broke while data was flowing.
     #[error("link lost after {sent} bytes sent and {received} received: {err}")]
     Transfer {
@@ -90,6 +99,7 @@ where
     let (ticket, initiator, mode, nonce) = loop {
         match control.recv().await? {
             ServerMsg::Waiting => status("waiting for the other peer"),
+            ServerMsg::Notice(n) => status(&n),
             ServerMsg::Paired {
                 session,
                 initiator,
@@ -101,6 +111,7 @@ where
         }
     };
     match mode {
+        PunchMode::Relay if !relay => status(&format!("paired; {}", link::SKIPPED_DIRECT)),
         PunchMode::Relay => status(&format!("paired; relayed: {}", link::SKIPPED_DIRECT)),
         PunchMode::BirthdayEasy | PunchMode::BirthdayHard => {
             status("paired; one NAT maps per destination: birthday punch")
@@ -147,7 +158,7 @@ where
     let (rd, wr) = tokio::io::split(link);
     let result = tokio::try_join!(
         splice::pump(input, wr, &sent),
-        splice::pump(rd, output, &received)
+        splice::pump(rd, LocalOutput(output), &received)
     );
     if let Some(p) = progress {
         p.abort();
@@ -170,16 +181,85 @@ where
                 elapsed,
             })
         }
-        Err(err) => Err(PipeError::Transfer {
-            sent: sent.get(),
-            received: received.get(),
-            err,
-        }),
+        Err(err) => match err
+            .get_ref()
+            .and_then(|e| e.downcast_ref::<LocalOutputError>())
+        {
+            Some(_) => {
+                let err = err
+                    .into_inner()
+                    .and_then(|e| e.downcast::<LocalOutputError>().ok())
+                    .map_or_else(|| std::io::Error::other("local output failed"), |e| e.0);
+                Err(PipeError::Output {
+                    received: received.get(),
+                    err,
+                })
+            }
+            None => Err(PipeError::Transfer {
+                sent: sent.get(),
+                received: received.get(),
+                err,
+            }),
+        },
+    }
+}
+
+fn hint(err: &std::io::Error) -> &'static str {
+    if err.kind() == std::io::ErrorKind::BrokenPipe {
+        " (the program reading this peer's output exited; the link itself was fine)"
+    } else {
+        ""
+    }
+}
+
+/// An error of the local output, told apart from the link's (both pumps return
+/// `io::Error`).
+#[derive(Debug)]
+struct LocalOutputError(std::io::Error);
+
+impl std::fmt::Display for LocalOutputError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for LocalOutputError {}
+
+/// The local output, with its errors marked as [`LocalOutputError`].
+struct LocalOutput<W>(W);
+
+fn mark(r: std::task::Poll<std::io::Result<()>>) -> std::task::Poll<std::io::Result<()>> {
+    r.map_err(|e| std::io::Error::new(e.kind(), LocalOutputError(e)))
+}
+
+impl<W: AsyncWrite + Unpin> AsyncWrite for LocalOutput<W> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0)
+            .poll_write(cx, buf)
+            .map_err(|e| std::io::Error::new(e.kind(), LocalOutputError(e)))
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        mark(std::pin::Pin::new(&mut self.0).poll_flush(cx))
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        mark(std::pin::Pin::new(&mut self.0).poll_shutdown(cx))
     }
 }
 
 fn status(msg: &str) {
-    eprintln!("punchline: {msg}");
+    common::process::status(msg);
 }
 
 async fn show_progress(path: Path, sent: Counter, received: Counter, start: Instant) {

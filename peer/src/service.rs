@@ -90,7 +90,7 @@ pub struct ServeConfig {
 }
 
 fn status(msg: &str) {
-    eprintln!("punchline: {msg}");
+    common::process::status(msg);
 }
 
 /// Runs the owner side until a fatal error.
@@ -340,8 +340,20 @@ pub async fn connect(cfg: ServerConfig, svc: ConnectConfig) -> Result<(), Servic
     println!("listening on {local}");
     status(&format!("[{}] start visitor success", svc.name));
     let keep_open = svc.keep_open;
+    let mut hub = Hub::start(cfg.clone(), Vec::new());
+    // Connections wait in the listener's backlog until the server was reached once;
+    // one that cannot be reached at all (a wrong address, not a punchline server) is
+    // an error after `start_wait` instead of a listener that can never work.
+    loop {
+        match hub.events.recv().await {
+            Some(HubEvent::Up) => break,
+            Some(HubEvent::Fatal(e)) => return Err(e.into()),
+            Some(_) => {}
+            None => return Err(ServiceError::Refused("internal: hub stopped".into())),
+        }
+    }
     let v = Arc::new(Visitor {
-        hub: Mutex::new(Hub::start(cfg.clone(), Vec::new())),
+        hub: Mutex::new(hub),
         cfg,
         svc,
         current: Mutex::new(None),

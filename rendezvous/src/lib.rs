@@ -6,6 +6,7 @@
 
 mod accept;
 pub mod classic;
+pub mod cli;
 pub mod config;
 pub mod expose;
 mod limit;

@@ -22,7 +22,7 @@ use common::{
         MAX_PENDING_LINKS_PER_ADDRESS, MAX_PENDING_LINKS_PER_SERVICE,
         MAX_PENDING_LINKS_PER_VISITOR, MAX_SERVER_CONNECTIONS, MAX_SERVICES, MAX_WAITING,
         PENDING_LINK_TIMEOUT, PING_INTERVAL, PROBE_PINGS, PROBE_WAIT, PUNCH_ATTEMPTS,
-        SESSION_SETUP_TIMEOUT,
+        RECENT_CODE_TTL, SESSION_SETUP_TIMEOUT,
     },
     framing::{Channel, FrameError},
     identity::PublicKey,
@@ -280,6 +280,10 @@ struct State {
     nat: HashMap<u64, NatBehaviour>,
     /// Sessions by id, until their link is up for good, over, or abandoned.
     sessions: HashMap<u64, Session>,
+    /// Pairing codes that paired two peers, and when (for at most
+    /// [`RECENT_CODE_TTL`], at most [`MAX_WAITING`] of them): a third peer with the
+    /// same code is told.
+    recent_codes: HashMap<String, Instant>,
 }
 
 /// One session between two control connections, from pairing until the server no
@@ -789,6 +793,15 @@ fn pair(
         Some(w) if !w.tx.is_closed() => {
             let (session, t_first, t_second) =
                 new_session(&mut st, (w.conn, &w.tx), (id, tx), None);
+            if let Pairing::Code(code) = &pairing {
+                if st.recent_codes.len() >= MAX_WAITING {
+                    st.recent_codes
+                        .retain(|_, at| at.elapsed() < RECENT_CODE_TTL);
+                }
+                if st.recent_codes.len() < MAX_WAITING {
+                    st.recent_codes.insert(code.clone(), Instant::now());
+                }
+            }
             info!(session = format_args!("{session:016x}"), "paired");
             let (first_mode, second_mode) = st.punch_modes(w.conn, id);
             log_mode(session, first_mode);
@@ -813,6 +826,10 @@ fn pair(
             if st.waiting.len() >= MAX_WAITING {
                 return Err("server is busy: too many peers waiting".into());
             }
+            let code = match &pairing {
+                Pairing::Code(c) => Some(c.clone()),
+                _ => None,
+            };
             st.waiting.insert(
                 pairing,
                 Waiter {
@@ -821,6 +838,18 @@ fn pair(
                 },
             );
             let _ = tx.try_send(ServerMsg::Waiting);
+            if let Some(code) = code {
+                if let Some(at) = st.recent_codes.get(code.as_str()) {
+                    if at.elapsed() < RECENT_CODE_TTL {
+                        let _ = tx.try_send(ServerMsg::Notice(format!(
+                            "the code {code:?} already paired two other peers {} s ago; a code \
+                             pairs exactly two, so this peer waits for a new partner with it \
+                             (use a new code for a new transfer)",
+                            at.elapsed().as_secs()
+                        )));
+                    }
+                }
+            }
             Ok(())
         }
     }

@@ -227,3 +227,48 @@ fn unknown_mapping_changes_nothing() {
     );
     println!("{}", w.check(listen));
 }
+
+/// `pipe --no-relay` where the server knows no direct link can work: both peers say
+/// so (no "relayed", no "after 0 attempts") and exit 1 at once. A peer measures its
+/// mapping for at most NAT_MAPPING_WAIT before it pairs; on a machine so loaded that
+/// it takes longer, the server cannot know and the peers punch (and fail after their
+/// attempts): such a run is repeated, with a new code.
+#[test]
+fn no_relay_between_symmetric_nats_says_why() {
+    if !lab::require_lab() {
+        return;
+    }
+    let both = LabSpec::default()
+        .nat(Site::A, NatProfile::Symmetric)
+        .nat(Site::B, NatProfile::Symmetric);
+    let w = world(both, true);
+    for run in 0..3 {
+        let code = format!("hopeless-{run}");
+        let args = ["pipe", "--code", code.as_str(), "--no-relay"];
+        let (mut a, mut b) = (w.peer(Host::A, "A", &args), w.peer(Host::B, "B", &args));
+        let mut known = true;
+        for p in [&mut a, &mut b] {
+            let st = p.wait_exit(Duration::from_secs(60));
+            let err = p.stderr.text();
+            assert_eq!(st.code(), Some(1), "{err}");
+            assert!(!err.contains("relayed"), "{err}");
+            assert!(!err.contains("after 0 attempts"), "{err}");
+            if err.contains("punching a direct connection") {
+                known = false;
+                continue;
+            }
+            assert!(
+                err.contains(
+                    "no direct connection is possible: both NATs map per destination \
+                     (symmetric); skipped the direct attempts, and --no-relay forbids the relay"
+                ),
+                "{err}"
+            );
+        }
+        if known {
+            return;
+        }
+        println!("run {run}: the mappings were not measured in time; again");
+    }
+    panic!("in 3 runs the server never knew both mappings at pairing time");
+}

@@ -6,7 +6,8 @@
 //! second, to the other, which prints them. Then a summary line, and exit 0 if all
 //! three arrived.
 //!
-//! `cargo run -p demos --bin hello`; `RUST_LOG=debug` shows every step on stderr.
+//! `cargo run --release -p demos --bin hello` (release: reuses the demo's build);
+//! `RUST_LOG=debug` shows every step on stderr.
 
 use std::time::Instant;
 
@@ -22,12 +23,7 @@ const COUNT: u32 = 3;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    common::process::init_logging("info", common::process::LogFormat::Text);
 
     let listener = TcpListener::bind("127.0.0.1:0")
         .await

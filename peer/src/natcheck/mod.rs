@@ -128,7 +128,13 @@ pub async fn run(target: &Target) -> Result<Report, NatCheckError> {
                 .into(),
         );
     }
-    if is_private(primary.ip()) || primary.ip().is_loopback() {
+    if primary.ip().is_loopback() {
+        notes.push(
+            "the server is on this machine (loopback): this says nothing about the NATs \
+             between you and other peers; run it against a public server"
+                .into(),
+        );
+    } else if is_private(primary.ip()) {
         notes.push(
             "the server has a private address: this describes only the NATs between you and it"
                 .into(),

@@ -82,10 +82,15 @@ pub fn render(r: &Report) -> String {
         "unknown" => "NAT type unknown".to_string(),
         other => format!("{other} NAT"),
     };
+    // "expect relay with nobody" reads badly: say it the other way round.
+    let relay = match v.relay_with.strip_prefix("nobody") {
+        Some(rest) => format!("no peer should need the relay{rest}"),
+        None => format!("expect relay with {}", v.relay_with),
+    };
     let _ = writeln!(
         out,
-        "Verdict: {nat} (from {}). Direct links will work with {}; expect relay with {}.",
-        v.basis, v.direct_with, v.relay_with
+        "Verdict: {nat} (from {}). Direct links will work with {}; {relay}.",
+        v.basis, v.direct_with
     );
     out
 }

@@ -132,10 +132,11 @@ pub(crate) fn verdict(tcp: &Transport, udp: &Transport) -> Verdict {
         (Some(f), _) => (Some(f), "TCP filtering"),
         (None, f) => (f, "UDP filtering"),
     };
-    let basis = match (mapping, filtering) {
-        (Some(_), Some(_)) => format!("{mapping_from}, {filtering_from}"),
-        (Some(_), None) => mapping_from.to_string(),
-        _ => "nothing conclusive".to_string(),
+    let basis = match (behind_nat, mapping, filtering) {
+        (_, Some(_), Some(_)) => format!("{mapping_from}, {filtering_from}"),
+        (_, Some(_), None) => mapping_from.to_string(),
+        (Some(false), None, _) => "the server sees this machine's own address".to_string(),
+        _ => "too few answers to tell".to_string(),
     };
     let (nat, direct, relay) = match (behind_nat, mapping, filtering) {
         (Some(false), _, f) if f.is_none() || f == Some(Behaviour::EndpointIndependent) => (

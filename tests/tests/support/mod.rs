@@ -32,7 +32,8 @@ struct Lines {
 pub struct Log(Arc<(Mutex<Lines>, Condvar)>);
 
 impl Log {
-    fn follow(self, stream: impl Read + Send + 'static) {
+    /// Collects the lines of `stream` (by a thread) until it ends.
+    pub fn follow(self, stream: impl Read + Send + 'static) {
         std::thread::spawn(move || {
             for line in BufReader::new(stream).lines() {
                 let Ok(line) = line else { break };
