@@ -14,7 +14,11 @@ use serde::{Deserialize, Serialize};
 /// 2: peers prove an identity key in the server handshake (Noise `XNpsk0`); data
 /// connections are tied to it; punch signals wait for both peers' proofs of the
 /// shared secret.
-pub const PROTOCOL_VERSION: u16 = 2;
+///
+/// 3: the Noise handshakes carry the version and negotiate the transport cipher
+/// (AES-256-GCM or ChaCha20-Poly1305, `common::secure`); a peer of version 2 is
+/// refused in the handshake with a sentence naming both versions.
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// What a connection to the server is for; sent in [`ClientMsg::Hello`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
