@@ -251,6 +251,7 @@ fn main() -> ExitCode {
     let args = Args::parse();
     init_tracing(args.verbose);
     raise_fd_limit();
+    common::net::keep_freed_heap();
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

@@ -91,6 +91,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     raise_fd_limit();
+    common::net::keep_freed_heap();
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
