@@ -205,6 +205,18 @@ pub const WARN_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// milliseconds and brings RSS back to the live size.
 pub const MALLOC_TRIM_INTERVAL: Duration = Duration::from_secs(10);
 
+/// Free memory at the top of the heap that glibc keeps instead of returning it at
+/// once (`common::net::keep_freed_heap`): 16 MiB holds the per-frame buffers of a
+/// few hundred yamux frames in flight, so a bulk transfer does not fault pages in and
+/// out for every frame; the periodic trim ([`MALLOC_TRIM_INTERVAL`]) returns it later.
+pub const HEAP_TRIM_THRESHOLD: usize = 16 * 1024 * 1024;
+
+/// Blocks up to this size come from the heap, not from an `mmap` of their own
+/// (`common::net::keep_freed_heap`): 1 MiB covers the data path's buffers (Noise
+/// read buffers of 256 KiB, yamux frames of 64 KiB), which would otherwise be mapped
+/// and unmapped, zeroed page by page, over and over.
+pub const HEAP_MMAP_THRESHOLD: usize = 1024 * 1024;
+
 /// A link or data connection (yamux) on which nothing at all arrived for this long is
 /// lost: the other side is paused (SIGSTOP), frozen, or gone while its kernel or a
 /// NAT still answers TCP. yamux pings every 10 s and the drivers are woken every

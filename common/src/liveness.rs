@@ -135,19 +135,19 @@ mod tests {
 
     #[tokio::test]
     async fn a_mux_whose_other_side_is_silent_is_lost() {
-        use crate::mux::{Mux, MuxConfig, Role};
+        use crate::mux::{Mux, MuxConfig, Plain, Role};
         // A live pair stays up (yamux's first ping and its answer arrive at once; the
         // integration test `liveness` shows a live link idle past the idle time).
         let (a, b) = tokio::io::duplex(64 * 1024);
         let idle = Duration::from_secs(13);
         let wake = Duration::from_millis(200);
         let (ma, _ia) = Mux::start(
-            Liveness::new(a, idle, wake),
+            Plain(Liveness::new(a, idle, wake)),
             Role::Client,
             MuxConfig::default(),
         );
         let (mb, _ib) = Mux::start(
-            Liveness::new(b, idle, wake),
+            Plain(Liveness::new(b, idle, wake)),
             Role::Server,
             MuxConfig::default(),
         );
@@ -156,7 +156,7 @@ mod tests {
         // The other end of `c` is never driven: `mc` hears nothing and is lost.
         let (c, _d) = tokio::io::duplex(64 * 1024);
         let (mc, _ic) = Mux::start(
-            Liveness::new(c, Duration::from_millis(500), wake),
+            Plain(Liveness::new(c, Duration::from_millis(500), wake)),
             Role::Client,
             MuxConfig::default(),
         );

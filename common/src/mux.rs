@@ -73,11 +73,17 @@
 //! test): ~4.7 MB/s with windows fixed at 256 KiB, 300-380 MB/s auto-tuned.
 //!
 //! yamux writes a 12-byte header and the body of each frame as two writes and
-//! flushes after every frame. Over Noise each write becomes its own encrypted frame,
-//! so the driver puts a [`IO_BUFFER`]-byte write buffer under yamux and makes data
-//! frames at most [`FRAME_SIZE`] bytes: header and body then leave as one write, one
-//! Noise frame, one syscall. Measured CPU time for a transfer over Noise on loopback:
-//! yamux with 16 KiB frames +30% over Noise alone, without the buffer +12%, as built +5%.
+//! flushes after every frame. Over Noise each write would become its own encrypted
+//! frame, so yamux writes into a buffer ([`IO_BUFFER`] bytes) and data frames are at
+//! most [`FRAME_SIZE`] bytes: header and body leave as one Noise frame.
+//!
+//! yamux runs in one task per connection, and everything it does for every stream of
+//! the connection happens there. So that a connection can use more than one core, the
+//! connection ([`Transport`]) is split in halves and each gets a task of its own: the
+//! reader task reads and decrypts and hands the driver whole decrypted frames; the
+//! writer task takes the driver's buffered frames, encrypts them, and writes them,
+//! flushing only when it runs out of work (many frames per syscall). Between them
+//! bounded queues of [`PIPE_QUEUE`] chunks, so a slow side holds the others back.
 
 use std::{
     fmt, io,
@@ -90,15 +96,19 @@ use std::{
     time::Duration,
 };
 
+use bytes::{Bytes, BytesMut};
+use std::future::Future;
 use tokio::{
-    io::{AsyncRead, AsyncWrite, BufWriter, ReadBuf},
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf},
     sync::{mpsc, oneshot, Notify},
 };
 use tokio_util::{
     compat::{Compat, FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt},
-    sync::{CancellationToken, WaitForCancellationFutureOwned},
+    sync::{CancellationToken, PollSender, WaitForCancellationFutureOwned},
 };
 use tracing::Instrument;
+
+use crate::secure::{NoiseReader, NoiseStream, NoiseWriter};
 
 const KIB: usize = 1024;
 const MIB: usize = 1024 * KIB;
@@ -165,6 +175,11 @@ pub const MAX_STREAMS_CAP: usize = 1 << 20;
 
 /// Queue of [`Mux::open`] requests waiting for the driver.
 const OPEN_QUEUE: usize = 32;
+
+/// Chunks (each up to a Noise frame, ~64 KiB) queued between the driver and each of
+/// the reader and writer tasks: enough to keep both busy while the driver works,
+/// little enough (~512 KiB each way) that memory follows the connections.
+const PIPE_QUEUE: usize = 8;
 
 /// Which side of the connection this is. yamux needs one of each: they allocate
 /// stream ids from different halves of the id space.
@@ -356,10 +371,11 @@ impl Mux {
     /// # Panics
     ///
     /// Outside a tokio runtime.
-    pub fn start<T>(io: T, role: Role, cfg: MuxConfig) -> (Mux, mpsc::Receiver<MuxStream>)
-    where
-        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
+    pub fn start<T: Transport>(
+        io: T,
+        role: Role,
+        cfg: MuxConfig,
+    ) -> (Mux, mpsc::Receiver<MuxStream>) {
         let shared = Arc::new(Shared {
             max_streams: cfg.max_streams.min(MAX_STREAMS_CAP),
             active: AtomicUsize::new(0),
@@ -374,6 +390,8 @@ impl Mux {
             Role::Client => yamux::Mode::Client,
             Role::Server => yamux::Mode::Server,
         };
+        let span = tracing::debug_span!("mux", ?role);
+        let io = Piped::start(io, &span);
         // A silent peer (paused, gone without a FIN) loses the connection.
         let io = crate::liveness::Liveness::new(
             io,
@@ -381,7 +399,7 @@ impl Mux {
             crate::defaults::LIVENESS_WAKE,
         );
         let io = Watched {
-            io: BufWriter::with_capacity(IO_BUFFER, io),
+            io,
             shared: shared.clone(),
         }
         .compat();
@@ -396,7 +414,7 @@ impl Mux {
             commands: command_rx,
             inbound: inbound_tx,
         };
-        tokio::spawn(driver.run().instrument(tracing::debug_span!("mux", ?role)));
+        tokio::spawn(driver.run().instrument(span));
         (Mux { shared, commands }, inbound_rx)
     }
 
@@ -463,14 +481,14 @@ enum Event {
 }
 
 /// The task that owns the yamux connection (see the module docs for its lifetime).
-struct Driver<T> {
-    conn: yamux::Connection<Compat<Watched<T>>>,
+struct Driver {
+    conn: yamux::Connection<Compat<Watched>>,
     shared: Arc<Shared>,
     commands: mpsc::Receiver<Command>,
     inbound: mpsc::Sender<MuxStream>,
 }
 
-impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
+impl Driver {
     async fn run(mut self) {
         // An open request waiting for yamux (it holds back outbound streams while 256
         // are unacknowledged); later ones wait in the command queue.
@@ -554,7 +572,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> Driver<T> {
     }
 }
 
-impl<T> Drop for Driver<T> {
+impl Drop for Driver {
     fn drop(&mut self) {
         // Normally `run` has recorded the end already. If the task is dropped (the
         // runtime shuts down), record it before `conn` is dropped and resets the streams.
@@ -599,14 +617,14 @@ fn poll_conn<T: futures::AsyncRead + futures::AsyncWrite + Unpin>(
     Poll::Ready(Event::Ended(end))
 }
 
-/// The connection under yamux: buffered writes (see the module docs), and a note in
-/// [`Shared::hung_up`] when it reads end of file.
-struct Watched<T> {
-    io: BufWriter<T>,
+/// The connection under yamux ([`Piped`] under [`crate::liveness::Liveness`]), and a
+/// note in [`Shared::hung_up`] when it reads end of file.
+struct Watched {
+    io: crate::liveness::Liveness<Piped>,
     shared: Arc<Shared>,
 }
 
-impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for Watched<T> {
+impl AsyncRead for Watched {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -623,7 +641,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for Watched<T> {
     }
 }
 
-impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Watched<T> {
+impl AsyncWrite for Watched {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -638,6 +656,299 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Watched<T> {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+/// A connection a [`Mux`] can run on. It is split in two halves, each driven by a task
+/// of its own beside the yamux driver: one reads (and, for Noise, decrypts), one
+/// writes (and encrypts), so one connection's work spreads over three tasks, and so
+/// over the cores.
+pub trait Transport: Send + 'static {
+    /// The reading half.
+    type Reader: ChunkRead;
+    /// The writing half. It may hold written bytes until a flush: the writer task
+    /// flushes whenever it runs out of queued data.
+    type Writer: AsyncWrite + Unpin + Send + 'static;
+    /// Splits the connection into its halves.
+    fn split_transport(self) -> (Self::Reader, Self::Writer);
+}
+
+/// A reading half that hands out what it read as owned chunks (a decrypted Noise
+/// frame is handed on as it is, without a copy).
+pub trait ChunkRead: Send + Unpin + 'static {
+    /// The next chunk (never empty), or `None` at a clean end.
+    fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<Bytes>>>;
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Transport for NoiseStream<T> {
+    type Reader = NoiseReader<ReadHalf<T>>;
+    type Writer = NoiseWriter<WriteHalf<T>>;
+    fn split_transport(self) -> (Self::Reader, Self::Writer) {
+        self.into_split()
+    }
+}
+
+impl<R: AsyncRead + Unpin + Send + 'static> ChunkRead for NoiseReader<R> {
+    fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<Bytes>>> {
+        self.poll_frame(cx)
+    }
+}
+
+/// Any unencrypted byte stream as a [`Transport`] (tests, benchmarks, a connection
+/// encrypted below this layer).
+#[derive(Debug)]
+pub struct Plain<T>(pub T);
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Transport for Plain<T> {
+    type Reader = PlainReader<ReadHalf<T>>;
+    type Writer = WriteHalf<T>;
+    fn split_transport(self) -> (Self::Reader, Self::Writer) {
+        let (r, w) = tokio::io::split(self.0);
+        (
+            PlainReader {
+                io: r,
+                buf: BytesMut::new(),
+            },
+            w,
+        )
+    }
+}
+
+impl Transport for tokio::net::TcpStream {
+    type Reader = PlainReader<tokio::net::tcp::OwnedReadHalf>;
+    type Writer = tokio::net::tcp::OwnedWriteHalf;
+    fn split_transport(self) -> (Self::Reader, Self::Writer) {
+        let (r, w) = self.into_split();
+        (
+            PlainReader {
+                io: r,
+                buf: BytesMut::new(),
+            },
+            w,
+        )
+    }
+}
+
+impl Transport for tokio::io::DuplexStream {
+    type Reader = PlainReader<ReadHalf<Self>>;
+    type Writer = WriteHalf<Self>;
+    fn split_transport(self) -> (Self::Reader, Self::Writer) {
+        Plain(self).split_transport()
+    }
+}
+
+/// The reading half of an unencrypted [`Transport`].
+#[derive(Debug)]
+pub struct PlainReader<R> {
+    io: R,
+    buf: BytesMut,
+}
+
+impl<R: AsyncRead + Unpin + Send + 'static> ChunkRead for PlainReader<R> {
+    fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<Bytes>>> {
+        self.buf.reserve(IO_BUFFER);
+        let n = std::task::ready!(tokio_util::io::poll_read_buf(
+            Pin::new(&mut self.io),
+            cx,
+            &mut self.buf
+        ))?;
+        if n == 0 {
+            return Poll::Ready(Ok(None));
+        }
+        Poll::Ready(Ok(Some(self.buf.split().freeze())))
+    }
+}
+
+/// What the driver hands the writer task.
+enum Out {
+    Data(BytesMut),
+    /// Write what is queued, then shut the connection down (a graceful close).
+    Shutdown,
+}
+
+/// yamux's end of the pipeline: reads come from the reader task, writes collect into a
+/// buffer that goes to the writer task on a flush (yamux flushes after each frame) or
+/// when [`IO_BUFFER`] bytes are waiting.
+struct Piped {
+    inbound: mpsc::Receiver<io::Result<Bytes>>,
+    current: Bytes,
+    outbound: PollSender<Out>,
+    pending: BytesMut,
+    /// Why the writer task stopped, if it failed.
+    writer_failed: Arc<OnceLock<(io::ErrorKind, String)>>,
+    /// The writer task's result after [`Out::Shutdown`].
+    shut: Option<oneshot::Receiver<io::Result<()>>>,
+}
+
+impl Piped {
+    fn start<T: Transport>(io: T, span: &tracing::Span) -> Self {
+        let (reader, writer) = io.split_transport();
+        let (in_tx, inbound) = mpsc::channel(PIPE_QUEUE);
+        let (out_tx, out_rx) = mpsc::channel(PIPE_QUEUE);
+        let (shut_tx, shut) = oneshot::channel();
+        let writer_failed = Arc::new(OnceLock::new());
+        tokio::spawn(read_loop(reader, in_tx).instrument(span.clone()));
+        tokio::spawn(
+            write_loop(writer, out_rx, writer_failed.clone(), shut_tx).instrument(span.clone()),
+        );
+        Self {
+            inbound,
+            current: Bytes::new(),
+            outbound: PollSender::new(out_tx),
+            pending: BytesMut::new(),
+            writer_failed,
+            shut: Some(shut),
+        }
+    }
+
+    fn writer_error(&self) -> io::Error {
+        match self.writer_failed.get() {
+            Some((kind, msg)) => io::Error::new(*kind, msg.clone()),
+            None => io::Error::new(io::ErrorKind::BrokenPipe, "the connection's writer stopped"),
+        }
+    }
+
+    fn poll_send(
+        &mut self,
+        cx: &mut Context<'_>,
+        item: impl FnOnce(&mut Self) -> Out,
+    ) -> Poll<io::Result<()>> {
+        if std::task::ready!(self.outbound.poll_reserve(cx)).is_err() {
+            return Poll::Ready(Err(self.writer_error()));
+        }
+        let item = item(self);
+        if self.outbound.send_item(item).is_err() {
+            return Poll::Ready(Err(self.writer_error()));
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Hands what is pending to the writer task.
+    fn poll_push(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.pending.is_empty() {
+            return Poll::Ready(Ok(()));
+        }
+        self.poll_send(cx, |this| Out::Data(this.pending.split()))
+    }
+}
+
+impl AsyncRead for Piped {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            if !this.current.is_empty() {
+                let n = this.current.len().min(buf.remaining());
+                buf.put_slice(&this.current.split_to(n));
+                return Poll::Ready(Ok(()));
+            }
+            match std::task::ready!(this.inbound.poll_recv(cx)) {
+                Some(Ok(chunk)) => this.current = chunk,
+                Some(Err(e)) => return Poll::Ready(Err(e)),
+                None => return Poll::Ready(Ok(())),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for Piped {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if this.pending.len() >= IO_BUFFER {
+            std::task::ready!(this.poll_push(cx))?;
+        }
+        this.pending.extend_from_slice(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.get_mut().poll_push(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        std::task::ready!(this.poll_push(cx))?;
+        if !this.outbound.is_closed() {
+            std::task::ready!(this.poll_send(cx, |_| Out::Shutdown))?;
+            this.outbound.close();
+        }
+        let Some(shut) = this.shut.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        let res = match std::task::ready!(Pin::new(shut).poll(cx)) {
+            Ok(res) => res,
+            Err(_) => Err(this.writer_error()),
+        };
+        this.shut = None;
+        Poll::Ready(res)
+    }
+}
+
+/// The reader task: hands chunks to the driver until the end, an error, or the driver
+/// is gone.
+async fn read_loop<R: ChunkRead>(mut reader: R, tx: mpsc::Sender<io::Result<Bytes>>) {
+    loop {
+        let item = tokio::select! {
+            item = std::future::poll_fn(|cx| reader.poll_chunk(cx)) => item,
+            () = tx.closed() => return,
+        };
+        match item {
+            Ok(Some(chunk)) => {
+                if tx.send(Ok(chunk)).await.is_err() {
+                    return;
+                }
+            }
+            Ok(None) => return,
+            Err(e) => {
+                let _ = tx.send(Err(e)).await;
+                return;
+            }
+        }
+    }
+}
+
+/// The writer task: writes what the driver hands over, flushing whenever the queue is
+/// empty (so frames that arrive together leave in one syscall). If the driver goes
+/// away without [`Out::Shutdown`], the connection is dropped unflushed, as a lost
+/// connection should be.
+async fn write_loop<W: AsyncWrite + Unpin>(
+    mut writer: W,
+    mut rx: mpsc::Receiver<Out>,
+    failed: Arc<OnceLock<(io::ErrorKind, String)>>,
+    shut: oneshot::Sender<io::Result<()>>,
+) {
+    let res = async {
+        while let Some(item) = rx.recv().await {
+            match item {
+                Out::Data(chunk) => writer.write_all(&chunk).await?,
+                Out::Shutdown => {
+                    writer.shutdown().await?;
+                    return Ok(true);
+                }
+            }
+            if rx.is_empty() {
+                writer.flush().await?;
+            }
+        }
+        Ok::<_, io::Error>(false)
+    }
+    .await;
+    match res {
+        Ok(true) => {
+            let _ = shut.send(Ok(()));
+        }
+        Ok(false) => {}
+        Err(e) => {
+            let _ = failed.set((e.kind(), e.to_string()));
+            let _ = shut.send(Err(e));
+        }
     }
 }
 
@@ -864,7 +1175,7 @@ mod tests {
 
     fn start<T>(client: T, server: T, server_cfg: MuxConfig) -> (Side, Side)
     where
-        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        T: Transport,
     {
         (
             Mux::start(client, Role::Client, MuxConfig::default()),
@@ -918,7 +1229,7 @@ mod tests {
     /// Sends `len` bytes each way on one stream at once and compares hashes.
     async fn both_ways<T>((client, server): (T, T), len: usize)
     where
-        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        T: Transport,
     {
         let ((client, _), (_server, mut accept)) = start(client, server, MuxConfig::default());
         let server_task = tokio::spawn(async move {
@@ -953,7 +1264,7 @@ mod tests {
     /// Opens `n` streams at once; the server echoes each; every stream checks its echo.
     async fn many_streams<T>((client, server): (T, T), n: usize, len: usize)
     where
-        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        T: Transport,
     {
         let ((client, _), (_server, mut accept)) = start(client, server, MuxConfig::default());
         tokio::spawn(async move {
@@ -995,7 +1306,7 @@ mod tests {
     /// then answers on the same stream; then the client closes the connection.
     async fn half_close<T>((client, server): (T, T))
     where
-        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        T: Transport,
     {
         let ((client, _), (server, mut accept)) = start(client, server, MuxConfig::default());
         let server_task = tokio::spawn(async move {
@@ -1054,7 +1365,7 @@ mod tests {
 
     async fn refuses_over_max<T>((client, server): (T, T))
     where
-        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        T: Transport,
     {
         let cfg = MuxConfig {
             max_streams: 2,
@@ -1222,7 +1533,7 @@ mod tests {
     /// waiting for data fails instead of reading a clean end of file.
     async fn connection_dropped<T>((client, server): (T, T), expect: &[&str])
     where
-        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        T: Transport,
     {
         let (client, mut accept) = Mux::start(client, Role::Client, MuxConfig::default());
         let mut server = Some(server);
@@ -1290,7 +1601,7 @@ mod tests {
     /// Sends `len` bytes one way on one stream; returns MB/s.
     async fn throughput_mux<T>((client, server): (T, T), len: usize, cfg: MuxConfig) -> f64
     where
-        T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        T: Transport,
     {
         let (client, _) = Mux::start(client, Role::Client, cfg.clone());
         let (_server, mut accept) = Mux::start(server, Role::Server, cfg);

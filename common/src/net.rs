@@ -72,8 +72,8 @@ pub struct FdLimit {
 /// what the administrator allows. Where the hard limit is "unlimited" (which Linux
 /// refuses as a soft limit), the kernel's `fs.nr_open` is used instead.
 ///
-/// The syscalls need `unsafe` (libc); this function is the only place in this crate
-/// that has it.
+/// The syscalls need `unsafe` (libc); this function and [`keep_freed_heap`] are the
+/// only places in this crate that have it.
 #[cfg(unix)]
 #[allow(unsafe_code)]
 // `rlim_t` is `u64` on Linux but not on every unix.
@@ -239,3 +239,37 @@ pub fn datagram_codec() -> tokio_util::codec::LengthDelimitedCodec {
         .max_frame_length(usize::from(u16::MAX))
         .new_codec()
 }
+
+/// Tells glibc's allocator not to hand freed memory at the top of the heap back to
+/// the system until [`HEAP_TRIM_THRESHOLD`] of it is free (its default is 128 KiB),
+/// and to serve blocks up to [`HEAP_MMAP_THRESHOLD`] from the heap rather than from
+/// fresh `mmap`s (default 128 KiB). yamux allocates a fresh buffer for every data
+/// frame it reads (~64 KiB) and frees it right after, and the Noise reader's buffers
+/// are 256 KiB; with the defaults, glibc gives the pages back on each free and
+/// faults them in again on the next allocation: ~100k page faults and 10–15% more CPU
+/// per GB carried (issue 10). The binaries trim the heap periodically anyway
+/// ([`crate::defaults::MALLOC_TRIM_INTERVAL`]), so memory still follows the load.
+/// A no-op on other allocators.
+///
+/// [`HEAP_TRIM_THRESHOLD`]: crate::defaults::HEAP_TRIM_THRESHOLD
+/// [`HEAP_MMAP_THRESHOLD`]: crate::defaults::HEAP_MMAP_THRESHOLD
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+pub fn keep_freed_heap() {
+    // SAFETY: mallopt takes no pointers; it sets a parameter of glibc's allocator
+    // under the allocator's own lock.
+    unsafe {
+        libc::mallopt(
+            libc::M_TRIM_THRESHOLD,
+            crate::defaults::HEAP_TRIM_THRESHOLD as libc::c_int,
+        );
+        libc::mallopt(
+            libc::M_MMAP_THRESHOLD,
+            crate::defaults::HEAP_MMAP_THRESHOLD as libc::c_int,
+        );
+    }
+}
+
+/// See the glibc version: nothing to tune elsewhere.
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+pub fn keep_freed_heap() {}

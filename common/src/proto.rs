@@ -19,7 +19,11 @@ use serde::{Deserialize, Serialize};
 ///
 /// 4: `Paired`, `Incoming` and `Repunch` say how to punch ([`PunchMode`]: direct,
 /// birthday, relay) instead of only whether direct is hopeless.
-pub const PROTOCOL_VERSION: u16 = 4;
+///
+/// 5: the Noise handshakes carry the version and negotiate the transport cipher
+/// (AES-256-GCM or ChaCha20-Poly1305, `common::secure`); an older peer is refused in
+/// the handshake with a sentence naming both versions.
+pub const PROTOCOL_VERSION: u16 = 5;
 
 /// What a connection to the server is for; sent in [`ClientMsg::Hello`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

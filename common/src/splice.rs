@@ -35,11 +35,12 @@ use tokio::{
 /// direction, against 1.25 GiB at [`PUMP_BUF_MAX`].
 pub const PUMP_BUF_START: usize = 4 * 1024;
 
-/// Largest read buffer of a pump: 64 KiB, enough to fill a Noise frame (and a yamux
-/// data frame, `mux::FRAME_SIZE`) in one write. A pump doubles its buffer, from
-/// [`PUMP_BUF_START`], each time a read fills it, so a bulk transfer reaches this size
-/// after four reads.
-pub const PUMP_BUF_MAX: usize = 64 * 1024;
+/// Largest read buffer of a pump: one yamux data frame ([`crate::mux::FRAME_SIZE`],
+/// 63 KiB), so that a full read becomes exactly one frame (and one Noise frame). With
+/// 64 KiB every full read became a 63 KiB frame and a 1 KiB one, twice the per-frame
+/// work. A pump doubles its buffer, from [`PUMP_BUF_START`], each time a read fills
+/// it, so a bulk transfer reaches this size after four reads.
+pub const PUMP_BUF_MAX: usize = crate::mux::FRAME_SIZE;
 
 /// A shared byte counter, read by progress displays while a pump runs.
 #[derive(Debug, Clone, Default)]

@@ -10,6 +10,7 @@ fn main() -> ExitCode {
     let args = Args::parse();
     common::process::init_logging(peer::cli::default_log_level(args.verbose), args.log_format);
     common::process::raise_fd_limit();
+    common::net::keep_freed_heap();
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

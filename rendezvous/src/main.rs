@@ -13,6 +13,7 @@ fn main() -> ExitCode {
         args.log_format,
     );
     common::process::raise_fd_limit();
+    common::net::keep_freed_heap();
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

@@ -96,7 +96,11 @@ async fn hostile_input_is_refused_and_others_keep_working() {
     match secure::initiate(tcp, &psk).await {
         Err(secure::HandshakeError::Refused(r)) => {
             assert!(
-                r.contains("protocol version 2") && r.contains("upgrade the peer"),
+                r.contains(&format!(
+                    "protocol version {}",
+                    common::proto::PROTOCOL_VERSION
+                )) && r.contains("this peer speaks version 1")
+                    && r.contains("upgrade the peer"),
                 "{r}"
             )
         }
