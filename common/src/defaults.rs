@@ -216,3 +216,26 @@ pub const MAX_SERVER_CONNECTIONS: usize = 20_000;
 /// User connections one exposed TCP port serves at once; more wait in the kernel's
 /// backlog. Issue 9's target is 10,000 concurrent connections through one port.
 pub const MAX_PORT_CONNECTIONS: usize = 10_000;
+
+/// The admin listener (`rendezvous --admin`) records a sample of the server's counters
+/// (links made, peers online, relays) this often, for the dashboard's "over time"
+/// chart: fine enough to see a burst of relayed links, coarse enough that an hour
+/// fits in [`ADMIN_HISTORY_LEN`] samples.
+pub const ADMIN_HISTORY_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Samples the admin listener keeps (see [`ADMIN_HISTORY_INTERVAL`]): one hour, a few
+/// dozen KiB of JSON; longer histories belong in Prometheus.
+pub const ADMIN_HISTORY_LEN: usize = 360;
+
+/// Connections the admin listener serves at once: a few browsers and a Prometheus
+/// scraper need a handful; the cap keeps a flood on the admin port from costing the
+/// peers' side descriptors.
+pub const ADMIN_MAX_CONNECTIONS: usize = 64;
+
+/// A request to the admin listener must arrive (headers) within this time; it is also
+/// how long a kept-alive admin connection may sit idle.
+pub const ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `peer status` waits this long for each running peer's status socket to answer; a
+/// peer that is stuck is reported as not answering instead of hanging the command.
+pub const PEER_STATUS_TIMEOUT: Duration = Duration::from_secs(2);

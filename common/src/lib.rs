@@ -11,6 +11,7 @@
 
 pub mod backoff;
 pub mod config;
+pub mod count;
 pub mod defaults;
 pub mod framing;
 pub mod identity;

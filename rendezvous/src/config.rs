@@ -15,9 +15,13 @@
 //! | `auth.token` | the token peers must present (not empty) | none: anyone may connect |
 //! | `allowPorts` | ports tcp proxies may ask for: `[{ start = 2000, end = 3000 }, { single = 3001 }]`; `[]` means all | all |
 //! | `[[users]]` | users of a shared server: `name`, `token` (their own), `allowPorts` (as above; none if absent), `allowDomains` (`"a.example.com"`, `"*.a.example.com"`, `"*"` for everything including the catch-all; none if absent), `maxExposures` (default 256), `maxStreams` (streams open at once toward each of its peer processes; default: the multiplexer's) | none: `auth.token` is the one user |
+//! | `webServer.port` | the admin listener's port: dashboard, `/api/status`, `/metrics` (0 or absent: none) | none |
+//! | `webServer.addr` | its address | `"127.0.0.1"` |
+//! | `webServer.user`, `webServer.password` | its basic auth (the password also as `Authorization: Bearer`); required on an address that is not loopback | `"admin"`, none |
+//! | `enablePrometheus` | `true` (a no-op: `/metrics` is always on the admin listener) | |
 //! | `punchline.altAddr` | second address for STUN behaviour discovery, `IP` or `IP:PORT` as `--alt-addr` (port default: `bindPort` + 1) | none |
 //!
-//! Every other key frp knows (`webServer.*`, `transport.*`, `log.*`, `kcpBindPort`,
+//! Every other key frp knows (`webServer.tls`, `transport.*`, `log.*`, `kcpBindPort`,
 //! `quicBindPort`, `vhostHTTPSPort`, `tcpmuxHTTPConnectPort`, `httpPlugins`,
 //! `auth.oidc.*`, ...) is an error that names the key and says punchline does not
 //! support it, even when it holds frp's default; a key nobody knows (a typo) is an error
@@ -76,6 +80,8 @@ pub struct ServerConfig {
     /// [`common::mux::DEFAULT_MAX_STREAMS`], the peer's default too). Past it, a new
     /// user connection is reset and the server logs a warning.
     pub max_streams: usize,
+    /// The admin listener (`--admin`, `webServer.*`); `None`: none.
+    pub admin: Option<crate::admin::AdminConfig>,
 }
 
 /// Default for `maxExposures`: proxies and services one user may hold at once.
@@ -128,6 +134,7 @@ impl ServerConfig {
             users: Vec::new(),
             grace: crate::expose::GRACE,
             max_streams: common::mux::DEFAULT_MAX_STREAMS,
+            admin: None,
         }
     }
 }
@@ -144,6 +151,7 @@ impl fmt::Debug for ServerConfig {
             .field("users", &self.users)
             .field("grace", &self.grace)
             .field("max_streams", &self.max_streams)
+            .field("admin", &self.admin)
             .finish()
     }
 }
@@ -334,7 +342,6 @@ pub fn parse(text: &str, origin: &str) -> Result<ServerConfig, ConfigError> {
 const NO_TRANSPORT: &str = "peers connect over TCP with Noise encryption and yamux, which \
                             take no settings";
 const NO_LOG: &str = "logs go to stderr; set the level with -v or RUST_LOG";
-const NO_DASHBOARD: &str = "there is no dashboard or admin API";
 const NO_HTTPS: &str = "there is no HTTPS virtual host; terminate TLS in front of vhostHTTPPort, \
                         or expose port 443 with a tcp proxy";
 const INI: &str = "this is frp's old INI format ([common]); only the TOML format of frp v0.52 \
@@ -362,8 +369,8 @@ const SERVER: Schema = &[
     ("tcpmuxPassthrough", Node::Unsupported("there is no tcpmux (use tcp or xtcp proxies)")),
     ("custom404Page", Node::Unsupported("the vhost's 404 page is built in")),
     ("sshTunnelGateway", Node::Unsupported("there is no SSH tunnel gateway")),
-    ("webServer", Node::Unsupported(NO_DASHBOARD)),
-    ("enablePrometheus", Node::Unsupported(NO_DASHBOARD)),
+    ("webServer", Node::Table(WEB_SERVER)),
+    ("enablePrometheus", Node::True("/metrics is always served by the admin listener (webServer.port)")),
     ("log", Node::Unsupported(NO_LOG)),
     ("transport", Node::Unsupported(NO_TRANSPORT)),
     ("detailedErrorsToClient", Node::Unsupported("peers always get the reason of a refusal")),
@@ -403,6 +410,26 @@ const USERS: Schema = &[
     ("maxStreams", Node::Int),
 ];
 
+/// `[webServer]`: the admin listener (dashboard, status, metrics).
+const WEB_SERVER: Schema = &[
+    ("addr", Node::Str),
+    ("port", Node::Int),
+    ("user", Node::Str),
+    ("password", Node::Str),
+    (
+        "tls",
+        Node::Unsupported("the admin listener speaks plain HTTP; put a TLS proxy in front of it"),
+    ),
+    (
+        "pprofEnable",
+        Node::Unsupported("there are no profiling endpoints"),
+    ),
+    (
+        "assetsDir",
+        Node::Unsupported("the dashboard is built into the binary"),
+    ),
+];
+
 /// `[punchline]`: punchline's own keys, which frp does not have.
 const PUNCHLINE: Schema = &[("altAddr", Node::Str)];
 
@@ -427,6 +454,20 @@ struct FrpsFile {
     punchline: PunchlineFile,
     #[serde(default)]
     users: Vec<UserFile>,
+    #[serde(rename = "webServer", default)]
+    web_server: WebServerFile,
+    #[serde(rename = "enablePrometheus")]
+    #[allow(dead_code)] // Checked by the schema: only `true` gets here.
+    enable_prometheus: Option<bool>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct WebServerFile {
+    addr: Option<String>,
+    port: Option<i64>,
+    user: Option<String>,
+    password: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -645,6 +686,29 @@ impl FrpsFile {
             })?),
         };
 
+        let admin = match self.web_server.port {
+            None | Some(0) => None,
+            Some(p) => {
+                let port = port("webServer.port", p, false)?;
+                let ip = match &self.web_server.addr {
+                    None => IpAddr::V4(Ipv4Addr::LOCALHOST),
+                    Some(s) => parse_ip(s).ok_or_else(|| {
+                        invalid("webServer.addr", format!("{s:?} is not an IP address"))
+                    })?,
+                };
+                let admin = crate::admin::AdminConfig {
+                    addr: SocketAddr::new(ip, port),
+                    user: self
+                        .web_server
+                        .user
+                        .unwrap_or_else(|| crate::admin::DEFAULT_USER.into()),
+                    password: self.web_server.password,
+                };
+                crate::admin::check(&admin).map_err(|m| invalid("webServer.password", m))?;
+                Some(admin)
+            }
+        };
+
         Ok(ServerConfig {
             bind: SocketAddr::new(ip, bind_port),
             vhost_http_port,
@@ -655,6 +719,7 @@ impl FrpsFile {
             users,
             grace: crate::expose::GRACE,
             max_streams: common::mux::DEFAULT_MAX_STREAMS,
+            admin,
         })
     }
 }
@@ -881,11 +946,15 @@ mod tests {
                 "tcpmuxHTTPConnectPort",
                 "not supported",
             ),
-            ("webServer.port = 7500", "webServer.port", "dashboard"),
             (
-                "[webServer]\naddr = \"127.0.0.1\"\nport = 7500",
-                "webServer.addr",
-                "dashboard",
+                "webServer.tls.certFile = \"x\"",
+                "webServer.tls",
+                "TLS proxy",
+            ),
+            (
+                "webServer.assetsDir = \"x\"",
+                "webServer.assetsDir",
+                "built into",
             ),
             (
                 "transport.tls.force = false",
@@ -894,9 +963,9 @@ mod tests {
             ),
             ("log.level = \"info\"", "log.level", "RUST_LOG"),
             (
-                "enablePrometheus = true",
+                "enablePrometheus = false",
                 "enablePrometheus",
-                "not supported",
+                "always served",
             ),
             (
                 "maxPortsPerClient = 0",
@@ -1002,14 +1071,43 @@ mod tests {
     }
 
     #[test]
+    fn web_server_is_the_admin_listener() {
+        assert_eq!(ok("bindPort = 7000").admin, None);
+        assert_eq!(ok("webServer.port = 0").admin, None);
+        let a = ok("webServer.port = 7500\nenablePrometheus = true")
+            .admin
+            .unwrap();
+        assert_eq!(a.addr, "127.0.0.1:7500".parse().unwrap());
+        assert_eq!((a.user.as_str(), a.password), ("admin", None));
+        let a =
+            ok("[webServer]\naddr = \"0.0.0.0\"\nport = 7500\nuser = \"ops\"\npassword = \"pw\"")
+                .admin
+                .unwrap();
+        assert_eq!(a.addr, "0.0.0.0:7500".parse().unwrap());
+        assert_eq!(
+            (a.user.as_str(), a.password.as_deref()),
+            ("ops", Some("pw"))
+        );
+        assert!(!format!("{a:?}").contains("pw\""), "{a:?}");
+        let e = err("[webServer]\naddr = \"0.0.0.0\"\nport = 7500").to_string();
+        assert!(
+            e.contains("webServer.password") && e.contains("not a loopback address"),
+            "{e}"
+        );
+        let e = err("webServer.port = 70000").to_string();
+        assert!(e.contains("webServer.port"), "{e}");
+    }
+
+    #[test]
     fn errors_carry_the_line() {
-        let e = err("bindPort = 7000\n\n# the dashboard\nwebServer.port = 7500\n");
+        let e = err("bindPort = 7000\n\n# the dashboard\nwebServer.pprofEnable = true\n");
         assert!(
             matches!(e, ConfigError::Unsupported { line: Some(4), .. }),
             "{e:?}"
         );
         assert!(
-            e.to_string().starts_with("frps.toml:4: webServer.port: "),
+            e.to_string()
+                .starts_with("frps.toml:4: webServer.pprofEnable: "),
             "{e}"
         );
         // validate() errors too.

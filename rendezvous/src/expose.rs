@@ -19,7 +19,7 @@ use std::{
 };
 
 use crate::{
-    registry::{ConnId, PortPlan, Registry, Released},
+    registry::{ConnId, PortPlan, Refusal, Registry, Released},
     server::Tasks,
 };
 use common::{
@@ -66,6 +66,7 @@ pub(crate) struct Exposures {
     tasks: Tasks,
     /// Woken when a data connection attaches.
     attached: tokio::sync::Notify,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -78,6 +79,7 @@ impl Exposures {
         registry: Arc<Mutex<Registry>>,
         vhosts: Option<Arc<crate::vhost::Vhosts>>,
         tasks: Tasks,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Arc<Self> {
         Arc::new(Self {
             bind_ip,
@@ -87,7 +89,17 @@ impl Exposures {
             listeners: Mutex::default(),
             tasks,
             attached: tokio::sync::Notify::new(),
+            metrics,
         })
+    }
+
+    /// A refusal of the registry's, as the peer reads it; a user's exposure limit is
+    /// counted in the metrics.
+    pub(crate) fn refusal(&self, r: Refusal) -> String {
+        if let Refusal::Limit(_) = r {
+            self.metrics.refused(crate::metrics::Limit::Exposures);
+        }
+        r.to_string()
     }
 
     fn registry(&self) -> MutexGuard<'_, Registry> {
@@ -129,7 +141,7 @@ impl Exposures {
                 let released = self
                     .registry()
                     .claim_route(conn, name, &hosts, &locations, Instant::now())
-                    .map_err(|r| r.to_string())?;
+                    .map_err(|r| self.refusal(r))?;
                 self.apply(released);
                 let me = self.clone();
                 let proxy = name.to_string();
@@ -159,7 +171,7 @@ impl Exposures {
         let plan = self
             .registry()
             .plan_port(conn, name, port, Instant::now())
-            .map_err(|r| r.to_string())?;
+            .map_err(|r| self.refusal(r))?;
         let (port, new_listener) = match plan {
             PortPlan::Keep(p) => (p, None),
             PortPlan::Bind(p) => {
@@ -178,7 +190,7 @@ impl Exposures {
         let released = match recorded {
             Ok(r) => r,
             // Taken meanwhile; the new listener (if any) is dropped here.
-            Err(r) => return Err(r.to_string()),
+            Err(r) => return Err(self.refusal(r)),
         };
         if let Some(listener) = new_listener {
             let me = self.clone();
@@ -275,6 +287,7 @@ impl Exposures {
                     return None;
                 };
                 let (me, stop) = (self.clone(), self.tasks.stop.clone());
+                self.metrics.tcp_connection();
                 Some(
                     async move {
                         let served = async {
@@ -326,6 +339,7 @@ impl Exposures {
         };
         let mut s = mux.open().await.map_err(|e| {
             if let common::mux::MuxError::TooManyStreams(max) = e {
+                self.metrics.refused(crate::metrics::Limit::Streams);
                 warn!(
                     max,
                     %proxy,

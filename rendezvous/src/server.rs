@@ -32,6 +32,7 @@ use common::{
 use crate::{
     config::{DomainAllow, PortRanges},
     limit::{LogLimit, RateLimit},
+    metrics::{Limit, LinkKind, PunchOutcome},
     registry::{Allowance, Registry},
 };
 use tokio::{
@@ -53,6 +54,7 @@ pub struct Handle {
     local_addr: SocketAddr,
     alt_addr: Option<SocketAddr>,
     vhost_addr: Option<SocketAddr>,
+    admin_addr: Option<SocketAddr>,
     tasks: Tasks,
 }
 
@@ -73,6 +75,11 @@ impl Handle {
     /// The HTTP vhost listener's address, if the server has one.
     pub fn vhost_addr(&self) -> Option<SocketAddr> {
         self.vhost_addr
+    }
+
+    /// The admin listener's address (dashboard, status, metrics), if the server has one.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
     }
 
     /// The alternate STUN endpoint (OTHER-ADDRESS), if the server has one.
@@ -99,7 +106,17 @@ impl Handle {
 
 /// Binds and starts the server (and its STUN responder on the same port).
 pub async fn spawn(config: Config) -> std::io::Result<Handle> {
-    let (listener, stun) = crate::stun::bind(config.bind, config.alt_addr).await?;
+    let admin = match &config.admin {
+        Some(a) => {
+            crate::admin::check(a)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+            Some((TcpListener::bind(a.addr).await?, a.clone()))
+        }
+        None => None,
+    };
+    let metrics = Arc::new(crate::metrics::Metrics::default());
+    let (listener, mut stun) = crate::stun::bind(config.bind, config.alt_addr).await?;
+    stun.set_metrics(metrics.clone());
     crate::stun::log_layout(&stun);
     let alt_addr = stun.alt_addr();
     let local_addr = listener.local_addr()?;
@@ -110,7 +127,8 @@ pub async fn spawn(config: Config) -> std::io::Result<Handle> {
             let addr = l.local_addr()?;
             let table = Arc::new(
                 crate::vhost::Vhosts::new(config.subdomain_host.clone())
-                    .with_http_port(addr.port()),
+                    .with_http_port(addr.port())
+                    .with_metrics(metrics.clone()),
             );
             Some((l, addr, table))
         }
@@ -124,6 +142,7 @@ pub async fn spawn(config: Config) -> std::io::Result<Handle> {
         registry.clone(),
         vhost.as_ref().map(|v| v.2.clone()),
         tasks.clone(),
+        metrics.clone(),
     );
     if let Some((l, _, table)) = vhost {
         let stop = tasks.stop.clone();
@@ -142,7 +161,19 @@ pub async fn spawn(config: Config) -> std::io::Result<Handle> {
         registry,
         max_streams: config.max_streams,
         tasks: tasks.clone(),
+        metrics: metrics.clone(),
     });
+    let admin_addr = match admin {
+        Some((l, cfg)) => {
+            let addr = l.local_addr()?;
+            let (server, vhost_port) = (server.clone(), vhost_addr.map(|a| a.port()));
+            let status: crate::admin::StatusFn = Arc::new(move || server.status(vhost_port));
+            let serving = crate::admin::serve(l, cfg, metrics, status, tasks.clone());
+            tasks.tracker.spawn(serving);
+            Some(addr)
+        }
+        None => None,
+    };
     tasks.tracker.spawn(accept_loop(listener, server.clone()));
     tasks.tracker.spawn(stun.run(tasks.stop.clone()));
     tasks
@@ -161,6 +192,7 @@ pub async fn spawn(config: Config) -> std::io::Result<Handle> {
         local_addr,
         alt_addr,
         vhost_addr,
+        admin_addr,
         tasks,
     })
 }
@@ -228,6 +260,7 @@ struct Server {
     /// Streams at once on one peer process's data connection (`--max-streams`).
     max_streams: usize,
     tasks: Tasks,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 #[derive(Default)]
@@ -391,6 +424,25 @@ impl Server {
             .is_some_and(|(owner, _)| owner == identity)
     }
 
+    /// What the server is doing (the admin listener's `/api/status`).
+    fn status(&self, vhost_port: Option<u16>) -> crate::status::Status {
+        let nat = self.lock().nat.clone();
+        let snapshot = self.registry().snapshot();
+        crate::status::build(&self.metrics, snapshot, &nat, vhost_port)
+    }
+
+    /// The short fingerprints of the two peers of ticket `t`'s session.
+    fn session_peers(&self, t: &Ticket) -> Vec<String> {
+        let other = self.lock().tickets.get(&t.other).map(|o| o.conn);
+        let reg = self.registry();
+        [Some(t.conn), other]
+            .into_iter()
+            .flatten()
+            .filter_map(|c| reg.conn_owner(c))
+            .map(|(k, _)| k.fingerprint().short())
+            .collect()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // A panic while holding the lock cannot leave the maps inconsistent in a way
         // worse than a lost pairing, so a poisoned lock is used as is.
@@ -510,7 +562,9 @@ async fn handle(
     match kind {
         ConnKind::Control => {
             server.registry().connect(id, identity, who.psk_index);
+            server.metrics.peer_up(id, addr);
             let result = control(&server, ch, id, addr, identity).await;
+            server.metrics.peer_down(id);
             // Every way a control connection ends comes here: send errors included.
             forget_conn(&server, id);
             server.registry().disconnect(id, std::time::Instant::now());
@@ -561,8 +615,13 @@ async fn handle(
                 if let Some(s) = server.lock().sessions.get_mut(&t.session) {
                     s.relayed = true;
                 }
+                let peers = server.session_peers(&t);
+                server.metrics.relay_started(t.session, peers)
             };
             let result = server.relays.join(t.session, t.side, ch, started).await;
+            if let Err(crate::relay::RelayError::Full) = result {
+                server.metrics.refused(Limit::Relays);
+            }
             if let Ok(true) = result {
                 // The relayed link is over: so is the session (unless it went direct,
                 // and was forgotten then).
@@ -636,6 +695,7 @@ async fn control(
                             "too many link requests on this connection: at most \
                              {LINK_REQUESTS_PER_SEC} per second (bursts of {LINK_REQUEST_BURST})"
                         );
+                        server.metrics.refused(Limit::LinkRate);
                         if let Some(suppressed) = warn_log.ready(Instant::now()) {
                             warn!(suppressed, "{} refused: {reason}", msg_name(&msg));
                         }
@@ -763,6 +823,7 @@ fn pair(
         }
         _ => {
             if st.waiting.len() >= MAX_WAITING {
+                server.metrics.refused(Limit::Waiting);
                 return Err("server is busy: too many peers waiting".into());
             }
             st.waiting.insert(
@@ -844,12 +905,13 @@ fn register(
     check_name(name)?;
     let mut st = server.lock();
     if st.services.len() >= MAX_SERVICES && !st.services.contains_key(name) {
+        server.metrics.refused(Limit::Services);
         return Err("server is busy: too many services".into());
     }
     let released = server
         .registry()
         .claim_service(id, name, std::time::Instant::now())
-        .map_err(|r| r.to_string())?;
+        .map_err(|r| server.exposures.refusal(r))?;
     server.exposures.apply(released);
     st.services.insert(
         name.to_string(),
@@ -883,6 +945,9 @@ fn connect(
         return Err("a peer cannot connect to its own service".into());
     }
     let (all, mine) = st.pending_links(name, identity);
+    if mine >= MAX_PENDING_LINKS_PER_VISITOR || all >= MAX_PENDING_LINKS_PER_SERVICE {
+        server.metrics.refused(Limit::PendingLinks);
+    }
     if mine >= MAX_PENDING_LINKS_PER_VISITOR {
         return Err(format!(
             "this peer has {mine} links to service {name:?} being set up already \
@@ -1018,10 +1083,24 @@ fn report(server: &Server, id: u64, ticket: u64, outcome: Outcome) {
         return;
     };
     let session = format_args!("{:016x}", t.session);
+    // Punch outcomes are counted from the initiator's reports (both sides report).
+    if t.side == 1 {
+        let other = st.tickets.get(&t.other).map(|o| o.conn);
+        let nat = |c: Option<u64>| c.and_then(|c| st.nat.get(&c).copied());
+        let kind = match &outcome {
+            Outcome::Direct { .. } => PunchOutcome::Direct,
+            Outcome::AttemptFailed { .. } => PunchOutcome::Failed,
+            Outcome::GaveUp { .. } => PunchOutcome::GaveUp,
+        };
+        server.metrics.punch(nat(Some(t.conn)), nat(other), kind);
+    }
     match outcome {
         Outcome::Direct { attempt, millis } => {
             info!(%session, attempt, millis, "link direct");
             let both = st.sessions.get_mut(&t.session).is_some_and(|s| {
+                if s.direct == [false; 2] {
+                    server.metrics.link_made(LinkKind::Direct);
+                }
                 s.direct[t.side] = true;
                 s.direct == [true; 2]
             });

@@ -58,9 +58,11 @@ pub(super) async fn handle(
     client_ip: HeaderValue,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
-    Ok(match proxy(&ctx, client_ip, req).await {
+    let resp = match proxy(&ctx, client_ip, req).await {
         Ok(resp) | Err(resp) => resp,
-    })
+    };
+    ctx.vhosts.answered(resp.status().as_u16());
+    Ok(resp)
 }
 
 async fn proxy(
