@@ -51,6 +51,8 @@ pub async fn run(
     max_streams: usize,
 ) -> Result<(), ServiceError> {
     let instance: u64 = rand::random();
+    let names: Vec<&str> = proxies.iter().map(|p| p.name.as_str()).collect();
+    crate::status::book().role(format!("expose {}", names.join(" ")));
     let hello = proxies
         .iter()
         .map(|p| ClientMsg::Expose {
@@ -85,15 +87,19 @@ pub async fn run(
             }) => {
                 // Printed on every registration: after a server restart a port the
                 // server chose may differ.
-                match remote_port {
+                let remote = match remote_port {
                     Some(p) => {
                         println!("exposed {name} tcp {p}");
-                        status(&format!("exposed {name}: tcp port {p} on the server"));
+                        format!("tcp port {p} on the server")
                     }
                     None => {
                         println!("exposed {name} http {}", urls.join(" "));
-                        status(&format!("exposed {name}: {}", urls.join(", ")));
+                        urls.join(", ")
                     }
+                };
+                status(&format!("exposed {name}: {remote}"));
+                if let Some(local) = locals.get(&name) {
+                    crate::status::book().exposed(&name, remote, *local);
                 }
                 if data.as_ref().is_none_or(|d| d.is_finished()) {
                     let (cfg, locals) = (cfg.clone(), locals.clone());

@@ -106,6 +106,17 @@ enum Command {
         #[command(subcommand)]
         kind: ExposeKind,
     },
+    /// Show what the peers running on this machine (as this user) are doing: their
+    /// links (to which service, direct or relayed and how they were made, bytes) and
+    /// their exposures.
+    ///
+    /// Every running peer answers on a socket in $PUNCHLINE_STATUS_DIR (default
+    /// $XDG_RUNTIME_DIR/punchline, else /tmp/punchline-UID).
+    Status {
+        /// Print the peers' status documents as a JSON array.
+        #[arg(long)]
+        json: bool,
+    },
     /// Find out what the NAT in front of this machine does, over TCP and UDP, and
     /// whether direct links will work.
     ///
@@ -307,6 +318,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
         println!("{}", identity(&args)?.fingerprint());
         return Ok(());
     }
+    if let Some(Command::Status { json }) = &args.command {
+        let all = peer::status::query_all().await;
+        if *json {
+            let docs: Vec<_> = all.into_iter().filter_map(Result::ok).collect();
+            println!("{}", serde_json::to_string_pretty(&docs)?);
+        } else {
+            print!("{}", peer::status::render(&all));
+        }
+        return Ok(());
+    }
     if let Some(Command::NatCheck { stun, json }) = &args.command {
         return nat_check(&args, stun.as_deref(), *json).await;
     }
@@ -337,6 +358,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .or_else(|| file.as_ref().and_then(|f| f.token.clone())),
     };
     let max_streams = args.max_streams;
+    // Answers `peer status` while this process runs.
+    let _published = peer::status::publish(addr, cfg.identity.fingerprint().to_string());
     let command = match (args.command, file) {
         (None, Some(file)) => return run_file(cfg, file, max_streams).await,
         (command, _) => command,
@@ -389,7 +412,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
             peer::expose::run(cfg, vec![expose_proxy(kind)?], max_streams).await?;
             Ok(())
         }
-        Some(Command::NatCheck { .. }) | Some(Command::Id) => unreachable!("handled above"),
+        Some(Command::NatCheck { .. }) | Some(Command::Id) | Some(Command::Status { .. }) => {
+            unreachable!("handled above")
+        }
         None => anyhow::bail!("no command given: try `peer --server HOST pipe` or `peer --help`"),
     }
 }
