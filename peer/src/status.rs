@@ -395,10 +395,9 @@ pub fn render(all: &[Result<Snapshot, String>]) -> String {
         for l in &s.links {
             let _ = writeln!(
                 out,
-                "  link {} {:?}: {} ({}), remote {}, set up in {} ms, up {}, {} in / {} out",
+                "  link {} {:?}: {}, remote {}, set up in {} ms, up {}, {} in / {} out",
                 l.role,
                 l.name,
-                l.path,
                 l.how,
                 l.remote,
                 l.setup_ms,
@@ -479,7 +478,7 @@ mod tests {
         });
         let text = render(&query_all().await);
         assert!(
-            text.contains("direct (relayed, then punched (attempt 4))"),
+            text.contains(": relayed, then punched (attempt 4), remote"),
             "{text}"
         );
         drop(published);

@@ -948,7 +948,7 @@ mod tests {
             ),
             (
                 "webServer.tls.certFile = \"x\"",
-                "webServer.tls",
+                "webServer.tls.certFile",
                 "TLS proxy",
             ),
             (

@@ -146,8 +146,14 @@ fn new_peer() -> Peer {
     Peer { id, fp }
 }
 
+/// The directory of the peers' status sockets in this test.
+fn status_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("punchline-admin-status-{}", std::process::id()))
+}
+
 fn spawn_peer(lab: &Lab, host: Host, who: &Peer, name: &str, args: &[&str]) -> Proc {
     let mut cmd = lab.command(host, bin("peer"));
+    cmd.env("PUNCHLINE_STATUS_DIR", status_dir());
     cmd.env_remove("PUNCHLINE_SECRET")
         .env_remove("PUNCHLINE_TOKEN")
         .env("RUST_LOG", "info")
@@ -480,7 +486,63 @@ fn metrics_status_and_dashboard_after_real_traffic() {
         png.display(),
         shot.len()
     );
+
+    // `peer status`: every peer process of the test, the visitor's relayed link with
+    // its bytes, the exposure's port.
+    let status = |json: bool| {
+        let mut cmd = local("peer");
+        cmd.env("PUNCHLINE_STATUS_DIR", status_dir()).arg("status");
+        if json {
+            cmd.arg("--json");
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let docs: serde_json::Value = serde_json::from_str(&status(true)).unwrap();
+    let docs = docs.as_array().unwrap();
+    let doc = |who: &Peer| {
+        docs.iter()
+            .find(|d| d["identity"] == who.fp.as_str())
+            .unwrap_or_else(|| panic!("no status of {} in {docs:#?}", who.fp))
+    };
+    assert_eq!(docs.len(), 4, "{docs:#?}");
+    let v = doc(&visitor);
+    assert_eq!(v["roles"], serde_json::json!(["connect svc"]));
+    let link = &v["links"][0];
+    assert_eq!(
+        (
+            link["role"].as_str(),
+            link["name"].as_str(),
+            link["path"].as_str()
+        ),
+        (Some("connect"), Some("svc"), Some("relayed")),
+        "{v:#}"
+    );
+    assert_eq!(link["how"], "relayed through the server");
+    // 1 MB each way, encrypted and framed.
+    for dir in ["bytes_in", "bytes_out"] {
+        let n = link[dir].as_u64().unwrap();
+        assert!(
+            (LINK_BYTES as u64..LINK_BYTES as u64 * 5 / 4).contains(&n),
+            "{dir} {n}"
+        );
+    }
+    assert_eq!(doc(&owner)["links"][0]["role"], "serve");
+    let t = doc(&tcp);
+    assert_eq!(t["exposures"][0]["name"], "echo-tcp");
+    assert_eq!(
+        t["exposures"][0]["remote"],
+        format!("tcp port {tcp_port} on the server")
+    );
+    let text = status(false);
+    assert!(
+        text.contains("link connect \"svc\": relayed through the server, remote"),
+        "{text}"
+    );
+    println!("ADMIN peer status:\n{text}");
     drop((owner_p, visitor_p, tcp_p, http_p, echo, web, server));
+    let _ = std::fs::remove_dir_all(status_dir());
 }
 
 /// Without the lab: the admin pages refuse to start unprotected on a public address,
