@@ -871,6 +871,10 @@ mod tests {
         assert!(c.token.as_deref().is_some_and(|t| !t.is_empty()));
         assert_eq!(c.allow_ports.to_string(), "6000-6100,7001");
         assert_eq!(c.alt_addr, None);
+        assert_eq!(
+            c.admin.map(|a| a.addr),
+            Some("127.0.0.1:7500".parse().unwrap())
+        );
     }
 
     #[test]
