@@ -207,6 +207,9 @@ fn metrics_status_and_dashboard_after_real_traffic() {
             "example.test",
             "--admin",
             "127.0.0.1:0",
+            // STUN over TCP (nat-check) runs on the alternate endpoints.
+            "--alt-addr",
+            &lab.server_alt_ip().to_string(),
         ],
     );
     let admin = printed_addr(&server, "admin on");
@@ -354,6 +357,14 @@ fn metrics_status_and_dashboard_after_real_traffic() {
     assert_eq!(code("web.example.test"), "200");
     assert_eq!(code("web.example.test"), "200");
     assert_eq!(code("nobody.example.test"), "404");
+    // STUN over UDP and TCP: what `peer nat-check` asks the server.
+    let out = lab
+        .command(Host::B, bin("peer"))
+        .env("PUNCHLINE_IDENTITY", &visitor.id)
+        .args(["--server", &server_arg, "nat-check", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "nat-check: {out:?}");
 
     // /metrics, parsed.
     let base = format!("http://{admin}");
@@ -389,6 +400,8 @@ fn metrics_status_and_dashboard_after_real_traffic() {
         1.0
     );
     assert!(metric(&m, "punchline_uptime_seconds") >= 0.0);
+    assert!(metric(&m, "punchline_stun_requests_total{transport=\"udp\"}") >= 1.0);
+    assert!(metric(&m, "punchline_stun_requests_total{transport=\"tcp\"}") >= 1.0);
     println!("ADMIN metrics after traffic:\n{text}");
 
     // /api/status.
