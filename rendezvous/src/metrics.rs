@@ -52,7 +52,7 @@ impl LinkKind {
     }
 }
 
-/// What a punch attempt came to, as the initiating peer reported it.
+/// What a punch attempt came to, as the first of the two peers reported it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum PunchOutcome {
     /// The attempt made a direct link.
@@ -426,7 +426,7 @@ impl Metrics {
         family(
             "punch_attempts_total",
             "counter",
-            "Punch attempts as the initiating peer reported them, by the two peers' NAT mapping (eim, eim_or_adm, adm, apdm, unknown) and outcome (direct, failed, gave_up).",
+            "Punch attempts as the peers reported them (each once), by the two peers' NAT mapping (eim, eim_or_adm, adm, apdm, unknown) and outcome (direct, failed, gave_up).",
             &punches,
         );
         family(

@@ -299,9 +299,22 @@ struct Session {
     relayed: bool,
     /// Which sides reported a direct link.
     direct: [bool; 2],
+    /// Outcomes counted in the metrics already (failed attempts by number, gave up).
+    counted_failures: std::collections::HashSet<u8>,
+    counted_gave_up: bool,
 }
 
 impl Session {
+    /// Whether `outcome` is the first report of its kind for this session (the two
+    /// peers report the same attempts; the metrics count each once).
+    fn first_report(&mut self, outcome: &Outcome) -> bool {
+        match outcome {
+            Outcome::Direct { .. } => self.direct == [false; 2],
+            Outcome::AttemptFailed { attempt, .. } => self.counted_failures.insert(*attempt),
+            Outcome::GaveUp { .. } => !std::mem::replace(&mut self.counted_gave_up, true),
+        }
+    }
+
     /// Not yet past the secret proofs or onto a relay: a visitor that never proves
     /// anything holds nothing longer than [`PENDING_LINK_TIMEOUT`].
     fn pending(&self) -> bool {
@@ -862,6 +875,8 @@ fn new_session(
             next_attempt: PUNCH_ATTEMPTS,
             relayed: false,
             direct: [false; 2],
+            counted_failures: Default::default(),
+            counted_gave_up: false,
         },
     );
     st.tickets.insert(
@@ -1083,8 +1098,12 @@ fn report(server: &Server, id: u64, ticket: u64, outcome: Outcome) {
         return;
     };
     let session = format_args!("{:016x}", t.session);
-    // Punch outcomes are counted from the initiator's reports (both sides report).
-    if t.side == 1 {
+    // Both sides report each outcome: the first report counts.
+    let first = st
+        .sessions
+        .get_mut(&t.session)
+        .is_some_and(|s| s.first_report(&outcome));
+    if first {
         let other = st.tickets.get(&t.other).map(|o| o.conn);
         let nat = |c: Option<u64>| c.and_then(|c| st.nat.get(&c).copied());
         let kind = match &outcome {

@@ -622,3 +622,61 @@ fn admin_needs_a_password_beyond_loopback() {
         "{head}"
     );
 }
+
+/// Without the lab: a direct link made by two `pipe`s on loopback is counted as one
+/// direct link and one successful punch, by the two peers' NAT types.
+#[test]
+fn direct_links_and_punch_outcomes_are_counted() {
+    let (server, addr) = rendezvous(
+        local("rendezvous"),
+        // With a second address peers can measure their mapping (here: no NAT).
+        &[
+            "--bind",
+            "127.0.0.1",
+            "--alt-addr",
+            "127.0.0.2",
+            "--admin",
+            "127.0.0.1:0",
+        ],
+    );
+    let admin = printed_addr(&server, "admin on");
+    let pipe = |input: &[u8]| {
+        let mut cmd = local("peer");
+        cmd.env_remove("PUNCHLINE_TOKEN")
+            .env("PUNCHLINE_STATUS_DIR", status_dir())
+            .args(["--server", &addr.to_string(), "pipe", "--code", "admin"]);
+        Proc::spawn_piped("pipe", cmd, Input::Bytes(input.to_vec()))
+    };
+    let ((mut a, a_out), (mut b, b_out)) = (pipe(b"from a"), pipe(b"from b"));
+    assert!(a.wait_exit(T).success(), "{}", a.stderr.text());
+    assert!(b.wait_exit(T).success(), "{}", b.stderr.text());
+    assert_eq!(a_out.join().unwrap(), b"from b");
+    assert_eq!(b_out.join().unwrap(), b"from a");
+    assert!(a.stderr.contains("link up: direct"), "{}", a.stderr.text());
+    let out = Command::new("curl")
+        .args(["-sf", &format!("http://{admin}/metrics")])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let m = parse_metrics(&text);
+    assert_eq!(
+        metric(&m, "punchline_links_total{kind=\"direct\"}"),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(metric(&m, "punchline_links_total{kind=\"relayed\"}"), 0.0);
+    // One attempt (both peers report it; it counts once); loopback has no NAT, so
+    // both peers measured an endpoint-independent mapping.
+    let punches: Vec<(&String, &f64)> = m
+        .iter()
+        .filter(|(k, _)| k.starts_with("punchline_punch_attempts_total{"))
+        .collect();
+    assert_eq!(punches.len(), 1, "{text}");
+    let (key, n) = punches[0];
+    assert_eq!(
+        key, "punchline_punch_attempts_total{nat_pair=\"eim+eim\",outcome=\"direct\"}",
+        "{text}"
+    );
+    assert_eq!(*n, 1.0);
+    let _ = std::fs::remove_dir_all(status_dir());
+}
