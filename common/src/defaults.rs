@@ -239,3 +239,7 @@ pub const ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// `peer status` waits this long for each running peer's status socket to answer; a
 /// peer that is stuck is reported as not answering instead of hanging the command.
 pub const PEER_STATUS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Most bytes of one peer's status document that `peer status` reads: a document with
+/// thousands of links and exposures fits; a process that sends more is not a peer.
+pub const PEER_STATUS_MAX_DOCUMENT: u64 = 4 << 20;

@@ -25,7 +25,10 @@ use std::{
     time::Instant,
 };
 
-use common::{count::Bytes, defaults::PEER_STATUS_TIMEOUT};
+use common::{
+    count::Bytes,
+    defaults::{ACCEPT_BACKOFF_MAX, PEER_STATUS_MAX_DOCUMENT, PEER_STATUS_TIMEOUT},
+};
 use serde::{Deserialize, Serialize};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -37,9 +40,6 @@ use crate::link::{LinkInfo, Path as LinkPath};
 
 /// Environment variable naming the directory of status sockets.
 pub const DIR_ENV: &str = "PUNCHLINE_STATUS_DIR";
-
-/// Most bytes of one status document `peer status` reads: thousands of links fit.
-const MAX_DOCUMENT: u64 = 4 << 20;
 
 /// What one peer process reports.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -269,6 +269,8 @@ pub fn publish(server: SocketAddr, identity: String) -> Option<Published> {
             let task = tokio::spawn(async move {
                 loop {
                     let Ok((mut s, _)) = listener.accept().await else {
+                        // Out of descriptors, typically: wait instead of spinning.
+                        tokio::time::sleep(ACCEPT_BACKOFF_MAX).await;
                         continue;
                     };
                     let doc = serde_json::to_vec(&book().snapshot(&server, &identity));
@@ -343,7 +345,9 @@ async fn query(path: &Path) -> std::io::Result<Snapshot> {
     let ask = async {
         let s = UnixStream::connect(path).await?;
         let mut doc = Vec::new();
-        s.take(MAX_DOCUMENT).read_to_end(&mut doc).await?;
+        s.take(PEER_STATUS_MAX_DOCUMENT)
+            .read_to_end(&mut doc)
+            .await?;
         serde_json::from_slice(&doc).map_err(std::io::Error::other)
     };
     tokio::time::timeout(PEER_STATUS_TIMEOUT, ask)
