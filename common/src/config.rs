@@ -1,9 +1,20 @@
-//! Config files: the error type and the key checker shared by the server's and the
-//! peer's config parsers (`rendezvous::config`, `peer::config`).
+//! Config files: the model shared by the server's and the peer's config parsers
+//! (`rendezvous::config`, `peer::config`): reading a file (frp's TOML format, or its
+//! legacy INI format), rendering frp's `{{ .Envs.NAME }}` templates, and sorting every
+//! key the crate's serde model did not read.
 //!
-//! A file is parsed twice: as a TOML document checked key by key against a [`schema`]
-//! (so an unknown or unsupported key is reported with its path and line), then with
-//! serde into the crate's own structs.
+//! The serde structs of each crate are the one list of the keys punchline reads. Keys
+//! are matched to their fields as frp matches them, ignoring case. A key the model did
+//! not read (collected with `serde_ignored`, as Cargo does) is looked up in the crate's
+//! table of frp's other keys ([`FrpKey`]): one that only tunes logging or frp's
+//! internals is accepted, and all of them are named in one warning; one whose meaning
+//! punchline cannot honour is refused, and all of them are named in one error,
+//! together with any key nobody knows (a typo, with the closest known key as a
+//! suggestion, found with `strsim`).
+
+mod ini;
+mod template;
+mod tree;
 
 use std::path::PathBuf;
 
@@ -55,6 +66,15 @@ pub enum ConfigError {
         /// What is not supported, and what to do instead.
         message: String,
     },
+    /// Several of the above, each with its key and line, so that one run names every
+    /// key to fix.
+    #[error("{origin}: {} problems:{}", errors.len(), list(errors))]
+    Many {
+        /// The file.
+        origin: String,
+        /// The problems, in file order.
+        errors: Vec<ConfigError>,
+    },
     /// A value that is missing, of the wrong type, out of range or in conflict with
     /// another.
     #[error("{}: {key}: {message}", at(origin, *line))]
@@ -77,9 +97,57 @@ impl ConfigError {
             ConfigError::UnknownKey { key, .. }
             | ConfigError::Unsupported { key, .. }
             | ConfigError::Invalid { key, .. } => Some(key),
+            ConfigError::Many { errors, .. } => errors.first().and_then(ConfigError::key),
             ConfigError::Read { .. } | ConfigError::Syntax { .. } => None,
         }
     }
+
+    /// The line of the key, when known.
+    pub fn line(&self) -> Option<usize> {
+        match self {
+            ConfigError::UnknownKey { line, .. }
+            | ConfigError::Unsupported { line, .. }
+            | ConfigError::Invalid { line, .. }
+            | ConfigError::Syntax { line, .. } => *line,
+            ConfigError::Many { errors, .. } => errors.first().and_then(ConfigError::line),
+            ConfigError::Read { .. } => None,
+        }
+    }
+
+    /// The errors this one stands for: itself, or the list of a `Many`.
+    pub fn all(&self) -> Vec<&ConfigError> {
+        match self {
+            ConfigError::Many { errors, .. } => errors.iter().collect(),
+            e => vec![e],
+        }
+    }
+
+    /// The errors this one stands for, owned.
+    pub fn into_list(self) -> Vec<ConfigError> {
+        match self {
+            ConfigError::Many { errors, .. } => errors,
+            e => vec![e],
+        }
+    }
+
+    /// One error for a list of them (`None` for none).
+    pub fn from_list(origin: &str, mut errors: Vec<ConfigError>) -> Option<ConfigError> {
+        match errors.len() {
+            0 => None,
+            1 => errors.pop(),
+            _ => {
+                errors.sort_by_key(|e| e.line().unwrap_or(usize::MAX));
+                Some(ConfigError::Many {
+                    origin: origin.to_string(),
+                    errors,
+                })
+            }
+        }
+    }
+}
+
+fn list(errors: &[ConfigError]) -> String {
+    errors.iter().map(|e| format!("\n  {e}")).collect()
 }
 
 /// `origin` or `origin:line`.
@@ -115,400 +183,492 @@ pub fn is_host_name(s: &str) -> bool {
         })
 }
 
-/// The key checker: walks a parsed TOML document against a table of the keys each
-/// place may hold, and names the first key that is unknown, unsupported or mistyped.
-pub mod schema {
-    use std::ops::Range;
+/// Which program's file: the server's (`frps`) or the peer's (`frpc`). The INI format
+/// differs between them (`admin_*` and `dashboard_*`, proxy sections).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    /// `rendezvous -c` (frps).
+    Server,
+    /// `peer -c` (frpc).
+    Client,
+}
 
-    use toml::de::{DeTable, DeValue};
-    use toml::Spanned;
+/// The format a file was read in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// frp's TOML format (v0.52 and later), and punchline's own.
+    Toml,
+    /// frp's legacy INI format (`[common]`, one section per proxy).
+    Ini,
+}
 
-    use super::ConfigError;
+/// What punchline does with a key of frp's that its model does not read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Effect {
+    /// Accepted and ignored: it tunes logging or frp's internals, and the file means
+    /// the same without it. Named in the one warning of the file.
+    NoEffect,
+    /// Refused: without it the file would mean something punchline does not do.
+    Refused,
+}
 
-    /// The keys of one table: each key's name and what it may hold.
-    pub type Schema = &'static [(&'static str, Node)];
+/// One of frp's keys (or a table of them, `log` standing for `log.*`) that punchline's
+/// model does not read, with what is done with it and why.
+#[derive(Clone, Copy, Debug)]
+pub struct FrpKey {
+    /// The key's path, `[]` for any index: `log`, `proxies[].plugin`.
+    pub key: &'static str,
+    /// Ignored or refused.
+    pub effect: Effect,
+    /// Why, or what to do instead.
+    pub why: &'static str,
+}
 
-    /// What a key may hold.
-    #[derive(Clone, Copy)]
-    #[allow(dead_code)] // the engine is shared with peer's config; not every kind is used here
-    pub enum Node {
-        /// A string.
-        Str,
-        /// An integer (range checks come later, in `validate()`).
-        Int,
-        /// `true` or `false`.
-        Bool,
-        /// A list of strings.
-        StrList,
-        /// A table of strings under any keys (`requestHeaders.set`).
-        StrMap,
-        /// A table with these keys.
-        Table(Schema),
-        /// A list of tables with these keys (`[[proxies]]`, `allowPorts`).
-        Tables(Schema),
-        /// A string naming a kind of thing: one of `ok`, or one of frp's kinds that
-        /// punchline does not implement (`frp`). Checked before the table's other keys,
-        /// so that an unsupported proxy type is the error reported, not its keys.
-        Kind {
-            /// Supported values.
-            ok: &'static [&'static str],
-            /// frp's other values.
-            frp: &'static [&'static str],
-        },
-        /// A boolean that must be `true` (punchline always does it: a no-op); `false`
-        /// is refused with this reason.
-        True(&'static str),
-        /// A key frp has and punchline does not; the reason, or what to do instead.
-        Unsupported(&'static str),
-    }
+/// A file read into the model `T`, before the crate's own `validate()`.
+pub struct Parsed<T> {
+    /// The model.
+    pub model: T,
+    /// Keys accepted with no effect, each with its reason, in file order.
+    pub no_effect: Vec<(String, &'static str)>,
+    /// The format the file was in.
+    pub format: Format,
+    /// Every key of the model that this file reached (`proxies[].localPort`): the
+    /// fields of each table the model read, tables themselves left out.
+    pub fields: Vec<String>,
+    /// Unknown and refused keys, reported by [`Parsed::finish`] with the model's own
+    /// errors.
+    errors: Vec<ConfigError>,
+    origin: String,
+    root: tree::Item,
+}
 
-    /// Runs the check over one document.
-    pub struct Checker<'a> {
-        /// Names the document in errors.
-        pub origin: &'a str,
-        /// The document.
-        pub text: &'a str,
-    }
-
-    /// A syntax error from the TOML parser (or from serde, which after the key check
-    /// only fails if the schema and the model disagree).
-    pub fn syntax(origin: &str, text: &str, e: &toml::de::Error) -> ConfigError {
-        let line = e.span().map(|s| line_of(text, &s));
-        let mut message = e.message().trim().replace('\n', "; ");
-        // The parser's message does not quote the line ("duplicate key"): add it.
-        let source = line.and_then(|n| text.lines().nth(n - 1)).map(str::trim);
-        if let Some(source) = source.filter(|s| !s.is_empty() && s.len() <= 100) {
-            message = format!("{message}: `{source}`");
-        }
-        ConfigError::Syntax {
-            origin: origin.to_string(),
-            line,
-            message,
-        }
-    }
-
-    /// The 1-based line of a byte offset.
-    fn line_of(text: &str, span: &Range<usize>) -> usize {
-        let end = span.start.min(text.len());
-        text.as_bytes()[..end]
-            .iter()
-            .filter(|b| **b == b'\n')
-            .count()
-            + 1
-    }
-
-    fn join(path: &str, key: &str) -> String {
-        if path.is_empty() {
-            key.to_string()
-        } else {
-            format!("{path}.{key}")
-        }
-    }
-
-    fn lookup(schema: Schema, key: &str) -> Option<Node> {
-        schema.iter().find(|(k, _)| *k == key).map(|(_, n)| *n)
-    }
-
-    fn describe(v: &DeValue<'_>) -> &'static str {
-        match v {
-            DeValue::String(_) => "a string",
-            DeValue::Integer(_) => "an integer",
-            DeValue::Float(_) => "a float",
-            DeValue::Boolean(_) => "a boolean",
-            DeValue::Datetime(_) => "a date",
-            DeValue::Array(_) => "a list",
-            DeValue::Table(_) => "a table",
-        }
-    }
-
-    impl<'a> Checker<'a> {
-        /// Parses the document and checks it against `schema`.
-        pub fn check(&self, schema: Schema) -> Result<Spanned<DeTable<'a>>, ConfigError> {
-            let doc = DeTable::parse(self.text).map_err(|e| syntax(self.origin, self.text, &e))?;
-            self.table(doc.get_ref(), schema, "")?;
-            Ok(doc)
-        }
-
-        /// Adds the line of its key (or of the nearest enclosing one that is in the
-        /// file) to an error from `validate()`, which works without spans.
-        pub fn add_line(&self, mut e: ConfigError, doc: &DeTable<'_>) -> ConfigError {
-            if let ConfigError::Invalid { key, line, .. }
-            | ConfigError::Unsupported { key, line, .. } = &mut e
-            {
-                if line.is_none() {
-                    *line = self.locate(doc, key);
-                }
-            }
-            e
-        }
-
-        /// The line of a key path such as `proxies[2].localPort`, or of the deepest
-        /// part of it present in the file.
-        fn locate(&self, doc: &DeTable<'_>, path: &str) -> Option<usize> {
-            let mut table = doc;
-            let mut found = None;
-            for segment in path.split('.') {
-                let (name, index) = match segment.strip_suffix(']').and_then(|s| s.split_once('['))
-                {
-                    Some((name, i)) => match i.parse::<usize>() {
-                        Ok(i) => (name, Some(i)),
-                        Err(_) => break,
-                    },
-                    None => (segment, None),
-                };
-                let Some((k, mut v)) = table.iter().find(|(k, _)| k.get_ref().as_ref() == name)
-                else {
-                    break;
-                };
-                found = Some(k.span());
-                if let Some(i) = index {
-                    let DeValue::Array(items) = v.get_ref() else {
+impl<T> Parsed<T> {
+    /// The line of a key path such as `proxies[2].localPort`, or of the deepest part
+    /// of it present in the file.
+    pub fn line_of(&self, path: &str) -> Option<usize> {
+        let mut item = &self.root;
+        let mut found = None;
+        for segment in segments(path) {
+            match segment {
+                Segment::Key(name) => {
+                    let tree::Value::Table(entries) = &item.value else {
                         break;
                     };
-                    let Some(item) = items.get(i) else { break };
-                    found = Some(item.span());
-                    v = item;
+                    let Some(e) = entries.iter().find(|e| e.key.eq_ignore_ascii_case(name)) else {
+                        break;
+                    };
+                    found = e.line.or(found);
+                    item = &e.item;
                 }
-                match v.get_ref() {
-                    DeValue::Table(t) => table = t,
-                    _ => break,
+                Segment::Index(i) => {
+                    let tree::Value::Array(items) = &item.value else {
+                        break;
+                    };
+                    let Some(next) = items.get(i) else { break };
+                    found = next.line.or(found);
+                    item = next;
                 }
             }
-            found.and_then(|span| self.line(&span))
         }
+        found
+    }
 
-        fn line(&self, span: &Range<usize>) -> Option<usize> {
-            Some(line_of(self.text, span))
-        }
-
-        fn invalid(&self, key: String, span: &Range<usize>, message: String) -> ConfigError {
+    /// Adds the line of its key to an error from `validate()`, which works without
+    /// lines (every error of a `Many`).
+    pub fn add_line(&self, e: ConfigError) -> ConfigError {
+        match e {
             ConfigError::Invalid {
-                origin: self.origin.to_string(),
-                line: self.line(span),
+                origin,
+                line: None,
                 key,
                 message,
-            }
-        }
-
-        fn table(
-            &self,
-            table: &DeTable<'_>,
-            schema: Schema,
-            path: &str,
-        ) -> Result<(), ConfigError> {
-            let mut entries: Vec<_> = table.iter().collect();
-            entries.sort_by_key(|(k, _)| k.span().start);
-            let name = entries
-                .iter()
-                .find(|(k, _)| k.get_ref().as_ref() == "name")
-                .and_then(|(_, v)| match v.get_ref() {
-                    DeValue::String(s) => Some(s.as_ref()),
-                    _ => None,
-                });
-            for (k, v) in &entries {
-                let key: &str = k.get_ref().as_ref();
-                if let Some(Node::Kind { ok, frp }) = lookup(schema, key) {
-                    self.kind(v, ok, frp, &join(path, key), name)?;
-                }
-            }
-            for (k, v) in &entries {
-                let key: &str = k.get_ref().as_ref();
-                let at = join(path, key);
-                match lookup(schema, key) {
-                    None => {
-                        return Err(ConfigError::UnknownKey {
-                            origin: self.origin.to_string(),
-                            line: self.line(&k.span()),
-                            key: at,
-                            hint: hint(key, schema),
-                        })
-                    }
-                    Some(Node::Kind { .. }) => {}
-                    Some(Node::Unsupported(why)) => {
-                        let (key, span) = first_leaf(at, k.span(), v);
-                        return Err(ConfigError::Unsupported {
-                            origin: self.origin.to_string(),
-                            line: self.line(&span),
-                            key,
-                            message: format!("not supported by punchline ({why})"),
-                        });
-                    }
-                    Some(node) => self.value(v, node, at)?,
-                }
-            }
-            Ok(())
-        }
-
-        fn kind(
-            &self,
-            v: &Spanned<DeValue<'_>>,
-            ok: &[&str],
-            frp: &[&str],
-            path: &str,
-            name: Option<&str>,
-        ) -> Result<(), ConfigError> {
-            let DeValue::String(s) = v.get_ref() else {
-                return Err(self.invalid(
-                    path.to_string(),
-                    &v.span(),
-                    format!("expected a string, found {}", describe(v.get_ref())),
-                ));
-            };
-            let s: &str = s.as_ref();
-            if ok.contains(&s) {
-                return Ok(());
-            }
-            let named = name.map(|n| format!(" ({n:?})")).unwrap_or_default();
-            let supported = ok.join(", ");
-            let verb = if ok.len() == 1 { "is" } else { "are" };
-            if frp.contains(&s) {
-                Err(ConfigError::Unsupported {
-                    origin: self.origin.to_string(),
-                    line: self.line(&v.span()),
-                    key: path.to_string(),
-                    message: format!(
-                        "{s:?}{named} is not supported by punchline ({supported} {verb})"
-                    ),
-                })
-            } else {
-                Err(self.invalid(
-                    path.to_string(),
-                    &v.span(),
-                    format!("{s:?}{named} is unknown (punchline supports {supported})"),
-                ))
-            }
-        }
-
-        fn value(
-            &self,
-            v: &Spanned<DeValue<'_>>,
-            node: Node,
-            path: String,
-        ) -> Result<(), ConfigError> {
-            let span = v.span();
-            let wrong = |expected: &str, path: String, found: &DeValue<'_>| {
-                Err(self.invalid(
-                    path,
-                    &span,
-                    format!("expected {expected}, found {}", describe(found)),
-                ))
-            };
-            match (node, v.get_ref()) {
-                (Node::Str, DeValue::String(_)) | (Node::Bool, DeValue::Boolean(_)) => Ok(()),
-                (Node::Str, found) => wrong("a string", path, found),
-                (Node::Bool, found) => wrong("true or false", path, found),
-                (Node::Int, DeValue::Integer(i)) => {
-                    match i64::from_str_radix(i.as_str(), i.radix()) {
-                        Ok(_) => Ok(()),
-                        Err(_) => Err(self.invalid(path, &span, "is out of range".into())),
-                    }
-                }
-                (Node::Int, found) => wrong("an integer", path, found),
-                (Node::StrList, DeValue::Array(items)) => {
-                    for (i, item) in items.iter().enumerate() {
-                        if !matches!(item.get_ref(), DeValue::String(_)) {
-                            return wrong("a string", format!("{path}[{i}]"), item.get_ref());
-                        }
-                    }
-                    Ok(())
-                }
-                (Node::StrList, found) => wrong("a list of strings", path, found),
-                (Node::StrMap, DeValue::Table(t)) => {
-                    for (k, item) in t.iter() {
-                        if !matches!(item.get_ref(), DeValue::String(_)) {
-                            return wrong("a string", join(&path, k.get_ref()), item.get_ref());
-                        }
-                    }
-                    Ok(())
-                }
-                (Node::StrMap, found) => wrong("a table of strings", path, found),
-                (Node::Table(schema), DeValue::Table(t)) => self.table(t, schema, &path),
-                (Node::Table(_), found) => wrong("a table", path, found),
-                (Node::Tables(schema), DeValue::Array(items)) => {
-                    for (i, item) in items.iter().enumerate() {
-                        let at = format!("{path}[{i}]");
-                        match item.get_ref() {
-                            DeValue::Table(t) => self.table(t, schema, &at)?,
-                            found => return wrong("a table", at, found),
-                        }
-                    }
-                    Ok(())
-                }
-                (Node::Tables(_), found) => wrong("a list of tables", path, found),
-                (Node::True(_), DeValue::Boolean(true)) => Ok(()),
-                (Node::True(why), DeValue::Boolean(false)) => Err(ConfigError::Unsupported {
-                    origin: self.origin.to_string(),
-                    line: self.line(&span),
-                    key: path,
-                    message: format!("false is not supported by punchline ({why})"),
-                }),
-                (Node::True(_), found) => wrong("true", path, found),
-                // Handled by the callers.
-                (Node::Kind { .. } | Node::Unsupported(_), _) => Ok(()),
-            }
-        }
-    }
-
-    /// The path and span of the first key inside an unsupported table, so that the
-    /// error names `transport.tls.force`, not just `transport`.
-    fn first_leaf(
-        path: String,
-        span: Range<usize>,
-        v: &Spanned<DeValue<'_>>,
-    ) -> (String, Range<usize>) {
-        match v.get_ref() {
-            DeValue::Table(t) => match t.iter().min_by_key(|(k, _)| k.span().start) {
-                Some((k, inner)) => first_leaf(join(&path, k.get_ref()), k.span(), inner),
-                None => (path, span),
+            } => ConfigError::Invalid {
+                origin,
+                line: self.line_of(&key),
+                key,
+                message,
             },
-            _ => (path, span),
+            ConfigError::Unsupported {
+                origin,
+                line: None,
+                key,
+                message,
+            } => ConfigError::Unsupported {
+                origin,
+                line: self.line_of(&key),
+                key,
+                message,
+            },
+            ConfigError::Many { origin, errors } => ConfigError::Many {
+                origin,
+                errors: errors.into_iter().map(|e| self.add_line(e)).collect(),
+            },
+            e => e,
         }
     }
 
-    /// "did you mean `bindPort`?" when a supported key is close (case, `_`/`-`, or two
-    /// edits away), else the list of supported keys.
-    fn hint(key: &str, schema: Schema) -> String {
-        let norm = |s: &str| -> String {
-            s.chars()
-                .filter(|c| *c != '_' && *c != '-')
-                .flat_map(char::to_lowercase)
-                .collect()
+    /// The model, and the rest for [`Parsed::add_line`].
+    pub fn take(self) -> (T, Parsed<()>) {
+        let Parsed {
+            model,
+            no_effect,
+            format,
+            fields,
+            errors,
+            origin,
+            root,
+        } = self;
+        (
+            model,
+            Parsed {
+                model: (),
+                no_effect,
+                format,
+                fields,
+                errors,
+                origin,
+                root,
+            },
+        )
+    }
+
+    /// The result of the crate's `validate()` together with the unknown and refused
+    /// keys: all of them in one error (lines added), or the config and the keys
+    /// accepted with no effect.
+    #[allow(clippy::type_complexity)]
+    pub fn finish<C>(
+        mut self,
+        validated: Result<C, ConfigError>,
+    ) -> Result<(C, Vec<(String, &'static str)>), ConfigError> {
+        let mut errors = std::mem::take(&mut self.errors);
+        let e = match validated {
+            Ok(c) if errors.is_empty() => return Ok((c, self.no_effect)),
+            Ok(_) => None,
+            Err(e) => Some(e),
         };
-        let supported: Vec<&str> = schema
-            .iter()
-            .filter(|(_, n)| !matches!(n, Node::Unsupported(_)))
-            .map(|(k, _)| *k)
-            .collect();
-        let wanted = norm(key);
-        let close = supported.iter().find(|k| norm(k) == wanted).or_else(|| {
-            supported
-                .iter()
-                .map(|k| (edit_distance(&norm(k), &wanted), k))
-                .filter(|(d, k)| *d <= 2 && *d < k.len() / 2)
-                .min_by_key(|(d, _)| *d)
-                .map(|(_, k)| k)
-        });
-        match close {
-            Some(k) => format!("did you mean `{k}`?"),
-            None => format!("the keys punchline reads here are {}", supported.join(", ")),
-        }
-    }
-
-    /// Levenshtein distance (the keys are short).
-    fn edit_distance(a: &str, b: &str) -> usize {
-        let b: Vec<char> = b.chars().collect();
-        let mut row: Vec<usize> = (0..=b.len()).collect();
-        for (i, ca) in a.chars().enumerate() {
-            let mut diagonal = row[0];
-            row[0] = i + 1;
-            for (j, cb) in b.iter().enumerate() {
-                let above = row[j + 1];
-                row[j + 1] = (above + 1)
-                    .min(row[j] + 1)
-                    .min(diagonal + usize::from(ca != *cb));
-                diagonal = above;
+        if let Some(e) = e {
+            for e in self.add_line(e).into_list() {
+                if !errors
+                    .iter()
+                    .any(|x| x.key().is_some() && x.key() == e.key())
+                {
+                    errors.push(e);
+                }
             }
         }
-        row[b.len()]
+        let origin = self.origin;
+        Err(
+            ConfigError::from_list(&origin, errors).unwrap_or(ConfigError::Syntax {
+                origin: origin.clone(),
+                line: None,
+                message: "refused".into(),
+            }),
+        )
+    }
+
+    /// The one warning about keys accepted with no effect, if there are any.
+    pub fn warning(&self) -> Option<String> {
+        no_effect_warning(&self.origin, &self.no_effect)
+    }
+}
+
+/// The rows of the README's table of frp keys for one program (`frps` or `frpc`):
+/// each key and its status (`accepted`, `no effect`, `refused`). The crates' tests
+/// check the table against the model and [`FrpKey`] tables with it.
+pub fn readme_rows(readme: &str, program: &str) -> Vec<(String, String)> {
+    readme
+        .lines()
+        .filter_map(|l| {
+            let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+            // | `key` | frps | accepted | why |
+            if cells.len() < 5 || cells[2] != program {
+                return None;
+            }
+            let key = cells[1].strip_prefix('`')?.strip_suffix('`')?;
+            Some((key.to_string(), cells[3].to_string()))
+        })
+        .collect()
+}
+
+/// `frpc.toml: accepted with no effect in punchline: log.level, log.to (why); ...`.
+pub fn no_effect_warning(origin: &str, keys: &[(String, &'static str)]) -> Option<String> {
+    if keys.is_empty() {
+        return None;
+    }
+    let mut groups: Vec<(&str, Vec<&str>)> = Vec::new();
+    for (key, why) in keys {
+        match groups.iter_mut().find(|(w, _)| w == why) {
+            Some((_, ks)) => ks.push(key),
+            None => groups.push((why, vec![key])),
+        }
+    }
+    let parts: Vec<String> = groups
+        .iter()
+        .map(|(why, ks)| format!("{} ({why})", ks.join(", ")))
+        .collect();
+    Some(format!(
+        "{origin}: these keys have no effect in punchline and are ignored: {}",
+        parts.join("; ")
+    ))
+}
+
+enum Segment<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
+/// `proxies[2].transport.useCompression` → Key, Index, Key, Key.
+fn segments(path: &str) -> Vec<Segment<'_>> {
+    let mut out = Vec::new();
+    for part in path.split('.') {
+        let (name, mut rest) = match part.find('[') {
+            Some(i) => (&part[..i], &part[i..]),
+            None => (part, ""),
+        };
+        out.push(Segment::Key(name));
+        while let Some(r) = rest.strip_prefix('[') {
+            let Some(end) = r.find(']') else { break };
+            if let Ok(i) = r[..end].parse() {
+                out.push(Segment::Index(i));
+            }
+            rest = &r[end + 1..];
+        }
+    }
+    out
+}
+
+/// Reads `text` into the model `T`: renders templates, parses (INI when the file has a
+/// `[common]` section, else TOML), deserializes, and sorts the keys the model did not
+/// read by `keys`. Errors carry `origin` (the file's name), the key and its line; all
+/// unknown and refused keys are in one error.
+pub fn read<T: serde::de::DeserializeOwned>(
+    text: &str,
+    origin: &str,
+    side: Side,
+    keys: &[FrpKey],
+) -> Result<Parsed<T>, ConfigError> {
+    let syntax = |message: String, line: Option<usize>| ConfigError::Syntax {
+        origin: origin.to_string(),
+        line,
+        message,
+    };
+    let text = template::render(text, |name| std::env::var(name).ok())
+        .map_err(|(m, line)| syntax(m, Some(line)))?;
+    let (root, format) = if ini::is_ini(&text) {
+        let root = ini::to_tree(&text, side).map_err(|(m, line)| syntax(m, Some(line)))?;
+        (root, Format::Ini)
+    } else {
+        (
+            tree::from_toml(&text).map_err(|(m, line)| syntax(m, line))?,
+            Format::Toml,
+        )
+    };
+    let ctx = tree::Ctx {
+        lenient: format == Format::Ini,
+        ..tree::Ctx::default()
+    };
+    let de = tree::De {
+        item: &root,
+        path: String::new(),
+        ctx: &ctx,
+    };
+    let mut ignored = Vec::new();
+    let model: T = serde_ignored::deserialize(de, |p| ignored.push(path_of(&p))).map_err(
+        |e: tree::DeError| ConfigError::Invalid {
+            origin: origin.to_string(),
+            line: e.line,
+            key: e.path.unwrap_or_default(),
+            message: e.message,
+        },
+    )?;
+    let fields = ctx.fields.into_inner();
+    let mut keys_read = Vec::new();
+    for (path, names) in &fields {
+        for name in *names {
+            let key = tree::join(path, name);
+            if !fields.contains_key(&key) && !fields.contains_key(&format!("{key}[]")) {
+                keys_read.push(key);
+            }
+        }
+    }
+    let mut parsed = Parsed {
+        model,
+        no_effect: Vec::new(),
+        format,
+        fields: keys_read,
+        errors: Vec::new(),
+        origin: origin.to_string(),
+        root,
+    };
+    let mut errors = Vec::new();
+    let mut unknown: Vec<String> = Vec::new();
+    for path in ignored {
+        let mut leaves = Vec::new();
+        if let Some(item) = parsed.find(&path) {
+            leaves_of(item, &path, &mut leaves);
+        } else {
+            leaves.push(path.clone());
+        }
+        for leaf in leaves {
+            match classify(&leaf, keys) {
+                Some(k) if k.effect == Effect::NoEffect => parsed.no_effect.push((leaf, k.why)),
+                Some(k) => errors.push(ConfigError::Unsupported {
+                    origin: origin.to_string(),
+                    line: parsed.line_of(&leaf),
+                    message: format!("not supported by punchline ({})", k.why),
+                    key: leaf,
+                }),
+                None => {
+                    let key = first_unknown(&path, &leaf, keys);
+                    if unknown.contains(&key) {
+                        continue;
+                    }
+                    unknown.push(key.clone());
+                    errors.push(ConfigError::UnknownKey {
+                        origin: origin.to_string(),
+                        line: parsed.line_of(&key),
+                        hint: hint(&key, &fields, keys),
+                        key,
+                    });
+                }
+            }
+        }
+    }
+    parsed.errors = errors;
+    Ok(parsed)
+}
+
+impl<T> Parsed<T> {
+    /// The value at `path` (keys matched ignoring case).
+    fn find(&self, path: &str) -> Option<&tree::Item> {
+        let mut item = &self.root;
+        for segment in segments(path) {
+            item = match (segment, &item.value) {
+                (Segment::Key(name), tree::Value::Table(entries)) => {
+                    &entries
+                        .iter()
+                        .find(|e| e.key.eq_ignore_ascii_case(name))?
+                        .item
+                }
+                (Segment::Index(i), tree::Value::Array(items)) => items.get(i)?,
+                _ => return None,
+            };
+        }
+        Some(item)
+    }
+}
+
+/// `serde_ignored`'s path in punchline's notation (`proxies[1].plugin`).
+fn path_of(p: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path;
+    match p {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => format!("{}[{index}]", path_of(parent)),
+        Path::Map { parent, key } => tree::join(&path_of(parent), key),
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => path_of(parent),
+    }
+}
+
+/// The paths of the values under `item` (itself if it is not a table or list of
+/// tables, or is empty).
+fn leaves_of(item: &tree::Item, path: &str, out: &mut Vec<String>) {
+    match &item.value {
+        tree::Value::Table(entries) if !entries.is_empty() => {
+            for e in entries {
+                leaves_of(&e.item, &tree::join(path, &e.key), out);
+            }
+        }
+        tree::Value::Array(items)
+            if !items.is_empty()
+                && items
+                    .iter()
+                    .all(|i| matches!(i.value, tree::Value::Table(_))) =>
+        {
+            for (i, it) in items.iter().enumerate() {
+                leaves_of(it, &format!("{path}[{i}]"), out);
+            }
+        }
+        _ => out.push(path.to_string()),
+    }
+}
+
+/// Whether `pattern` is `entry` or under it (`log.level` under `log`), ignoring case.
+fn under(pattern: &str, entry: &str) -> bool {
+    let (p, e) = (pattern.to_ascii_lowercase(), entry.to_ascii_lowercase());
+    p == e
+        || p.strip_prefix(&e)
+            .is_some_and(|rest| rest.starts_with('.') || rest.starts_with('['))
+}
+
+/// The entry of `keys` that `path` falls under.
+fn classify<'k>(path: &str, keys: &'k [FrpKey]) -> Option<&'k FrpKey> {
+    let pattern = tree::pattern(path);
+    keys.iter().find(|k| under(&pattern, k.key))
+}
+
+/// The part of an unknown `leaf` (under the ignored `path`) to report: the first part
+/// that no entry of `keys` lies under.
+fn first_unknown(path: &str, leaf: &str, keys: &[FrpKey]) -> String {
+    let mut key = path.to_string();
+    let rest = leaf.strip_prefix(path).unwrap_or("");
+    let mut parts = rest.split('.').filter(|s| !s.is_empty());
+    loop {
+        let pattern = tree::pattern(&key);
+        if !keys.iter().any(|k| under(k.key, &pattern)) {
+            return key;
+        }
+        match parts.next() {
+            Some(p) => key = tree::join(&key, p),
+            None => return key,
+        }
+    }
+}
+
+/// "did you mean `bindPort`?" when a known key is close (`_`/`-` aside, or two edits
+/// away), else the keys read there.
+fn hint(
+    key: &str,
+    fields: &std::collections::BTreeMap<String, &'static [&'static str]>,
+    keys: &[FrpKey],
+) -> String {
+    let (parent, name) = match key.rfind('.') {
+        Some(i) => (&key[..i], &key[i + 1..]),
+        None => ("", key),
+    };
+    let parent = tree::pattern(parent);
+    let known: Vec<&str> = fields.get(&parent).map(|f| f.to_vec()).unwrap_or_default();
+    let mut candidates = known.clone();
+    for k in keys {
+        let rest = match parent.as_str() {
+            "" => Some(k.key),
+            p => k.key.strip_prefix(p).and_then(|r| r.strip_prefix('.')),
+        };
+        if let Some(first) = rest.and_then(|r| r.split(['.', '[']).next()) {
+            if !candidates.contains(&first) {
+                candidates.push(first);
+            }
+        }
+    }
+    let norm = |s: &str| -> String {
+        s.chars()
+            .filter(|c| *c != '_' && *c != '-')
+            .flat_map(char::to_lowercase)
+            .collect()
+    };
+    let wanted = norm(name);
+    let close = candidates.iter().find(|k| norm(k) == wanted).or_else(|| {
+        candidates
+            .iter()
+            .map(|k| (strsim::levenshtein(&norm(k), &wanted), k))
+            .filter(|(d, k)| *d <= 2 && *d < k.len() / 2)
+            .min_by_key(|(d, _)| *d)
+            .map(|(_, k)| k)
+    });
+    match close {
+        Some(k) => format!("did you mean `{k}`?"),
+        None if known.is_empty() => "punchline reads no keys there".to_string(),
+        None => format!("the keys punchline reads here are {}", known.join(", ")),
     }
 }

@@ -157,6 +157,13 @@ pub const MAX_PENDING_LINKS_PER_SERVICE: usize = 32;
 /// server's [`PENDING_LINK_TIMEOUT`].
 pub const MAX_PENDING_LINKS_PER_VISITOR: usize = 4;
 
+/// Links to one service being set up at once from one IP address, whatever the
+/// identities: identities cost nothing to make, so a flood of them from one address
+/// holds at most this many of the service's [`MAX_PENDING_LINKS_PER_SERVICE`] slots
+/// (a quarter), and visitors elsewhere still get through. Room for a few honest
+/// visitors behind one NAT.
+pub const MAX_PENDING_LINKS_PER_ADDRESS: usize = 8;
+
 /// Link requests (`Pair`, `Connect`) one control connection may make per second on
 /// average. A visitor asks once per link, and a link serves many connections; 10 per
 /// second is far above honest use and far below what fills an owner's slots.
@@ -191,6 +198,12 @@ pub const LIVENESS_WAKE: Duration = Duration::from_secs(1);
 /// outage the delay never exceeds this, so that a restarted server has its peers (and
 /// so their services and exposures) back within a couple of seconds.
 pub const RECONNECT_FAST_MAX: Duration = Duration::from_secs(1);
+
+/// A user connection that arrives while the peer has lost the server (and needs it to
+/// make a new link) waits this long for it to come back before it is reset: peers
+/// reconnect within [`RECONNECT_FAST_MAX`] while an outage is young, so a restart is
+/// covered; a server that stays away costs the user no more than this.
+pub const SERVER_BACK_WAIT: Duration = Duration::from_secs(3);
 
 /// See [`RECONNECT_FAST_MAX`]: a restart takes seconds; past this the outage is
 /// longer, and the delay doubles up to [`RECONNECT_MAX_BACKOFF`].
@@ -243,3 +256,17 @@ pub const PEER_STATUS_TIMEOUT: Duration = Duration::from_secs(2);
 /// Most bytes of one peer's status document that `peer status` reads: a document with
 /// thousands of links and exposures fits; a process that sends more is not a peer.
 pub const PEER_STATUS_MAX_DOCUMENT: u64 = 4 << 20;
+
+/// A UDP session of an exposed udp port (one user address) ends after this long
+/// without a datagram either way: 60 s sits between Linux conntrack's 30 s for
+/// unanswered UDP flows and its 120 s for answered streams, and DNS, game and VPN
+/// clients send more often than that while they are alive.
+pub const UDP_SESSION_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Most UDP sessions (user addresses) one exposed udp port carries at once; datagrams
+/// from new addresses past it are dropped. Each session is a stream to the peer.
+pub const MAX_UDP_SESSIONS: usize = 1024;
+
+/// Datagrams queued per UDP session toward the peer; past it new ones are dropped,
+/// as a congested UDP path drops them.
+pub const UDP_SESSION_QUEUE: usize = 256;

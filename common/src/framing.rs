@@ -144,7 +144,10 @@ mod tests {
                 kind: ConnKind::Relay { session: 3 },
             },
             ClientMsg::Register { name: "ssh".into() },
-            ClientMsg::Connect { name: "ssh".into() },
+            ClientMsg::Connect {
+                name: "ssh".into(),
+                relay_first: true,
+            },
             ClientMsg::Repunch { session: 4 },
             ClientMsg::Prove {
                 session: 3,

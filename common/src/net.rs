@@ -230,3 +230,12 @@ pub async fn read_stream_header<R: tokio::io::AsyncRead + Unpin>(
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no stream header in time"))?
 }
+
+/// The framing of datagrams on a stream (exposed udp ports): a 2-byte big-endian
+/// length, then the datagram. A datagram is at most 65,535 bytes, so every one fits.
+pub fn datagram_codec() -> tokio_util::codec::LengthDelimitedCodec {
+    tokio_util::codec::LengthDelimitedCodec::builder()
+        .length_field_length(2)
+        .max_frame_length(usize::from(u16::MAX))
+        .new_codec()
+}

@@ -14,7 +14,9 @@ use serde::{Deserialize, Serialize};
 /// 2: peers prove an identity key in the server handshake (Noise `XNpsk0`); data
 /// connections are tied to it; punch signals wait for both peers' proofs of the
 /// shared secret.
-pub const PROTOCOL_VERSION: u16 = 2;
+///
+/// 3: [`ClientMsg::Connect`] carries `relay_first`.
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// What a connection to the server is for; sent in [`ClientMsg::Hello`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,6 +114,12 @@ pub enum ClientMsg {
     Connect {
         /// The service's name.
         name: String,
+        /// Skip the direct attempts and relay at once (both peers are told so in
+        /// `direct_hopeless`): the visitor's previous link to this service could not
+        /// be made direct, so a new one (after a server restart, say) should not wait
+        /// a punch window for the same result. The visitor still tries direct in the
+        /// background once the relayed link is up.
+        relay_first: bool,
     },
     /// Ask for another direct attempt on a session whose link is relayed; the server
     /// answers both peers with [`ServerMsg::Repunch`].
@@ -205,6 +213,13 @@ pub enum ExposeSpec {
     },
     /// The server routes HTTP requests on its vhost port by Host and path.
     Http(HttpRoute),
+    /// The server receives datagrams on UDP port `remote_port` (0: the server chooses)
+    /// and carries each user address's datagrams on a stream of its own, framed by
+    /// [`crate::net::datagram_codec`], to the peer (frp's udp proxy).
+    Udp {
+        /// The UDP port on the server.
+        remote_port: u16,
+    },
 }
 
 /// An HTTP virtual host route (frp's http proxy options).

@@ -6,31 +6,32 @@
 //!
 //! | key | meaning | default |
 //! |---|---|---|
-//! | `serverAddr` | the rendezvous server, host name or IP | required |
+//! | `serverAddr` | the rendezvous server, host name or IP | `0.0.0.0`, frp's |
 //! | `serverPort` | its port | `7000`, frp's (the CLI's is 8877) |
 //! | `auth.method` | `"token"`, the only method | `"token"` |
 //! | `auth.token` | the server's token (not empty) | none |
 //! | `user` | prefixes proxy names: `user.name` (see below) | none |
 //! | `transport.protocol` | `"tcp"`, the only one (a no-op) | `"tcp"` |
-//! | `transport.tls.enable` | `true` only: the connection is always encrypted (with Noise, not TLS; a no-op) | `true` |
+//! | `start` | names of the proxies and visitors to run | all |
 //!
 //! `[[proxies]]`, each with `name` (unique), `type`, `localIP` (an IP address or a host
 //! name, default `127.0.0.1`), `localPort`, and by type:
 //!
-//! * `tcp`: `remotePort` (0 or absent: the server chooses);
+//! * `tcp` and `udp`: `remotePort` (0 or absent: the server chooses; tcp and udp
+//!   proxies share the server's port numbers);
 //! * `http`: `customDomains` (lowercased, `*.example.com` allowed) and/or `subdomain`
 //!   (at least one), `locations` (path prefixes, default `/`), `httpUser` and
 //!   `httpPassword` (basic auth, both or neither), `hostHeaderRewrite`,
 //!   `requestHeaders.set.NAME`, `responseHeaders.set.NAME`;
-//! * `xtcp`: `secretKey` (required), `allowUsers` (only `["*"]`: the server does not
+//! * `xtcp` and `stcp` (the same, always relayed through the server): `secretKey`
+//!   (required), `allowUsers` (only `["*"]`: the server does not
 //!   know users, so whoever knows `secretKey` may connect; frp's default, visitors of
 //!   the same user, cannot be enforced).
 //!
-//! `transport.useEncryption = true` is accepted as a no-op on proxies and visitors:
-//! punchline always encrypts. A key of another type (`remotePort` on an http proxy) is
-//! an error.
+//! `enabled = false` skips a proxy or visitor. A key of another type (`remotePort`
+//! on an http proxy) is an error.
 //!
-//! `[[visitors]]` (`type = "xtcp"`): `name` (unique), `serverName`, `serverUser`,
+//! `[[visitors]]` (`type = "xtcp"` or `"stcp"`): `name` (unique), `serverName`, `serverUser`,
 //! `secretKey` (required), `bindAddr` (an IP address, default `127.0.0.1`), `bindPort`
 //! (required; 0: any free port), `keepTunnelOpen` (default `false`).
 //!
@@ -38,18 +39,20 @@
 //! looks for `serverUser.serverName`, or `user.serverName` when `serverUser` is not
 //! set (plain `serverName` when neither is).
 //!
-//! Every other key frp knows (proxy types `udp`, `https`, `stcp`, `sudp`, `tcpmux`;
-//! plugins, `healthCheck`, `loadBalancer`, `webServer`, `log`, most of `transport`,
-//! ...) is an error that names the key and says punchline does not support it, even
-//! when it holds frp's default; a key nobody knows (a typo) is an error that names it
-//! and the closest known key. Nothing is silently ignored.
+//! frp's other keys are in [`FRP_KEYS`]: accepted with no effect (`log.*`,
+//! `loginFailExit`, `transport.tls.*`, `transport.useEncryption`, ...; named together
+//! in one warning) or refused (plugins, `loadBalancer`, `includes`, ...; named together
+//! in one error, with the proxies' own errors). Proxy types `https`, `sudp` and
+//! `tcpmux` are refused. A key nobody knows (a typo) is an error naming it
+//! and the closest known key. The legacy INI format (`frpc.ini`) is read into the same
+//! model.
 //!
-//! Parsing goes in three steps (rathole's `config.rs` is the model): the TOML is parsed
-//! and every key and value type checked against a schema, so errors carry the key's
-//! path and line (`frpc.toml:31: proxies[2].type: "udp" ("dns") is not supported by
-//! punchline (tcp, http, xtcp are)`); serde (`deny_unknown_fields`) reads the same text
-//! into the file's model; its `validate()` checks the values and fills in defaults,
-//! giving a [`ClientConfig`].
+//! Parsing ([`common::config::read`]) renders `{{ .Envs.NAME }}` templates, reads the
+//! TOML or INI text into the serde model below (keys matched ignoring case, as frp
+//! does), sorts the keys the model did not read by [`FRP_KEYS`], and `validate()`
+//! checks the values and fills in defaults, giving a [`ClientConfig`]. Errors carry
+//! the key's path and line (`frpc.toml:31: proxies[2].type: "udp" ("dns") is not
+//! supported by punchline (tcp, http, xtcp are)`).
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -61,9 +64,8 @@ use std::{
 use common::proto::{ExposeSpec, HttpRoute};
 use serde::Deserialize;
 
-use common::config::schema::{self, Checker, Node, Schema};
 pub use common::config::ConfigError;
-use common::config::{is_host_name, parse_ip};
+use common::config::{self, is_host_name, parse_ip, Effect, FrpKey, Side};
 
 /// frp's default `serverPort`, used when a file has none (punchline's own CLI default,
 /// 8877, applies only to the command line): an `frpc.toml` without `serverPort` must
@@ -82,6 +84,9 @@ pub struct ClientConfig {
     pub proxies: Vec<Proxy>,
     /// The visitors (services of other peers, reached here), in file order.
     pub visitors: Vec<Visitor>,
+    /// frp keys of the file accepted with no effect, each with the reason (see
+    /// [`FRP_KEYS`]); [`load`] names them in one warning.
+    pub no_effect: Vec<(String, &'static str)>,
 }
 
 impl fmt::Debug for ClientConfig {
@@ -91,6 +96,7 @@ impl fmt::Debug for ClientConfig {
             .field("token", &self.token.as_ref().map(|_| Masked))
             .field("proxies", &self.proxies)
             .field("visitors", &self.visitors)
+            .field("no_effect", &self.no_effect)
             .finish()
     }
 }
@@ -124,11 +130,23 @@ pub enum ProxyKind {
         /// `remotePort`.
         remote_port: u16,
     },
+    /// The server receives datagrams on UDP port `remote_port` (0: it chooses) and
+    /// carries each user address's here, to a UDP socket of its own.
+    Udp {
+        /// `remotePort`.
+        remote_port: u16,
+    },
     /// The server's HTTP virtual hosts route requests here by Host and path. `Debug`
     /// masks the basic auth password.
     Http(HttpRoute),
     /// Offered peer to peer to visitors that know the secret (`peer serve`).
     Xtcp {
+        /// `secretKey`. Printed as `MASKED` by `Debug`.
+        secret: String,
+    },
+    /// Offered to visitors that know the secret, always relayed through the server
+    /// (`peer serve` without punching; frp's stcp).
+    Stcp {
         /// `secretKey`. Printed as `MASKED` by `Debug`.
         secret: String,
     },
@@ -142,8 +160,11 @@ impl ProxyKind {
             ProxyKind::Tcp { remote_port } => Some(ExposeSpec::Tcp {
                 remote_port: *remote_port,
             }),
+            ProxyKind::Udp { remote_port } => Some(ExposeSpec::Udp {
+                remote_port: *remote_port,
+            }),
             ProxyKind::Http(route) => Some(ExposeSpec::Http(route.clone())),
-            ProxyKind::Xtcp { .. } => None,
+            ProxyKind::Xtcp { .. } | ProxyKind::Stcp { .. } => None,
         }
     }
 }
@@ -155,6 +176,10 @@ impl fmt::Debug for ProxyKind {
                 .debug_struct("Tcp")
                 .field("remote_port", remote_port)
                 .finish(),
+            ProxyKind::Udp { remote_port } => f
+                .debug_struct("Udp")
+                .field("remote_port", remote_port)
+                .finish(),
             ProxyKind::Http(route) => {
                 let mut shown = route.clone();
                 if let Some((_, password)) = &mut shown.basic_auth {
@@ -163,6 +188,7 @@ impl fmt::Debug for ProxyKind {
                 f.debug_tuple("Http").field(&shown).finish()
             }
             ProxyKind::Xtcp { .. } => f.debug_struct("Xtcp").field("secret", &Masked).finish(),
+            ProxyKind::Stcp { .. } => f.debug_struct("Stcp").field("secret", &Masked).finish(),
         }
     }
 }
@@ -181,6 +207,8 @@ pub struct Visitor {
     pub bind: SocketAddr,
     /// Bring the link up at start and keep it up (`keepTunnelOpen`).
     pub keep_open: bool,
+    /// frp's stcp visitor: the link is always relayed, never punched.
+    pub relay_only: bool,
 }
 
 impl fmt::Debug for Visitor {
@@ -191,6 +219,7 @@ impl fmt::Debug for Visitor {
             .field("secret", &Masked)
             .field("bind", &self.bind)
             .field("keep_open", &self.keep_open)
+            .field("relay_only", &self.relay_only)
             .finish()
     }
 }
@@ -210,184 +239,102 @@ pub fn load(path: &Path) -> Result<ClientConfig, ConfigError> {
         path: path.to_path_buf(),
         source,
     })?;
-    parse(&text, &path.display().to_string())
+    let origin = path.display().to_string();
+    let cfg = parse(&text, &origin)?;
+    if let Some(w) = config::no_effect_warning(&origin, &cfg.no_effect) {
+        tracing::warn!("{w}");
+    }
+    Ok(cfg)
 }
 
 /// Parses a client config from `text`; `origin` names it in errors (a file name).
 pub fn parse(text: &str, origin: &str) -> Result<ClientConfig, ConfigError> {
-    let checker = Checker { origin, text };
-    let doc = checker.check(CLIENT)?;
-    let file: FrpcFile = toml::from_str(text).map_err(|e| schema::syntax(origin, text, &e))?;
-    file.validate(origin)
-        .map_err(|e| checker.add_line(e, doc.get_ref()))
+    let (file, parsed) = config::read::<FrpcFile>(text, origin, Side::Client, FRP_KEYS)?.take();
+    let (mut cfg, no_effect) = parsed.finish(file.validate(origin))?;
+    cfg.no_effect = no_effect;
+    Ok(cfg)
 }
 
 // ---- The file's shape -------------------------------------------------------------
 
 const NO_LOG: &str = "logs go to stderr; set the level with -v or RUST_LOG";
 const NO_ADMIN: &str = "there is no admin API or web UI";
-const INI: &str = "this is frp's old INI format ([common]); only the TOML format of frp v0.52 \
-                   and later is read";
-/// Why `useEncryption` and `tls.enable` can only be `true`.
-const ENCRYPTED: &str = "traffic is always encrypted; remove the key or set it to true";
 const NO_TRANSPORT: &str = "the connection to the server is TCP with Noise encryption and \
-                            yamux, which take no settings";
+                            yamux, whose settings are punchline's own";
+const NO_TLS: &str = "connections are always encrypted and authenticated by the token, with \
+                      Noise rather than TLS: there are no certificates";
+const ENCRYPTED: &str = "traffic is always encrypted";
 const OWN_SCHEDULE: &str = "punch attempts and retries follow punchline's own schedule";
 const RELAY: &str = "a link that cannot go direct is relayed through the server by itself";
 /// Why `allowUsers` can only be `["*"]`.
 const NO_USERS: &str =
     "the server does not know users: any visitor that knows secretKey may connect";
 
-// One key per line: the tables read best unwrapped.
-
-/// The keys of `frpc.toml`.
+/// frp's client keys that the model below does not read: accepted with no effect, or
+/// refused. The README's table of frp keys lists these and the model's own.
 #[rustfmt::skip]
-const CLIENT: Schema = &[
-    ("serverAddr", Node::Str),
-    ("serverPort", Node::Int),
-    ("user", Node::Str),
-    ("auth", Node::Table(AUTH)),
-    ("transport", Node::Table(TRANSPORT)),
-    ("proxies", Node::Tables(PROXY)),
-    ("visitors", Node::Tables(VISITOR)),
-    ("clientID", Node::Unsupported("peers are told apart by their connections")),
-    ("natHoleStunServer", Node::Unsupported("peers learn their NAT mappings from the server itself")),
-    ("dnsServer", Node::Unsupported("the system's resolver is used")),
-    ("loginFailExit", Node::Unsupported("a wrong token ends the peer; a lost server is retried")),
-    ("start", Node::Unsupported("list only the proxies to run")),
-    ("log", Node::Unsupported(NO_LOG)),
-    ("webServer", Node::Unsupported(NO_ADMIN)),
-    ("virtualNet", Node::Unsupported("there is no virtual network")),
-    ("featureGates", Node::Unsupported("there are no feature gates")),
-    ("udpPacketSize", Node::Unsupported("no UDP proxies")),
-    ("metadatas", Node::Unsupported("there is no metadata")),
-    ("includes", Node::Unsupported("put every proxy in the one file")),
-    ("store", Node::Unsupported(NO_ADMIN)),
-    ("common", Node::Unsupported(INI)),
+pub const FRP_KEYS: &[FrpKey] = &[
+    FrpKey { key: "log", effect: Effect::NoEffect, why: NO_LOG },
+    FrpKey { key: "loginFailExit", effect: Effect::NoEffect, why: "a wrong token ends the peer; a lost server is retried" },
+    FrpKey { key: "webServer", effect: Effect::NoEffect, why: NO_ADMIN },
+    FrpKey { key: "store", effect: Effect::NoEffect, why: NO_ADMIN },
+    FrpKey { key: "clientID", effect: Effect::NoEffect, why: "peers are told apart by their identity keys" },
+    FrpKey { key: "natHoleStunServer", effect: Effect::NoEffect, why: "peers learn their NAT mappings from the rendezvous server" },
+    FrpKey { key: "dnsServer", effect: Effect::NoEffect, why: "the system's resolver is used" },
+    FrpKey { key: "udpPacketSize", effect: Effect::NoEffect, why: "datagrams of any size up to 65,535 bytes are carried" },
+    FrpKey { key: "metadatas", effect: Effect::NoEffect, why: "there is no metadata" },
+    FrpKey { key: "featureGates", effect: Effect::NoEffect, why: "there are no feature gates" },
+    FrpKey { key: "auth.additionalScopes", effect: Effect::NoEffect, why: "every connection is authenticated by the token" },
+    FrpKey { key: "transport.tls", effect: Effect::NoEffect, why: NO_TLS },
+    FrpKey { key: "transport.heartbeatInterval", effect: Effect::NoEffect, why: NO_TRANSPORT },
+    FrpKey { key: "transport.heartbeatTimeout", effect: Effect::NoEffect, why: NO_TRANSPORT },
+    FrpKey { key: "transport.poolCount", effect: Effect::NoEffect, why: "streams are opened on demand over one connection" },
+    FrpKey { key: "transport.tcpMux", effect: Effect::NoEffect, why: NO_TRANSPORT },
+    FrpKey { key: "transport.tcpMuxKeepaliveInterval", effect: Effect::NoEffect, why: NO_TRANSPORT },
+    FrpKey { key: "transport.dialServerTimeout", effect: Effect::NoEffect, why: NO_TRANSPORT },
+    FrpKey { key: "transport.dialServerKeepalive", effect: Effect::NoEffect, why: NO_TRANSPORT },
+    FrpKey { key: "transport.wireProtocol", effect: Effect::NoEffect, why: NO_TRANSPORT },
+    FrpKey { key: "transport.quic", effect: Effect::NoEffect, why: NO_TRANSPORT },
+    FrpKey { key: "transport.connectServerLocalIP", effect: Effect::Refused, why: "the connection to the server leaves from the address the system picks" },
+    FrpKey { key: "transport.proxyURL", effect: Effect::Refused, why: "the server is reached directly, not through a proxy" },
+    FrpKey { key: "auth.oidc", effect: Effect::Refused, why: "the only auth.method is \"token\"" },
+    FrpKey { key: "auth.tokenSource", effect: Effect::Refused, why: "put the token in auth.token, or in a {{ .Envs.NAME }} template" },
+    FrpKey { key: "includes", effect: Effect::Refused, why: "put every proxy in the one file" },
+    FrpKey { key: "virtualNet", effect: Effect::Refused, why: "there is no virtual network" },
+    FrpKey { key: "proxies[].transport.useEncryption", effect: Effect::NoEffect, why: ENCRYPTED },
+    FrpKey { key: "proxies[].transport.useCompression", effect: Effect::NoEffect, why: "data is not compressed" },
+    FrpKey { key: "proxies[].transport.bandwidthLimit", effect: Effect::Refused, why: "there are no bandwidth limits" },
+    FrpKey { key: "proxies[].transport.bandwidthLimitMode", effect: Effect::Refused, why: "there are no bandwidth limits" },
+    FrpKey { key: "proxies[].transport.proxyProtocolVersion", effect: Effect::Refused, why: "there is no PROXY protocol header" },
+    FrpKey { key: "proxies[].metadatas", effect: Effect::NoEffect, why: "there is no metadata" },
+    FrpKey { key: "proxies[].annotations", effect: Effect::NoEffect, why: NO_ADMIN },
+    FrpKey { key: "proxies[].healthCheck", effect: Effect::NoEffect, why: "there are no health checks: the proxy stays registered" },
+    FrpKey { key: "proxies[].loadBalancer", effect: Effect::Refused, why: "there are no load balancing groups" },
+    FrpKey { key: "proxies[].plugin", effect: Effect::Refused, why: "there are no plugins; point localIP and localPort at a service" },
+    FrpKey { key: "proxies[].routeByHTTPUser", effect: Effect::Refused, why: "http routes go by Host and path only" },
+    FrpKey { key: "proxies[].multiplexer", effect: Effect::Refused, why: "there is no tcpmux" },
+    FrpKey { key: "range", effect: Effect::Refused, why: "INI [range:NAME] sections are not read; give each port a proxy of its own" },
+    FrpKey { key: "visitors[].transport.useEncryption", effect: Effect::NoEffect, why: ENCRYPTED },
+    FrpKey { key: "visitors[].transport.useCompression", effect: Effect::NoEffect, why: "data is not compressed" },
+    FrpKey { key: "visitors[].protocol", effect: Effect::NoEffect, why: "links are punched TCP connections, or relayed" },
+    FrpKey { key: "visitors[].maxRetriesAnHour", effect: Effect::NoEffect, why: OWN_SCHEDULE },
+    FrpKey { key: "visitors[].minRetryInterval", effect: Effect::NoEffect, why: OWN_SCHEDULE },
+    FrpKey { key: "visitors[].natTraversal", effect: Effect::NoEffect, why: OWN_SCHEDULE },
+    FrpKey { key: "visitors[].fallbackTo", effect: Effect::NoEffect, why: RELAY },
+    FrpKey { key: "visitors[].fallbackTimeoutMs", effect: Effect::NoEffect, why: RELAY },
+    FrpKey { key: "visitors[].plugin", effect: Effect::Refused, why: "there are no visitor plugins" },
 ];
 
-/// `auth.*`.
-#[rustfmt::skip]
-const AUTH: Schema = &[
-    ("method", Node::Kind { ok: &["token"], frp: &["oidc"] }),
-    ("token", Node::Str),
-    ("additionalScopes", Node::Unsupported("the token is checked by each connection's handshake")),
-    ("tokenSource", Node::Unsupported("put the token in auth.token or in PUNCHLINE_TOKEN")),
-    ("oidc", Node::Unsupported("the only auth.method is \"token\"")),
-];
-
-/// `transport.*` of the client as a whole.
-#[rustfmt::skip]
-const TRANSPORT: Schema = &[
-    ("protocol", Node::Kind { ok: &["tcp"], frp: &["kcp", "quic", "websocket", "wss"] }),
-    ("tls", Node::Table(TLS)),
-    ("wireProtocol", Node::Unsupported(NO_TRANSPORT)),
-    ("dialServerTimeout", Node::Unsupported(NO_TRANSPORT)),
-    ("dialServerKeepalive", Node::Unsupported(NO_TRANSPORT)),
-    ("connectServerLocalIP", Node::Unsupported(NO_TRANSPORT)),
-    ("connectServerInterface", Node::Unsupported(NO_TRANSPORT)),
-    ("proxyURL", Node::Unsupported("the server is reached directly, not through a proxy")),
-    ("poolCount", Node::Unsupported("streams are opened on demand over one connection")),
-    ("tcpMux", Node::Unsupported(NO_TRANSPORT)),
-    ("tcpMuxKeepaliveInterval", Node::Unsupported(NO_TRANSPORT)),
-    ("quic", Node::Unsupported(NO_TRANSPORT)),
-    ("heartbeatInterval", Node::Unsupported(NO_TRANSPORT)),
-    ("heartbeatTimeout", Node::Unsupported(NO_TRANSPORT)),
-    ("auto", Node::Unsupported(NO_TRANSPORT)),
-];
-
-/// `transport.tls.*`.
-#[rustfmt::skip]
-const TLS: Schema = &[
-    ("enable", Node::True("the connection to the server is always encrypted, with Noise rather than TLS")),
-    ("disableCustomTLSFirstByte", Node::Unsupported(NO_TRANSPORT)),
-    ("certFile", Node::Unsupported(NO_TRANSPORT)),
-    ("keyFile", Node::Unsupported(NO_TRANSPORT)),
-    ("trustedCaFile", Node::Unsupported(NO_TRANSPORT)),
-    ("serverName", Node::Unsupported(NO_TRANSPORT)),
-];
-
-/// One `[[proxies]]` entry; which keys go with which type is checked in `validate()`.
-#[rustfmt::skip]
-const PROXY: Schema = &[
-    ("name", Node::Str),
-    ("type", Node::Kind { ok: &["tcp", "http", "xtcp"], frp: &["udp", "https", "stcp", "sudp", "tcpmux"] }),
-    ("localIP", Node::Str),
-    ("localPort", Node::Int),
-    ("remotePort", Node::Int),
-    ("customDomains", Node::StrList),
-    ("subdomain", Node::Str),
-    ("locations", Node::StrList),
-    ("httpUser", Node::Str),
-    ("httpPassword", Node::Str),
-    ("hostHeaderRewrite", Node::Str),
-    ("requestHeaders", Node::Table(HEADERS)),
-    ("responseHeaders", Node::Table(HEADERS)),
-    ("secretKey", Node::Str),
-    ("allowUsers", Node::StrList),
-    ("transport", Node::Table(PROXY_TRANSPORT)),
-    ("enabled", Node::Unsupported("remove or comment out the proxy instead")),
-    ("metadatas", Node::Unsupported("there is no metadata")),
-    ("annotations", Node::Unsupported(NO_ADMIN)),
-    ("loadBalancer", Node::Unsupported("there are no load balancing groups")),
-    ("healthCheck", Node::Unsupported("there are no health checks")),
-    ("plugin", Node::Unsupported("there are no plugins; point localIP and localPort at a service")),
-    ("routeByHTTPUser", Node::Unsupported("http routes go by Host and path only")),
-    ("multiplexer", Node::Unsupported("there is no tcpmux")),
-];
-
-/// `requestHeaders` and `responseHeaders`.
-const HEADERS: Schema = &[("set", Node::StrMap)];
-
-/// `transport.*` of a proxy.
-#[rustfmt::skip]
-const PROXY_TRANSPORT: Schema = &[
-    ("useEncryption", Node::True(ENCRYPTED)),
-    ("useCompression", Node::Unsupported("there is no compression")),
-    ("bandwidthLimit", Node::Unsupported("there are no bandwidth limits")),
-    ("bandwidthLimitMode", Node::Unsupported("there are no bandwidth limits")),
-    ("proxyProtocolVersion", Node::Unsupported("there is no PROXY protocol header")),
-];
-
-/// One `[[visitors]]` entry.
-#[rustfmt::skip]
-const VISITOR: Schema = &[
-    ("name", Node::Str),
-    ("type", Node::Kind { ok: &["xtcp"], frp: &["stcp", "sudp", "xudp", "stcp+sudp", "xtcp+xudp"] }),
-    ("serverName", Node::Str),
-    ("serverUser", Node::Str),
-    ("secretKey", Node::Str),
-    ("bindAddr", Node::Str),
-    ("bindPort", Node::Int),
-    ("keepTunnelOpen", Node::Bool),
-    ("transport", Node::Table(VISITOR_TRANSPORT)),
-    ("enabled", Node::Unsupported("remove or comment out the visitor instead")),
-    ("protocol", Node::Unsupported("links are punched TCP connections, not QUIC or KCP")),
-    ("maxRetriesAnHour", Node::Unsupported(OWN_SCHEDULE)),
-    ("minRetryInterval", Node::Unsupported(OWN_SCHEDULE)),
-    ("fallbackTo", Node::Unsupported(RELAY)),
-    ("fallbackTimeoutMs", Node::Unsupported(RELAY)),
-    ("natTraversal", Node::Unsupported(OWN_SCHEDULE)),
-    ("plugin", Node::Unsupported("there are no visitor plugins")),
-];
-
-/// `transport.*` of a visitor.
-#[rustfmt::skip]
-const VISITOR_TRANSPORT: Schema = &[
-    ("useEncryption", Node::True(ENCRYPTED)),
-    ("useCompression", Node::Unsupported("there is no compression")),
-];
-
-/// The file's model (`deny_unknown_fields`: the key check has run, so serde meets only
-/// the keys above; unsupported ones have been refused already).
+/// The file's model: every key punchline reads. Names match ignoring case.
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct FrpcFile {
     #[serde(rename = "serverAddr")]
     server_addr: Option<String>,
     #[serde(rename = "serverPort")]
     server_port: Option<i64>,
     user: Option<String>,
+    /// frp's `start`: run only the proxies and visitors named here.
+    start: Option<Vec<String>>,
     #[serde(default)]
     auth: AuthFile,
     #[serde(default)]
@@ -399,28 +346,17 @@ struct FrpcFile {
 }
 
 #[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
 struct AuthFile {
     method: Option<String>,
     token: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
 struct TransportFile {
     protocol: Option<String>,
-    #[serde(default)]
-    tls: TlsFile,
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct TlsFile {
-    enable: Option<bool>,
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct ProxyFile {
     name: Option<String>,
     #[serde(rename = "type")]
@@ -449,27 +385,17 @@ struct ProxyFile {
     secret_key: Option<String>,
     #[serde(rename = "allowUsers")]
     allow_users: Option<Vec<String>>,
-    #[serde(default)]
-    transport: EntryTransportFile,
+    /// `false`: the proxy is skipped.
+    enabled: Option<bool>,
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct HeadersFile {
     #[serde(default)]
     set: BTreeMap<String, String>,
 }
 
-/// `transport` of a proxy or a visitor.
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct EntryTransportFile {
-    #[serde(rename = "useEncryption")]
-    use_encryption: Option<bool>,
-}
-
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct VisitorFile {
     name: Option<String>,
     #[serde(rename = "type")]
@@ -486,8 +412,8 @@ struct VisitorFile {
     bind_port: Option<i64>,
     #[serde(rename = "keepTunnelOpen")]
     keep_tunnel_open: Option<bool>,
-    #[serde(default)]
-    transport: EntryTransportFile,
+    /// `false`: the visitor is skipped.
+    enabled: Option<bool>,
 }
 
 /// Builds errors for one file.
@@ -523,6 +449,33 @@ impl Errors<'_> {
         }
     }
 
+    /// A type: one of `ok`, else refused (one of frp's other types `frp`) or invalid.
+    fn kind(
+        &self,
+        key: &str,
+        kind: &str,
+        name: &str,
+        ok: &[&str],
+        frp: &[&str],
+    ) -> Result<(), ConfigError> {
+        if ok.contains(&kind) {
+            return Ok(());
+        }
+        let supported = ok.join(", ");
+        let verb = if ok.len() == 1 { "is" } else { "are" };
+        if frp.contains(&kind) {
+            Err(self.unsupported(
+                key,
+                format!("{kind:?} ({name:?}) is not supported by punchline ({supported} {verb})"),
+            ))
+        } else {
+            Err(self.invalid(
+                key,
+                format!("{kind:?} ({name:?}) is unknown (punchline supports {supported})"),
+            ))
+        }
+    }
+
     /// A required value.
     fn required<T>(&self, value: Option<T>, key: &str, what: &str) -> Result<T, ConfigError> {
         value.ok_or_else(|| self.invalid(key, format!("missing: {what}")))
@@ -554,18 +507,6 @@ impl Errors<'_> {
         }
         Ok(())
     }
-
-    /// A `transport.useEncryption` that the key check let through (only `true` can be
-    /// here; a second look costs nothing).
-    fn no_op_encryption(&self, at: &str, t: &EntryTransportFile) -> Result<(), ConfigError> {
-        if t.use_encryption == Some(false) {
-            return Err(self.unsupported(
-                format!("{at}.transport.useEncryption"),
-                format!("false is not supported by punchline ({ENCRYPTED})"),
-            ));
-        }
-        Ok(())
-    }
 }
 
 impl FrpcFile {
@@ -573,29 +514,28 @@ impl FrpcFile {
     fn validate(self, origin: &str) -> Result<ClientConfig, ConfigError> {
         let e = Errors { origin };
 
-        if self.auth.method.as_deref().is_some_and(|m| m != "token") {
-            return Err(e.unsupported("auth.method", "only \"token\" is supported"));
-        }
-        if self
-            .transport
-            .protocol
-            .as_deref()
-            .is_some_and(|p| p != "tcp")
-        {
-            return Err(e.unsupported("transport.protocol", "only \"tcp\" is supported"));
-        }
-        if self.transport.tls.enable == Some(false) {
+        if let Some(m) = self.auth.method.as_deref().filter(|m| *m != "token") {
             return Err(e.unsupported(
-                "transport.tls.enable",
-                "false is not supported by punchline (the connection is always encrypted)",
+                "auth.method",
+                format!("{m:?} is not supported by punchline (token is)"),
             ));
         }
+        if let Some(p) = self.transport.protocol.as_deref().filter(|p| *p != "tcp") {
+            let known = ["kcp", "quic", "websocket", "wss"].contains(&p);
+            let message = if known {
+                format!("{p:?} is not supported by punchline (tcp is)")
+            } else {
+                format!("{p:?} is unknown (punchline supports tcp)")
+            };
+            return Err(if known {
+                e.unsupported("transport.protocol", message)
+            } else {
+                e.invalid("transport.protocol", message)
+            });
+        }
 
-        let addr = e.required(
-            self.server_addr,
-            "serverAddr",
-            "the rendezvous server's address",
-        )?;
+        // frp's default: a server on this machine.
+        let addr = self.server_addr.unwrap_or_else(|| "0.0.0.0".to_string());
         let port = match self.server_port {
             None => FRP_DEFAULT_PORT,
             Some(p) => e.port("serverPort", p, false)?,
@@ -644,15 +584,53 @@ impl FrpcFile {
             None => None,
         };
 
+        // Each entry is checked on its own, so that one run names every entry to fix.
+        let mut errors = Vec::new();
         let mut proxies = Vec::with_capacity(self.proxies.len());
         for (i, p) in self.proxies.into_iter().enumerate() {
-            proxies.push(p.validate(&e, i, user.as_deref())?);
+            if p.enabled == Some(false) {
+                continue;
+            }
+            match p.validate(&e, i, user.as_deref()) {
+                Ok(p) => proxies.push(p),
+                Err(err) => errors.push(err),
+            }
         }
-        check_proxies(&e, &proxies)?;
-
         let mut visitors = Vec::with_capacity(self.visitors.len());
         for (i, v) in self.visitors.into_iter().enumerate() {
-            visitors.push(v.validate(&e, i, user.as_deref())?);
+            if v.enabled == Some(false) {
+                continue;
+            }
+            match v.validate(&e, i, user.as_deref()) {
+                Ok(v) => visitors.push(v),
+                Err(err) => errors.push(err),
+            }
+        }
+        if let Some(err) = ConfigError::from_list(origin, errors) {
+            return Err(err);
+        }
+        check_proxies(&e, &proxies)?;
+        if let Some(start) = &self.start {
+            // frp's `start`: only these proxies and visitors run (names without the
+            // user prefix, as written in the file).
+            let unprefixed = |n: &str| -> String {
+                match user.as_deref() {
+                    Some(u) => n.strip_prefix(&format!("{u}.")).unwrap_or(n).to_string(),
+                    None => n.to_string(),
+                }
+            };
+            for (j, s) in start.iter().enumerate() {
+                let known = proxies.iter().any(|p| unprefixed(&p.name) == *s)
+                    || visitors.iter().any(|v| v.name == *s);
+                if !known {
+                    return Err(e.invalid(
+                        format!("start[{j}]"),
+                        format!("{s:?} is not the name of a proxy or visitor of this file"),
+                    ));
+                }
+            }
+            proxies.retain(|p| start.contains(&unprefixed(&p.name)));
+            visitors.retain(|v| start.contains(&v.name));
         }
         let mut names = HashMap::new();
         let mut binds = HashMap::new();
@@ -678,6 +656,7 @@ impl FrpcFile {
             token,
             proxies,
             visitors,
+            no_effect: Vec::new(),
         })
     }
 }
@@ -695,7 +674,9 @@ fn check_proxies(e: &Errors<'_>, proxies: &[Proxy]) -> Result<(), ConfigError> {
             ));
         }
         match &p.kind {
-            ProxyKind::Tcp { remote_port } if *remote_port != 0 => {
+            ProxyKind::Tcp { remote_port } | ProxyKind::Udp { remote_port }
+                if *remote_port != 0 =>
+            {
                 if let Some(first) = ports.insert(*remote_port, i) {
                     return Err(e.invalid(
                         format!("proxies[{i}].remotePort"),
@@ -727,7 +708,10 @@ fn check_proxies(e: &Errors<'_>, proxies: &[Proxy]) -> Result<(), ConfigError> {
                     }
                 }
             }
-            ProxyKind::Tcp { .. } | ProxyKind::Xtcp { .. } => {}
+            ProxyKind::Tcp { .. }
+            | ProxyKind::Udp { .. }
+            | ProxyKind::Xtcp { .. }
+            | ProxyKind::Stcp { .. } => {}
         }
     }
     Ok(())
@@ -744,7 +728,13 @@ impl ProxyFile {
             &at("type"),
             "the proxy's type (tcp, http or xtcp)",
         )?;
-        e.no_op_encryption(&entry, &self.transport)?;
+        e.kind(
+            &at("type"),
+            &kind,
+            &name,
+            &["tcp", "udp", "http", "xtcp", "stcp"],
+            &["https", "sudp", "tcpmux"],
+        )?;
 
         // Keys that belong to another type of proxy.
         let typed = [
@@ -764,7 +754,16 @@ impl ProxyFile {
             ("secretKey", self.secret_key.is_some(), "xtcp"),
             ("allowUsers", self.allow_users.is_some(), "xtcp"),
         ];
-        if let Some((key, _, owner)) = typed.iter().find(|(_, set, owner)| *set && *owner != kind) {
+        // stcp takes xtcp's keys, udp tcp's.
+        let family = match kind.as_str() {
+            "stcp" => "xtcp",
+            "udp" => "tcp",
+            k => k,
+        };
+        if let Some((key, _, owner)) = typed
+            .iter()
+            .find(|(_, set, owner)| *set && *owner != family)
+        {
             return Err(e.invalid(
                 at(key),
                 format!("is for {owner} proxies, and {name:?} is of type {kind}"),
@@ -787,6 +786,9 @@ impl ProxyFile {
 
         let kind = match kind.as_str() {
             "tcp" => ProxyKind::Tcp {
+                remote_port: e.port(&at("remotePort"), self.remote_port.unwrap_or(0), true)?,
+            },
+            "udp" => ProxyKind::Udp {
                 remote_port: e.port(&at("remotePort"), self.remote_port.unwrap_or(0), true)?,
             },
             "http" => {
@@ -880,7 +882,7 @@ impl ProxyFile {
                     response_headers: headers(e, &at("responseHeaders"), self.response_headers)?,
                 })
             }
-            "xtcp" => {
+            "xtcp" | "stcp" => {
                 if let Some(users) = &self.allow_users {
                     if users != &["*"] {
                         return Err(e.unsupported(
@@ -889,15 +891,20 @@ impl ProxyFile {
                         ));
                     }
                 }
-                ProxyKind::Xtcp {
-                    secret: e.secret(self.secret_key, &at("secretKey"))?,
+                let secret = e.secret(self.secret_key, &at("secretKey"))?;
+                if kind == "stcp" {
+                    ProxyKind::Stcp { secret }
+                } else {
+                    ProxyKind::Xtcp { secret }
                 }
             }
-            // The key check let only the three types through.
+            // e.kind() above let only the four types through.
             other => {
                 return Err(e.unsupported(
                     at("type"),
-                    format!("{other:?} is not supported by punchline (tcp, http, xtcp are)"),
+                    format!(
+                        "{other:?} is not supported by punchline (tcp, udp, http, xtcp, stcp are)"
+                    ),
                 ))
             }
         };
@@ -950,14 +957,13 @@ impl VisitorFile {
         let name = e.required(self.name, &at("name"), "the visitor's name")?;
         e.name(&at("name"), &name)?;
         let kind = e.required(self.kind, &at("type"), "the visitor's type (xtcp)")?;
-        if kind != "xtcp" {
-            // The key check let only xtcp through.
-            return Err(e.unsupported(
-                at("type"),
-                format!("{kind:?} is not supported by punchline (xtcp is)"),
-            ));
-        }
-        e.no_op_encryption(&entry, &self.transport)?;
+        e.kind(
+            &at("type"),
+            &kind,
+            &name,
+            &["xtcp", "stcp"],
+            &["sudp", "xudp", "stcp+sudp", "xtcp+xudp"],
+        )?;
         let service = e.required(
             self.server_name,
             &at("serverName"),
@@ -1003,6 +1009,7 @@ impl VisitorFile {
             secret,
             bind: SocketAddr::new(ip, port),
             keep_open: self.keep_tunnel_open.unwrap_or(false),
+            relay_only: kind == "stcp",
         })
     }
 }
@@ -1046,6 +1053,8 @@ mod tests {
     /// tests take `frps*` and `rendezvous*` and refuse any other name).
     #[test]
     fn every_client_example_parses() {
+        // The INI examples take the token from the environment, as frp's do.
+        std::env::set_var("FRP_AUTH_TOKEN", "example-token");
         let mut n = 0;
         for entry in std::fs::read_dir(example("")).expect("examples/") {
             let path = entry.expect("examples/ entry").path();
@@ -1053,14 +1062,15 @@ mod tests {
                 .file_name()
                 .and_then(|n| n.to_str())
                 .unwrap_or_default();
-            if name.ends_with(".toml") && (name.starts_with("frpc") || name.starts_with("peer")) {
+            let kind = name.ends_with(".toml") || name.ends_with(".ini");
+            if kind && (name.starts_with("frpc") || name.starts_with("peer")) {
                 if let Err(e) = load(&path) {
                     panic!("{e}");
                 }
                 n += 1;
             }
         }
-        assert!(n >= 2, "expected frpc.toml and peer.toml");
+        assert!(n >= 3, "expected frpc.toml, frpc.ini and peer.toml");
     }
 
     #[test]
@@ -1117,6 +1127,7 @@ mod tests {
                 secret: "the-desktop-machines-secret".into(),
                 bind: "127.0.0.1:6001".parse().unwrap(),
                 keep_open: false,
+                relay_only: false,
             }]
         );
     }
@@ -1247,52 +1258,33 @@ mod tests {
     fn errors_name_the_key() {
         let cases: Vec<(String, &str, &str)> = vec![
             // Proxy and visitor types frp has and punchline does not.
-            (proxy("udp", ""), "proxies[1].type", "\"udp\" (\"p\") is not supported by punchline (tcp, http, xtcp are)"),
-            (proxy("https", ""), "proxies[1].type", "not supported"),
-            (proxy("stcp", "secretKey = \"k\""), "proxies[1].type", "not supported"),
+            (proxy("https", ""), "proxies[1].type", "\"https\" (\"p\") is not supported by punchline (tcp, udp, http, xtcp, stcp are)"),
             (proxy("sudp", ""), "proxies[1].type", "not supported"),
             (proxy("tcpmux", "multiplexer = \"httpconnect\""), "proxies[1].type", "not supported"),
             (proxy("tpc", ""), "proxies[1].type", "unknown"),
             (proxy("tcp", "type = \"http\""), "", "duplicate key: `type = \"http\"`"),
             (visitor("type = \"stcp\""), "", "duplicate key"),
-            ("serverAddr = \"s\"\n[[visitors]]\nname = \"v\"\ntype = \"stcp\"".into(), "visitors[0].type", "(xtcp is)"),
+            ("serverAddr = \"s\"\n[[visitors]]\nname = \"v\"\ntype = \"xudp\"".into(), "visitors[0].type", "(xtcp, stcp are)"),
             ("serverAddr = \"s\"\n[[visitors]]\nname = \"v\"\ntype = \"sudp\"".into(), "visitors[0].type", "not supported"),
             // frp keys punchline does not implement.
-            (proxy("tcp", "transport.useCompression = true"), "proxies[1].transport.useCompression", "not supported"),
-            (proxy("tcp", "transport.useEncryption = false"), "proxies[1].transport.useEncryption", "always encrypted"),
             (proxy("tcp", "transport.bandwidthLimit = \"1MB\""), "proxies[1].transport.bandwidthLimit", "not supported"),
-            (proxy("tcp", "healthCheck.type = \"tcp\""), "proxies[1].healthCheck.type", "not supported"),
             (proxy("tcp", "loadBalancer.group = \"g\""), "proxies[1].loadBalancer.group", "not supported"),
             (proxy("tcp", "[proxies.plugin]\ntype = \"socks5\""), "proxies[1].plugin.type", "plugins"),
-            (proxy("tcp", "[proxies.annotations]\nk = \"v\""), "proxies[1].annotations.k", "not supported"),
             (proxy("http", "routeByHTTPUser = \"u\""), "proxies[1].routeByHTTPUser", "not supported"),
             (proxy("xtcp", "secretKey = \"k\"\nallowUsers = [\"bob\"]"), "proxies[1].allowUsers", "[\"*\"]"),
-            (visitor(&format!("{VISITOR_OK}\nprotocol = \"quic\"")), "visitors[0].protocol", "not supported"),
-            (visitor(&format!("{VISITOR_OK}\nmaxRetriesAnHour = 8")), "visitors[0].maxRetriesAnHour", "not supported"),
-            (visitor(&format!("{VISITOR_OK}\nfallbackTo = \"x\"")), "visitors[0].fallbackTo", "relayed"),
             (visitor("serverName = \"svc\"\nsecretKey = \"k\"\nbindPort = -1"), "visitors[0].bindPort", "not supported"),
-            (visitor(&format!("{VISITOR_OK}\ntransport.useCompression = true")), "visitors[0].transport.useCompression", "not supported"),
-            ("serverAddr = \"s\"\nwebServer.port = 7400".into(), "webServer.port", "not supported by punchline"),
-            ("serverAddr = \"s\"\nlog.to = \"./frpc.log\"".into(), "log.to", "RUST_LOG"),
-            ("serverAddr = \"s\"\nloginFailExit = true".into(), "loginFailExit", "not supported"),
-            ("serverAddr = \"s\"\nnatHoleStunServer = \"stun.example:3478\"".into(), "natHoleStunServer", "not supported"),
-            ("serverAddr = \"s\"\ntransport.poolCount = 5".into(), "transport.poolCount", "not supported"),
             ("serverAddr = \"s\"\ntransport.protocol = \"kcp\"".into(), "transport.protocol", "\"kcp\" is not supported by punchline (tcp is)"),
-            ("serverAddr = \"s\"\ntransport.tls.enable = false".into(), "transport.tls.enable", "always encrypted"),
-            ("serverAddr = \"s\"\ntransport.tls.certFile = \"c\"".into(), "transport.tls.certFile", "not supported"),
             ("serverAddr = \"s\"\nauth.method = \"oidc\"".into(), "auth.method", "not supported"),
             ("serverAddr = \"s\"\nincludes = [\"./confd/*.toml\"]".into(), "includes", "not supported"),
-            ("[common]\nserver_addr = \"s\"".into(), "common.server_addr", "INI"),
             // Typos.
             ("serverAdr = \"s\"".into(), "serverAdr", "did you mean `serverAddr`?"),
             ("serverAddr = \"s\"\nserver_port = 7000".into(), "server_port", "did you mean `serverPort`?"),
             (proxy("tcp", "remotPort = 6000"), "proxies[1].remotPort", "did you mean `remotePort`?"),
-            (proxy("tcp", "localIp = \"127.0.0.1\""), "proxies[1].localIp", "did you mean `localIP`?"),
+            (proxy("tcp", "local_ip = \"127.0.0.1\""), "proxies[1].local_ip", "did you mean `localIP`?"),
             (proxy("http", "custom_domains = [\"a\"]"), "proxies[1].custom_domains", "did you mean `customDomains`?"),
             (proxy("http", "requestHeaders.add.x = \"y\""), "proxies[1].requestHeaders.add", "set"),
             (visitor(&format!("{VISITOR_OK}\nkeepTunelOpen = true")), "visitors[0].keepTunelOpen", "did you mean `keepTunnelOpen`?"),
             // Missing, wrong and conflicting values.
-            ("serverPort = 7000".into(), "serverAddr", "missing"),
             ("serverAddr = \"http://frps.example.com\"".into(), "serverAddr", "without a scheme"),
             ("serverAddr = \"frps.example.com:7000\"".into(), "serverAddr", "serverPort"),
             ("serverAddr = \"s\"\nserverPort = 0".into(), "serverPort", "0 is not allowed"),
@@ -1313,7 +1305,7 @@ mod tests {
             (proxy("http", "customDomains = []"), "proxies[1]", "needs customDomains or subdomain"),
             (proxy("http", "customDomains = [\"a b\"]"), "proxies[1].customDomains[0]", "not a domain name"),
             (proxy("http", "customDomains = [42]"), "proxies[1].customDomains[0]", "expected a string"),
-            (proxy("http", "customDomains = \"a.example\""), "proxies[1].customDomains", "expected a list of strings"),
+            (proxy("http", "customDomains = \"a.example\""), "proxies[1].customDomains", "expected a list, found a string"),
             (proxy("http", "subdomain = \"a.b\""), "proxies[1].subdomain", "one label"),
             (proxy("http", &format!("{HTTP}\nlocations = [\"static\"]")), "proxies[1].locations[0]", "path prefix"),
             (proxy("http", &format!("{HTTP}\nhttpUser = \"u\"")), "proxies[1].httpPassword", "missing"),
@@ -1349,7 +1341,10 @@ mod tests {
             if key.is_empty() {
                 assert!(matches!(e, ConfigError::Syntax { .. }), "{text:?}: {e:?}");
             } else {
-                assert_eq!(e.key(), Some(*key), "{text:?}: {shown}");
+                assert!(
+                    e.all().iter().any(|x| x.key() == Some(*key)),
+                    "{text:?}: {shown}"
+                );
                 assert!(shown.contains(&format!(": {key}: ")), "{text:?}: {shown}");
             }
         }
@@ -1359,11 +1354,11 @@ mod tests {
     fn errors_carry_the_line() {
         let text =
             "serverAddr = \"s\"\n\n[[proxies]]\nname = \"ssh\"\ntype = \"tcp\"\nlocalPort = 22\n\n\
-                    [[proxies]]\nname = \"dns\"\ntype = \"udp\"\nlocalPort = 53\n";
+                    [[proxies]]\nname = \"dns\"\ntype = \"sudp\"\nlocalPort = 53\n";
         let e = err(text);
         assert_eq!(
             e.to_string(),
-            "frpc.toml:10: proxies[1].type: \"udp\" (\"dns\") is not supported by punchline (tcp, http, xtcp are)"
+            "frpc.toml:10: proxies[1].type: \"sudp\" (\"dns\") is not supported by punchline (tcp, udp, http, xtcp, stcp are)"
         );
         // From validate(), which has no spans: the line is looked up afterwards.
         let e = err("serverAddr = \"s\"\n[[proxies]]\nname = \"p\"\ntype = \"tcp\"\nlocalPort = 22\nremotePort = 99999\n");
@@ -1378,6 +1373,272 @@ mod tests {
                 .starts_with("frpc.toml:2: proxies[0].localPort: missing"),
             "{e}"
         );
+    }
+
+    /// A file as frp's own test framework writes it: log and login keys, TLS, a key in
+    /// another case, all accepted; the keys with no effect in one list.
+    #[test]
+    fn frp_files_work_as_written() {
+        let c = ok(r#"
+            serverAddr = "127.0.0.1"
+            serverPort = 7000
+            loginFailExit = false
+            log.level = "trace"
+            log.to = "console"
+            transport.tls.enable = true
+            transport.poolCount = 5
+            auth.Token = "t"
+            [[proxies]]
+            name = "tcp"
+            type = "tcp"
+            localport = 22
+            remotePort = 6000
+            transport.useEncryption = true
+            transport.useCompression = true
+            [[proxies]]
+            name = "off"
+            type = "tcp"
+            localPort = 23
+            enabled = false
+        "#);
+        assert_eq!(c.token.as_deref(), Some("t"));
+        assert_eq!(c.proxies.len(), 1);
+        assert_eq!(c.proxies[0].local, "127.0.0.1:22");
+        let keys: Vec<&str> = c.no_effect.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "loginFailExit",
+                "log.level",
+                "log.to",
+                "transport.tls.enable",
+                "transport.poolCount",
+                "proxies[0].transport.useEncryption",
+                "proxies[0].transport.useCompression"
+            ]
+        );
+        let w = config::no_effect_warning("frpc.toml", &c.no_effect).expect("a warning");
+        assert!(w.starts_with("frpc.toml: these keys have no effect"), "{w}");
+        assert!(w.contains("log.level, log.to (logs go to stderr"), "{w}");
+        // frp's defaults: a server on this machine.
+        assert_eq!(ok("").server, "0.0.0.0:7000");
+    }
+
+    #[test]
+    fn every_refused_and_unknown_key_in_one_error() {
+        let e = err(r#"
+            serverAddr = "s"
+            includes = ["./conf.d/*.toml"]
+            [[proxies]]
+            name = "a"
+            type = "tcp"
+            localPort = 1
+            loadBalancer.group = "g"
+            [proxies.plugin]
+            type = "socks5"
+            [[proxies]]
+            name = "b"
+            type = "tcp"
+            localPort = 2
+            remotPort = 7
+        "#);
+        let keys: Vec<_> = e.all().iter().filter_map(|e| e.key()).collect();
+        assert_eq!(
+            keys,
+            [
+                "includes",
+                "proxies[0].loadBalancer.group",
+                "proxies[0].plugin.type",
+                "proxies[1].remotPort"
+            ]
+        );
+        let shown = e.to_string();
+        assert!(shown.starts_with("frpc.toml: 4 problems:"), "{shown}");
+        assert!(shown.contains("did you mean `remotePort`?"), "{shown}");
+    }
+
+    #[test]
+    fn templates_read_the_environment() {
+        std::env::set_var("PUNCHLINE_TEST_FRPC_TOKEN", "from-env");
+        let c = ok("serverAddr = \"s\"\nauth.token = \"{{ .Envs.PUNCHLINE_TEST_FRPC_TOKEN }}\"");
+        assert_eq!(c.token.as_deref(), Some("from-env"));
+        let e = err("serverAddr = \"s\"\n\nauth.token = \"{{ .Envs.PUNCHLINE_TEST_UNSET_VAR }}\"");
+        assert_eq!(
+            e.to_string(),
+            "frpc.toml:3: template `{{ .Envs.PUNCHLINE_TEST_UNSET_VAR }}`: the environment \
+             variable PUNCHLINE_TEST_UNSET_VAR is not set"
+        );
+    }
+
+    #[test]
+    fn start_picks_proxies() {
+        let c = ok(r#"
+            user = "u"
+            start = ["b", "v"]
+            [[proxies]]
+            name = "a"
+            type = "tcp"
+            localPort = 1
+            [[proxies]]
+            name = "b"
+            type = "tcp"
+            localPort = 2
+            [[visitors]]
+            name = "v"
+            type = "xtcp"
+            serverName = "s"
+            secretKey = "k"
+            bindPort = 0
+        "#);
+        assert_eq!(c.proxies.len(), 1);
+        assert_eq!(c.proxies[0].name, "u.b");
+        assert_eq!(c.visitors.len(), 1);
+        let e = err("start = [\"nope\"]");
+        assert_eq!(e.key(), Some("start[0]"));
+    }
+
+    /// frp's legacy INI format, as its documentation writes it.
+    #[test]
+    fn ini_files_read_as_toml_ones() {
+        let c = ok("# frpc.ini\n\
+            [common]\n\
+            server_addr = 203.0.113.9\n\
+            server_port = 7001\n\
+            token = s3cret\n\
+            log_level = info\n\
+            login_fail_exit = false\n\
+            \n\
+            [ssh]\n\
+            type = tcp\n\
+            local_ip = 127.0.0.1\n\
+            local_port = 22\n\
+            remote_port = 6000\n\
+            use_encryption = true\n\
+            \n\
+            [web]\n\
+            type = http\n\
+            local_port = 80\n\
+            custom_domains = www.example.com, example.com\n\
+            locations = /,/static\n\
+            http_user = admin\n\
+            http_pwd = admin-pw\n\
+            header_X-From-Where = frp\n\
+            \n\
+            [secret_ssh]\n\
+            type = xtcp\n\
+            sk = abcdefg\n\
+            local_port = 22\n\
+            \n\
+            [secret_ssh_visitor]\n\
+            role = visitor\n\
+            type = xtcp\n\
+            server_name = secret_ssh\n\
+            sk = abcdefg\n\
+            bind_addr = 127.0.0.1\n\
+            bind_port = 6002\n");
+        assert_eq!(c.server, "203.0.113.9:7001");
+        assert_eq!(c.token.as_deref(), Some("s3cret"));
+        let names: Vec<&str> = c.proxies.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["ssh", "web", "secret_ssh"]);
+        assert_eq!(c.proxies[0].kind, ProxyKind::Tcp { remote_port: 6000 });
+        let ProxyKind::Http(route) = &c.proxies[1].kind else {
+            panic!("{:?}", c.proxies[1])
+        };
+        assert_eq!(route.domains, ["www.example.com", "example.com"]);
+        assert_eq!(route.locations, ["/", "/static"]);
+        assert_eq!(route.basic_auth, Some(("admin".into(), "admin-pw".into())));
+        assert_eq!(
+            route.request_headers,
+            [("X-From-Where".into(), "frp".into())]
+        );
+        assert_eq!(c.visitors[0].server_name, "secret_ssh");
+        assert_eq!(c.visitors[0].bind, "127.0.0.1:6002".parse().unwrap());
+        let keys: Vec<&str> = c.no_effect.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "log.level",
+                "loginFailExit",
+                "proxies[0].transport.useEncryption"
+            ]
+        );
+
+        // Errors name the TOML key and the INI line.
+        let e = err("[common]\nserver_addr = s\n[ssh]\ntype = tcp\nlocal_port = 22x\n");
+        assert_eq!(
+            e.to_string(),
+            "frpc.toml:5: proxies[0].localPort: \"22x\" is not an integer"
+        );
+        let e = err("[common]\n[ssh]\ntype = tcp\nlocal_port = 22\nplugin = socks5\ngroup = g\n");
+        let keys: Vec<_> = e.all().iter().filter_map(|e| e.key()).collect();
+        assert_eq!(
+            keys,
+            ["proxies[0].plugin.type", "proxies[0].loadBalancer.group"]
+        );
+        let e = err("[common]\n[range:web]\ntype = tcp\nlocal_port = 6000-6005\n");
+        assert_eq!(e.key(), Some("range[0].name"), "{e}");
+    }
+
+    /// The README's table of frp keys is the model's keys (those a file with every
+    /// table reaches) and [`FRP_KEYS`], each with its status: nothing more, nothing less.
+    #[test]
+    fn readme_lists_every_key() {
+        let readme =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
+                .expect("README.md");
+        let mut rows = config::readme_rows(&readme, "frpc");
+        let full = r#"serverAddr = "s"
+serverPort = 7000
+user = "u"
+start = ["p"]
+auth.method = "token"
+auth.token = "t"
+transport.protocol = "tcp"
+[[proxies]]
+name = "p"
+type = "http"
+localIP = "127.0.0.1"
+localPort = 1
+remotePort = 1
+customDomains = ["a"]
+subdomain = "b"
+locations = ["/"]
+httpUser = "u"
+httpPassword = "p"
+hostHeaderRewrite = "h"
+requestHeaders.set.a = "b"
+responseHeaders.set.a = "b"
+secretKey = "k"
+allowUsers = ["*"]
+enabled = true
+[[visitors]]
+name = "v"
+type = "xtcp"
+serverName = "s"
+serverUser = "u"
+secretKey = "k"
+bindAddr = "127.0.0.1"
+bindPort = 1
+keepTunnelOpen = true
+enabled = true
+"#;
+        let parsed = config::read::<FrpcFile>(full, "frpc.toml", Side::Client, FRP_KEYS)
+            .expect("the full file");
+        let mut want: Vec<(String, String)> = parsed
+            .fields
+            .iter()
+            .map(|k| (k.clone(), "accepted".to_string()))
+            .collect();
+        for k in FRP_KEYS {
+            let status = match k.effect {
+                Effect::NoEffect => "no effect",
+                Effect::Refused => "refused",
+            };
+            want.push((k.key.to_string(), status.to_string()));
+        }
+        rows.sort();
+        want.sort();
+        assert_eq!(rows, want);
     }
 
     #[test]

@@ -11,10 +11,16 @@
 use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
 
 use common::{
+    defaults::UDP_SESSION_IDLE,
     mux::{Mux, MuxConfig, Role},
     proto::{ClientMsg, ConnKind, ExposeSpec, ServerMsg},
 };
-use tokio::{net::TcpStream, task::JoinHandle};
+use futures::{SinkExt, StreamExt};
+use tokio::{
+    net::{TcpStream, UdpSocket},
+    task::JoinHandle,
+};
+use tokio_util::codec::{FramedRead, FramedWrite};
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::{
@@ -41,10 +47,12 @@ fn status(msg: &str) {
     eprintln!("punchline: {msg}");
 }
 
-/// Runs until a fatal error: a refused exposure at the first registration, or a
-/// wrong token. `max_streams` bounds the user connections carried at once on the
-/// data connection (`--max-streams`); past it the peer refuses the server's stream,
-/// the server resets the user's connection, and the peer logs a warning.
+/// Runs until a fatal error: every exposure refused at the first registration, or a
+/// wrong token. A proxy the server refuses while others are exposed is reported
+/// (`[NAME] start error: ...`, frp's line) and the others keep running. `max_streams`
+/// bounds the user connections carried at once on the data connection
+/// (`--max-streams`); past it the peer refuses the server's stream, the server resets
+/// the user's connection, and the peer logs a warning.
 pub async fn run(
     cfg: ServerConfig,
     proxies: Vec<Proxy>,
@@ -61,18 +69,28 @@ pub async fn run(
             spec: p.spec.clone(),
         })
         .collect();
-    let locals: Arc<HashMap<String, SocketAddr>> =
-        Arc::new(proxies.iter().map(|p| (p.name.clone(), p.local)).collect());
+    let locals: Arc<HashMap<String, Local>> = Arc::new(
+        proxies
+            .iter()
+            .map(|p| {
+                let udp = matches!(p.spec, ExposeSpec::Udp { .. });
+                (p.name.clone(), Local { addr: p.local, udp })
+            })
+            .collect(),
+    );
     let mut hub = Hub::start(cfg.clone(), hello);
     let mut data: Option<JoinHandle<()>> = None;
     let mut first_round = true;
+    // Names refused at the first registration, and whether any proxy was exposed.
+    let mut refused: Vec<String> = Vec::new();
+    let mut any_exposed = false;
     loop {
         let Some(ev) = hub.events.recv().await else {
             return Ok(());
         };
         match ev {
             HubEvent::Fatal(e) => return Err(e.into()),
-            HubEvent::Up => {}
+            HubEvent::Up => status("login to server success"),
             HubEvent::Down(why) => {
                 if let Some(d) = data.take() {
                     d.abort();
@@ -85,12 +103,15 @@ pub async fn run(
                 remote_port,
                 urls,
             }) => {
+                any_exposed = true;
                 // Printed on every registration: after a server restart a port the
                 // server chose may differ.
+                let udp = locals.get(&name).is_some_and(|l| l.udp);
                 let remote = match remote_port {
                     Some(p) => {
-                        println!("exposed {name} tcp {p}");
-                        format!("tcp port {p} on the server")
+                        let proto = if udp { "udp" } else { "tcp" };
+                        println!("exposed {name} {proto} {p}");
+                        format!("{proto} port {p} on the server")
                     }
                     None => {
                         println!("exposed {name} http {}", urls.join(" "));
@@ -99,8 +120,9 @@ pub async fn run(
                 };
                 status(&format!("exposed {name}: {remote}"));
                 if let Some(local) = locals.get(&name) {
-                    crate::status::book().exposed(&name, remote, *local);
+                    crate::status::book().exposed(&name, remote, local.addr);
                 }
+                status(&format!("[{name}] start proxy success"));
                 if data.as_ref().is_none_or(|d| d.is_finished()) {
                     let (cfg, locals) = (cfg.clone(), locals.clone());
                     data = Some(tokio::spawn(
@@ -110,14 +132,43 @@ pub async fn run(
                 }
             }
             HubEvent::Msg(ServerMsg::Refused(reason)) => {
+                // The server names the proxy: "NAME: why".
+                let name = proxies
+                    .iter()
+                    .map(|p| p.name.as_str())
+                    .filter(|n| reason.starts_with(&format!("{n}: ")))
+                    .max_by_key(|n| n.len());
+                let Some(name) = name else {
+                    if first_round && !any_exposed {
+                        return Err(ServiceError::Refused(reason));
+                    }
+                    warn!(%reason, "the server refused a request");
+                    continue;
+                };
+                let why = &reason[name.len() + 2..];
+                status(&format!("[{name}] start error: {why}"));
                 if first_round {
-                    return Err(ServiceError::Refused(reason));
+                    if !refused.iter().any(|r| r == name) {
+                        refused.push(name.to_string());
+                    }
+                    if refused.len() == proxies.len() {
+                        return Err(ServiceError::Refused(reason));
+                    }
+                } else {
+                    warn!(%reason, "the server refused an exposure after a reconnect");
                 }
-                warn!(%reason, "the server refused an exposure after a reconnect");
             }
             HubEvent::Msg(other) => debug!(?other, "ignored"),
         }
     }
+}
+
+/// A proxy's local service.
+#[derive(Clone, Copy)]
+struct Local {
+    addr: SocketAddr,
+    /// Datagrams (a udp proxy), framed on the stream.
+    udp: bool,
 }
 
 /// The data connection, for as long as the control connection is up: a data
@@ -126,7 +177,7 @@ pub async fn run(
 async fn data_connection(
     cfg: ServerConfig,
     instance: u64,
-    locals: Arc<HashMap<String, SocketAddr>>,
+    locals: Arc<HashMap<String, Local>>,
     max_streams: usize,
 ) {
     let mut backoff = common::backoff::Backoff::default();
@@ -147,7 +198,7 @@ async fn data_connection(
 async fn one_data_connection(
     cfg: &ServerConfig,
     instance: u64,
-    locals: Arc<HashMap<String, SocketAddr>>,
+    locals: Arc<HashMap<String, Local>>,
     max_streams: usize,
 ) -> Result<(), client::ClientError> {
     let (ch, _) = client::connect(cfg, ConnKind::Data { instance }, None).await?;
@@ -165,9 +216,12 @@ async fn one_data_connection(
                 Ok(n) => n,
                 Err(e) => return warn!(%e, "bad stream from the server"),
             };
-            let Some(&local) = locals.get(&name) else {
+            let Some(&Local { addr: local, udp }) = locals.get(&name) else {
                 return warn!(proxy = %name, "stream for an unknown proxy refused");
             };
+            if udp {
+                return udp_session(s, local, &name).await;
+            }
             match TcpStream::connect(local).await {
                 Ok(conn) => {
                     let _ = conn.set_nodelay(true);
@@ -180,4 +234,43 @@ async fn one_data_connection(
     drop(mux);
     info!("data connection closed");
     Ok(())
+}
+
+/// One user address of a udp proxy: its datagrams, framed on the stream, to the local
+/// service from a UDP socket of its own, and the answers back, until
+/// [`UDP_SESSION_IDLE`] passes without either.
+async fn udp_session(stream: common::mux::MuxStream, local: SocketAddr, name: &str) {
+    let bind: SocketAddr = if local.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let socket = match UdpSocket::bind(bind).await {
+        Ok(s) => s,
+        Err(e) => return warn!(proxy = %name, %e, "cannot open a udp socket"),
+    };
+    if let Err(e) = socket.connect(local).await {
+        return warn!(proxy = %name, %local, %e, "cannot reach the local service");
+    }
+    let (r, w) = tokio::io::split(stream);
+    let mut from_server = FramedRead::new(r, common::net::datagram_codec());
+    let mut to_server = FramedWrite::new(w, common::net::datagram_codec());
+    let mut buf = vec![0u8; usize::from(u16::MAX)];
+    loop {
+        tokio::select! {
+            f = from_server.next() => match f {
+                Some(Ok(d)) => { let _ = socket.send(&d).await; }
+                _ => break,
+            },
+            r = socket.recv(&mut buf) => match r {
+                Ok(n) => {
+                    let d = bytes::Bytes::copy_from_slice(&buf[..n]);
+                    if to_server.send(d).await.is_err() { break }
+                }
+                // An ICMP "port unreachable" from the local service: keep waiting.
+                Err(e) => debug!(proxy = %name, %e, "udp receive failed"),
+            },
+            _ = tokio::time::sleep(UDP_SESSION_IDLE) => break,
+        }
+    }
 }

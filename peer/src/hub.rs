@@ -17,7 +17,11 @@ use common::{
     defaults::NAT_MAPPING_WAIT,
     proto::{ClientMsg, ServerMsg},
 };
-use tokio::{sync::mpsc, task::JoinHandle, time::Instant};
+use tokio::{
+    sync::{mpsc, watch},
+    task::JoinHandle,
+    time::Instant,
+};
 use tracing::{debug, info, warn};
 
 use crate::client::{ClientError, Control, ServerConfig};
@@ -63,6 +67,8 @@ pub struct Hub {
     /// Events for the owner.
     pub events: mpsc::Receiver<HubEvent>,
     routes: Routes,
+    /// `Ok` while connected; otherwise why not.
+    state: watch::Receiver<Result<(), String>>,
     task: JoinHandle<()>,
 }
 
@@ -81,12 +87,31 @@ impl Hub {
         // The NAT mapping measurement runs alongside the first connection.
         let c = cfg.clone();
         tokio::spawn(async move { crate::natcheck::own_mapping(&c).await });
-        let task = tokio::spawn(run(cfg, hello, out_rx, ev_tx, routes.clone()));
+        let (state_tx, state) = watch::channel(Err("connecting".to_string()));
+        let task = tokio::spawn(run(cfg, hello, out_rx, ev_tx, routes.clone(), state_tx));
         Hub {
             tx,
             events,
             routes,
+            state,
             task,
+        }
+    }
+
+    /// Waits until the hub is connected to the server, at most `wait`; otherwise says
+    /// why it is not.
+    pub async fn wait_up(&self, wait: Duration) -> Result<(), String> {
+        let mut state = self.state.clone();
+        let up = tokio::time::timeout(wait, state.wait_for(|s| s.is_ok()))
+            .await
+            .map(|r| r.is_ok());
+        match up {
+            Ok(true) => Ok(()),
+            Ok(false) => Err("internal: hub stopped".into()),
+            Err(_) => Err(match &*self.state.borrow() {
+                Err(why) => why.clone(),
+                Ok(()) => "connecting".into(),
+            }),
         }
     }
 
@@ -124,6 +149,7 @@ async fn run(
     mut out_rx: mpsc::Receiver<ClientMsg>,
     events: mpsc::Sender<HubEvent>,
     routes: Routes,
+    state: watch::Sender<Result<(), String>>,
 ) {
     let mut backoff = Backoff::default();
     loop {
@@ -136,7 +162,9 @@ async fn run(
             Err(e) => {
                 let delay = backoff.next_delay();
                 warn!(%e, retry_in = ?delay, "cannot reach the rendezvous server");
-                let _ = events.send(HubEvent::Down(e.to_string())).await;
+                let _ = state.send_replace(Err(e.to_string()));
+                // Nobody may be reading events during a long outage: never block on them.
+                let _ = events.try_send(HubEvent::Down(e.to_string()));
                 drain_while_down(&mut out_rx, delay).await;
                 continue;
             }
@@ -152,6 +180,7 @@ async fn run(
             let _ = control.send(ClientMsg::Nat { mapping }).await;
         }
         info!(server = %cfg.addr, "connected to the rendezvous server");
+        let _ = state.send_replace(Ok(()));
         if events.send(HubEvent::Up).await.is_err() {
             return;
         }
@@ -196,6 +225,7 @@ async fn run(
             }
         };
         warn!(%why, "lost the rendezvous server; links stay up, reconnecting");
+        let _ = state.send_replace(Err(why.clone()));
         // Sessions end on the server with the connection: their tasks learn it when
         // their route closes.
         {

@@ -8,6 +8,7 @@ pub mod classic;
 pub mod client;
 pub mod config;
 pub mod expose;
+pub mod frpc;
 pub mod hub;
 pub mod link;
 pub mod natcheck;

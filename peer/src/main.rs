@@ -10,8 +10,9 @@ use peer::client::ServerConfig;
 #[derive(Parser, Debug)]
 #[command(version, about, long_about = None)]
 struct Args {
-    /// Config file: punchline's or frp's `frpc.toml` (serverAddr, serverPort,
-    /// auth.token, [[proxies]] of type tcp, http and xtcp, [[visitors]] of type xtcp).
+    /// Config file: punchline's or frp's `frpc.toml` or `frpc.ini` (serverAddr,
+    /// serverPort, auth.token, [[proxies]] of type tcp, udp, http, xtcp and stcp,
+    /// [[visitors]] of type xtcp and stcp; see the README's table of frp keys).
     /// Without a command, runs everything the file lists. --server and --token override.
     #[arg(long, short = 'c', value_name = "FILE", global = true)]
     config: Option<std::path::PathBuf>,
@@ -19,7 +20,13 @@ struct Args {
     #[arg(long, short, env = "PUNCHLINE_SERVER", global = true)]
     server: Option<String>,
     /// The server's token (must match the server's --token, or a user's token).
-    #[arg(long, env = "PUNCHLINE_TOKEN", hide_env_values = true, global = true)]
+    #[arg(
+        long,
+        short = 't',
+        env = "PUNCHLINE_TOKEN",
+        hide_env_values = true,
+        global = true
+    )]
     token: Option<String>,
     /// This peer's identity file (created on first use, mode 0600). The server knows
     /// the peer's ports, domains and service names by it. Default:
@@ -134,6 +141,17 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Check a config file (-c FILE) and exit: "syntax is ok", or what to fix.
+    Verify,
+    /// frp's `frpc tcp`: expose a local TCP service on a port of the server
+    /// (`peer tcp -s HOST -P 7000 -t TOKEN -l 22 -r 6000 -n ssh`).
+    Tcp(peer::frpc::ProxyArgs),
+    /// frp's `frpc udp`: carry datagrams from a UDP port of the server to a local UDP
+    /// service (`peer udp -s HOST -P 7000 -t TOKEN -l 53 -r 6053 -n dns`).
+    Udp(peer::frpc::ProxyArgs),
+    /// frp's `frpc http`: serve a local HTTP service under -d DOMAIN on the server's
+    /// vhost port.
+    Http(peer::frpc::ProxyArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -331,15 +349,33 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(Command::NatCheck { stun, json }) = &args.command {
         return nat_check(&args, stun.as_deref(), *json).await;
     }
-    let file = match &args.config {
-        Some(path) => Some(peer::config::load(path)?),
-        None => None,
+    if let Some(Command::Verify) = &args.command {
+        let path = args.config.as_ref().context("verify needs -c FILE")?;
+        peer::config::load(path)?;
+        println!(
+            "peer: the configuration file {} syntax is ok",
+            path.display()
+        );
+        return Ok(());
+    }
+    // frp's proxy commands make the config a file would.
+    let (frp_form, file) = match &args.command {
+        Some(Command::Tcp(a)) => (true, Some(frp_form(peer::frpc::ProxyType::Tcp, a, &args)?)),
+        Some(Command::Udp(a)) => (true, Some(frp_form(peer::frpc::ProxyType::Udp, a, &args)?)),
+        Some(Command::Http(a)) => (true, Some(frp_form(peer::frpc::ProxyType::Http, a, &args)?)),
+        _ => (
+            false,
+            args.config.as_deref().map(peer::config::load).transpose()?,
+        ),
     };
-    let Some(server) = args
-        .server
-        .clone()
-        .or_else(|| file.as_ref().map(|f| f.server.clone()))
-    else {
+    let server = match (&file, frp_form) {
+        (Some(f), true) => Some(f.server.clone()),
+        _ => args
+            .server
+            .clone()
+            .or_else(|| file.as_ref().map(|f| f.server.clone())),
+    };
+    let Some(server) = server else {
         anyhow::bail!("no rendezvous server given: use --server HOST[:PORT] (or PUNCHLINE_SERVER, or -c FILE)");
     };
     let addr = common::resolve_server(&server, common::defaults::SERVER_PORT)
@@ -361,7 +397,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // Answers `peer status` while this process runs.
     let _published = peer::status::publish(addr, cfg.identity.fingerprint().to_string());
     let command = match (args.command, file) {
-        (None, Some(file)) => return run_file(cfg, file, max_streams).await,
+        (None, Some(file)) => return Ok(peer::frpc::run(cfg, file, max_streams).await?),
+        (_, Some(file)) if frp_form => return Ok(peer::frpc::run(cfg, file, max_streams).await?),
         (command, _) => command,
     };
     match command {
@@ -388,6 +425,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 secret,
                 max_links,
                 max_streams,
+                relay_only: false,
             };
             peer::service::serve(cfg, svc).await?;
             Ok(())
@@ -404,6 +442,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 listen,
                 keep_open,
                 max_streams,
+                relay_only: false,
             };
             peer::service::connect(cfg, svc).await?;
             Ok(())
@@ -412,82 +451,24 @@ async fn run(args: Args) -> anyhow::Result<()> {
             peer::expose::run(cfg, vec![expose_proxy(kind)?], max_streams).await?;
             Ok(())
         }
-        Some(Command::NatCheck { .. }) | Some(Command::Id) | Some(Command::Status { .. }) => {
+        Some(Command::NatCheck { .. } | Command::Id | Command::Verify | Command::Status { .. }) => {
             unreachable!("handled above")
+        }
+        Some(Command::Tcp(_) | Command::Udp(_) | Command::Http(_)) => {
+            unreachable!("run as a file above")
         }
         None => anyhow::bail!("no command given: try `peer --server HOST pipe` or `peer --help`"),
     }
 }
 
-/// Runs everything a config file lists, concurrently, until one part fails.
-async fn run_file(
-    cfg: ServerConfig,
-    file: peer::config::ClientConfig,
-    max_streams: usize,
-) -> anyhow::Result<()> {
-    use peer::config::ProxyKind;
-    let mut tasks = tokio::task::JoinSet::new();
-    let mut exposed = Vec::new();
-    for p in file.proxies {
-        let local = tokio::net::lookup_host(&p.local)
-            .await
-            .with_context(|| format!("proxy {}: cannot resolve {}", p.name, p.local))?
-            .next()
-            .with_context(|| format!("proxy {}: no address for {}", p.name, p.local))?;
-        match (&p.kind, p.kind.expose_spec()) {
-            (_, Some(spec)) => exposed.push(peer::expose::Proxy {
-                name: p.name.clone(),
-                local,
-                spec,
-            }),
-            (ProxyKind::Xtcp { secret }, None) => {
-                let svc = peer::service::ServeConfig {
-                    name: p.name.clone(),
-                    local,
-                    secret: secret.clone(),
-                    max_links: 64,
-                    max_streams,
-                };
-                let cfg = cfg.clone();
-                tasks.spawn(async move {
-                    peer::service::serve(cfg, svc)
-                        .await
-                        .map_err(anyhow::Error::from)
-                });
-            }
-            _ => {}
-        }
-    }
-    if !exposed.is_empty() {
-        let cfg = cfg.clone();
-        tasks.spawn(async move {
-            peer::expose::run(cfg, exposed, max_streams)
-                .await
-                .map_err(anyhow::Error::from)
-        });
-    }
-    for v in file.visitors {
-        let svc = peer::service::ConnectConfig {
-            name: v.server_name,
-            secret: v.secret,
-            listen: v.bind,
-            keep_open: v.keep_open,
-            max_streams,
-        };
-        let cfg = cfg.clone();
-        tasks.spawn(async move {
-            peer::service::connect(cfg, svc)
-                .await
-                .map_err(anyhow::Error::from)
-        });
-    }
-    if tasks.is_empty() {
-        anyhow::bail!("the config file lists no proxies or visitors");
-    }
-    while let Some(r) = tasks.join_next().await {
-        r.context("task panicked")??;
-    }
-    Ok(())
+/// The config of one of frp's proxy commands (`peer tcp ...`).
+fn frp_form(
+    kind: peer::frpc::ProxyType,
+    a: &peer::frpc::ProxyArgs,
+    args: &Args,
+) -> anyhow::Result<peer::config::ClientConfig> {
+    peer::frpc::proxy_config(kind, a, args.server.as_deref(), args.token.clone())
+        .map_err(anyhow::Error::msg)
 }
 
 /// `peer nat-check`: runs the checks and prints the report (JSON with `--json`).

@@ -14,7 +14,9 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use common::{
-    defaults::{REPUNCH_FIRST_BACKOFF, REPUNCH_MAX_BACKOFF, SERVICE_DIRECT_ATTEMPTS},
+    defaults::{
+        REPUNCH_FIRST_BACKOFF, REPUNCH_MAX_BACKOFF, SERVER_BACK_WAIT, SERVICE_DIRECT_ATTEMPTS,
+    },
     mux::{Mux, MuxConfig, MuxError, MuxStream, Role},
     proto::{ClientMsg, ServerMsg},
     secure::Psk,
@@ -78,6 +80,9 @@ pub struct ServeConfig {
     pub secret: String,
     /// Most links (visitors) at once.
     pub max_links: usize,
+    /// Links always run relayed through the server, never punched (frp's stcp: the
+    /// server carries the bytes, end-to-end encrypted with the secret).
+    pub relay_only: bool,
     /// Most streams at once per link (`--max-streams`; default
     /// [`common::mux::DEFAULT_MAX_STREAMS`], as the visitor's). Past it the stream is
     /// refused with a reset and a warning, and the visitor resets the connection.
@@ -106,11 +111,15 @@ pub async fn serve(cfg: ServerConfig, svc: ServeConfig) -> Result<(), ServiceErr
         };
         match ev {
             HubEvent::Fatal(e) => return Err(e.into()),
-            HubEvent::Up | HubEvent::Down(_) => {}
-            HubEvent::Msg(ServerMsg::Registered { name }) => status(&format!(
-                "service {name:?} registered; serving {}",
-                svc.local
-            )),
+            HubEvent::Up => status("login to server success"),
+            HubEvent::Down(_) => {}
+            HubEvent::Msg(ServerMsg::Registered { name }) => {
+                status(&format!(
+                    "service {name:?} registered; serving {}",
+                    svc.local
+                ));
+                status(&format!("[{name}] start proxy success"));
+            }
             HubEvent::Msg(ServerMsg::Refused(r)) => return Err(ServiceError::Refused(r)),
             HubEvent::Msg(ServerMsg::Incoming {
                 session,
@@ -162,13 +171,15 @@ async fn owner_link(
         tx: &tx,
         rx: &mut rx,
     };
-    if direct_hopeless {
+    if svc.relay_only {
+        debug!("relayed: stcp");
+    } else if direct_hopeless {
         status(&format!("relayed: {}", link::SKIPPED_DIRECT));
     }
     let strategy = Strategy {
         attempts: SERVICE_DIRECT_ATTEMPTS,
         relay: true,
-        direct_hopeless,
+        direct_hopeless: direct_hopeless || svc.relay_only,
         nonce,
     };
     let (stream, info) = match link::establish(&cfg, io, ticket, false, &psk, strategy).await {
@@ -282,6 +293,9 @@ pub struct ConnectConfig {
     pub listen: SocketAddr,
     /// Bring the link up at once and keep it up.
     pub keep_open: bool,
+    /// The link always runs relayed through the server, never punched (frp's stcp
+    /// visitor).
+    pub relay_only: bool,
     /// Most streams at once on the link: the same as the owner's
     /// [`ServeConfig::max_streams`] (both default to
     /// [`common::mux::DEFAULT_MAX_STREAMS`]). Past our own, a new connection is reset
@@ -320,6 +334,7 @@ pub async fn connect(cfg: ServerConfig, svc: ConnectConfig) -> Result<(), Servic
     })?;
     println!("listening on {local}");
     crate::status::book().role(format!("connect {}", svc.name));
+    status(&format!("[{}] start visitor success", svc.name));
     let keep_open = svc.keep_open;
     let v = Arc::new(Visitor {
         hub: Mutex::new(Hub::start(cfg.clone(), Vec::new())),
@@ -399,8 +414,11 @@ impl Visitor {
             let tx = self.hub.lock().await.tx.clone();
             let _ = tx.try_send(ClientMsg::EndSession { session: c.ticket });
         }
+        // A link that had to be relayed last time would be relayed again: skip the
+        // punch window (the background upgrade still tries direct).
+        let relay_first = cur.as_ref().is_some_and(|c| c.info.path == Path::Relayed);
         let started = Instant::now();
-        let (ticket, direct_hopeless, nonce, rx) = self.pair().await?;
+        let (ticket, direct_hopeless, nonce, rx) = self.pair(relay_first).await?;
         let mut rx = rx;
         let psk = service_psk(&self.svc.name, &self.svc.secret);
         let tx = self.hub.lock().await.tx.clone();
@@ -411,10 +429,12 @@ impl Visitor {
         let strategy = Strategy {
             attempts: SERVICE_DIRECT_ATTEMPTS,
             relay: true,
-            direct_hopeless,
+            direct_hopeless: direct_hopeless || self.svc.relay_only,
             nonce,
         };
-        if direct_hopeless {
+        if relay_first {
+            status("relayed at once: the last link to this service was relayed too (direct is tried in the background)");
+        } else if direct_hopeless && !self.svc.relay_only {
             status(&format!("relayed: {}", link::SKIPPED_DIRECT));
         }
         let (stream, info) = link::establish(&self.cfg, io, ticket, true, &psk, strategy).await?;
@@ -428,7 +448,7 @@ impl Visitor {
         let listed = Arc::new(crate::status::book().link_up("connect", &self.svc.name, &info));
         let stream = common::count::Counted::new(stream, listed.bytes());
         let (mux, _inbound) = Mux::start(stream, Role::Client, self.mux_config());
-        if info.path == Path::Relayed {
+        if info.path == Path::Relayed && !self.svc.relay_only {
             tokio::spawn(self.clone().upgrade(ticket, rx, tx));
         }
         *cur = Some(Current {
@@ -441,8 +461,17 @@ impl Visitor {
     }
 
     #[allow(clippy::type_complexity)]
-    async fn pair(&self) -> Result<(u64, bool, [u8; 16], mpsc::Receiver<ServerMsg>), ServiceError> {
+    async fn pair(
+        &self,
+        relay_first: bool,
+    ) -> Result<(u64, bool, [u8; 16], mpsc::Receiver<ServerMsg>), ServiceError> {
         let mut hub = self.hub.lock().await;
+        // The server may be restarting: give it a moment rather than fail at once.
+        hub.wait_up(SERVER_BACK_WAIT).await.map_err(|why| {
+            ServiceError::Refused(format!(
+                "rendezvous server unreachable for {SERVER_BACK_WAIT:?}: {why}"
+            ))
+        })?;
         // Stale events from an earlier request or connection are of no use now.
         while let Ok(ev) = hub.events.try_recv() {
             if let HubEvent::Fatal(e) = ev {
@@ -452,6 +481,7 @@ impl Visitor {
         hub.tx
             .send(ClientMsg::Connect {
                 name: self.svc.name.clone(),
+                relay_first,
             })
             .await
             .map_err(|_| ServiceError::Refused("not connected to the rendezvous server".into()))?;

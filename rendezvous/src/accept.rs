@@ -1,5 +1,5 @@
 //! One accept loop for every listener of the server (the control port, exposed TCP
-//! ports, the HTTP vhost, STUN over TCP): a cap on the connections served at once
+//! ports, the HTTP vhost, STUN over TCP, classic mode): a cap on the connections served at once
 //! (more wait in the kernel's backlog), a backoff when `accept` fails (out of file
 //! descriptors: the loop must neither spin nor flood the log), every connection task
 //! on the server's [`TaskTracker`], and an end when its token is cancelled.

@@ -30,33 +30,21 @@
 //! its address in the usual IPv6 text form, which our client accepts and the C one
 //! does not.
 
-use std::{io, mem::MaybeUninit, net::SocketAddr, time::Duration};
+use std::{io, mem::MaybeUninit, net::SocketAddr, sync::Arc};
 
 use common::net::set_link_options;
 use socket2::SockRef;
-use tokio::net::{TcpListener, TcpStream};
-use tokio_util::sync::CancellationToken;
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::Semaphore,
+};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{debug, info, warn};
 
 /// The line the first client of a pair receives: the C demo's `"first\n"` with its
 /// terminating NUL.
 pub const FIRST_LINE: &[u8] = b"first\n\0";
 
-/// Pause after the first of a run of failed `accept`s (out of file descriptors, a
-/// connection reset before it was accepted). It doubles after each further failure.
-/// Short, because the usual cause (a reset connection) is already gone.
-pub const ACCEPT_BACKOFF_START: Duration = Duration::from_millis(50);
-
-/// Longest pause between two `accept`s that fail in a row: file descriptors may take
-/// a while to be freed, but the server should come back within seconds when they are.
-pub const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(5);
-
-/// After this many failed `accept`s in a row (about two minutes of nothing but
-/// failures with the pauses above) the listener itself is taken to be broken, and
-/// [`serve`] returns the error so that a supervisor can restart the process.
-pub const ACCEPT_MAX_FAILURES: u32 = 30;
-
-/// A connected client, with its address as this server sees it.
 #[derive(Debug)]
 struct Client {
     stream: TcpStream,
@@ -64,54 +52,36 @@ struct Client {
 }
 
 /// Runs the classic server on `listener` until `shutdown` is cancelled, pairing
-/// clients in arrival order.
+/// clients in arrival order, on the server's shared accept loop
+/// ([`crate::accept::serve`]: backoff when `accept` fails, e.g. out of file
+/// descriptors). It spawns nothing: each client is handled within the loop.
 ///
-/// Returns `Ok(())` on shutdown (the waiting client, if any, is disconnected), and an
-/// error only if `accept` keeps failing ([`ACCEPT_MAX_FAILURES`] times in a row).
+/// Returns on shutdown (the waiting client, if any, is disconnected).
 pub async fn serve(listener: TcpListener, shutdown: CancellationToken) -> io::Result<()> {
     let local = listener.local_addr()?;
     info!(%local, "classic server ready");
     let mut waiting: Option<Client> = None;
-    let mut failures = 0u32;
-    loop {
-        let accepted = tokio::select! {
-            () = shutdown.cancelled() => break,
-            accepted = listener.accept() => accepted,
-        };
-        match accepted {
-            Ok((stream, addr)) => {
-                failures = 0;
-                let addr = SocketAddr::new(addr.ip().to_canonical(), addr.port());
-                waiting = arrive(waiting.take(), Client { stream, addr });
-            }
-            Err(err) => {
-                failures += 1;
-                if failures >= ACCEPT_MAX_FAILURES {
-                    warn!(%err, failures, "accept keeps failing; giving up");
-                    return Err(err);
-                }
-                let pause = accept_backoff(failures);
-                warn!(%err, ?pause, "accept failed; retrying");
-                tokio::select! {
-                    () = shutdown.cancelled() => break,
-                    () = tokio::time::sleep(pause) => {}
-                }
-            }
-        }
-    }
+    // Nothing is spawned, so one permit is never held: the cap does not apply.
+    let permits = Arc::new(Semaphore::new(1));
+    let tracker = TaskTracker::new();
+    crate::accept::serve(
+        "classic server",
+        &listener,
+        permits,
+        &tracker,
+        &shutdown,
+        |stream, addr| {
+            let addr = SocketAddr::new(addr.ip().to_canonical(), addr.port());
+            waiting = arrive(waiting.take(), Client { stream, addr });
+            None::<std::future::Ready<()>>
+        },
+    )
+    .await;
     if let Some(client1) = waiting {
         debug!(client1 = %client1.addr, "shutting down: disconnecting the waiting client");
     }
     info!(%local, "classic server stopped");
     Ok(())
-}
-
-/// The pause after the `failures`-th failed `accept` in a row.
-fn accept_backoff(failures: u32) -> Duration {
-    let doublings = failures.saturating_sub(1).min(16);
-    ACCEPT_BACKOFF_START
-        .saturating_mul(1 << doublings)
-        .min(ACCEPT_BACKOFF_MAX)
 }
 
 /// Handles a newly arrived client; returns the client now waiting for a partner.
@@ -242,14 +212,6 @@ mod tests {
 
     fn port(stream: &TcpStream) -> io::Result<u16> {
         Ok(stream.local_addr()?.port())
-    }
-
-    #[test]
-    fn backoff_doubles_up_to_the_cap() {
-        assert_eq!(accept_backoff(1), Duration::from_millis(50));
-        assert_eq!(accept_backoff(2), Duration::from_millis(100));
-        assert_eq!(accept_backoff(5), Duration::from_millis(800));
-        assert_eq!(accept_backoff(29), ACCEPT_BACKOFF_MAX);
     }
 
     #[tokio::test]

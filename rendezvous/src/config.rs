@@ -18,20 +18,21 @@
 //! | `webServer.port` | the admin listener's port: dashboard, `/api/status`, `/metrics` (0 or absent: none) | none |
 //! | `webServer.addr` | its address | `"127.0.0.1"` |
 //! | `webServer.user`, `webServer.password` | its basic auth (the password also as `Authorization: Bearer`); required on an address that is not loopback | `"admin"`, none |
-//! | `enablePrometheus` | `true` (a no-op: `/metrics` is always on the admin listener) | |
+//! | `enablePrometheus` | accepted (`/metrics` is always on the admin listener) | |
 //! | `punchline.altAddr` | second address for STUN behaviour discovery, `IP` or `IP:PORT` as `--alt-addr` (port default: `bindPort` + 1) | none |
 //!
-//! Every other key frp knows (`webServer.tls`, `transport.*`, `log.*`, `kcpBindPort`,
-//! `quicBindPort`, `vhostHTTPSPort`, `tcpmuxHTTPConnectPort`, `httpPlugins`,
-//! `auth.oidc.*`, ...) is an error that names the key and says punchline does not
-//! support it, even when it holds frp's default; a key nobody knows (a typo) is an error
-//! that names it and the closest known key. Nothing is silently ignored.
+//! frp's other keys are in [`FRP_KEYS`]: accepted with no effect (`log.*`,
+//! `webServer.pprofEnable`, most of `transport.*`, ...; named together in one warning) or refused
+//! (`kcpBindPort`, `vhostHTTPSPort`, `httpPlugins`, ...; named together in one error).
+//! A key nobody knows (a typo) is an error naming it and the closest known key. The
+//! legacy INI format (`frps.ini`) is read into the same model.
 //!
-//! Parsing goes in three steps (rathole's `config.rs` is the model): the TOML is parsed
-//! and every key and value type checked against a schema, so errors carry the key's
-//! path and line (`frps.toml:7: webServer.port: not supported by punchline: ...`);
-//! serde (`deny_unknown_fields`) reads the same text into the file's model; its
-//! `validate()` checks the values and fills in defaults, giving a [`ServerConfig`].
+//! Parsing ([`common::config::read`]) renders `{{ .Envs.NAME }}` templates, reads the
+//! TOML or INI text into the serde model below (keys matched ignoring case, as frp
+//! does), sorts the keys the model did not read by [`FRP_KEYS`], and `validate()`
+//! checks the values and fills in defaults, giving a [`ServerConfig`]. Errors carry
+//! the key's path and line (`frps.toml:7: kcpBindPort: not supported by punchline
+//! (...)`).
 
 use std::{
     fmt,
@@ -42,9 +43,8 @@ use std::{
 
 use serde::Deserialize;
 
-use common::config::schema::{self, Checker, Node, Schema};
 pub use common::config::ConfigError;
-use common::config::{is_host_name, parse_ip};
+use common::config::{self, is_host_name, parse_ip, Effect, FrpKey, Side};
 
 /// frp's default `bindPort`, used when a file has none (punchline's own CLI default,
 /// 8877, applies only to the command line): an `frpc.toml` without `serverPort` must
@@ -58,6 +58,10 @@ pub struct ServerConfig {
     pub bind: SocketAddr,
     /// The HTTP virtual host port (`vhostHTTPPort`); `None`: no vhost listener.
     pub vhost_http_port: Option<u16>,
+    /// Longest wait for a peer's response head to a vhost request, then 504
+    /// (`vhostHTTPTimeout`, seconds; default [`crate::vhost::RESPONSE_TIMEOUT`], frp's
+    /// 60 s too).
+    pub vhost_http_timeout: std::time::Duration,
     /// The domain under which `subdomain` routes live (`subDomainHost`), lowercased.
     pub subdomain_host: Option<String>,
     /// The token peers must present (`auth.token`); `None` accepts anyone. Printed as
@@ -80,6 +84,12 @@ pub struct ServerConfig {
     /// [`common::mux::DEFAULT_MAX_STREAMS`], the peer's default too). Past it, a new
     /// user connection is reset and the server logs a warning.
     pub max_streams: usize,
+    /// The vhost's timeouts and per-client limit (`--vhost-idle-timeout`,
+    /// `--vhost-max-per-client`, `vhostHTTPTimeout`).
+    pub vhost: crate::vhost::VhostConfig,
+    /// frp keys of the file accepted with no effect, each with the reason (see
+    /// [`FRP_KEYS`]); [`load`] names them in one warning.
+    pub no_effect: Vec<(String, &'static str)>,
     /// The admin listener (`--admin`, `webServer.*`); `None`: none.
     pub admin: Option<crate::admin::AdminConfig>,
 }
@@ -127,6 +137,7 @@ impl ServerConfig {
         Self {
             bind,
             vhost_http_port: None,
+            vhost_http_timeout: crate::vhost::RESPONSE_TIMEOUT,
             subdomain_host: None,
             token: None,
             allow_ports: PortRanges::all(),
@@ -134,6 +145,8 @@ impl ServerConfig {
             users: Vec::new(),
             grace: crate::expose::GRACE,
             max_streams: common::mux::DEFAULT_MAX_STREAMS,
+            vhost: Default::default(),
+            no_effect: Vec::new(),
             admin: None,
         }
     }
@@ -144,6 +157,7 @@ impl fmt::Debug for ServerConfig {
         f.debug_struct("ServerConfig")
             .field("bind", &self.bind)
             .field("vhost_http_port", &self.vhost_http_port)
+            .field("vhost_http_timeout", &self.vhost_http_timeout)
             .field("subdomain_host", &self.subdomain_host)
             .field("token", &self.token.as_ref().map(|_| Masked))
             .field("allow_ports", &self.allow_ports)
@@ -151,6 +165,8 @@ impl fmt::Debug for ServerConfig {
             .field("users", &self.users)
             .field("grace", &self.grace)
             .field("max_streams", &self.max_streams)
+            .field("vhost", &self.vhost)
+            .field("no_effect", &self.no_effect)
             .field("admin", &self.admin)
             .finish()
     }
@@ -324,119 +340,70 @@ pub fn load(path: &Path) -> Result<ServerConfig, ConfigError> {
         path: path.to_path_buf(),
         source,
     })?;
-    parse(&text, &path.display().to_string())
+    let origin = path.display().to_string();
+    let cfg = parse(&text, &origin)?;
+    if let Some(w) = config::no_effect_warning(&origin, &cfg.no_effect) {
+        tracing::warn!("{w}");
+    }
+    Ok(cfg)
 }
 
 /// Parses a server config from `text`; `origin` names it in errors (a file name).
 pub fn parse(text: &str, origin: &str) -> Result<ServerConfig, ConfigError> {
-    let checker = Checker { origin, text };
-    let doc = checker.check(SERVER)?;
-    let file: FrpsFile = toml::from_str(text).map_err(|e| schema::syntax(origin, text, &e))?;
-    file.validate(origin)
-        .map_err(|e| checker.add_line(e, doc.get_ref()))
+    let (file, parsed) = config::read::<FrpsFile>(text, origin, Side::Server, FRP_KEYS)?.take();
+    let (mut cfg, no_effect) = parsed.finish(file.validate(origin))?;
+    cfg.no_effect = no_effect;
+    Ok(cfg)
 }
 
 // ---- The file's shape -------------------------------------------------------------
 
-// Reasons shared by several refused keys.
-const NO_TRANSPORT: &str = "peers connect over TCP with Noise encryption and yamux, which \
-                            take no settings";
+// Reasons shared by several keys.
 const NO_LOG: &str = "logs go to stderr; set the level with -v or RUST_LOG";
-const NO_HTTPS: &str = "there is no HTTPS virtual host; terminate TLS in front of vhostHTTPPort, \
-                        or expose port 443 with a tcp proxy";
-const INI: &str = "this is frp's old INI format ([common]); only the TOML format of frp v0.52 \
-                   and later is read";
+const NO_TRANSPORT: &str = "peers connect over TCP with Noise encryption and yamux, whose \
+                            settings are punchline's own";
+const NO_TLS: &str = "connections are always encrypted and authenticated by the token, with \
+                      Noise rather than TLS: there are no certificates";
+const TCPMUX: &str = "there is no tcpmux (use tcp proxies)";
 
-// One key per line: the tables read best unwrapped.
-
-/// The keys of `frps.toml`.
+/// frp's server keys that the model below does not read: accepted with no effect, or
+/// refused. The README's table of frp keys lists these and the model's own.
 #[rustfmt::skip]
-const SERVER: Schema = &[
-    ("bindAddr", Node::Str),
-    ("bindPort", Node::Int),
-    ("vhostHTTPPort", Node::Int),
-    ("subDomainHost", Node::Str),
-    ("auth", Node::Table(AUTH)),
-    ("allowPorts", Node::Tables(PORTS)),
-    ("punchline", Node::Table(PUNCHLINE)),
-    ("users", Node::Tables(USERS)),
-    ("kcpBindPort", Node::Unsupported("TCP only, no KCP")),
-    ("quicBindPort", Node::Unsupported("TCP only, no QUIC")),
-    ("proxyBindAddr", Node::Unsupported("proxies listen on bindAddr")),
-    ("vhostHTTPSPort", Node::Unsupported(NO_HTTPS)),
-    ("vhostHTTPTimeout", Node::Unsupported("the vhost's timeouts are fixed")),
-    ("tcpmuxHTTPConnectPort", Node::Unsupported("there is no tcpmux (use tcp or xtcp proxies)")),
-    ("tcpmuxPassthrough", Node::Unsupported("there is no tcpmux (use tcp or xtcp proxies)")),
-    ("custom404Page", Node::Unsupported("the vhost's 404 page is built in")),
-    ("sshTunnelGateway", Node::Unsupported("there is no SSH tunnel gateway")),
-    ("webServer", Node::Table(WEB_SERVER)),
-    ("enablePrometheus", Node::True("/metrics is always served by the admin listener (webServer.port)")),
-    ("log", Node::Unsupported(NO_LOG)),
-    ("transport", Node::Unsupported(NO_TRANSPORT)),
-    ("detailedErrorsToClient", Node::Unsupported("peers always get the reason of a refusal")),
-    ("maxPortsPerClient", Node::Unsupported("there is no per-peer port limit")),
-    ("userConnTimeout", Node::Unsupported("the timeouts are fixed")),
-    ("udpPacketSize", Node::Unsupported("no UDP proxies")),
-    ("natholeAnalysisDataReserveHours", Node::Unsupported("no NAT analysis data is kept")),
-    ("allowedClientIPs", Node::Unsupported("filter peer addresses with a firewall")),
-    ("httpPlugins", Node::Unsupported("there are no server plugins")),
-    ("common", Node::Unsupported(INI)),
+pub const FRP_KEYS: &[FrpKey] = &[
+    FrpKey { key: "log", effect: Effect::NoEffect, why: NO_LOG },
+    FrpKey { key: "webServer.pprofEnable", effect: Effect::NoEffect, why: "there are no profiling endpoints" },
+    FrpKey { key: "webServer.assetsDir", effect: Effect::NoEffect, why: "the dashboard is built into the binary" },
+    FrpKey { key: "webServer.tls", effect: Effect::Refused, why: "the admin listener speaks plain HTTP; put a TLS proxy in front of it" },
+    FrpKey { key: "transport.tls", effect: Effect::NoEffect, why: NO_TLS },
+    FrpKey { key: "transport.maxPoolCount", effect: Effect::NoEffect, why: NO_TRANSPORT },
+    FrpKey { key: "transport.heartbeatTimeout", effect: Effect::NoEffect, why: NO_TRANSPORT },
+    FrpKey { key: "transport.tcpMux", effect: Effect::NoEffect, why: NO_TRANSPORT },
+    FrpKey { key: "transport.tcpMuxKeepaliveInterval", effect: Effect::NoEffect, why: NO_TRANSPORT },
+    FrpKey { key: "transport.tcpKeepalive", effect: Effect::NoEffect, why: NO_TRANSPORT },
+    FrpKey { key: "transport.quic", effect: Effect::NoEffect, why: NO_TRANSPORT },
+    FrpKey { key: "auth.additionalScopes", effect: Effect::NoEffect, why: "every connection is authenticated by the token" },
+    FrpKey { key: "detailedErrorsToClient", effect: Effect::NoEffect, why: "peers always get the reason of a refusal" },
+    FrpKey { key: "userConnTimeout", effect: Effect::NoEffect, why: "the timeouts are punchline's own" },
+    FrpKey { key: "custom404Page", effect: Effect::NoEffect, why: "the vhost's 404 page is built in" },
+    FrpKey { key: "udpPacketSize", effect: Effect::NoEffect, why: "datagrams of any size up to 65,535 bytes are carried" },
+    FrpKey { key: "natholeAnalysisDataReserveHours", effect: Effect::NoEffect, why: "no NAT analysis data is kept" },
+    FrpKey { key: "bindUdpPort", effect: Effect::NoEffect, why: "xtcp punching needs no UDP port" },
+    FrpKey { key: "kcpBindPort", effect: Effect::Refused, why: "peers connect over TCP only, not KCP" },
+    FrpKey { key: "quicBindPort", effect: Effect::Refused, why: "peers connect over TCP only, not QUIC" },
+    FrpKey { key: "proxyBindAddr", effect: Effect::Refused, why: "tcp proxies listen on bindAddr" },
+    FrpKey { key: "vhostHTTPSPort", effect: Effect::Refused, why: "there is no HTTPS virtual host; terminate TLS in front of vhostHTTPPort, or expose port 443 with a tcp proxy" },
+    FrpKey { key: "tcpmuxHTTPConnectPort", effect: Effect::Refused, why: TCPMUX },
+    FrpKey { key: "tcpmuxPassthrough", effect: Effect::Refused, why: TCPMUX },
+    FrpKey { key: "sshTunnelGateway", effect: Effect::Refused, why: "there is no SSH tunnel gateway" },
+    FrpKey { key: "maxPortsPerClient", effect: Effect::Refused, why: "limit peers with [[users]] maxExposures" },
+    FrpKey { key: "allowedClientIPs", effect: Effect::Refused, why: "filter peer addresses with a firewall" },
+    FrpKey { key: "httpPlugins", effect: Effect::Refused, why: "there are no server plugins" },
+    FrpKey { key: "auth.oidc", effect: Effect::Refused, why: "the only auth.method is \"token\"" },
+    FrpKey { key: "auth.tokenSource", effect: Effect::Refused, why: "put the token in auth.token, or in a {{ .Envs.NAME }} template" },
 ];
 
-/// `auth.*`.
-#[rustfmt::skip]
-const AUTH: Schema = &[
-    ("method", Node::Kind { ok: &["token"], frp: &["oidc"] }),
-    ("token", Node::Str),
-    ("additionalScopes", Node::Unsupported("the token is checked by each connection's handshake")),
-    ("tokenSource", Node::Unsupported("put the token in auth.token or in PUNCHLINE_TOKEN")),
-    ("oidc", Node::Unsupported("the only auth.method is \"token\"")),
-];
-
-/// One entry of `allowPorts`.
-const PORTS: Schema = &[
-    ("start", Node::Int),
-    ("end", Node::Int),
-    ("single", Node::Int),
-];
-
-/// One entry of `[[users]]` (punchline's own; frp has no users).
-const USERS: Schema = &[
-    ("name", Node::Str),
-    ("token", Node::Str),
-    ("allowPorts", Node::Tables(PORTS)),
-    ("allowDomains", Node::StrList),
-    ("maxExposures", Node::Int),
-    ("maxStreams", Node::Int),
-];
-
-/// `[webServer]`: the admin listener (dashboard, status, metrics).
-const WEB_SERVER: Schema = &[
-    ("addr", Node::Str),
-    ("port", Node::Int),
-    ("user", Node::Str),
-    ("password", Node::Str),
-    (
-        "tls",
-        Node::Unsupported("the admin listener speaks plain HTTP; put a TLS proxy in front of it"),
-    ),
-    (
-        "pprofEnable",
-        Node::Unsupported("there are no profiling endpoints"),
-    ),
-    (
-        "assetsDir",
-        Node::Unsupported("the dashboard is built into the binary"),
-    ),
-];
-
-/// `[punchline]`: punchline's own keys, which frp does not have.
-const PUNCHLINE: Schema = &[("altAddr", Node::Str)];
-
-/// The file's model (`deny_unknown_fields`: the key check has run, so serde meets only
-/// the keys above; unsupported ones have been refused already).
+/// The file's model: every key punchline reads. Names match ignoring case.
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct FrpsFile {
     #[serde(rename = "bindAddr")]
     bind_addr: Option<String>,
@@ -444,6 +411,8 @@ struct FrpsFile {
     bind_port: Option<i64>,
     #[serde(rename = "vhostHTTPPort")]
     vhost_http_port: Option<i64>,
+    #[serde(rename = "vhostHTTPTimeout")]
+    vhost_http_timeout: Option<i64>,
     #[serde(rename = "subDomainHost")]
     subdomain_host: Option<String>,
     #[serde(default)]
@@ -456,13 +425,13 @@ struct FrpsFile {
     users: Vec<UserFile>,
     #[serde(rename = "webServer", default)]
     web_server: WebServerFile,
+    /// Accepted: `/metrics` is always on the admin listener.
     #[serde(rename = "enablePrometheus")]
-    #[allow(dead_code)] // Checked by the schema: only `true` gets here.
+    #[allow(dead_code)]
     enable_prometheus: Option<bool>,
 }
 
 #[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
 struct WebServerFile {
     addr: Option<String>,
     port: Option<i64>,
@@ -471,7 +440,6 @@ struct WebServerFile {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct UserFile {
     name: Option<String>,
     token: Option<String>,
@@ -486,14 +454,12 @@ struct UserFile {
 }
 
 #[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
 struct AuthFile {
     method: Option<String>,
     token: Option<String>,
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct PortsFile {
     start: Option<i64>,
     end: Option<i64>,
@@ -501,7 +467,6 @@ struct PortsFile {
 }
 
 #[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
 struct PunchlineFile {
     #[serde(rename = "altAddr")]
     alt_addr: Option<String>,
@@ -535,6 +500,16 @@ impl FrpsFile {
             None | Some(0) => None,
             Some(p) => Some(port("vhostHTTPPort", p, false)?),
         };
+        let vhost_http_timeout = match self.vhost_http_timeout {
+            None => crate::vhost::RESPONSE_TIMEOUT,
+            Some(n) if n >= 1 => std::time::Duration::from_secs(n.unsigned_abs()),
+            Some(n) => {
+                return Err(invalid(
+                    "vhostHTTPTimeout",
+                    format!("{n} is not a number of seconds (1 or more)"),
+                ))
+            }
+        };
         if vhost_http_port.is_some() && vhost_http_port == Some(bind_port) {
             return Err(invalid(
                 "vhostHTTPPort",
@@ -557,12 +532,13 @@ impl FrpsFile {
         };
 
         if let Some(method) = &self.auth.method {
-            // The key check let only "token" through; a second look costs nothing.
             if method != "token" {
-                return Err(invalid(
-                    "auth.method",
-                    format!("{method:?}: only \"token\" is supported"),
-                ));
+                return Err(ConfigError::Unsupported {
+                    origin: origin.to_string(),
+                    line: None,
+                    key: "auth.method".into(),
+                    message: format!("{method:?} is not supported by punchline (token is)"),
+                });
             }
         }
         let token = match self.auth.token {
@@ -712,6 +688,7 @@ impl FrpsFile {
         Ok(ServerConfig {
             bind: SocketAddr::new(ip, bind_port),
             vhost_http_port,
+            vhost_http_timeout,
             subdomain_host,
             token,
             allow_ports,
@@ -719,6 +696,8 @@ impl FrpsFile {
             users,
             grace: crate::expose::GRACE,
             max_streams: common::mux::DEFAULT_MAX_STREAMS,
+            vhost: Default::default(),
+            no_effect: Vec::new(),
             admin,
         })
     }
@@ -825,7 +804,10 @@ mod tests {
         let (mut servers, mut clients) = (Vec::new(), Vec::new());
         for entry in std::fs::read_dir(&dir).expect("examples/") {
             let path = entry.expect("examples/ entry").path();
-            if path.extension().and_then(|e| e.to_str()) != Some("toml") {
+            if !matches!(
+                path.extension().and_then(|e| e.to_str()),
+                Some("toml" | "ini")
+            ) {
                 continue;
             }
             let name = path
@@ -849,6 +831,8 @@ mod tests {
 
     #[test]
     fn every_server_example_parses() {
+        // The INI examples take the token from the environment, as frp's do.
+        std::env::set_var("FRP_AUTH_TOKEN", "example-token");
         let (servers, _) = examples();
         assert!(
             servers.len() >= 2,
@@ -874,6 +858,39 @@ mod tests {
         assert_eq!(
             c.admin.map(|a| a.addr),
             Some("127.0.0.1:7500".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn web_server_is_the_admin_listener() {
+        assert_eq!(ok("bindPort = 7000").admin, None);
+        assert_eq!(ok("webServer.port = 0").admin, None);
+        let a = ok("webServer.port = 7500\nenablePrometheus = true")
+            .admin
+            .unwrap();
+        assert_eq!(a.addr, "127.0.0.1:7500".parse().unwrap());
+        assert_eq!((a.user.as_str(), a.password), ("admin", None));
+        let a =
+            ok("[webServer]\naddr = \"0.0.0.0\"\nport = 7500\nuser = \"ops\"\npassword = \"pw\"")
+                .admin
+                .unwrap();
+        assert_eq!(a.addr, "0.0.0.0:7500".parse().unwrap());
+        assert_eq!(
+            (a.user.as_str(), a.password.as_deref()),
+            ("ops", Some("pw"))
+        );
+        assert!(!format!("{a:?}").contains("pw\""), "{a:?}");
+        let e = err("[webServer]\naddr = \"0.0.0.0\"\nport = 7500").to_string();
+        assert!(
+            e.contains("webServer.password") && e.contains("not a loopback address"),
+            "{e}"
+        );
+        let e = err("webServer.port = 70000").to_string();
+        assert!(e.contains("webServer.port"), "{e}");
+        let e = err("webServer.tls.certFile = \"x\"").to_string();
+        assert!(
+            e.contains("webServer.tls") && e.contains("TLS proxy"),
+            "{e}"
         );
     }
 
@@ -937,7 +954,7 @@ mod tests {
     #[test]
     fn errors_name_the_key() {
         let cases: &[(&str, &str, &str)] = &[
-            // frp keys punchline does not implement, even at frp's defaults.
+            // frp keys punchline cannot honour.
             (
                 "kcpBindPort = 7000",
                 "kcpBindPort",
@@ -950,35 +967,10 @@ mod tests {
                 "tcpmuxHTTPConnectPort",
                 "not supported",
             ),
-            (
-                "webServer.tls.certFile = \"x\"",
-                "webServer.tls.certFile",
-                "TLS proxy",
-            ),
-            (
-                "webServer.assetsDir = \"x\"",
-                "webServer.assetsDir",
-                "built into",
-            ),
-            (
-                "transport.tls.force = false",
-                "transport.tls.force",
-                "not supported",
-            ),
-            ("log.level = \"info\"", "log.level", "RUST_LOG"),
-            (
-                "enablePrometheus = false",
-                "enablePrometheus",
-                "always served",
-            ),
-            (
-                "maxPortsPerClient = 0",
-                "maxPortsPerClient",
-                "not supported",
-            ),
+            ("maxPortsPerClient = 0", "maxPortsPerClient", "maxExposures"),
             (
                 "[[httpPlugins]]\nname = \"x\"",
-                "httpPlugins",
+                "httpPlugins[0].name",
                 "not supported",
             ),
             (
@@ -996,15 +988,9 @@ mod tests {
                 "auth.tokenSource.type",
                 "not supported",
             ),
-            ("[common]\nbind_port = 7000", "common.bind_port", "INI"),
             // Typos.
-            ("bindport = 7000", "bindport", "did you mean `bindPort`?"),
             ("bind_port = 7000", "bind_port", "did you mean `bindPort`?"),
-            (
-                "vhostHttpPort = 80",
-                "vhostHttpPort",
-                "did you mean `vhostHTTPPort`?",
-            ),
+            ("bindPrt = 7000", "bindPrt", "did you mean `bindPort`?"),
             ("auth.tokn = \"x\"", "auth.tokn", "did you mean `token`?"),
             (
                 "allowPorts = [{ singel = 3001 }]",
@@ -1012,6 +998,11 @@ mod tests {
                 "did you mean `single`?",
             ),
             ("[punchline]\nfoo = 1", "punchline.foo", "altAddr"),
+            (
+                "transport.heartbeatTimout = 90",
+                "transport.heartbeatTimout",
+                "unknown key",
+            ),
             // Wrong types and values.
             (
                 "bindPort = \"7000\"",
@@ -1019,6 +1010,11 @@ mod tests {
                 "expected an integer, found a string",
             ),
             ("bindPort = 70000", "bindPort", "not a port"),
+            (
+                "vhostHTTPTimeout = 0",
+                "vhostHTTPTimeout",
+                "seconds (1 or more)",
+            ),
             ("bindPort = -1", "bindPort", "not a port"),
             ("vhostHTTPPort = 7000", "vhostHTTPPort", "bindPort too"),
             ("bindAddr = \"localhost\"", "bindAddr", "not an IP address"),
@@ -1053,7 +1049,7 @@ mod tests {
             (
                 "allowPorts = \"2000-3000\"",
                 "allowPorts",
-                "expected a list of tables",
+                "expected a list, found a string",
             ),
             (
                 "punchline.altAddr = \"nowhere\"",
@@ -1075,43 +1071,14 @@ mod tests {
     }
 
     #[test]
-    fn web_server_is_the_admin_listener() {
-        assert_eq!(ok("bindPort = 7000").admin, None);
-        assert_eq!(ok("webServer.port = 0").admin, None);
-        let a = ok("webServer.port = 7500\nenablePrometheus = true")
-            .admin
-            .unwrap();
-        assert_eq!(a.addr, "127.0.0.1:7500".parse().unwrap());
-        assert_eq!((a.user.as_str(), a.password), ("admin", None));
-        let a =
-            ok("[webServer]\naddr = \"0.0.0.0\"\nport = 7500\nuser = \"ops\"\npassword = \"pw\"")
-                .admin
-                .unwrap();
-        assert_eq!(a.addr, "0.0.0.0:7500".parse().unwrap());
-        assert_eq!(
-            (a.user.as_str(), a.password.as_deref()),
-            ("ops", Some("pw"))
-        );
-        assert!(!format!("{a:?}").contains("pw\""), "{a:?}");
-        let e = err("[webServer]\naddr = \"0.0.0.0\"\nport = 7500").to_string();
-        assert!(
-            e.contains("webServer.password") && e.contains("not a loopback address"),
-            "{e}"
-        );
-        let e = err("webServer.port = 70000").to_string();
-        assert!(e.contains("webServer.port"), "{e}");
-    }
-
-    #[test]
     fn errors_carry_the_line() {
-        let e = err("bindPort = 7000\n\n# the dashboard\nwebServer.pprofEnable = true\n");
+        let e = err("bindPort = 7000\n\n# KCP\nkcpBindPort = 7000\n");
         assert!(
             matches!(e, ConfigError::Unsupported { line: Some(4), .. }),
             "{e:?}"
         );
         assert!(
-            e.to_string()
-                .starts_with("frps.toml:4: webServer.pprofEnable: "),
+            e.to_string().starts_with("frps.toml:4: kcpBindPort: "),
             "{e}"
         );
         // validate() errors too.
@@ -1136,6 +1103,128 @@ mod tests {
         );
         let e = err("bindPort = \n");
         assert!(matches!(e, ConfigError::Syntax { .. }), "{e:?}");
+    }
+
+    /// A file as frp's own test framework writes it.
+    #[test]
+    fn frp_files_work_as_written() {
+        let c = ok(r#"
+            bindAddr = "0.0.0.0"
+            bindPort = 7000
+            log.level = "trace"
+            log.to = "console"
+            subdomainHost = "Example.com"
+            vhostHTTPPort = 8080
+            transport.tls.force = false
+            transport.heartbeatTimeout = 90
+            webServer.port = 7500
+            detailedErrorsToClient = true
+        "#);
+        assert_eq!(c.subdomain_host.as_deref(), Some("example.com"));
+        assert_eq!(c.vhost_http_port, Some(8080));
+        assert_eq!(c.vhost_http_timeout, crate::vhost::RESPONSE_TIMEOUT);
+        assert_eq!(
+            ok("vhostHTTPTimeout = 5").vhost_http_timeout,
+            std::time::Duration::from_secs(5)
+        );
+        let keys: Vec<&str> = c.no_effect.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "log.level",
+                "log.to",
+                "transport.tls.force",
+                "transport.heartbeatTimeout",
+                "detailedErrorsToClient"
+            ]
+        );
+        // The dashboard's port is the admin listener's (on loopback by default).
+        assert_eq!(
+            c.admin.map(|a| a.addr),
+            Some("127.0.0.1:7500".parse().unwrap())
+        );
+        let e = err("subdomainHost = \"a.example\"\nsubDomainHost = \"b.example\"");
+        assert_eq!(e.key(), Some("subDomainHost"), "{e}");
+        assert!(e.to_string().contains("given twice"), "{e}");
+    }
+
+    #[test]
+    fn ini_files_read_as_toml_ones() {
+        let c = ok("[common]\n\
+            bind_addr = 0.0.0.0\n\
+            bind_port = 7100\n\
+            vhost_http_port = 8080\n\
+            subdomain_host = frps.example.com\n\
+            token = s3cret\n\
+            allow_ports = 2000-3000,3001,3003,4000-50000\n\
+            dashboard_port = 7500\n\
+            log_file = ./frps.log\n\
+            max_pool_count = 5\n");
+        assert_eq!(c.bind, "0.0.0.0:7100".parse().unwrap());
+        assert_eq!(c.vhost_http_port, Some(8080));
+        assert_eq!(c.subdomain_host.as_deref(), Some("frps.example.com"));
+        assert_eq!(c.token.as_deref(), Some("s3cret"));
+        assert_eq!(c.allow_ports.to_string(), "2000-3001,3003,4000-50000");
+        let keys: Vec<&str> = c.no_effect.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["log.to", "transport.maxPoolCount"]);
+        assert_eq!(
+            c.admin.map(|a| a.addr),
+            Some("127.0.0.1:7500".parse().unwrap())
+        );
+        let e = err("[common]\nbind_port = 7000\nkcp_bind_port = 7000\n[plugin.user-manager]\naddr = 127.0.0.1:9000\n");
+        let keys: Vec<_> = e.all().iter().filter_map(|e| e.key()).collect();
+        assert_eq!(
+            keys,
+            ["kcpBindPort", "httpPlugins[0].name", "httpPlugins[0].addr"]
+        );
+    }
+
+    /// The README's table of frp keys is the model's keys (those a file with every
+    /// table reaches) and [`FRP_KEYS`], each with its status: nothing more, nothing less.
+    #[test]
+    fn readme_lists_every_key() {
+        let readme =
+            std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
+                .expect("README.md");
+        let mut rows = config::readme_rows(&readme, "frps");
+        let full = r#"bindAddr = "0.0.0.0"
+bindPort = 7000
+vhostHTTPPort = 80
+subDomainHost = "example.com"
+auth.method = "token"
+auth.token = "t"
+allowPorts = [{ start = 1, end = 2 }]
+punchline.altAddr = "127.0.0.2"
+enablePrometheus = true
+webServer.addr = "127.0.0.1"
+webServer.port = 7500
+webServer.user = "admin"
+webServer.password = "pw"
+[[users]]
+name = "u"
+token = "v"
+allowPorts = [{ single = 3 }]
+allowDomains = ["*"]
+maxExposures = 1
+maxStreams = 1
+"#;
+        let parsed = config::read::<FrpsFile>(full, "frps.toml", Side::Server, FRP_KEYS)
+            .expect("the full file");
+        let mut want: Vec<(String, String)> = parsed
+            .fields
+            .iter()
+            .map(|k| (k.clone(), "accepted".to_string()))
+            .collect();
+        for k in FRP_KEYS {
+            let status = match k.effect {
+                Effect::NoEffect => "no effect",
+                Effect::Refused => "refused",
+            };
+            want.push((k.key.to_string(), status.to_string()));
+        }
+        rows.sort();
+        want.sort();
+        assert_eq!(rows, want);
     }
 
     #[test]

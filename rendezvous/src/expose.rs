@@ -22,16 +22,21 @@ use crate::{
     registry::{ConnId, PortPlan, Refusal, Registry, Released},
     server::Tasks,
 };
+use bytes::Bytes;
 use common::{
-    defaults::MAX_PORT_CONNECTIONS,
+    defaults::{MAX_PORT_CONNECTIONS, MAX_UDP_SESSIONS, UDP_SESSION_IDLE, UDP_SESSION_QUEUE},
     identity::PublicKey,
     mux::{Mux, MuxStream},
     proto::ExposeSpec,
 };
+use futures::{SinkExt, StreamExt};
+use std::net::SocketAddr;
 use tokio::{
     io::AsyncWriteExt,
-    net::{TcpListener, TcpStream},
+    net::{TcpListener, TcpStream, UdpSocket},
+    sync::mpsc,
 };
+use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
 
@@ -133,6 +138,10 @@ impl Exposures {
                 .expose_tcp(conn, name, *remote_port)
                 .await
                 .map(|p| (Some(p), Vec::new())),
+            ExposeSpec::Udp { remote_port } => self
+                .expose_udp(conn, name, *remote_port)
+                .await
+                .map(|p| (Some(p), Vec::new())),
             ExposeSpec::Http(route) => {
                 let Some(vhosts) = &self.vhosts else {
                     return Err("this server serves no HTTP virtual hosts (start it with --vhost-http-port)".into());
@@ -206,6 +215,164 @@ impl Exposures {
         self.apply(released);
         info!(port, proxy = name, "tcp port exposed");
         Ok(port)
+    }
+
+    /// A udp proxy: a UDP socket on the port, in the same port space as tcp proxies
+    /// (one proxy per port number).
+    async fn expose_udp(
+        self: &Arc<Self>,
+        conn: ConnId,
+        name: &str,
+        port: u16,
+    ) -> Result<u16, String> {
+        let plan = self
+            .registry()
+            .plan_port(conn, name, port, Instant::now())
+            .map_err(|r| r.to_string())?;
+        let bind = |p: u16| UdpSocket::bind((self.bind_ip, p));
+        let (port, socket) = match plan {
+            PortPlan::Keep(p) => (p, None),
+            PortPlan::Bind(p) => {
+                let s = bind(p)
+                    .await
+                    .map_err(|e| format!("cannot listen on udp port {p}: {e}"))?;
+                (p, Some(s))
+            }
+            PortPlan::BindFrom(ranges) => {
+                let mut found = None;
+                if ranges.is_all() {
+                    found = bind(0).await.ok();
+                } else {
+                    'ranges: for range in ranges.ranges() {
+                        for p in range.clone() {
+                            if !self.registry().port_free(p) {
+                                continue;
+                            }
+                            if let Ok(s) = bind(p).await {
+                                found = Some(s);
+                                break 'ranges;
+                            }
+                        }
+                    }
+                }
+                let s = found.ok_or_else(|| {
+                    format!("no free udp port left in the allowed ranges ({ranges})")
+                })?;
+                let p = s.local_addr().map_err(|e| e.to_string())?.port();
+                (p, Some(s))
+            }
+        };
+        let released = self
+            .registry()
+            .record_port(conn, name, port, Instant::now())
+            .map_err(|r| r.to_string())?;
+        if let Some(socket) = socket {
+            let me = self.clone();
+            let stop = self.tasks.stop.child_token();
+            if let Some(old) = lock(&self.listeners).insert(port, stop.clone()) {
+                old.cancel();
+            }
+            self.tasks.tracker.spawn(
+                async move { me.udp_loop(socket, port, stop).await }
+                    .instrument(info_span!("udp", port)),
+            );
+        }
+        self.apply(released);
+        info!(port, proxy = name, "udp port exposed");
+        Ok(port)
+    }
+
+    /// Receives the datagrams of a udp port and hands each user address's to its
+    /// session (a stream to the peer), starting one for a new address.
+    async fn udp_loop(self: Arc<Self>, socket: UdpSocket, port: u16, stop: CancellationToken) {
+        let socket = Arc::new(socket);
+        let mut sessions: HashMap<SocketAddr, mpsc::Sender<Bytes>> = HashMap::new();
+        let mut buf = vec![0u8; usize::from(u16::MAX)];
+        loop {
+            let (n, from) = tokio::select! {
+                _ = stop.cancelled() => break,
+                r = socket.recv_from(&mut buf) => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        debug!(%e, "udp receive failed");
+                        continue;
+                    }
+                },
+            };
+            let mut data = Bytes::copy_from_slice(&buf[..n]);
+            if let Some(tx) = sessions.get(&from) {
+                match tx.try_send(data) {
+                    Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => continue,
+                    Err(mpsc::error::TrySendError::Closed(d)) => {
+                        sessions.remove(&from);
+                        data = d;
+                    }
+                }
+            }
+            if sessions.len() >= MAX_UDP_SESSIONS {
+                sessions.retain(|_, tx| !tx.is_closed());
+                if sessions.len() >= MAX_UDP_SESSIONS {
+                    debug!(%from, "datagram dropped: the port is at its session limit");
+                    continue;
+                }
+            }
+            let holder = self
+                .registry()
+                .port_holder(port, Instant::now())
+                .map(|(h, up)| (h.conn, h.proxy.clone(), up));
+            let Some((conn, proxy, true)) = holder else {
+                debug!(%from, "datagram dropped: the peer is offline");
+                continue;
+            };
+            let (tx, rx) = mpsc::channel(UDP_SESSION_QUEUE);
+            let _ = tx.try_send(data);
+            sessions.insert(from, tx);
+            let (me, socket, stop) = (self.clone(), socket.clone(), stop.clone());
+            self.tasks.tracker.spawn(
+                async move {
+                    tokio::select! {
+                        _ = stop.cancelled() => {}
+                        _ = me.udp_session(conn, &proxy, socket, from, rx) => {}
+                    }
+                }
+                .instrument(info_span!("udp user", %from)),
+            );
+        }
+    }
+
+    /// One user address of a udp port: its datagrams to the peer on a stream, the
+    /// peer's answers back to it, until [`UDP_SESSION_IDLE`] passes without either.
+    async fn udp_session(
+        &self,
+        conn: ConnId,
+        proxy: &str,
+        socket: Arc<UdpSocket>,
+        user: SocketAddr,
+        mut rx: mpsc::Receiver<Bytes>,
+    ) {
+        let stream = match self.open(conn, proxy).await {
+            Ok(s) => s,
+            Err(e) => return debug!(%e, "udp session refused"),
+        };
+        let (r, w) = tokio::io::split(stream);
+        let mut from_peer = FramedRead::new(r, common::net::datagram_codec());
+        let mut to_peer = FramedWrite::new(w, common::net::datagram_codec());
+        loop {
+            tokio::select! {
+                d = rx.recv() => match d {
+                    Some(d) => if to_peer.send(d).await.is_err() { break },
+                    None => break,
+                },
+                f = from_peer.next() => match f {
+                    Some(Ok(d)) => { let _ = socket.send_to(&d, user).await; }
+                    _ => break,
+                },
+                _ = tokio::time::sleep(UDP_SESSION_IDLE) => {
+                    debug!("udp session idle; closed");
+                    break;
+                }
+            }
+        }
     }
 
     /// Carries out what the registry released: closes listeners, removes routes.

@@ -12,25 +12,31 @@ use tracing::warn;
 #[derive(Parser, Debug)]
 #[command(version, about, long_about = None)]
 struct Args {
-    /// Config file: punchline's or frp's `frps.toml` (bindAddr, bindPort, vhostHTTPPort,
-    /// subDomainHost, auth.token, allowPorts). Flags given too override it.
-    #[arg(long, short = 'c', value_name = "FILE")]
+    /// Config file: punchline's or frp's `frps.toml` or `frps.ini` (bindAddr, bindPort,
+    /// vhostHTTPPort, subDomainHost, auth.token, allowPorts; see the README's table of
+    /// frp keys). Flags given too override it.
+    #[arg(long, short = 'c', value_name = "FILE", global = true)]
     config: Option<std::path::PathBuf>,
     /// TCP port to listen on (0: any free port, printed at start). [default: 8877]
-    #[arg(long, short)]
+    #[arg(long, short, alias = "bind_port")]
     port: Option<u16>,
     /// Address to listen on. [default: 0.0.0.0]
     #[arg(long)]
     bind: Option<IpAddr>,
     /// Serve HTTP virtual hosts on this port (`peer expose http`); 0: any free port.
-    #[arg(long, value_name = "PORT")]
+    #[arg(long, value_name = "PORT", alias = "vhost_http_port")]
     vhost_http_port: Option<u16>,
+    /// Seconds the vhost waits for a peer's response head before answering 504.
+    /// [default: 60]
+    #[arg(long, value_name = "SECS", alias = "vhost_http_timeout",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    vhost_http_timeout: Option<u64>,
     /// The domain under which `peer expose http --subdomain NAME` lives
     /// (NAME.DOMAIN).
-    #[arg(long, value_name = "DOMAIN")]
+    #[arg(long, value_name = "DOMAIN", alias = "subdomain_host")]
     subdomain_host: Option<String>,
     /// Shared token peers must present. Without one, anyone may use the server.
-    #[arg(long, env = "PUNCHLINE_TOKEN", hide_env_values = true)]
+    #[arg(long, short = 't', env = "PUNCHLINE_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// A second address for STUN NAT behaviour discovery (RFC 5780), IP[:PORT]. PORT
     /// defaults to the TCP port + 1 (any free port with --port 0). With another IP than
@@ -64,12 +70,29 @@ struct Args {
     /// Password for the admin pages (basic auth, or `Authorization: Bearer PASSWORD`).
     #[arg(long, env = "PUNCHLINE_ADMIN_PASSWORD", hide_env_values = true)]
     admin_password: Option<String>,
+    /// The HTTP vhost ends a request whose body (from the client, or the response's
+    /// from the peer) makes no progress for this many seconds: 408, or the client's
+    /// connection cut. [default: 60]
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    vhost_idle_timeout: Option<u64>,
+    /// Most HTTP requests in flight at once from one client address through the vhost;
+    /// past it, 429 and a warning. [default: 256]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    vhost_max_per_client: Option<u64>,
     /// Speak the original C demo's text protocol instead (unencrypted).
     #[arg(long)]
     classic: bool,
     /// More logging (-v debug); RUST_LOG overrides. Default: info.
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Check a config file (-c FILE) and exit: "syntax is ok", or what to fix.
+    Verify,
 }
 
 /// `--alt-addr`: an IP and maybe a port.
@@ -119,6 +142,15 @@ fn main() -> ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    if let Some(Command::Verify) = &args.command {
+        let path = args.config.as_ref().context("verify needs -c FILE")?;
+        rendezvous::config::load(path)?;
+        println!(
+            "rendezvous: the configuration file {} syntax is ok",
+            path.display()
+        );
+        return Ok(());
+    }
     let mut cfg = match &args.config {
         Some(path) => rendezvous::config::load(path)?,
         None => rendezvous::Config::new(SocketAddr::from((
@@ -154,6 +186,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if args.vhost_http_port.is_some() {
         cfg.vhost_http_port = args.vhost_http_port;
     }
+    if let Some(secs) = args.vhost_http_timeout {
+        cfg.vhost_http_timeout = std::time::Duration::from_secs(secs);
+    }
     if args.subdomain_host.is_some() {
         cfg.subdomain_host = args.subdomain_host.map(|d| d.to_ascii_lowercase());
     }
@@ -162,6 +197,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     if let Some(n) = args.max_streams {
         cfg.max_streams = n as usize;
+    }
+    if let Some(secs) = args.vhost_idle_timeout {
+        cfg.vhost.idle_timeout = std::time::Duration::from_secs(secs);
+    }
+    if let Some(n) = args.vhost_max_per_client {
+        cfg.vhost.max_per_client = n as usize;
     }
     if let Some(secs) = args.grace {
         cfg.grace = std::time::Duration::from_secs(secs);

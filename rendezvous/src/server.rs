@@ -8,7 +8,7 @@
 
 use std::{
     collections::HashMap,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc, Mutex,
@@ -19,9 +19,10 @@ use std::{
 use common::{
     defaults::{
         HANDSHAKE_TIMEOUT, IDLE_TIMEOUT, LINK_REQUESTS_PER_SEC, LINK_REQUEST_BURST, MAX_NAME_LEN,
-        MAX_PENDING_LINKS_PER_SERVICE, MAX_PENDING_LINKS_PER_VISITOR, MAX_SERVER_CONNECTIONS,
-        MAX_SERVICES, MAX_WAITING, PENDING_LINK_TIMEOUT, PING_INTERVAL, PROBE_PINGS, PROBE_WAIT,
-        PUNCH_ATTEMPTS, SESSION_SETUP_TIMEOUT,
+        MAX_PENDING_LINKS_PER_ADDRESS, MAX_PENDING_LINKS_PER_SERVICE,
+        MAX_PENDING_LINKS_PER_VISITOR, MAX_SERVER_CONNECTIONS, MAX_SERVICES, MAX_WAITING,
+        PENDING_LINK_TIMEOUT, PING_INTERVAL, PROBE_PINGS, PROBE_WAIT, PUNCH_ATTEMPTS,
+        SESSION_SETUP_TIMEOUT,
     },
     framing::{Channel, FrameError},
     identity::PublicKey,
@@ -146,8 +147,10 @@ pub async fn spawn(config: Config) -> std::io::Result<Handle> {
     );
     if let Some((l, _, table)) = vhost {
         let stop = tasks.stop.clone();
+        let mut vcfg = config.vhost.clone();
+        vcfg.response_timeout = config.vhost_http_timeout;
         tasks.tracker.spawn(async move {
-            if let Err(e) = crate::vhost::serve(l, table, Default::default(), stop).await {
+            if let Err(e) = crate::vhost::serve(l, table, vcfg, stop).await {
                 warn!(%e, "http vhost stopped");
             }
         });
@@ -283,9 +286,9 @@ struct Session {
     /// The two sides' tickets (side 1 is the initiator).
     tickets: [u64; 2],
     created: Instant,
-    /// For a service link: the service and the visitor's identity (what the limits on
-    /// links being set up are counted by).
-    service: Option<(String, PublicKey)>,
+    /// For a service link: the service, the visitor's identity and its address (what
+    /// the limits on links being set up are counted by).
+    service: Option<(String, PublicKey, IpAddr)>,
     nonce: [u8; 16],
     /// The secret-proof exchange (side 1 proves first; side 0 answers only a valid
     /// proof; side 1 then says whether side 0's was).
@@ -322,6 +325,14 @@ impl Session {
     }
 }
 
+/// Counts of links being set up, see [`State::pending_links`].
+#[derive(Default)]
+struct Pending {
+    all: usize,
+    mine: usize,
+    same_address: usize,
+}
+
 impl State {
     fn nonce(&self, session: u64) -> [u8; 16] {
         self.sessions
@@ -356,18 +367,20 @@ impl State {
     }
 
     /// Links to `service` being set up, in all and by `visitor`.
-    fn pending_links(&self, service: &str, visitor: PublicKey) -> (usize, usize) {
-        let mut all = 0;
-        let mut mine = 0;
+    /// Links to `service` being set up: in all, by this visitor's identity, and from
+    /// its address (identities cost nothing to make; addresses do).
+    fn pending_links(&self, service: &str, visitor: PublicKey, ip: IpAddr) -> Pending {
+        let mut n = Pending::default();
         for s in self.sessions.values().filter(|s| s.pending()) {
-            if let Some((name, v)) = &s.service {
+            if let Some((name, v, from)) = &s.service {
                 if name == service {
-                    all += 1;
-                    mine += usize::from(*v == visitor);
+                    n.all += 1;
+                    n.mine += usize::from(*v == visitor);
+                    n.same_address += usize::from(*from == ip);
                 }
             }
         }
-        (all, mine)
+        n
     }
 
     /// Ends the sessions whose link did not come up in time; returns how many.
@@ -731,8 +744,8 @@ async fn control(
                         };
                         ch.send(&reply).await?;
                     }
-                    ClientMsg::Connect { name } => {
-                        if let Err(reason) = connect(server, id, (addr, identity), &name, &tx) {
+                    ClientMsg::Connect { name, relay_first } => {
+                        if let Err(reason) = connect(server, id, (addr, identity), (&name, relay_first), &tx) {
                             if reason.contains("being set up") {
                                 if let Some(suppressed) = warn_log.ready(Instant::now()) {
                                     warn!(suppressed, "connect refused: {reason}");
@@ -858,7 +871,7 @@ fn new_session(
     st: &mut State,
     a: (u64, &mpsc::Sender<ServerMsg>),
     b: (u64, &mpsc::Sender<ServerMsg>),
-    service: Option<(String, PublicKey)>,
+    service: Option<(String, PublicKey, IpAddr)>,
 ) -> (u64, u64, u64) {
     let session: u64 = rand::random();
     let (ta, tb): (u64, u64) = (rand::random(), rand::random());
@@ -943,7 +956,7 @@ fn connect(
     server: &Server,
     id: u64,
     (visitor, identity): (SocketAddr, PublicKey),
-    name: &str,
+    (name, relay_first): (&str, bool),
     tx: &mpsc::Sender<ServerMsg>,
 ) -> Result<(), String> {
     check_name(name)?;
@@ -959,14 +972,28 @@ fn connect(
     if oconn == id {
         return Err("a peer cannot connect to its own service".into());
     }
-    let (all, mine) = st.pending_links(name, identity);
-    if mine >= MAX_PENDING_LINKS_PER_VISITOR || all >= MAX_PENDING_LINKS_PER_SERVICE {
+    let Pending {
+        all,
+        mine,
+        same_address,
+    } = st.pending_links(name, identity, visitor.ip());
+    if mine >= MAX_PENDING_LINKS_PER_VISITOR
+        || same_address >= MAX_PENDING_LINKS_PER_ADDRESS
+        || all >= MAX_PENDING_LINKS_PER_SERVICE
+    {
         server.metrics.refused(Limit::PendingLinks);
     }
     if mine >= MAX_PENDING_LINKS_PER_VISITOR {
         return Err(format!(
             "this peer has {mine} links to service {name:?} being set up already \
              (at most {MAX_PENDING_LINKS_PER_VISITOR}): wait for them"
+        ));
+    }
+    if same_address >= MAX_PENDING_LINKS_PER_ADDRESS {
+        return Err(format!(
+            "{same_address} links to service {name:?} are being set up from {} already \
+             (at most {MAX_PENDING_LINKS_PER_ADDRESS} per address): wait for them",
+            visitor.ip()
         ));
     }
     if all >= MAX_PENDING_LINKS_PER_SERVICE {
@@ -979,11 +1006,20 @@ fn connect(
         &mut st,
         (oconn, &otx),
         (id, tx),
-        Some((name.to_string(), identity)),
+        Some((name.to_string(), identity, visitor.ip())),
     );
     info!(service = name, session = format_args!("{session:016x}"), %visitor, "visitor paired with owner");
-    let direct_hopeless = st.direct_hopeless(oconn, id);
-    if direct_hopeless {
+    let direct_hopeless = if relay_first {
+        info!(
+            service = name,
+            session = format_args!("{session:016x}"),
+            "relaying at once: the visitor's last link to this service was relayed"
+        );
+        true
+    } else {
+        st.direct_hopeless(oconn, id)
+    };
+    if direct_hopeless && !relay_first {
         info!(
             service = name,
             session = format_args!("{session:016x}"),

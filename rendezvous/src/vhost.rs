@@ -100,6 +100,20 @@ pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// usually binds first.
 pub const MAX_CONNECTIONS: usize = 65_536;
 
+/// Default for [`VhostConfig::idle_timeout`]: 60 s without a byte of a request body
+/// from the client, or of a response body from the peer, ends the request (408 before
+/// the response started; otherwise the client's connection is cut, so it cannot take
+/// the truncated body for a whole one). nginx's `client_body_timeout` and
+/// `proxy_read_timeout` are 60 s: an upload or download that makes any progress is
+/// never cut; a stalled one stops holding a stream of the peer.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Default for [`VhostConfig::max_per_client`]: requests in flight at once from one
+/// client address, over all sites. Browsers open 6 connections per host; 256 leaves
+/// room for an office behind one NAT, while a single address that opens hundreds of
+/// slow requests gets 429 instead of holding every stream of a site's peer.
+pub const MAX_PER_CLIENT: usize = 256;
+
 /// Default for [`VhostConfig::shutdown_grace`]: requests in flight get 5 s to finish
 /// when the server shuts down.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -112,7 +126,7 @@ pub const MAX_ROUTE_LOCATIONS: usize = 64;
 pub const MAX_ROUTE_HEADERS: usize = 64;
 
 /// Settings of the vhost listener. [`Default`] uses the constants of this module.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VhostConfig {
     /// A client must send a request's headers within this time, counted from when
     /// the server starts waiting for them (also between kept-alive requests).
@@ -130,6 +144,10 @@ pub struct VhostConfig {
     pub max_connections: usize,
     /// How long requests in flight may take to finish at shutdown.
     pub shutdown_grace: Duration,
+    /// Longest silence within a request body (client) or a response body (peer).
+    pub idle_timeout: Duration,
+    /// Most requests in flight from one client address (429 past it).
+    pub max_per_client: usize,
 }
 
 impl Default for VhostConfig {
@@ -142,6 +160,8 @@ impl Default for VhostConfig {
             pool_idle_timeout: POOL_IDLE_TIMEOUT,
             max_connections: MAX_CONNECTIONS,
             shutdown_grace: SHUTDOWN_GRACE,
+            idle_timeout: IDLE_TIMEOUT,
+            max_per_client: MAX_PER_CLIENT,
         }
     }
 }
@@ -163,6 +183,7 @@ pub async fn serve(
     let tracker = TaskTracker::new();
     let ctx = Arc::new(Ctx {
         vhosts,
+        clients: proxy::Clients::new(cfg.max_per_client),
         cfg,
         tasks: Tasks {
             tracker: tracker.clone(),
@@ -187,9 +208,9 @@ pub async fn serve(
         &shutdown,
         |tcp, addr| {
             let _ = tcp.set_nodelay(true);
-            let client_ip = client_ip(addr);
+            let client = (addr.ip().to_canonical(), client_ip(addr));
             let svc_ctx = ctx.clone();
-            let svc = service_fn(move |req| proxy::handle(svc_ctx.clone(), client_ip.clone(), req));
+            let svc = service_fn(move |req| proxy::handle(svc_ctx.clone(), client.clone(), req));
             let conn = http
                 .serve_connection(TokioIo::new(tcp), svc)
                 .with_upgrades();

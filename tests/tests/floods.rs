@@ -17,7 +17,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::proto::{ClientMsg, ServerMsg};
+use common::proto::{ClientMsg, ConnKind, ServerMsg};
 use peer::client::{Control, ServerConfig};
 use support::*;
 
@@ -107,7 +107,10 @@ async fn a_connect_flood_harms_only_the_flooder() {
         for _ in 0..FLOOD {
             tick.tick().await;
             if tx
-                .send(ClientMsg::Connect { name: "svc".into() })
+                .send(ClientMsg::Connect {
+                    name: "svc".into(),
+                    relay_first: false,
+                })
                 .await
                 .is_err()
             {
@@ -338,4 +341,94 @@ async fn accept_backs_off_when_out_of_file_descriptors() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Identities cost nothing to make: forty of them from one address, each asking for a
+/// link to a service and never proving anything, hold at most
+/// `MAX_PENDING_LINKS_PER_ADDRESS` of the service's slots for links being set up; the
+/// rest are refused naming the address, and a visitor from another address links and
+/// moves data meanwhile. (The flood comes from 127.0.0.2, the visitor from 127.0.0.1.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_identities_from_one_address_hold_a_bounded_share() {
+    use common::defaults::MAX_PENDING_LINKS_PER_ADDRESS;
+    const FLOODERS: usize = 40;
+    let (_srv, addr) = rendezvous(local("rendezvous"), &["--bind", "127.0.0.1"]);
+    let port = addr.port();
+    let (_echo, echo_addr) = echo();
+    let server = format!("127.0.0.1:{port}");
+    let mut cmd = local("peer");
+    cmd.env("RUST_LOG", "info").args([
+        "--server",
+        &server,
+        "serve",
+        "svc",
+        "--local",
+        &echo_addr.to_string(),
+        "--secret",
+        "s3cret",
+    ]);
+    let owner = Proc::spawn("owner", cmd);
+    owner.stderr.wait_for("registered", T);
+
+    // The flood's connections come from 127.0.0.2 (bound before connecting).
+    let mut channels = Vec::new();
+    let (mut paired, mut refused) = (0, Vec::new());
+    for _ in 0..FLOODERS {
+        let cfg = ServerConfig::ephemeral(SocketAddr::from(([127, 0, 0, 1], port)), None);
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        let (mut ch, _) = peer::client::connect(&cfg, ConnKind::Control, Some(socket))
+            .await
+            .unwrap();
+        ch.send(&ClientMsg::Connect {
+            name: "svc".into(),
+            relay_first: false,
+        })
+        .await
+        .unwrap();
+        loop {
+            match tokio::time::timeout(T, ch.recv::<ServerMsg>())
+                .await
+                .unwrap()
+                .unwrap()
+            {
+                ServerMsg::Paired { .. } => paired += 1,
+                ServerMsg::Refused(r) => refused.push(r),
+                _ => continue,
+            }
+            break;
+        }
+        channels.push(ch);
+    }
+    assert_eq!(paired, MAX_PENDING_LINKS_PER_ADDRESS, "{refused:?}");
+    assert_eq!(refused.len(), FLOODERS - MAX_PENDING_LINKS_PER_ADDRESS);
+    assert!(
+        refused[0].contains("from 127.0.0.2") && refused[0].contains("per address"),
+        "{}",
+        refused[0]
+    );
+
+    let mut cmd = local("peer");
+    cmd.env("RUST_LOG", "info").args([
+        "--server",
+        &server,
+        "connect",
+        "svc",
+        "--secret",
+        "s3cret",
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    let visitor = Proc::spawn("visitor", cmd);
+    let line = visitor.stdout.wait_for("listening on", T);
+    let listen: SocketAddr = line.split_whitespace().nth(2).unwrap().parse().unwrap();
+    let result = tokio::task::spawn_blocking(move || check(listen))
+        .await
+        .unwrap();
+    assert!(
+        result.is_ok(),
+        "the visitor failed: {result:?}\nvisitor:\n{}",
+        visitor.stderr.text()
+    );
+    drop(channels);
 }

@@ -655,10 +655,11 @@ fn frp_config_files_work_as_they_are() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
-    // An unsupported key is an error naming it.
+    // A key punchline cannot honour is an error naming it.
     std::fs::write(
         dir.join("bad.toml"),
-        "serverAddr = \"127.0.0.1\"\nloginFailExit = true\n",
+        "serverAddr = \"127.0.0.1\"\n[[proxies]]\nname = \"s\"\ntype = \"tcp\"\nlocalPort = 1\n\
+         loadBalancer.group = \"g\"\n",
     )
     .unwrap();
     let out = local_cmd("peer")
@@ -667,9 +668,169 @@ fn frp_config_files_work_as_they_are() {
         .unwrap();
     assert!(!out.status.success());
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("loginFailExit"),
+        String::from_utf8_lossy(&out.stderr).contains("proxies[0].loadBalancer.group"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A local HTTP server for the fairness test: `POST` reads the whole body and
+/// answers its length; `GET /stall` sends the head and 5 bytes of a chunked body,
+/// then nothing; anything else answers `ok`.
+fn slow_upstream() -> SocketAddr {
+    use http_body_util::{BodyExt, StreamBody};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            l.set_nonblocking(true).unwrap();
+            let l = TcpListener::from_std(l).unwrap();
+            loop {
+                let (tcp, _) = l.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(
+                        |req: hyper::Request<hyper::body::Incoming>| async move {
+                            type Frames = futures::stream::BoxStream<
+                                'static,
+                                Result<hyper::body::Frame<bytes::Bytes>, std::convert::Infallible>,
+                            >;
+                            let body: Frames = if req.method() == hyper::Method::POST {
+                                let n = req.into_body().collect().await.map(|b| b.to_bytes().len());
+                                let text = format!("got {}", n.unwrap_or(0));
+                                futures::stream::once(async move {
+                                    Ok(hyper::body::Frame::data(bytes::Bytes::from(text)))
+                                })
+                                .boxed()
+                            } else if req.uri().path() == "/stall" {
+                                futures::stream::once(async {
+                                    Ok(hyper::body::Frame::data(bytes::Bytes::from_static(
+                                        b"start",
+                                    )))
+                                })
+                                .chain(futures::stream::pending())
+                                .boxed()
+                            } else {
+                                futures::stream::once(async {
+                                    Ok(hyper::body::Frame::data(bytes::Bytes::from_static(b"ok")))
+                                })
+                                .boxed()
+                            };
+                            Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                                StreamBody::new(body),
+                            ))
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                        .await;
+                });
+            }
+        });
+    });
+    addr
+}
+
+/// One client address cannot hold a site: past `--vhost-max-per-client` its requests
+/// get 429 while another address is served; request bodies that stop arriving get 408
+/// after `--vhost-idle-timeout` (freeing the slots), and a response whose body stops
+/// coming from the peer cuts the client's connection (curl sees a partial transfer,
+/// not a clean end).
+#[test]
+fn slow_clients_and_stalled_responses_harm_only_themselves() {
+    const LIMIT: usize = 8;
+    let s = server(&["--vhost-idle-timeout", "2", "--vhost-max-per-client", "8"]);
+    let up = slow_upstream();
+    let p = expose(&s, up, &["--domain", "slow.example.com"]);
+    p.stdout.wait_for("exposed", T);
+    assert_eq!(curl(s.vhost, "slow.example.com", "/", &[]).0, 200);
+
+    // LIMIT uploads that send one byte of 1,000 and then nothing.
+    let started = Instant::now();
+    let mut slow: Vec<std::net::TcpStream> = (0..LIMIT)
+        .map(|_| {
+            let mut c = std::net::TcpStream::connect(s.vhost).unwrap();
+            c.write_all(
+                b"POST /up HTTP/1.1\r\nHost: slow.example.com\r\nContent-Length: 1000\r\n\r\nx",
+            )
+            .unwrap();
+            c
+        })
+        .collect();
+    // Their slots are taken once their heads are routed: wait for that from outside
+    // (a 429 for the next one), bounded.
+    let mut refused = (0, String::new());
+    for _ in 0..100 {
+        refused = curl(s.vhost, "slow.example.com", "/", &[]);
+        if refused.0 == 429 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(refused.0, 429, "{}", refused.1);
+    assert!(
+        refused.1.contains("Too many requests at once"),
+        "{}",
+        refused.1
+    );
+    // Another address is served meanwhile.
+    let other = curl(
+        s.vhost,
+        "slow.example.com",
+        "/",
+        &["--interface", "127.0.0.2"],
+    );
+    assert_eq!(other.0, 200, "{}", other.1);
+    assert!(s
+        .proc
+        .stderr
+        .wait_for("at its limit of requests in flight", T)
+        .contains("127.0.0.1"));
+
+    // The stalled uploads get 408 after the idle timeout, and the slots come back.
+    for c in &mut slow {
+        c.set_read_timeout(Some(T)).unwrap();
+        let mut buf = [0u8; 512];
+        let n = c.read(&mut buf).unwrap();
+        let head = String::from_utf8_lossy(&buf[..n]);
+        assert!(head.starts_with("HTTP/1.1 408"), "{head}");
+    }
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(15),
+        "stalled bodies held for {took:?}"
+    );
+    assert_eq!(curl(s.vhost, "slow.example.com", "/", &[]).0, 200);
+
+    // A complete upload still goes through whole.
+    let body = "y".repeat(100_000);
+    let (code, text) = curl(
+        s.vhost,
+        "slow.example.com",
+        "/up",
+        &["--data-binary", &body],
+    );
+    assert_eq!(code, 200, "{text}");
+    assert!(text.ends_with("got 100000"), "{text}");
+
+    // A response that stalls after 5 bytes: the client's connection is cut (curl exit
+    // 18, "transfer closed with outstanding read data") within seconds.
+    let started = Instant::now();
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "20", "--resolve"])
+        .arg(format!("slow.example.com:{}:127.0.0.1", s.vhost.port()))
+        .arg(format!("http://slow.example.com:{}/stall", s.vhost.port()))
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "start");
+    assert_eq!(out.status.code(), Some(18), "{out:?}");
+    assert!(
+        took < Duration::from_secs(15),
+        "stalled response held for {took:?}"
+    );
 }

@@ -79,3 +79,114 @@ fn a_relayed_transfer_is_reset_when_the_server_dies() {
     println!("RESET relayed transfer, server killed: {}", out.trim());
     drop(owner);
 }
+
+/// A 20 s network outage at the owner's site in the middle of a transfer over a
+/// *direct* link: the link's liveness check gives up on the silent side
+/// (`LINK_IDLE_TIMEOUT`), and the client's connection is reset, not ended as if the
+/// data were complete. Afterwards the service works again.
+#[test]
+fn a_transfer_is_reset_after_a_long_network_outage() {
+    if !lab::require_lab() {
+        return;
+    }
+    let lab = Lab::new(LabSpec::default()).expect("lab");
+    let mut cmd = lab.command(Host::Server, bin("rendezvous"));
+    cmd.env_remove("PUNCHLINE_TOKEN").env("RUST_LOG", "info");
+    let ip = lab.server_ip().to_string();
+    let (_server, addr) = rendezvous(cmd, &["--bind", ip.as_str()]);
+    let server_addr = addr.to_string();
+
+    let mut cmd = lab.command(Host::A, bin("stream-check"));
+    cmd.args(["echo", "0"]);
+    let echo = Proc::spawn("echo", cmd);
+    let line = echo.stdout.wait_for("listening on", T);
+    let port: u16 = line.rsplit(':').next().unwrap().parse().unwrap();
+    let local = SocketAddr::from(([127, 0, 0, 1], port)).to_string();
+
+    let mut cmd = lab.command(Host::A, bin("peer"));
+    cmd.env_remove("PUNCHLINE_SECRET").env("RUST_LOG", "info");
+    cmd.args(["--server", &server_addr, "serve", "svc", "--local", &local])
+        .args(["--secret", "k"]);
+    let owner = Proc::spawn("owner", cmd);
+    owner.stderr.wait_for("registered", T);
+
+    let mut cmd = lab.command(Host::B, bin("peer"));
+    cmd.env_remove("PUNCHLINE_SECRET").env("RUST_LOG", "info");
+    cmd.args(["--server", &server_addr, "connect", "svc", "--secret", "k"])
+        .args(["--keep-open"]);
+    let visitor = Proc::spawn("visitor", cmd);
+    let line = visitor.stdout.wait_for("listening on", T);
+    let listen: SocketAddr = line.split_whitespace().nth(2).unwrap().parse().unwrap();
+
+    let mut cmd = lab.command(Host::B, bin("stream-check"));
+    cmd.args(["run", &listen.to_string(), "--streams", "1"])
+        .args(["--bytes", "1000000000"]);
+    let mut transfer = Proc::spawn("transfer", cmd);
+    visitor.stderr.wait_for("link up: direct", T);
+    echo.stdout.wait_for("accepted from", T);
+    std::thread::sleep(Duration::from_millis(300));
+
+    // The outage: site A's router forwards nothing, both ways.
+    let router = Host::router(Site::A);
+    lab.run(router, "nft", &["add", "table", "inet", "outage"])
+        .unwrap();
+    lab.run(
+        router,
+        "nft",
+        &["add chain inet outage cut { type filter hook forward priority -10 ; policy drop ; }"],
+    )
+    .unwrap();
+    let cut = std::time::Instant::now();
+    let st = transfer.wait_exit(Duration::from_secs(60));
+    let noticed = cut.elapsed();
+    let out = transfer.stdout.text();
+    assert!(
+        !st.success(),
+        "the transfer completed across the outage:\n{out}"
+    );
+    assert!(
+        out.contains("Connection reset") && !out.contains("MISMATCH"),
+        "the client did not see a reset:\n{out}\nvisitor:\n{}",
+        visitor.stderr.text()
+    );
+    println!(
+        "RESET transfer after an outage, noticed in {noticed:?}: {}",
+        out.trim()
+    );
+    assert!(
+        noticed < Duration::from_secs(25),
+        "noticed after {noticed:?}"
+    );
+    // Keep the outage to 20 s in all, then end it: the service works again.
+    if let Some(rest) = Duration::from_secs(20).checked_sub(cut.elapsed()) {
+        std::thread::sleep(rest);
+    }
+    lab.run(router, "nft", &["delete", "table", "inet", "outage"])
+        .unwrap();
+    let mut ok = false;
+    for _ in 0..60 {
+        let out = lab
+            .command(Host::B, bin("stream-check"))
+            .args([
+                "run",
+                &listen.to_string(),
+                "--streams",
+                "1",
+                "--bytes",
+                "1000000",
+            ])
+            .output()
+            .unwrap();
+        if out.status.success() {
+            ok = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(
+        ok,
+        "the service did not work again:\n{}",
+        visitor.stderr.text()
+    );
+    drop(owner);
+}

@@ -63,6 +63,7 @@ async fn link(
         .1
         .send(ClientMsg::Connect {
             name: service.into(),
+            relay_first: false,
         })
         .await
         .unwrap();

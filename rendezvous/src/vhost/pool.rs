@@ -10,6 +10,7 @@
 
 use std::{
     collections::VecDeque,
+    future::Future,
     io,
     pin::Pin,
     sync::{Arc, Mutex, PoisonError},
@@ -28,7 +29,7 @@ use tokio::time::Instant;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::debug;
 
-use super::proxy::UpBody;
+use super::proxy::{BoxError, ClientSlot, UpBody};
 
 /// Opens a byte stream to the peer that serves a route, already past the stream
 /// header (the server writes it). Returns an error when the peer is offline or its
@@ -171,14 +172,28 @@ pub(super) struct UpstreamBody {
     inner: Incoming,
     lease: Option<Lease>,
     ended: bool,
+    /// Longest silence from the peer within the body.
+    idle: Duration,
+    /// Armed while the body waits for the peer.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The client's request slot, held until the response ends.
+    _slot: ClientSlot,
 }
 
 impl UpstreamBody {
-    pub(super) fn new(inner: Incoming, lease: Option<Lease>) -> Self {
+    pub(super) fn new(
+        inner: Incoming,
+        lease: Option<Lease>,
+        idle: Duration,
+        slot: ClientSlot,
+    ) -> Self {
         UpstreamBody {
             inner,
             lease,
             ended: false,
+            idle,
+            timer: None,
+            _slot: slot,
         }
     }
 }
@@ -195,17 +210,38 @@ impl Drop for UpstreamBody {
 
 impl Body for UpstreamBody {
     type Data = hyper::body::Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
+    /// The peer's frames; a silence of `idle` while the client waits for more is an
+    /// error, which makes hyper cut the client's connection (the body is not whole).
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let res = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Poll::Ready(None) = res {
-            self.ended = true;
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(res) => {
+                self.timer = None;
+                if res.is_none() {
+                    self.ended = true;
+                }
+                Poll::Ready(res.map(|r| r.map_err(BoxError::from)))
+            }
+            Poll::Pending => {
+                let idle = self.idle;
+                let timer = self
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                if timer.as_mut().poll(cx).is_ready() {
+                    debug!(?idle, "response body stalled; cutting the client off");
+                    self.lease = None;
+                    return Poll::Ready(Some(Err(format!(
+                        "the peer sent nothing of the response body for {idle:?}"
+                    )
+                    .into())));
+                }
+                Poll::Pending
+            }
         }
-        res
     }
 
     fn is_end_stream(&self) -> bool {

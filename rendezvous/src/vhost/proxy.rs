@@ -4,10 +4,16 @@
 
 use std::{
     borrow::Cow,
+    collections::HashMap,
     convert::Infallible,
+    net::IpAddr,
     pin::Pin,
-    sync::Arc,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex, PoisonError,
+    },
     task::{ready, Context, Poll},
+    time::Duration,
 };
 
 use hyper::{
@@ -18,8 +24,8 @@ use hyper::{
     Method, Request, Response, StatusCode, Uri, Version,
 };
 use hyper_util::rt::TokioIo;
-use tokio::sync::oneshot;
-use tracing::debug;
+use tokio::{sync::oneshot, time::Instant};
+use tracing::{debug, warn};
 
 use super::{
     pool::{ConnectError, Lease, Tasks, UpstreamBody},
@@ -30,6 +36,7 @@ use super::{
 /// What every request of the vhost server shares.
 pub(super) struct Ctx {
     pub(super) vhosts: Arc<Vhosts>,
+    pub(super) clients: Clients,
     pub(super) cfg: VhostConfig,
     pub(super) tasks: Tasks,
 }
@@ -47,6 +54,77 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::TRANSFER_ENCODING,
 ];
 
+/// Errors of the bodies the vhost passes on (hyper's own, or an idle timeout).
+pub(super) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Requests in flight per client address ([`super::VhostConfig::max_per_client`]).
+#[derive(Clone)]
+pub(super) struct Clients(Arc<ClientsInner>);
+
+struct ClientsInner {
+    max: usize,
+    in_flight: Mutex<HashMap<IpAddr, usize>>,
+    /// When the last "limit reached" warning was logged (one a second at most).
+    warned: Mutex<Option<Instant>>,
+}
+
+/// One request in flight from a client address; the count goes down when dropped.
+pub(super) struct ClientSlot {
+    clients: Clients,
+    ip: IpAddr,
+}
+
+impl Clients {
+    pub(super) fn new(max: usize) -> Clients {
+        Clients(Arc::new(ClientsInner {
+            max: max.max(1),
+            in_flight: Mutex::default(),
+            warned: Mutex::default(),
+        }))
+    }
+
+    /// A slot for one more request from `ip`, or `None` at the limit (warned).
+    fn acquire(&self, ip: IpAddr) -> Option<ClientSlot> {
+        let mut map = self
+            .0
+            .in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let n = map.entry(ip).or_default();
+        if *n >= self.0.max {
+            drop(map);
+            let mut warned = self.0.warned.lock().unwrap_or_else(PoisonError::into_inner);
+            if warned.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                *warned = Some(Instant::now());
+                warn!(%ip, max = self.0.max, "vhost: client at its limit of requests in flight (--vhost-max-per-client); answering 429");
+            }
+            return None;
+        }
+        *n += 1;
+        Some(ClientSlot {
+            clients: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut map = self
+            .clients
+            .0
+            .in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
+}
+
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
@@ -55,10 +133,10 @@ const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 /// made once per connection.
 pub(super) async fn handle(
     ctx: Arc<Ctx>,
-    client_ip: HeaderValue,
+    (ip, client_ip): (IpAddr, HeaderValue),
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
-    let resp = match proxy(&ctx, client_ip, req).await {
+    let resp = match proxy(&ctx, (ip, client_ip), req).await {
         Ok(resp) | Err(resp) => resp,
     };
     ctx.vhosts.answered(resp.status().as_u16());
@@ -67,7 +145,7 @@ pub(super) async fn handle(
 
 async fn proxy(
     ctx: &Ctx,
-    client_ip: HeaderValue,
+    (ip, client_ip): (IpAddr, HeaderValue),
     mut req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Response<ProxyBody>> {
     if req.method() == Method::CONNECT {
@@ -135,15 +213,21 @@ async fn proxy(
     if !entry.is_online() {
         return Err(offline());
     }
+    let slot = ctx.clients.acquire(ip).ok_or_else(|| {
+        page(
+            StatusCode::TOO_MANY_REQUESTS,
+            "Too many requests at once from your address: wait for some to finish.",
+        )
+    })?;
 
     let upgrade = upgrade_of(req.headers());
     prepare_request(&mut req, &entry, client_ip, upgrade.clone());
     let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
     let (parts, body) = req.into_parts();
-    let (body, sent) = UpBody::new(body);
+    let (body, sent, progress) = UpBody::new(body);
     let req = Request::from_parts(parts, body);
 
-    let (mut resp, sender) = forward(ctx, &entry, req, sent).await?;
+    let (mut resp, sender) = forward(ctx, &entry, req, sent, progress).await?;
 
     let upgraded = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     let resp_upgrade = if upgraded {
@@ -172,6 +256,7 @@ async fn proxy(
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
         let shutdown = ctx.tasks.shutdown.clone();
         ctx.tasks.tracker.spawn(async move {
+            let _slot = slot;
             let (client, upstream) = match tokio::try_join!(client_upgrade, upstream_upgrade) {
                 Ok(both) => both,
                 Err(e) => return debug!(%e, "upgrade failed"),
@@ -198,7 +283,7 @@ async fn proxy(
     let (parts, body) = resp.into_parts();
     Ok(Response::from_parts(
         parts,
-        ProxyBody::Upstream(UpstreamBody::new(body, lease)),
+        ProxyBody::Upstream(UpstreamBody::new(body, lease, ctx.cfg.idle_timeout, slot)),
     ))
 }
 
@@ -208,12 +293,15 @@ type Answered = (Response<Incoming>, Option<SendRequest<UpBody>>);
 /// Sends the request on a pooled or new connection and waits for the response
 /// head: at most `response_timeout` after the request body has been sent. A
 /// request that a pooled connection could not take (it had just closed) is sent
-/// once more on a new one.
+/// once more on a new one. While the body is on its way, a silence of `idle_timeout`
+/// ends the request: 408 when the client stopped sending, 504 when the peer stopped
+/// taking it.
 async fn forward(
     ctx: &Ctx,
     entry: &Arc<Entry>,
     mut req: Request<UpBody>,
     mut sent: Option<oneshot::Receiver<()>>,
+    progress: Arc<BodyProgress>,
 ) -> Result<Answered, Response<ProxyBody>> {
     let cfg = &ctx.cfg;
     let mut fresh = false;
@@ -247,10 +335,26 @@ async fn forward(
         let mut early = None;
         let mut body_pending = false;
         if let Some(rx) = sent.as_mut() {
+            let idle = cfg.idle_timeout;
+            let stalled = async {
+                let mut seen = progress.frames.load(Ordering::Relaxed);
+                loop {
+                    tokio::time::sleep(idle).await;
+                    let now = progress.frames.load(Ordering::Relaxed);
+                    if now == seen {
+                        return progress.waiting_client.load(Ordering::Relaxed);
+                    }
+                    seen = now;
+                }
+            };
             tokio::select! {
                 biased;
                 res = &mut response => early = Some(res),
                 _ = &mut *rx => {}
+                client = stalled => {
+                    debug!(proxy = %entry.proxy, client, "request body stalled");
+                    return Err(if client { body_timed_out() } else { timed_out() });
+                }
             }
             match early {
                 None => sent = None,
@@ -450,26 +554,41 @@ fn prepare_request(
     }
 }
 
+/// How a request body is getting on: frames passed, and whether the last poll
+/// waited for the client (else, if nothing moves, the peer is not taking it).
+#[derive(Default)]
+pub(super) struct BodyProgress {
+    frames: AtomicU64,
+    waiting_client: AtomicBool,
+}
+
 /// The request body on its way to the peer; tells when it has all been sent.
 pub(super) struct UpBody {
     inner: Incoming,
     sent: Option<oneshot::Sender<()>>,
+    progress: Arc<BodyProgress>,
 }
 
 impl UpBody {
-    /// The body, and for a body with content a receiver that fires once it is sent.
-    fn new(inner: Incoming) -> (UpBody, Option<oneshot::Receiver<()>>) {
+    /// The body, for a body with content a receiver that fires once it is sent, and
+    /// its progress.
+    fn new(inner: Incoming) -> (UpBody, Option<oneshot::Receiver<()>>, Arc<BodyProgress>) {
+        let progress = Arc::new(BodyProgress::default());
         if inner.is_end_stream() {
-            return (UpBody { inner, sent: None }, None);
+            let body = UpBody {
+                inner,
+                sent: None,
+                progress: progress.clone(),
+            };
+            return (body, None, progress);
         }
         let (tx, rx) = oneshot::channel();
-        (
-            UpBody {
-                inner,
-                sent: Some(tx),
-            },
-            Some(rx),
-        )
+        let body = UpBody {
+            inner,
+            sent: Some(tx),
+            progress: progress.clone(),
+        };
+        (body, Some(rx), progress)
     }
 }
 
@@ -481,7 +600,12 @@ impl Body for UpBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let res = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        self.progress
+            .waiting_client
+            .store(polled.is_pending(), Ordering::Relaxed);
+        let res = ready!(polled);
+        self.progress.frames.fetch_add(1, Ordering::Relaxed);
         if res.is_none() || self.inner.is_end_stream() {
             if let Some(tx) = self.sent.take() {
                 let _ = tx.send(());
@@ -509,12 +633,12 @@ pub(super) enum ProxyBody {
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             ProxyBody::Upstream(b) => Pin::new(b).poll_frame(cx),
             ProxyBody::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
@@ -569,6 +693,13 @@ fn bad_upstream() -> Response<ProxyBody> {
     page(
         StatusCode::BAD_GATEWAY,
         "The peer that serves this address did not answer properly.",
+    )
+}
+
+fn body_timed_out() -> Response<ProxyBody> {
+    page(
+        StatusCode::REQUEST_TIMEOUT,
+        "The request body stopped arriving.",
     )
 }
 

@@ -1,0 +1,354 @@
+//! Running what a config file lists (`peer -c FILE`), and frp's command-line forms
+//! (`peer tcp -s ADDR -P PORT -t TOKEN -l 22 -r 6000 -n ssh`), which make the same
+//! [`ClientConfig`] a file would.
+//!
+//! As in frp, each proxy and visitor starts on its own: one that fails (a port the
+//! server refuses, a local listener that cannot be opened) is reported with frp's line
+//! `[NAME] start error: ...` and the others keep running; the peer ends only when
+//! nothing is left running. Readiness is reported with frp's lines too
+//! (`login to server success`, `[NAME] start proxy success`), so that scripts written
+//! for frp keep working.
+
+use std::net::SocketAddr;
+
+use common::proto::HttpRoute;
+use tokio::task::JoinSet;
+
+use crate::{
+    client::ServerConfig,
+    config::{ClientConfig, Proxy, ProxyKind, FRP_DEFAULT_PORT},
+    expose,
+    service::{self, ServiceError},
+};
+
+/// Why a config file's run ended.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The file lists nothing to run.
+    #[error("the config file lists no proxies or visitors")]
+    Empty,
+    /// Every proxy and visitor failed; each failure was reported as it happened.
+    #[error("every proxy and visitor failed to start (see the start errors above)")]
+    AllFailed,
+}
+
+fn status(msg: &str) {
+    eprintln!("punchline: {msg}");
+}
+
+/// Runs every proxy and visitor of `file` until all have ended. `max_streams` is
+/// `--max-streams`.
+pub async fn run(
+    cfg: ServerConfig,
+    file: ClientConfig,
+    max_streams: usize,
+) -> Result<(), RunError> {
+    // Each task: its name, and what it ended with.
+    let mut tasks: JoinSet<(String, Result<(), ServiceError>)> = JoinSet::new();
+    // The name of the task that runs the tcp and http proxies.
+    const EXPOSED: &str = "";
+    let mut exposed = Vec::new();
+    let mut failed = 0usize;
+    for p in file.proxies {
+        let local = match resolve(&p).await {
+            Ok(a) => a,
+            Err(why) => {
+                status(&format!("[{}] start error: {why}", p.name));
+                failed += 1;
+                continue;
+            }
+        };
+        match (&p.kind, p.kind.expose_spec()) {
+            (_, Some(spec)) => exposed.push(expose::Proxy {
+                name: p.name.clone(),
+                local,
+                spec,
+            }),
+            (ProxyKind::Xtcp { secret } | ProxyKind::Stcp { secret }, None) => {
+                let svc = service::ServeConfig {
+                    name: p.name.clone(),
+                    local,
+                    secret: secret.clone(),
+                    max_links: 64,
+                    max_streams,
+                    relay_only: matches!(p.kind, ProxyKind::Stcp { .. }),
+                };
+                let cfg = cfg.clone();
+                tasks.spawn(async move { (p.name, service::serve(cfg, svc).await) });
+            }
+            _ => {}
+        }
+    }
+    let exposed_names: Vec<String> = exposed.iter().map(|p| p.name.clone()).collect();
+    if !exposed.is_empty() {
+        let cfg = cfg.clone();
+        // Each refusal is reported by expose::run itself; it fails only when all were.
+        tasks.spawn(async move {
+            (
+                EXPOSED.to_string(),
+                expose::run(cfg, exposed, max_streams).await,
+            )
+        });
+    }
+    for v in file.visitors {
+        let svc = service::ConnectConfig {
+            name: v.server_name,
+            secret: v.secret,
+            listen: v.bind,
+            keep_open: v.keep_open,
+            max_streams,
+            relay_only: v.relay_only,
+        };
+        let cfg = cfg.clone();
+        tasks.spawn(async move { (v.name, service::connect(cfg, svc).await) });
+    }
+    if tasks.is_empty() {
+        return Err(if failed > 0 {
+            RunError::AllFailed
+        } else {
+            RunError::Empty
+        });
+    }
+    let mut ok_ended = false;
+    while let Some(r) = tasks.join_next().await {
+        match r {
+            Ok((_, Ok(()))) => ok_ended = true,
+            // expose::run has reported each refused proxy already.
+            Ok((name, Err(ServiceError::Refused(_)))) if name == EXPOSED => {}
+            Ok((name, Err(e))) if name == EXPOSED => {
+                for name in &exposed_names {
+                    status(&format!("[{name}] start error: {e}"));
+                }
+            }
+            Ok((name, Err(e))) => status(&format!("[{name}] start error: {e}")),
+            Err(e) => status(&format!("a task failed: {e}")),
+        }
+    }
+    if ok_ended {
+        Ok(())
+    } else {
+        Err(RunError::AllFailed)
+    }
+}
+
+/// The proxy's local service address (`localIP` may be a host name).
+async fn resolve(p: &Proxy) -> Result<SocketAddr, String> {
+    if let Some(a) = p.local_addr() {
+        return Ok(a);
+    }
+    match tokio::net::lookup_host(&p.local).await {
+        Ok(mut addrs) => addrs
+            .next()
+            .ok_or_else(|| format!("no address for {}", p.local)),
+        Err(e) => Err(format!("cannot resolve {}: {e}", p.local)),
+    }
+}
+
+/// frp's `frpc tcp|udp|http` flags (frp's long names with `_` work too).
+#[derive(clap::Args, Debug, Clone)]
+pub struct ProxyArgs {
+    /// The server's port (frp's `-P`; with -s HOST). [default: 7000, frp's]
+    #[arg(short = 'P', long = "server-port", alias = "server_port")]
+    pub server_port: Option<u16>,
+    /// The proxy's name. [default: the type and the local port, e.g. tcp-22]
+    #[arg(short = 'n', long = "proxy-name", alias = "proxy_name")]
+    pub name: Option<String>,
+    /// The local service's address (an IP address or a host name).
+    #[arg(
+        short = 'i',
+        long = "local-ip",
+        alias = "local_ip",
+        default_value = "127.0.0.1"
+    )]
+    pub local_ip: String,
+    /// The local service's port.
+    #[arg(short = 'l', long = "local-port", alias = "local_port")]
+    pub local_port: u16,
+    /// tcp, udp: the port on the server (0 or absent: the server chooses).
+    #[arg(short = 'r', long = "remote-port", alias = "remote_port")]
+    pub remote_port: Option<u16>,
+    /// http: a domain to serve (repeat, or comma-separated).
+    #[arg(
+        short = 'd',
+        long = "custom-domain",
+        alias = "custom_domain",
+        value_delimiter = ','
+    )]
+    pub custom_domains: Vec<String>,
+    /// http: a name under the server's subDomainHost.
+    #[arg(long = "sd", alias = "subdomain")]
+    pub subdomain: Option<String>,
+    /// http: path prefixes to serve (comma-separated).
+    #[arg(long = "locations", value_delimiter = ',')]
+    pub locations: Vec<String>,
+    /// http: basic auth user (with --http-pwd).
+    #[arg(long = "http-user", alias = "http_user")]
+    pub http_user: Option<String>,
+    /// http: basic auth password.
+    #[arg(long = "http-pwd", alias = "http_pwd", hide_env_values = true)]
+    pub http_pwd: Option<String>,
+    /// http: the Host header sent to the local service.
+    #[arg(long = "host-header-rewrite", alias = "host_header_rewrite")]
+    pub host_header_rewrite: Option<String>,
+    /// Prefix the proxy's name with USER. (frp's `user`).
+    #[arg(short = 'u', long = "user")]
+    pub user: Option<String>,
+    /// frp's use_encryption: accepted; traffic is always encrypted.
+    #[arg(long = "ue", alias = "use_encryption")]
+    pub use_encryption: bool,
+    /// frp's use_compression: accepted; data is not compressed.
+    #[arg(long = "uc", alias = "use_compression")]
+    pub use_compression: bool,
+}
+
+/// Which of frp's proxy commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyType {
+    /// `peer tcp`.
+    Tcp,
+    /// `peer udp`.
+    Udp,
+    /// `peer http`.
+    Http,
+}
+
+/// The config an frp proxy command stands for. `server` is `-s` (HOST, or HOST:PORT
+/// when -P is not given; frp's default HOST is 127.0.0.1, its port 7000).
+pub fn proxy_config(
+    kind: ProxyType,
+    args: &ProxyArgs,
+    server: Option<&str>,
+    token: Option<String>,
+) -> Result<ClientConfig, String> {
+    let host = server.unwrap_or("127.0.0.1");
+    let server = match args.server_port {
+        Some(p) => format!("{}:{p}", host_only(host)),
+        None if has_port(host) => host.to_string(),
+        None => format!("{}:{FRP_DEFAULT_PORT}", host_only(host)),
+    };
+    if args.use_compression {
+        status("--uc (use_compression) has no effect: data is not compressed");
+    }
+    let local = match common::config::parse_ip(&args.local_ip) {
+        Some(ip) => SocketAddr::new(ip, args.local_port).to_string(),
+        None if common::config::is_host_name(&args.local_ip) => {
+            format!("{}:{}", args.local_ip, args.local_port)
+        }
+        None => {
+            return Err(format!(
+                "{:?} is not an IP address or a host name",
+                args.local_ip
+            ))
+        }
+    };
+    let kind = match kind {
+        ProxyType::Udp => ProxyKind::Udp {
+            remote_port: args.remote_port.unwrap_or(0),
+        },
+        ProxyType::Tcp => ProxyKind::Tcp {
+            remote_port: args.remote_port.unwrap_or(0),
+        },
+        ProxyType::Http => {
+            if args.custom_domains.is_empty() && args.subdomain.is_none() {
+                return Err("an http proxy needs -d DOMAIN or --sd SUBDOMAIN".into());
+            }
+            let basic_auth = match (&args.http_user, &args.http_pwd) {
+                (Some(u), Some(p)) => Some((u.clone(), p.clone())),
+                (None, None) => None,
+                _ => return Err("--http-user and --http-pwd go together".into()),
+            };
+            ProxyKind::Http(HttpRoute {
+                domains: args
+                    .custom_domains
+                    .iter()
+                    .map(|d| d.to_ascii_lowercase())
+                    .collect(),
+                subdomain: args.subdomain.as_ref().map(|s| s.to_ascii_lowercase()),
+                locations: args.locations.clone(),
+                host_rewrite: args.host_header_rewrite.clone(),
+                basic_auth,
+                request_headers: Vec::new(),
+                response_headers: Vec::new(),
+            })
+        }
+    };
+    let type_name = match kind {
+        ProxyKind::Http(_) => "http",
+        ProxyKind::Udp { .. } => "udp",
+        _ => "tcp",
+    };
+    let name = args
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("{type_name}-{}", args.local_port));
+    let name = match &args.user {
+        Some(u) if !u.is_empty() => format!("{u}.{name}"),
+        _ => name,
+    };
+    Ok(ClientConfig {
+        server,
+        token,
+        proxies: vec![Proxy { name, local, kind }],
+        visitors: Vec::new(),
+        no_effect: Vec::new(),
+    })
+}
+
+fn has_port(host: &str) -> bool {
+    if host.starts_with('[') {
+        return host.contains("]:");
+    }
+    host.matches(':').count() == 1
+}
+
+fn host_only(host: &str) -> &str {
+    if has_port(host) {
+        host.rsplit_once(':').map_or(host, |(h, _)| h)
+    } else {
+        host
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(local_port: u16) -> ProxyArgs {
+        ProxyArgs {
+            server_port: None,
+            name: None,
+            local_ip: "127.0.0.1".into(),
+            local_port,
+            remote_port: None,
+            custom_domains: Vec::new(),
+            subdomain: None,
+            locations: Vec::new(),
+            http_user: None,
+            http_pwd: None,
+            host_header_rewrite: None,
+            user: None,
+            use_encryption: false,
+            use_compression: false,
+        }
+    }
+
+    #[test]
+    fn frp_command_lines() {
+        let mut a = args(22);
+        a.remote_port = Some(6000);
+        a.server_port = Some(7100);
+        let c = proxy_config(ProxyType::Tcp, &a, Some("frps.example.com"), None).unwrap();
+        assert_eq!(c.server, "frps.example.com:7100");
+        assert_eq!(c.proxies[0].name, "tcp-22");
+        assert_eq!(c.proxies[0].kind, ProxyKind::Tcp { remote_port: 6000 });
+        let c = proxy_config(ProxyType::Tcp, &args(22), None, None).unwrap();
+        assert_eq!(c.server, "127.0.0.1:7000");
+        let c = proxy_config(ProxyType::Tcp, &args(22), Some("h:7001"), None).unwrap();
+        assert_eq!(c.server, "h:7001");
+        let e = proxy_config(ProxyType::Http, &args(80), None, None).unwrap_err();
+        assert!(e.contains("-d DOMAIN"), "{e}");
+        let c = proxy_config(ProxyType::Udp, &args(53), None, None).unwrap();
+        assert_eq!(c.proxies[0].name, "udp-53");
+        assert_eq!(c.proxies[0].kind, ProxyKind::Udp { remote_port: 0 });
+    }
+}

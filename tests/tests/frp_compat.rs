@@ -1,0 +1,549 @@
+//! frp users switch without editing their files: `rendezvous -c` and `peer -c` on files
+//! written as frp's documentation and its own test framework write them (TOML and the
+//! legacy INI format, with log settings, `loginFailExit`, keys in another case and
+//! `{{ .Envs.X }}` templates), a mixed file where one proxy is refused and the others
+//! serve, frp's status lines, `verify -c`, and frp's command-line forms. Data is
+//! checked by sha256 (stream-check) and through a real HTTP client (curl).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::{
+    io::{Read, Write},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use support::*;
+
+const T: Duration = Duration::from_secs(30);
+
+/// A port the OS had free a moment ago (frp's files need fixed numbers).
+fn free() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A scratch directory for one test's files.
+fn dir(test: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("pl-frpc-{test}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// stream-check's echo server; returns it and its port.
+fn echo() -> (Proc, u16) {
+    let mut cmd = Command::new(bin("stream-check"));
+    cmd.args(["echo", "0"]);
+    let p = Proc::spawn("echo", cmd);
+    let port = p
+        .stdout
+        .wait_for("listening on", T)
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    (p, port)
+}
+
+/// A local HTTP server answering every request with `web <Host>`.
+fn web() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(mut conn) = conn else { break };
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 1024];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let head = String::from_utf8_lossy(&buf).to_ascii_lowercase();
+                let host = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("host:"))
+                    .unwrap_or("-")
+                    .trim();
+                let host = host.split(':').next().unwrap_or(host).to_string();
+                let body = format!("web {host}");
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            });
+        }
+    });
+    port
+}
+
+/// curl through the vhost: the body, or panics with curl's output.
+fn curl(vhost: u16, host: &str) -> String {
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "--max-time",
+            "20",
+            "--resolve",
+            &format!("{host}:{vhost}:127.0.0.1"),
+            &format!("http://{host}:{vhost}/"),
+        ])
+        .output()
+        .expect("curl (apt-get install curl)");
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// 4 streams of 500 kB each through `port`, echoed and compared by sha256.
+fn carry(port: u16) {
+    let out = Command::new(bin("stream-check"))
+        .args([
+            "run",
+            &format!("127.0.0.1:{port}"),
+            "--streams",
+            "4",
+            "--bytes",
+            "500000",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn cmd(name: &str) -> Command {
+    let mut c = local(name);
+    c.env_remove("PUNCHLINE_TOKEN").env_remove("RUST_LOG");
+    c
+}
+
+fn with_config(name: &str, file: &Path) -> Proc {
+    let mut c = cmd(name);
+    c.env("FRP_AUTH_TOKEN", "token-from-the-environment");
+    c.args(["-c", file.to_str().unwrap()]);
+    Proc::spawn(name, c)
+}
+
+/// The lines of a log that contain `pat`.
+fn lines_with(log: &Log, pat: &str) -> Vec<String> {
+    log.text()
+        .lines()
+        .filter(|l| l.contains(pat))
+        .map(str::to_string)
+        .collect()
+}
+
+/// A peer serving a good tcp proxy, a refused one (its port is outside allowPorts) and
+/// an http one: frp's status lines, one warning naming every key with no effect, and
+/// the good proxies carry data while the refused one is reported.
+fn mixed(server: &Path, client: &Path, vhost: Option<u16>, good: u16) {
+    let srv = with_config("rendezvous", server);
+    srv.stdout.wait_for("listening on", T);
+    let peer = with_config("peer", client);
+    peer.stderr.wait_for("login to server success", T);
+    peer.stderr.wait_for("[good] start proxy success", T);
+    let refused = peer.stderr.wait_for("[bad] start error:", T);
+    assert!(refused.contains("allowed"), "{refused}");
+    if let Some(vhost) = vhost {
+        peer.stderr.wait_for("[web] start proxy success", T);
+        assert_eq!(curl(vhost, "web.example.com"), "web web.example.com");
+    }
+    carry(good);
+    // The refused proxy stopped nothing.
+    let mut peer = peer;
+    assert!(
+        peer.child.try_wait().unwrap().is_none(),
+        "{}",
+        peer.stderr.text()
+    );
+    // One warning, naming every key with no effect.
+    let warned = lines_with(&peer.stderr, "have no effect");
+    assert_eq!(warned.len(), 1, "{}", peer.stderr.text());
+    for key in ["loginFailExit", "log.level"] {
+        assert!(warned[0].contains(key), "{key} in {}", warned[0]);
+    }
+    let warned = lines_with(&srv.stderr, "have no effect");
+    assert_eq!(warned.len(), 1, "{}", srv.stderr.text());
+    assert!(warned[0].contains("log.level"), "{}", warned[0]);
+}
+
+#[test]
+fn toml_files_as_frp_writes_them() {
+    let d = dir("toml");
+    let (bind, vhost, good, bad) = (free(), free(), free(), free());
+    let (_echo, echo_port) = echo();
+    let web_port = web();
+    let frps = format!(
+        r#"bindAddr = "127.0.0.1"
+bindPort = {bind}
+vhostHTTPPort = {vhost}
+subdomainHost = "example.com"
+log.level = "trace"
+log.to = "console"
+auth.token = "{{{{ .Envs.FRP_AUTH_TOKEN }}}}"
+allowPorts = [{{ single = {good} }}]
+transport.tls.force = false
+"#
+    );
+    let frpc = format!(
+        r#"serverAddr = "127.0.0.1"
+serverPort = {bind}
+loginFailExit = false
+log.level = "trace"
+auth.token = "{{{{ .Envs.FRP_AUTH_TOKEN }}}}"
+transport.tls.enable = true
+
+[[proxies]]
+name = "good"
+type = "tcp"
+localIP = "127.0.0.1"
+localPort = {echo_port}
+remotePort = {good}
+transport.useEncryption = true
+
+[[proxies]]
+name = "bad"
+type = "tcp"
+localPort = {echo_port}
+remotePort = {bad}
+
+[[proxies]]
+name = "web"
+type = "http"
+localPort = {web_port}
+subdomain = "web"
+"#
+    );
+    std::fs::write(d.join("frps.toml"), frps).unwrap();
+    std::fs::write(d.join("frpc.toml"), frpc).unwrap();
+    mixed(
+        &d.join("frps.toml"),
+        &d.join("frpc.toml"),
+        Some(vhost),
+        good,
+    );
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn ini_files_as_frp_writes_them() {
+    let d = dir("ini");
+    let (bind, good, bad) = (free(), free(), free());
+    let (_echo, echo_port) = echo();
+    let frps = format!(
+        "[common]\nbind_addr = 127.0.0.1\nbind_port = {bind}\ntoken = {{{{ .Envs.FRP_AUTH_TOKEN }}}}\n\
+         allow_ports = {good}\nlog_level = info\nlog_max_days = 3\n"
+    );
+    let frpc = format!(
+        "[common]\nserver_addr = 127.0.0.1\nserver_port = {bind}\ntoken = {{{{ .Envs.FRP_AUTH_TOKEN }}}}\n\
+         login_fail_exit = false\nlog_level = info\n\n\
+         [good]\ntype = tcp\nlocal_ip = 127.0.0.1\nlocal_port = {echo_port}\nremote_port = {good}\n\
+         use_encryption = true\n\n\
+         [bad]\ntype = tcp\nlocal_port = {echo_port}\nremote_port = {bad}\n"
+    );
+    std::fs::write(d.join("frps.ini"), frps).unwrap();
+    std::fs::write(d.join("frpc.ini"), frpc).unwrap();
+    mixed(&d.join("frps.ini"), &d.join("frpc.ini"), None, good);
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn verify_checks_a_file_and_exits() {
+    let d = dir("verify");
+    std::fs::write(
+        d.join("frps.toml"),
+        "bindPort = 7000\nlog.level = \"info\"\nsubdomainHost = \"example.com\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("frpc.toml"),
+        "serverAddr = \"127.0.0.1\"\nloginFailExit = false\n[[proxies]]\nname = \"ssh\"\n\
+         type = \"tcp\"\nlocalPort = 22\nremotePort = 6000\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("bad.toml"),
+        "serverAddr = \"127.0.0.1\"\nincludes = [\"./confd/*.toml\"]\n[[proxies]]\nname = \"s\"\n\
+         type = \"tcp\"\nlocalPort = 1\n[proxies.plugin]\ntype = \"socks5\"\n",
+    )
+    .unwrap();
+    for (bin_name, file) in [("rendezvous", "frps.toml"), ("peer", "frpc.toml")] {
+        let path = d.join(file);
+        let out = cmd(bin_name)
+            .args(["verify", "-c", path.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{bin_name}: {out:?}");
+        assert!(
+            stdout.contains(&format!(
+                "the configuration file {} syntax is ok",
+                path.display()
+            )),
+            "{stdout}"
+        );
+    }
+    let out = cmd("peer")
+        .args(["verify", "-c", d.join("bad.toml").to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for key in [": includes: ", ": proxies[0].plugin.type: "] {
+        assert!(stderr.contains(key), "{key} in {stderr}");
+    }
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn frp_command_line_forms() {
+    let (bind, vhost, remote) = (free(), free(), free());
+    let (_echo, echo_port) = echo();
+    let web_port = web();
+    let mut c = cmd("rendezvous");
+    c.args(["--bind", "127.0.0.1", "-p", &bind.to_string(), "-t", "tok"]);
+    c.args(["--vhost-http-port", &vhost.to_string()]);
+    let srv = Proc::spawn("rendezvous", c);
+    srv.stdout.wait_for("http vhost on", T);
+    let server = SocketAddr::from(([127, 0, 0, 1], bind)).ip().to_string();
+    let (b, l, r) = (bind.to_string(), echo_port.to_string(), remote.to_string());
+    let mut c = cmd("peer");
+    c.args([
+        "tcp", "-s", &server, "-P", &b, "-t", "tok", "-l", &l, "-r", &r, "-n", "ssh",
+    ]);
+    let tcp = Proc::spawn("peer tcp", c);
+    tcp.stderr.wait_for("[ssh] start proxy success", T);
+    carry(remote);
+    let w = web_port.to_string();
+    let mut c = cmd("peer");
+    c.args([
+        "http",
+        "-s",
+        &server,
+        "-P",
+        &b,
+        "-t",
+        "tok",
+        "-l",
+        &w,
+        "-d",
+        "www.example.com",
+    ]);
+    let http = Proc::spawn("peer http", c);
+    http.stderr.wait_for("[http-", T);
+    http.stderr.wait_for("start proxy success", T);
+    assert_eq!(curl(vhost, "www.example.com"), "web www.example.com");
+    // A wrong token: the peer says why and exits.
+    let mut c = cmd("peer");
+    c.args([
+        "tcp", "-s", &server, "-P", &b, "-t", "wrong", "-l", &l, "-n", "x",
+    ]);
+    let mut bad = Proc::spawn("peer wrong token", c);
+    assert!(!bad.wait_exit(T).success());
+    assert!(
+        bad.stderr.contains("[x] start error"),
+        "{}",
+        bad.stderr.text()
+    );
+}
+
+/// frp's stcp: a secret service reached only through a visitor, carried by the server
+/// (relayed, end-to-end encrypted with secretKey) even where a direct link would work,
+/// as here on loopback.
+#[test]
+fn stcp_proxy_and_visitor() {
+    let d = dir("stcp");
+    let (bind, visitor_port) = (free(), free());
+    let (_echo, echo_port) = echo();
+    std::fs::write(
+        d.join("frps.toml"),
+        format!("bindAddr = \"127.0.0.1\"\nbindPort = {bind}\nauth.token = \"tok\"\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("frpc-owner.toml"),
+        format!(
+            "serverPort = {bind}\nauth.token = \"tok\"\n\n[[proxies]]\nname = \"secret_ssh\"\n\
+             type = \"stcp\"\nsecretKey = \"abcdefg\"\nlocalIP = \"127.0.0.1\"\nlocalPort = {echo_port}\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("frpc-visitor.toml"),
+        format!(
+            "serverAddr = \"127.0.0.1\"\nserverPort = {bind}\nauth.token = \"tok\"\n\n\
+             [[visitors]]\nname = \"secret_ssh_visitor\"\ntype = \"stcp\"\nserverName = \"secret_ssh\"\n\
+             secretKey = \"abcdefg\"\nbindAddr = \"127.0.0.1\"\nbindPort = {visitor_port}\n"
+        ),
+    )
+    .unwrap();
+    let srv = with_config("rendezvous", &d.join("frps.toml"));
+    srv.stdout.wait_for("listening on", T);
+    let owner = with_config("peer", &d.join("frpc-owner.toml"));
+    owner.stderr.wait_for("[secret_ssh] start proxy success", T);
+    let visitor = with_config("peer", &d.join("frpc-visitor.toml"));
+    visitor
+        .stderr
+        .wait_for("[secret_ssh] start visitor success", T);
+    carry(visitor_port);
+    let up = visitor.stderr.wait_for("link up:", T);
+    assert!(up.contains("link up: relayed"), "{up}");
+    assert!(
+        !visitor.stderr.contains("direct"),
+        "{}",
+        visitor.stderr.text()
+    );
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+/// `vhostHTTPTimeout`: a peer's service that never answers gets 504 after the file's
+/// 1 s, not punchline's default 60 s (curl gives up after 20 s).
+#[test]
+fn vhost_http_timeout_is_honoured() {
+    let d = dir("timeout");
+    let (bind, vhost) = (free(), free());
+    // A service that reads requests and never answers.
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in l.incoming().flatten() {
+            held.push(c);
+        }
+    });
+    std::fs::write(
+        d.join("frps.toml"),
+        format!(
+            "bindAddr = \"127.0.0.1\"\nbindPort = {bind}\nvhostHTTPPort = {vhost}\nvhostHTTPTimeout = 1\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("frpc.toml"),
+        format!(
+            "serverPort = {bind}\n[[proxies]]\nname = \"slow\"\ntype = \"http\"\n\
+             localPort = {silent}\ncustomDomains = [\"slow.example.com\"]\n"
+        ),
+    )
+    .unwrap();
+    let srv = with_config("rendezvous", &d.join("frps.toml"));
+    srv.stdout.wait_for("http vhost on", T);
+    let peer = with_config("peer", &d.join("frpc.toml"));
+    peer.stderr.wait_for("[slow] start proxy success", T);
+    let host = "slow.example.com";
+    let started = std::time::Instant::now();
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "20",
+        ])
+        .args(["--resolve", &format!("{host}:{vhost}:127.0.0.1")])
+        .arg(format!("http://{host}:{vhost}/"))
+        .output()
+        .expect("curl");
+    let code = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(code, "504", "after {:?}", started.elapsed());
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+/// frp's udp proxy: 32 clients at once, each its own session on the server, send
+/// datagrams (one of 60,000 bytes) through a UDP port of the server to a local UDP
+/// echo service; every echo comes back to its own client, compared by sha256.
+#[test]
+fn udp_proxy_carries_many_clients() {
+    let d = dir("udp");
+    let bind = free();
+    let remote = {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.local_addr().unwrap().port()
+    };
+    let echo = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let echo_port = echo.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 65536];
+        while let Ok((n, from)) = echo.recv_from(&mut buf) {
+            let _ = echo.send_to(&buf[..n], from);
+        }
+    });
+    std::fs::write(
+        d.join("frps.toml"),
+        format!("bindAddr = \"127.0.0.1\"\nbindPort = {bind}\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("frpc.toml"),
+        format!(
+            "serverPort = {bind}\n[[proxies]]\nname = \"dns\"\ntype = \"udp\"\nlocalIP = \"127.0.0.1\"\n\
+             localPort = {echo_port}\nremotePort = {remote}\n"
+        ),
+    )
+    .unwrap();
+    let srv = with_config("rendezvous", &d.join("frps.toml"));
+    srv.stdout.wait_for("listening on", T);
+    let peer = with_config("peer", &d.join("frpc.toml"));
+    peer.stderr.wait_for("[dns] start proxy success", T);
+    let clients: Vec<_> = (0..32u64)
+        .map(|c| {
+            std::thread::spawn(move || {
+                let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+                s.connect(("127.0.0.1", remote)).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+                let mut buf = vec![0u8; 65536];
+                for i in 0..10u64 {
+                    let len = if c == 0 && i == 0 {
+                        60_000
+                    } else {
+                        200 + (c * 31 + i * 7) as usize
+                    };
+                    let sent = data(len, c * 1000 + i);
+                    let want = sha256(&sent);
+                    // UDP may drop a datagram: resend each second, for up to 20 s.
+                    let mut ok = false;
+                    'resend: for _ in 0..20 {
+                        s.send(&sent).unwrap();
+                        let until = std::time::Instant::now() + Duration::from_secs(1);
+                        while std::time::Instant::now() < until {
+                            match s.recv(&mut buf) {
+                                Ok(n) if sha256(&buf[..n]) == want => {
+                                    ok = true;
+                                    break 'resend;
+                                }
+                                // A late echo of an earlier datagram.
+                                Ok(_) => {}
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                    assert!(ok, "client {c}: no echo of datagram {i}");
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+    assert!(
+        peer.stdout.contains(&format!("exposed dns udp {remote}")),
+        "{}",
+        peer.stdout.text()
+    );
+    let _ = std::fs::remove_dir_all(&d);
+}
