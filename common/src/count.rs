@@ -138,7 +138,7 @@ mod tests {
 
     #[tokio::test]
     async fn counts_both_ways_and_into_the_total() {
-        let (a, mut b) = tokio::io::duplex(1024);
+        let (a, mut b) = tokio::io::duplex(64 * 1024);
         let bytes = Bytes::default();
         let total = Arc::new(AtomicU64::new(0));
         let mut a = Counted::new(a, bytes.clone()).with_total(total.clone());
