@@ -2,7 +2,8 @@
 # Installs what the tests and the NAT lab need on a fresh Debian machine (as root):
 # nftables and iproute2 for the lab's NATs and namespaces, ethtool to turn off veth
 # offloads for the lab's delay program, a C compiler for the original C demo programs,
-# coturn and stun-client for the STUN interoperability tests.
+# coturn and stun-client for the STUN interoperability tests, chromium for the admin
+# dashboard test (tests/tests/admin.rs; ~36 s to install here, apt-get update included).
 set -euo pipefail
 need=()
 command -v nft >/dev/null || need+=(nftables)
@@ -19,6 +20,8 @@ command -v script >/dev/null || need+=(bsdutils)
 # turnutils_natdiscovery RFC 5780 client), stun-client's RFC 3489 `stun`.
 command -v turnserver >/dev/null || need+=(coturn)
 command -v stun >/dev/null || need+=(stun-client)
+# The admin dashboard loaded in a real headless browser (tests/tests/admin.rs).
+command -v chromium >/dev/null || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ]; then
     echo "setup: installing ${need[*]}" >&2

@@ -311,6 +311,33 @@ pub const BIRTHDAY_TTL: u32 = 4;
 /// handshake's round trips; the hard side's sockets send at most two SYNs each.
 pub const BIRTHDAY_WINDOW: Duration = Duration::from_millis(2500);
 
+/// The admin listener (`rendezvous --admin`) records a sample of the server's counters
+/// (links made, peers online, relays) this often, for the dashboard's "over time"
+/// chart: fine enough to see a burst of relayed links, coarse enough that an hour
+/// fits in [`ADMIN_HISTORY_LEN`] samples.
+pub const ADMIN_HISTORY_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Samples the admin listener keeps (see [`ADMIN_HISTORY_INTERVAL`]): one hour, a few
+/// dozen KiB of JSON; longer histories belong in Prometheus.
+pub const ADMIN_HISTORY_LEN: usize = 360;
+
+/// Connections the admin listener serves at once: a few browsers and a Prometheus
+/// scraper need a handful; the cap keeps a flood on the admin port from costing the
+/// peers' side descriptors.
+pub const ADMIN_MAX_CONNECTIONS: usize = 64;
+
+/// A request to the admin listener must arrive (headers) within this time; it is also
+/// how long a kept-alive admin connection may sit idle.
+pub const ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `peer status` waits this long for each running peer's status socket to answer; a
+/// peer that is stuck is reported as not answering instead of hanging the command.
+pub const PEER_STATUS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Most bytes of one peer's status document that `peer status` reads: a document with
+/// thousands of links and exposures fits; a process that sends more is not a peer.
+pub const PEER_STATUS_MAX_DOCUMENT: u64 = 4 << 20;
+
 /// A UDP session of an exposed udp port (one user address) ends after this long
 /// without a datagram either way: 60 s sits between Linux conntrack's 30 s for
 /// unanswered UDP flows and its 120 s for answered streams, and DNS, game and VPN

@@ -13,6 +13,7 @@
 pub mod backoff;
 pub mod birthday;
 pub mod config;
+pub mod count;
 pub mod defaults;
 pub mod framing;
 pub mod identity;

@@ -159,6 +159,17 @@ pub enum Command {
         #[command(subcommand)]
         kind: ExposeKind,
     },
+    /// Show what the peers running on this machine (as this user) are doing: their
+    /// links (to which service, direct or relayed and how they were made, bytes) and
+    /// their exposures.
+    ///
+    /// Every running peer answers on a socket in $PUNCHLINE_STATUS_DIR (default
+    /// $XDG_RUNTIME_DIR/punchline, else /tmp/punchline-UID).
+    Status {
+        /// Print the peers' status documents as a JSON array.
+        #[arg(long)]
+        json: bool,
+    },
     /// Find out what the NAT in front of this machine does, over TCP and UDP, and
     /// whether direct links will work.
     ///
@@ -387,6 +398,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         println!("{}", load_identity(args.identity.as_deref())?.fingerprint());
         return Ok(());
     }
+    if let Some(Command::Status { json }) = &args.command {
+        let all = crate::status::query_all().await;
+        if *json {
+            let docs: Vec<_> = all.into_iter().filter_map(Result::ok).collect();
+            println!("{}", serde_json::to_string_pretty(&docs)?);
+        } else {
+            print!("{}", crate::status::render(&all));
+        }
+        return Ok(());
+    }
     if let Some(Command::NatCheck { stun, json }) = &args.command {
         return nat_check(&args, stun.as_deref(), *json).await;
     }
@@ -442,6 +463,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         start_wait: (!args.retry_forever).then_some(START_WAIT),
     };
     let max_streams = args.max_streams;
+    // Answers `peer status` while this process runs.
+    let _published = crate::status::publish(addr, cfg.identity.fingerprint().to_string());
     let command = match (args.command, file) {
         (None, Some(file)) => return Ok(crate::frpc::run(cfg, file, max_streams).await?),
         (_, Some(file)) if frp_form => return Ok(crate::frpc::run(cfg, file, max_streams).await?),
@@ -489,7 +512,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             crate::expose::run(cfg, vec![expose_proxy(kind).await?], max_streams).await?;
             Ok(())
         }
-        Some(Command::NatCheck { .. } | Command::Id | Command::Verify) => {
+        Some(Command::NatCheck { .. } | Command::Id | Command::Verify | Command::Status { .. }) => {
             anyhow::bail!("internal: handled above")
         }
         Some(Command::Tcp(_) | Command::Udp(_) | Command::Http(_)) => {

@@ -101,6 +101,8 @@ pub async fn run(
     max_streams: usize,
 ) -> Result<(), ServiceError> {
     let instance: u64 = rand::random();
+    let names: Vec<&str> = proxies.iter().map(|p| p.name.as_str()).collect();
+    crate::status::book().role(format!("expose {}", names.join(" ")));
     let hello = proxies
         .iter()
         .map(|p| ClientMsg::Expose {
@@ -155,16 +157,20 @@ pub async fn run(
                 // Printed on every registration: after a server restart a port the
                 // server chose may differ.
                 let udp = locals.get(&name).is_some_and(|l| l.udp);
-                match remote_port {
+                let remote = match remote_port {
                     Some(p) => {
                         let proto = if udp { "udp" } else { "tcp" };
                         println!("exposed {name} {proto} {p}");
-                        status(&format!("exposed {name}: {proto} port {p} on the server"));
+                        format!("{proto} port {p} on the server")
                     }
                     None => {
                         println!("exposed {name} http {}", urls.join(" "));
-                        status(&format!("exposed {name}: {}", urls.join(", ")));
+                        urls.join(", ")
                     }
+                };
+                status(&format!("exposed {name}: {remote}"));
+                if let Some(local) = locals.get(&name) {
+                    crate::status::book().exposed(&name, remote, local.addr);
                 }
                 status(&format!("[{name}] start proxy success"));
                 if data.as_ref().is_none_or(|d| d.is_finished()) {

@@ -15,3 +15,4 @@ pub mod link;
 pub mod natcheck;
 pub mod pipe;
 pub mod service;
+pub mod status;

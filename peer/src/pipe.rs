@@ -82,6 +82,10 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    crate::status::book().role(match &code {
+        Some(_) => "pipe --code".to_string(),
+        None => "pipe".to_string(),
+    });
     // The NAT mapping measurement runs alongside the connection to the server.
     let (control, mapping) = tokio::join!(
         Control::connect(cfg),
@@ -147,6 +151,16 @@ where
     }
     // The link no longer needs the server.
     control.close().await;
+    let listed = crate::status::book().link_up(
+        "pipe",
+        if code.is_some() {
+            "(code)"
+        } else {
+            "(first come)"
+        },
+        &info,
+    );
+    let link = common::count::Counted::new(link, listed.bytes());
 
     let (sent, received) = (Counter::default(), Counter::default());
     let start = Instant::now();

@@ -95,6 +95,7 @@ fn status(msg: &str) {
 
 /// Runs the owner side until a fatal error.
 pub async fn serve(cfg: ServerConfig, svc: ServeConfig) -> Result<(), ServiceError> {
+    crate::status::book().role(format!("serve {}", svc.name));
     let mut hub = Hub::start(
         cfg.clone(),
         vec![ClientMsg::Register {
@@ -205,11 +206,13 @@ async fn owner_link(
         }
     };
     info!(path = %info.path, remote = %info.remote, "link up");
+    let listed = crate::status::book().link_up("serve", &svc.name, &info);
     let mux_cfg = MuxConfig {
         max_streams: svc.max_streams,
         ..MuxConfig::default()
     };
-    let (mux, inbound) = Mux::start(stream, Role::Server, mux_cfg.clone());
+    let counted = |s| common::count::Counted::new(s, listed.bytes());
+    let (mux, inbound) = Mux::start(counted(stream), Role::Server, mux_cfg.clone());
     let mut streams = JoinSet::new();
     let mut inbounds = vec![inbound];
     let mut muxes = vec![mux];
@@ -237,7 +240,8 @@ async fn owner_link(
                     match link::direct_attempt(&cfg, &tx, &mut rx, ticket, attempt, Punching { initiator: false, mode }, &psk, &mut proving).await {
                         Ok((stream, info)) => {
                             info!(remote = %info.remote, "link upgraded to direct");
-                            let (mux, inbound) = Mux::start(stream, Role::Server, mux_cfg.clone());
+                            listed.upgraded(&info);
+                            let (mux, inbound) = Mux::start(counted(stream), Role::Server, mux_cfg.clone());
                             inbounds.push(inbound);
                             muxes.push(mux);
                         }
@@ -316,6 +320,8 @@ struct Current {
     info: LinkInfo,
     /// This side's session ticket (ended on the server when the link closes).
     ticket: u64,
+    /// The link's entry for `peer status`.
+    listed: Arc<crate::status::LinkGuard>,
 }
 
 struct Visitor {
@@ -338,6 +344,7 @@ pub async fn connect(cfg: ServerConfig, svc: ConnectConfig) -> Result<(), Servic
         err,
     })?;
     println!("listening on {local}");
+    crate::status::book().role(format!("connect {}", svc.name));
     status(&format!("[{}] start visitor success", svc.name));
     let keep_open = svc.keep_open;
     let mut hub = Hub::start(cfg.clone(), Vec::new());
@@ -465,6 +472,8 @@ impl Visitor {
             info.remote,
             started.elapsed().as_millis()
         ));
+        let listed = Arc::new(crate::status::book().link_up("connect", &self.svc.name, &info));
+        let stream = common::count::Counted::new(stream, listed.bytes());
         let (mux, _inbound) = Mux::start(stream, Role::Client, self.mux_config());
         if info.path == Path::Relayed && !self.svc.relay_only {
             let proving = if mode == PunchMode::Relay {
@@ -478,6 +487,7 @@ impl Visitor {
             mux: mux.clone(),
             info,
             ticket,
+            listed,
         });
         Ok(mux)
     }
@@ -550,8 +560,10 @@ impl Visitor {
         let mut backoff = REPUNCH_FIRST_BACKOFF;
         loop {
             tokio::time::sleep(backoff).await;
-            let relayed = match self.current.lock().await.as_ref() {
-                Some(c) if c.info.path == Path::Relayed && !c.mux.is_closed() => c.mux.clone(),
+            let (relayed, listed) = match self.current.lock().await.as_ref() {
+                Some(c) if c.info.path == Path::Relayed && !c.mux.is_closed() => {
+                    (c.mux.clone(), c.listed.clone())
+                }
                 _ => return,
             };
             // Measure the NAT again first: if it changed (a new network, a router
@@ -600,8 +612,15 @@ impl Visitor {
                         "link upgraded: direct, remote {}, attempt {attempt}",
                         info.remote
                     ));
+                    listed.upgraded(&info);
+                    let stream = common::count::Counted::new(stream, listed.bytes());
                     let (mux, _inbound) = Mux::start(stream, Role::Client, self.mux_config());
-                    *self.current.lock().await = Some(Current { mux, info, ticket });
+                    *self.current.lock().await = Some(Current {
+                        mux,
+                        info,
+                        ticket,
+                        listed,
+                    });
                     // Old streams finish on the relay; then it closes.
                     tokio::spawn(async move {
                         while relayed.active_streams() > 0 && !relayed.is_closed() {

@@ -69,6 +69,17 @@ pub struct Args {
     /// same default. [default: 65536]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=common::mux::MAX_STREAMS_CAP as u64))]
     pub max_streams: Option<u64>,
+    /// Serve the admin pages on ADDR (IP:PORT, e.g. 127.0.0.1:7500): a dashboard at /,
+    /// /api/status (JSON) and /metrics (Prometheus). On an address other than loopback
+    /// --admin-password is required.
+    #[arg(long, value_name = "ADDR")]
+    pub admin: Option<SocketAddr>,
+    /// User name for the admin pages' basic auth. [default: admin]
+    #[arg(long, value_name = "NAME")]
+    pub admin_user: Option<String>,
+    /// Password for the admin pages (basic auth, or `Authorization: Bearer PASSWORD`).
+    #[arg(long, env = "PUNCHLINE_ADMIN_PASSWORD", hide_env_values = true)]
+    pub admin_password: Option<String>,
     /// The HTTP vhost ends a request whose body (from the client, or the response's
     /// from the peer) makes no progress for this many seconds: 408, or the client's
     /// connection cut. [default: 60]
@@ -201,6 +212,20 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(p) = args.alt_port {
         cfg.alt_port = p;
     }
+    if let Some(addr) = args.admin {
+        cfg.admin = Some(crate::admin::AdminConfig::new(addr));
+    }
+    if let Some(admin) = &mut cfg.admin {
+        if let Some(user) = args.admin_user {
+            admin.user = user;
+        }
+        if args.admin_password.is_some() {
+            admin.password = args.admin_password;
+        }
+        crate::admin::check(admin).map_err(anyhow::Error::msg)?;
+    } else if args.admin_user.is_some() || args.admin_password.is_some() {
+        anyhow::bail!("--admin-user and --admin-password need --admin ADDR (or webServer.port in the config file)");
+    }
     if cfg.token.is_none() {
         warn!("no --token given: ANY peer may use this server (traffic is still encrypted)");
     }
@@ -213,6 +238,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     if let Some(vhost) = handle.vhost_addr() {
         println!("http vhost on {vhost}");
+    }
+    if let Some(admin) = handle.admin_addr() {
+        println!("admin on http://{admin}/");
     }
     common::process::spawn_heap_trimmer();
     let _ = tokio::signal::ctrl_c().await;

@@ -15,10 +15,14 @@
 //! | `auth.token` | the token peers must present (not empty) | none: anyone may connect |
 //! | `allowPorts` | ports tcp proxies may ask for: `[{ start = 2000, end = 3000 }, { single = 3001 }]`; `[]` means all | all |
 //! | `[[users]]` | users of a shared server: `name`, `token` (their own), `allowPorts` (as above; none if absent), `allowDomains` (`"a.example.com"`, `"*.a.example.com"`, `"*"` for everything including the catch-all; none if absent), `maxExposures` (default 256), `maxStreams` (streams open at once toward each of its peer processes; default: the multiplexer's) | none: `auth.token` is the one user |
+//! | `webServer.port` | the admin listener's port: dashboard, `/api/status`, `/metrics` (0 or absent: none) | none |
+//! | `webServer.addr` | its address | `"127.0.0.1"` |
+//! | `webServer.user`, `webServer.password` | its basic auth (the password also as `Authorization: Bearer`); required on an address that is not loopback | `"admin"`, none |
+//! | `enablePrometheus` | accepted (`/metrics` is always on the admin listener) | |
 //! | `punchline.altAddr` | second address for STUN behaviour discovery, `IP` or `IP:PORT` as `--alt-addr` (port default: `bindPort` + 1) | none |
 //!
 //! frp's other keys are in [`FRP_KEYS`]: accepted with no effect (`log.*`,
-//! `webServer.*`, most of `transport.*`, ...; named together in one warning) or refused
+//! `webServer.pprofEnable`, most of `transport.*`, ...; named together in one warning) or refused
 //! (`kcpBindPort`, `vhostHTTPSPort`, `httpPlugins`, ...; named together in one error).
 //! A key nobody knows (a typo) is an error naming it and the closest known key. The
 //! legacy INI format (`frps.ini`) is read into the same model.
@@ -90,6 +94,8 @@ pub struct ServerConfig {
     /// frp keys of the file accepted with no effect, each with the reason (see
     /// [`FRP_KEYS`]); [`load`] names them in one warning.
     pub no_effect: Vec<(String, &'static str)>,
+    /// The admin listener (`--admin`, `webServer.*`); `None`: none.
+    pub admin: Option<crate::admin::AdminConfig>,
 }
 
 /// The server's second port on its own address (`--alt-port`), which answers STUN
@@ -183,6 +189,7 @@ impl ServerConfig {
             max_streams: common::mux::DEFAULT_MAX_STREAMS,
             vhost: Default::default(),
             no_effect: Vec::new(),
+            admin: None,
         }
     }
 }
@@ -203,6 +210,7 @@ impl fmt::Debug for ServerConfig {
             .field("max_streams", &self.max_streams)
             .field("vhost", &self.vhost)
             .field("no_effect", &self.no_effect)
+            .field("admin", &self.admin)
             .finish()
     }
 }
@@ -399,7 +407,6 @@ const NO_TRANSPORT: &str = "peers connect over TCP with Noise encryption and yam
                             settings are punchline's own";
 const NO_TLS: &str = "connections are always encrypted and authenticated by the token, with \
                       Noise rather than TLS: there are no certificates";
-const NO_DASHBOARD: &str = "there is no dashboard";
 const TCPMUX: &str = "there is no tcpmux (use tcp proxies)";
 
 /// frp's server keys that the model below does not read: accepted with no effect, or
@@ -407,8 +414,9 @@ const TCPMUX: &str = "there is no tcpmux (use tcp proxies)";
 #[rustfmt::skip]
 pub const FRP_KEYS: &[FrpKey] = &[
     FrpKey { key: "log", effect: Effect::NoEffect, why: NO_LOG },
-    FrpKey { key: "webServer", effect: Effect::NoEffect, why: NO_DASHBOARD },
-    FrpKey { key: "enablePrometheus", effect: Effect::NoEffect, why: NO_DASHBOARD },
+    FrpKey { key: "webServer.pprofEnable", effect: Effect::NoEffect, why: "there are no profiling endpoints" },
+    FrpKey { key: "webServer.assetsDir", effect: Effect::NoEffect, why: "the dashboard is built into the binary" },
+    FrpKey { key: "webServer.tls", effect: Effect::Refused, why: "the admin listener speaks plain HTTP; put a TLS proxy in front of it" },
     FrpKey { key: "transport.tls", effect: Effect::NoEffect, why: NO_TLS },
     FrpKey { key: "transport.maxPoolCount", effect: Effect::NoEffect, why: NO_TRANSPORT },
     FrpKey { key: "transport.heartbeatTimeout", effect: Effect::NoEffect, why: NO_TRANSPORT },
@@ -458,6 +466,20 @@ struct FrpsFile {
     punchline: PunchlineFile,
     #[serde(default)]
     users: Vec<UserFile>,
+    #[serde(rename = "webServer", default)]
+    web_server: WebServerFile,
+    /// Accepted: `/metrics` is always on the admin listener.
+    #[serde(rename = "enablePrometheus")]
+    #[allow(dead_code)]
+    enable_prometheus: Option<bool>,
+}
+
+#[derive(Deserialize, Default)]
+struct WebServerFile {
+    addr: Option<String>,
+    port: Option<i64>,
+    user: Option<String>,
+    password: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -683,6 +705,29 @@ impl FrpsFile {
             })?),
         };
 
+        let admin = match self.web_server.port {
+            None | Some(0) => None,
+            Some(p) => {
+                let port = port("webServer.port", p, false)?;
+                let ip = match &self.web_server.addr {
+                    None => IpAddr::V4(Ipv4Addr::LOCALHOST),
+                    Some(s) => parse_ip(s).ok_or_else(|| {
+                        invalid("webServer.addr", format!("{s:?} is not an IP address"))
+                    })?,
+                };
+                let admin = crate::admin::AdminConfig {
+                    addr: SocketAddr::new(ip, port),
+                    user: self
+                        .web_server
+                        .user
+                        .unwrap_or_else(|| crate::admin::DEFAULT_USER.into()),
+                    password: self.web_server.password,
+                };
+                crate::admin::check(&admin).map_err(|m| invalid("webServer.password", m))?;
+                Some(admin)
+            }
+        };
+
         Ok(ServerConfig {
             bind: SocketAddr::new(ip, bind_port),
             vhost_http_port,
@@ -697,6 +742,7 @@ impl FrpsFile {
             max_streams: common::mux::DEFAULT_MAX_STREAMS,
             vhost: Default::default(),
             no_effect: Vec::new(),
+            admin,
         })
     }
 }
@@ -853,6 +899,43 @@ mod tests {
         assert!(c.token.as_deref().is_some_and(|t| !t.is_empty()));
         assert_eq!(c.allow_ports.to_string(), "6000-6100,7001");
         assert_eq!(c.alt_addr, None);
+        assert_eq!(
+            c.admin.map(|a| a.addr),
+            Some("127.0.0.1:7500".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn web_server_is_the_admin_listener() {
+        assert_eq!(ok("bindPort = 7000").admin, None);
+        assert_eq!(ok("webServer.port = 0").admin, None);
+        let a = ok("webServer.port = 7500\nenablePrometheus = true")
+            .admin
+            .unwrap();
+        assert_eq!(a.addr, "127.0.0.1:7500".parse().unwrap());
+        assert_eq!((a.user.as_str(), a.password), ("admin", None));
+        let a =
+            ok("[webServer]\naddr = \"0.0.0.0\"\nport = 7500\nuser = \"ops\"\npassword = \"pw\"")
+                .admin
+                .unwrap();
+        assert_eq!(a.addr, "0.0.0.0:7500".parse().unwrap());
+        assert_eq!(
+            (a.user.as_str(), a.password.as_deref()),
+            ("ops", Some("pw"))
+        );
+        assert!(!format!("{a:?}").contains("pw\""), "{a:?}");
+        let e = err("[webServer]\naddr = \"0.0.0.0\"\nport = 7500").to_string();
+        assert!(
+            e.contains("webServer.password") && e.contains("not a loopback address"),
+            "{e}"
+        );
+        let e = err("webServer.port = 70000").to_string();
+        assert!(e.contains("webServer.port"), "{e}");
+        let e = err("webServer.tls.certFile = \"x\"").to_string();
+        assert!(
+            e.contains("webServer.tls") && e.contains("TLS proxy"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -1096,9 +1179,13 @@ mod tests {
                 "log.to",
                 "transport.tls.force",
                 "transport.heartbeatTimeout",
-                "webServer.port",
                 "detailedErrorsToClient"
             ]
+        );
+        // The dashboard's port is the admin listener's (on loopback by default).
+        assert_eq!(
+            c.admin.map(|a| a.addr),
+            Some("127.0.0.1:7500".parse().unwrap())
         );
         let e = err("subdomainHost = \"a.example\"\nsubDomainHost = \"b.example\"");
         assert_eq!(e.key(), Some("subDomainHost"), "{e}");
@@ -1123,7 +1210,11 @@ mod tests {
         assert_eq!(c.token.as_deref(), Some("s3cret"));
         assert_eq!(c.allow_ports.to_string(), "2000-3001,3003,4000-50000");
         let keys: Vec<&str> = c.no_effect.iter().map(|(k, _)| k.as_str()).collect();
-        assert_eq!(keys, ["webServer.port", "log.to", "transport.maxPoolCount"]);
+        assert_eq!(keys, ["log.to", "transport.maxPoolCount"]);
+        assert_eq!(
+            c.admin.map(|a| a.addr),
+            Some("127.0.0.1:7500".parse().unwrap())
+        );
         let e = err("[common]\nbind_port = 7000\nkcp_bind_port = 7000\n[plugin.user-manager]\naddr = 127.0.0.1:9000\n");
         let keys: Vec<_> = e.all().iter().filter_map(|e| e.key()).collect();
         assert_eq!(
@@ -1148,6 +1239,11 @@ auth.method = "token"
 auth.token = "t"
 allowPorts = [{ start = 1, end = 2 }]
 punchline.altAddr = "127.0.0.2"
+enablePrometheus = true
+webServer.addr = "127.0.0.1"
+webServer.port = 7500
+webServer.user = "admin"
+webServer.password = "pw"
 [[users]]
 name = "u"
 token = "v"

@@ -19,7 +19,7 @@ use std::{
 };
 
 use crate::{
-    registry::{ConnId, PortPlan, Registry, Released},
+    registry::{ConnId, PortPlan, Refusal, Registry, Released},
     server::Tasks,
 };
 use bytes::Bytes;
@@ -73,6 +73,7 @@ pub(crate) struct Exposures {
     attached: tokio::sync::Notify,
     /// Most connections at once from one client address to one port.
     max_per_client: usize,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -86,6 +87,7 @@ impl Exposures {
         vhosts: Option<Arc<crate::vhost::Vhosts>>,
         tasks: Tasks,
         max_per_client: usize,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Arc<Self> {
         Arc::new(Self {
             bind_ip,
@@ -96,7 +98,17 @@ impl Exposures {
             tasks,
             max_per_client,
             attached: tokio::sync::Notify::new(),
+            metrics,
         })
+    }
+
+    /// A refusal of the registry's, as the peer reads it; a user's exposure limit is
+    /// counted in the metrics.
+    pub(crate) fn refusal(&self, r: Refusal) -> String {
+        if let Refusal::Limit(_) = r {
+            self.metrics.refused(crate::metrics::Limit::Exposures);
+        }
+        r.to_string()
     }
 
     fn registry(&self) -> MutexGuard<'_, Registry> {
@@ -142,7 +154,7 @@ impl Exposures {
                 let released = self
                     .registry()
                     .claim_route(conn, name, &hosts, &locations, Instant::now())
-                    .map_err(|r| r.to_string())?;
+                    .map_err(|r| self.refusal(r))?;
                 self.apply(released);
                 let me = self.clone();
                 let proxy = name.to_string();
@@ -172,7 +184,7 @@ impl Exposures {
         let plan = self
             .registry()
             .plan_port(conn, name, port, Instant::now())
-            .map_err(|r| r.to_string())?;
+            .map_err(|r| self.refusal(r))?;
         let (port, new_listener) = match plan {
             PortPlan::Keep(p) => (p, None),
             PortPlan::Bind(p) => {
@@ -191,7 +203,7 @@ impl Exposures {
         let released = match recorded {
             Ok(r) => r,
             // Taken meanwhile; the new listener (if any) is dropped here.
-            Err(r) => return Err(r.to_string()),
+            Err(r) => return Err(self.refusal(r)),
         };
         if let Some(listener) = new_listener {
             let me = self.clone();
@@ -451,6 +463,7 @@ impl Exposures {
                     return None;
                 };
                 let (me, stop) = (self.clone(), self.tasks.stop.clone());
+                self.metrics.tcp_connection();
                 Some(
                     async move {
                         let _slot = slot;
@@ -503,6 +516,7 @@ impl Exposures {
         };
         let mut s = mux.open().await.map_err(|e| {
             if let common::mux::MuxError::TooManyStreams(max) = e {
+                self.metrics.refused(crate::metrics::Limit::Streams);
                 warn!(
                     max,
                     %proxy,

@@ -5,14 +5,17 @@
 #![warn(missing_docs)]
 
 mod accept;
+pub mod admin;
 pub mod classic;
 pub mod cli;
 pub mod config;
 pub mod expose;
 mod limit;
+pub mod metrics;
 pub mod registry;
 mod relay;
 pub mod server;
+pub mod status;
 mod stun;
 pub mod vhost;
 

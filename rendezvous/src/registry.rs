@@ -189,6 +189,56 @@ impl Released {
     }
 }
 
+/// What [`Registry::snapshot`] returns.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// Live control connections, oldest first.
+    pub conns: Vec<ConnView>,
+    /// Every claim, by proxy name.
+    pub claims: Vec<ClaimView>,
+}
+
+/// A live control connection.
+#[derive(Debug, Clone)]
+pub struct ConnView {
+    /// The connection.
+    pub conn: ConnId,
+    /// Its identity.
+    pub owner: PublicKey,
+    /// Its user's name.
+    pub user: String,
+}
+
+/// What a claim is.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ClaimKind {
+    /// A service name (xtcp).
+    Service(String),
+    /// A TCP port.
+    Tcp(u16),
+    /// A location under a host of the HTTP vhost.
+    Http {
+        /// The host name (or wildcard).
+        host: String,
+        /// The path prefix.
+        location: String,
+    },
+}
+
+/// One claim and its holder.
+#[derive(Debug, Clone)]
+pub struct ClaimView {
+    /// What is claimed.
+    pub kind: ClaimKind,
+    /// Who holds it, for which proxy.
+    pub holder: Holder,
+    /// The holder's user name.
+    pub user: String,
+    /// Whether the holder's control connection is up (not reserved for the grace
+    /// period).
+    pub online: bool,
+}
+
 /// How to get the port of a tcp claim.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PortPlan {
@@ -666,6 +716,56 @@ impl Registry {
         out.routes.sort();
         out.routes.dedup();
         out
+    }
+
+    /// Everything the registry holds, for the status page: live connections and every
+    /// claim (with whether its holder is online or reserved for the grace period).
+    pub fn snapshot(&self) -> Snapshot {
+        let user = |u: usize| {
+            self.users
+                .get(u)
+                .map_or_else(|| u.to_string(), |a| a.name.clone())
+        };
+        let online = |c: ConnId| self.conns.get(&c).is_some_and(|c| c.gone.is_none());
+        let mut conns: Vec<ConnView> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.gone.is_none())
+            .map(|(id, c)| ConnView {
+                conn: *id,
+                owner: c.owner,
+                user: user(c.user),
+            })
+            .collect();
+        conns.sort_by_key(|c| c.conn);
+        let mut claims = Vec::new();
+        let mut claim = |kind: ClaimKind, h: &Holder| {
+            claims.push(ClaimView {
+                kind,
+                holder: h.clone(),
+                user: user(h.user),
+                online: online(h.conn),
+            })
+        };
+        for (name, h) in &self.services {
+            claim(ClaimKind::Service(name.clone()), h);
+        }
+        for (port, h) in &self.ports {
+            claim(ClaimKind::Tcp(*port), h);
+        }
+        for (host, hold) in &self.hosts {
+            for (location, h) in &hold.locations {
+                claim(
+                    ClaimKind::Http {
+                        host: host.clone(),
+                        location: location.clone(),
+                    },
+                    h,
+                );
+            }
+        }
+        claims.sort_by(|a, b| (&a.holder.proxy, &a.kind).cmp(&(&b.holder.proxy, &b.kind)));
+        Snapshot { conns, claims }
     }
 
     /// How many connections and claims the registry holds (for tests and status).

@@ -29,6 +29,8 @@ use tokio::{
 };
 use tracing::info;
 
+use crate::metrics::RelayGuard;
+
 type Chan = Channel<NoiseStream<TcpStream>>;
 
 /// Relay halves waiting for their partner, by session.
@@ -115,15 +117,16 @@ impl Relays {
     }
 
     /// Runs one half (`side` of `session`): waits for the partner (or hands itself to
-    /// the waiting one) and, in the half that waited, calls `started` and splices both
-    /// until either side closes. Returns whether this half carried a relay to its end
+    /// the waiting one) and, in the half that waited, calls `started` (which lists the
+    /// relay in the server's metrics until the guard it returns is dropped, and counts
+    /// its bytes) and splices both until either side closes. Returns whether this half carried a relay to its end
     /// (`true`) or was handed to its partner (`false`).
     pub(crate) async fn join(
         &self,
         session: u64,
         side: usize,
         mut ch: Chan,
-        started: impl FnOnce(),
+        started: impl FnOnce() -> RelayGuard,
     ) -> Result<bool, RelayError> {
         let half = self.next_half.fetch_add(1, Ordering::Relaxed);
         let mut rx = match self.decide(session, side, half) {
@@ -167,8 +170,9 @@ impl Relays {
             }
         };
         self.active.fetch_add(1, Ordering::Relaxed);
-        started();
-        let result = splice(ch, other).await;
+        let guard = started();
+        let result = splice(ch, other, &guard).await;
+        drop(guard);
         self.active.fetch_sub(1, Ordering::Relaxed);
         let (a_to_b, b_to_a) = result?;
         info!(
@@ -189,17 +193,24 @@ async fn raw(mut ch: Chan) -> Result<(TcpStream, BytesMut), RelayError> {
     Ok((tcp, leftover))
 }
 
-async fn splice(a: Chan, b: Chan) -> Result<(u64, u64), RelayError> {
-    let ((mut a, a_left), (mut b, b_left)) = (raw(a).await?, raw(b).await?);
-    info!(a = ?a.peer_addr().ok(), b = ?b.peer_addr().ok(), "relaying");
+async fn splice(a: Chan, b: Chan, guard: &RelayGuard) -> Result<(u64, u64), RelayError> {
+    let ((a, a_left), (mut b, b_left)) = (raw(a).await?, raw(b).await?);
+    let _ = common::net::set_link_options(&a);
+    let _ = common::net::set_link_options(&b);
+    let a_addr = a.peer_addr().ok();
+    // Side a's reads and writes are both directions: count them there, live.
+    let bytes = guard.bytes();
+    let total = guard.total();
+    bytes.read.fetch_add(a_left.len() as u64, Ordering::Relaxed);
+    total.fetch_add(a_left.len() as u64, Ordering::Relaxed);
+    let mut a = common::count::Counted::new(a, bytes).with_total(total);
+    info!(a = ?a_addr, b = ?b.peer_addr().ok(), "relaying");
     if !a_left.is_empty() {
         b.write_all(&a_left).await?;
     }
     if !b_left.is_empty() {
         a.write_all(&b_left).await?;
     }
-    let _ = common::net::set_link_options(&a);
-    let _ = common::net::set_link_options(&b);
     // copy_bidirectional passes half-closes through and stops when both sides ended.
     let (mut a, mut b) = (
         BufReader::with_capacity(64 * 1024, a),

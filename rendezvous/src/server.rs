@@ -35,6 +35,7 @@ use common::{
 use crate::{
     config::{DomainAllow, PortRanges},
     limit::{LogLimit, RateLimit},
+    metrics::{Limit, LinkKind, PunchOutcome},
     registry::{Allowance, Registry},
 };
 use tokio::{
@@ -56,6 +57,7 @@ pub struct Handle {
     local_addr: SocketAddr,
     alt_addr: Option<SocketAddr>,
     vhost_addr: Option<SocketAddr>,
+    admin_addr: Option<SocketAddr>,
     tasks: Tasks,
 }
 
@@ -76,6 +78,11 @@ impl Handle {
     /// The HTTP vhost listener's address, if the server has one.
     pub fn vhost_addr(&self) -> Option<SocketAddr> {
         self.vhost_addr
+    }
+
+    /// The admin listener's address (dashboard, status, metrics), if the server has one.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
     }
 
     /// The alternate STUN endpoint (OTHER-ADDRESS), if the server has one.
@@ -102,7 +109,17 @@ impl Handle {
 
 /// Binds and starts the server (and its STUN responder on the same port).
 pub async fn spawn(config: Config) -> std::io::Result<Handle> {
-    let (listener, stun) = bind_with_alternate(&config).await?;
+    let admin = match &config.admin {
+        Some(a) => {
+            crate::admin::check(a)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+            Some((TcpListener::bind(a.addr).await?, a.clone()))
+        }
+        None => None,
+    };
+    let metrics = Arc::new(crate::metrics::Metrics::default());
+    let (listener, mut stun) = bind_with_alternate(&config).await?;
+    stun.set_metrics(metrics.clone());
     crate::stun::log_layout(&stun);
     let alt_addr = stun.alt_addr();
     let local_addr = listener.local_addr()?;
@@ -113,7 +130,8 @@ pub async fn spawn(config: Config) -> std::io::Result<Handle> {
             let addr = l.local_addr()?;
             let table = Arc::new(
                 crate::vhost::Vhosts::new(config.subdomain_host.clone())
-                    .with_http_port(addr.port()),
+                    .with_http_port(addr.port())
+                    .with_metrics(metrics.clone()),
             );
             Some((l, addr, table))
         }
@@ -128,6 +146,7 @@ pub async fn spawn(config: Config) -> std::io::Result<Handle> {
         vhost.as_ref().map(|v| v.2.clone()),
         tasks.clone(),
         config.vhost.max_per_client,
+        metrics.clone(),
     );
     if let Some((l, _, table)) = vhost {
         let stop = tasks.stop.clone();
@@ -148,7 +167,19 @@ pub async fn spawn(config: Config) -> std::io::Result<Handle> {
         registry,
         max_streams: config.max_streams,
         tasks: tasks.clone(),
+        metrics: metrics.clone(),
     });
+    let admin_addr = match admin {
+        Some((l, cfg)) => {
+            let addr = l.local_addr()?;
+            let (server, vhost_port) = (server.clone(), vhost_addr.map(|a| a.port()));
+            let status: crate::admin::StatusFn = Arc::new(move || server.status(vhost_port));
+            let serving = crate::admin::serve(l, cfg, metrics, status, tasks.clone());
+            tasks.tracker.spawn(serving);
+            Some(addr)
+        }
+        None => None,
+    };
     tasks.tracker.spawn(accept_loop(listener, server.clone()));
     tasks.tracker.spawn(stun.run(tasks.stop.clone()));
     tasks
@@ -167,6 +198,7 @@ pub async fn spawn(config: Config) -> std::io::Result<Handle> {
         local_addr,
         alt_addr,
         vhost_addr,
+        admin_addr,
         tasks,
     })
 }
@@ -268,6 +300,7 @@ struct Server {
     /// Streams at once on one peer process's data connection (`--max-streams`).
     max_streams: usize,
     tasks: Tasks,
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 #[derive(Default)]
@@ -310,9 +343,22 @@ struct Session {
     relayed: bool,
     /// Which sides reported a direct link.
     direct: [bool; 2],
+    /// Outcomes counted in the metrics already (failed attempts by number, gave up).
+    counted_failures: std::collections::HashSet<u8>,
+    counted_gave_up: bool,
 }
 
 impl Session {
+    /// Whether `outcome` is the first report of its kind for this session (the two
+    /// peers report the same attempts; the metrics count each once).
+    fn first_report(&mut self, outcome: &Outcome) -> bool {
+        match outcome {
+            Outcome::Direct { .. } => self.direct == [false; 2],
+            Outcome::AttemptFailed { attempt, .. } => self.counted_failures.insert(*attempt),
+            Outcome::GaveUp { .. } => !std::mem::replace(&mut self.counted_gave_up, true),
+        }
+    }
+
     /// Not yet past the secret proofs or onto a relay: a visitor that never proves
     /// anything holds nothing longer than [`PENDING_LINK_TIMEOUT`].
     fn pending(&self) -> bool {
@@ -445,6 +491,25 @@ impl Server {
             .is_some_and(|(owner, _)| owner == identity)
     }
 
+    /// What the server is doing (the admin listener's `/api/status`).
+    fn status(&self, vhost_port: Option<u16>) -> crate::status::Status {
+        let nat = self.lock().nat.clone();
+        let snapshot = self.registry().snapshot();
+        crate::status::build(&self.metrics, snapshot, &nat, vhost_port)
+    }
+
+    /// The short fingerprints of the two peers of ticket `t`'s session.
+    fn session_peers(&self, t: &Ticket) -> Vec<String> {
+        let other = self.lock().tickets.get(&t.other).map(|o| o.conn);
+        let reg = self.registry();
+        [Some(t.conn), other]
+            .into_iter()
+            .flatten()
+            .filter_map(|c| reg.conn_owner(c))
+            .map(|(k, _)| k.fingerprint().short())
+            .collect()
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // A panic while holding the lock cannot leave the maps inconsistent in a way
         // worse than a lost pairing, so a poisoned lock is used as is.
@@ -564,7 +629,9 @@ async fn handle(
     match kind {
         ConnKind::Control => {
             server.registry().connect(id, identity, who.psk_index);
+            server.metrics.peer_up(id, addr);
             let result = control(&server, ch, id, addr, identity).await;
+            server.metrics.peer_down(id);
             // Every way a control connection ends comes here: send errors included.
             forget_conn(&server, id);
             server.registry().disconnect(id, std::time::Instant::now());
@@ -615,8 +682,13 @@ async fn handle(
                 if let Some(s) = server.lock().sessions.get_mut(&t.session) {
                     s.relayed = true;
                 }
+                let peers = server.session_peers(&t);
+                server.metrics.relay_started(t.session, peers)
             };
             let result = server.relays.join(t.session, t.side, ch, started).await;
+            if let Err(crate::relay::RelayError::Full) = result {
+                server.metrics.refused(Limit::Relays);
+            }
             if let Ok(true) = result {
                 // The relayed link is over: so is the session (unless it went direct,
                 // and was forgotten then).
@@ -690,6 +762,7 @@ async fn control(
                             "too many link requests on this connection: at most \
                              {LINK_REQUESTS_PER_SEC} per second (bursts of {LINK_REQUEST_BURST})"
                         );
+                        server.metrics.refused(Limit::LinkRate);
                         if let Some(suppressed) = warn_log.ready(Instant::now()) {
                             warn!(suppressed, "{} refused: {reason}", msg_name(&msg));
                         }
@@ -824,6 +897,7 @@ fn pair(
         }
         _ => {
             if st.waiting.len() >= MAX_WAITING {
+                server.metrics.refused(Limit::Waiting);
                 return Err("server is busy: too many peers waiting".into());
             }
             let code = match &pairing {
@@ -878,6 +952,8 @@ fn new_session(
             next_attempt: PUNCH_ATTEMPTS,
             relayed: false,
             direct: [false; 2],
+            counted_failures: Default::default(),
+            counted_gave_up: false,
         },
     );
     st.tickets.insert(
@@ -921,12 +997,13 @@ fn register(
     check_name(name)?;
     let mut st = server.lock();
     if st.services.len() >= MAX_SERVICES && !st.services.contains_key(name) {
+        server.metrics.refused(Limit::Services);
         return Err("server is busy: too many services".into());
     }
     let released = server
         .registry()
         .claim_service(id, name, std::time::Instant::now())
-        .map_err(|r| r.to_string())?;
+        .map_err(|r| server.exposures.refusal(r))?;
     server.exposures.apply(released);
     st.services.insert(
         name.to_string(),
@@ -964,6 +1041,12 @@ fn connect(
         mine,
         same_address,
     } = st.pending_links(name, identity, visitor.ip());
+    if mine >= MAX_PENDING_LINKS_PER_VISITOR
+        || same_address >= MAX_PENDING_LINKS_PER_ADDRESS
+        || all >= MAX_PENDING_LINKS_PER_SERVICE
+    {
+        server.metrics.refused(Limit::PendingLinks);
+    }
     if mine >= MAX_PENDING_LINKS_PER_VISITOR {
         return Err(format!(
             "this peer has {mine} links to service {name:?} being set up already \
@@ -1132,10 +1215,28 @@ fn report(server: &Server, id: u64, ticket: u64, outcome: Outcome) {
         return;
     };
     let session = format_args!("{:016x}", t.session);
+    // Both sides report each outcome: the first report counts.
+    let first = st
+        .sessions
+        .get_mut(&t.session)
+        .is_some_and(|s| s.first_report(&outcome));
+    if first {
+        let other = st.tickets.get(&t.other).map(|o| o.conn);
+        let nat = |c: Option<u64>| c.and_then(|c| st.nat.get(&c).copied());
+        let kind = match &outcome {
+            Outcome::Direct { .. } => PunchOutcome::Direct,
+            Outcome::AttemptFailed { .. } => PunchOutcome::Failed,
+            Outcome::GaveUp { .. } => PunchOutcome::GaveUp,
+        };
+        server.metrics.punch(nat(Some(t.conn)), nat(other), kind);
+    }
     match outcome {
         Outcome::Direct { attempt, millis } => {
             info!(%session, attempt, millis, "link direct");
             let both = st.sessions.get_mut(&t.session).is_some_and(|s| {
+                if s.direct == [false; 2] {
+                    server.metrics.link_made(LinkKind::Direct);
+                }
                 s.direct[t.side] = true;
                 s.direct == [true; 2]
             });

@@ -96,6 +96,8 @@ pub(crate) struct Layout {
     /// `tcp_bound[ip][port]`: where a STUN-over-TCP listener (shareable with
     /// `SO_REUSEPORT`, so that dial-backs can leave from it) is bound.
     tcp_bound: [[Option<SocketAddr>; 2]; 2],
+    /// Where answered requests are counted.
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Layout {
@@ -136,6 +138,11 @@ impl Responder {
     /// bind and no named alternate, the wildcard address and the alternate port.
     pub(crate) fn alt_addr(&self) -> Option<SocketAddr> {
         self.alt
+    }
+
+    /// Counts answered requests in `metrics` (call before [`Responder::run`]).
+    pub(crate) fn set_metrics(&mut self, metrics: Arc<crate::metrics::Metrics>) {
+        Arc::make_mut(&mut self.layout).metrics = metrics;
     }
 
     /// Serves until `shutdown`.
@@ -324,6 +331,7 @@ async fn serve_udp(
         let Some(out) = socks[to.0][to.1].as_ref() else {
             continue;
         };
+        layout.metrics.stun_request(false);
         if let Err(e) = out.send_to(&reply, from).await {
             debug!(%from, %e, "STUN send failed");
         }
@@ -378,6 +386,7 @@ async fn stun_over_tcp(layout: &Layout, at: Slot, mut stream: TcpStream, from: S
             debug!("STUN over TCP: not a Binding request; closing");
             return;
         };
+        layout.metrics.stun_request(true);
         if stream.write_all(&reply).await.is_err() {
             return;
         }

@@ -66,9 +66,11 @@ pub(super) async fn handle(
     (ip, client_ip): (IpAddr, HeaderValue),
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
-    Ok(match proxy(&ctx, (ip, client_ip), req).await {
+    let resp = match proxy(&ctx, (ip, client_ip), req).await {
         Ok(resp) | Err(resp) => resp,
-    })
+    };
+    ctx.vhosts.answered(resp.status().as_u16());
+    Ok(resp)
 }
 
 async fn proxy(

@@ -206,6 +206,8 @@ pub struct Vhosts {
     /// Every route; the source the table is built from. Held while a change is made.
     entries: Mutex<Vec<Arc<Entry>>>,
     table: RwLock<Arc<Table>>,
+    /// Where answered requests are counted, by status code.
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl fmt::Debug for Vhosts {
@@ -228,6 +230,7 @@ impl Vhosts {
             http_port: 80,
             entries: Mutex::new(Vec::new()),
             table: RwLock::new(Arc::new(Table::default())),
+            metrics: None,
         }
     }
 
@@ -236,6 +239,19 @@ impl Vhosts {
     pub fn with_http_port(mut self, port: u16) -> Self {
         self.http_port = port;
         self
+    }
+
+    /// Counts every answered request in `metrics` (by status code).
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// A request was answered with `status`.
+    pub(crate) fn answered(&self, status: u16) {
+        if let Some(m) = &self.metrics {
+            m.vhost_response(status);
+        }
     }
 
     /// Registers a route, online, and returns the URLs it serves.
