@@ -13,7 +13,7 @@
 //! carries bytes as encrypted frames; an encrypted empty frame marks the end of the
 //! stream (a half-close), so a connection that ends without it was cut, not finished.
 //!
-//! # Cipher negotiation and versions (protocol version 3)
+//! # Cipher negotiation and versions (protocol version 5)
 //!
 //! The handshake messages use ChaChaPoly as their names say; the transport cipher is
 //! negotiated inside them. The initiator's first payload holds its
@@ -27,7 +27,7 @@
 //! for the ChaChaPoly that snow used, on the project's Xeon).
 //!
 //! A peer of version 2 sends an empty payload: the responder refuses it with a
-//! sentence saying which versions met, and a version-3 initiator that gets an empty
+//! sentence saying which versions met, and a version-5 initiator that gets an empty
 //! payload back says the same, instead of exchanging garbage.
 
 use std::{
@@ -476,7 +476,7 @@ async fn respond_with<T: AsyncRead + AsyncWrite + Unpin>(
 const SERVER_PARAMS: &str = "Noise_XNpsk0_25519_ChaChaPoly_BLAKE2s";
 const SERVER_PROLOGUE: &[u8] = b"punchline server/2";
 /// What peers of protocol version 1 (anonymous `NNpsk0` with the token) used, and
-/// links use still (with the cipher offer in the payloads since version 3).
+/// links use still (with the cipher offer in the payloads since version 5).
 const V1_PROLOGUE: &[u8] = b"punchline/1";
 
 fn server_state(
@@ -607,12 +607,12 @@ async fn respond_server_with<T: AsyncRead + AsyncWrite + Unpin>(
 }
 
 /// What a server tells a peer of protocol version 1.
-pub const UPGRADE: &str = "this rendezvous server speaks protocol version 3 (peers prove an \
+pub const UPGRADE: &str = "this rendezvous server speaks protocol version 5 (peers prove an \
                             identity, ciphers are negotiated); this peer speaks version 1: \
                             upgrade the peer";
 
 /// What a server tells a peer of protocol version 2 (no cipher offer).
-pub const UPGRADE_FROM_2: &str = "this rendezvous server speaks protocol version 3 (ciphers are \
+pub const UPGRADE_FROM_2: &str = "this rendezvous server speaks protocol version 5 (ciphers are \
                                   negotiated); this peer speaks version 2: upgrade the peer";
 
 /// Sends a plaintext refusal in place of a handshake reply (after reading the first
@@ -1283,7 +1283,8 @@ mod tests {
         let responder = tokio::spawn(async move { respond(b, &p, "no").await });
         let told = old_first_message(&mut a, link_state(&psk, true).unwrap()).await;
         assert!(
-            told.contains("protocol version 3") && told.contains("older version"),
+            told.contains(&format!("protocol version {PROTOCOL_VERSION}"))
+                && told.contains("older version"),
             "{told}"
         );
         assert!(matches!(

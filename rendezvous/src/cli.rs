@@ -87,7 +87,7 @@ pub struct Args {
     pub vhost_idle_timeout: Option<u64>,
     /// Most connections at once from one client address to one exposed TCP port (past
     /// it, reset), and HTTP requests in flight from one address through the vhost
-    /// (past it, 429); a warning is logged. [default: 256]
+    /// (past it, 429); a warning is logged. [default: 16384]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub max_per_client: Option<u64>,
     /// Speak the original C demo's text protocol instead (unencrypted).

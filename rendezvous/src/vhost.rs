@@ -110,10 +110,12 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Default for [`VhostConfig::max_per_client`]: requests in flight at once from one
 /// client address, over all sites (the server's `--max-per-client`, also applied per
-/// exposed TCP port). Browsers open 6 connections per host; 256 leaves room for an
-/// office behind one NAT, while a single address that opens hundreds of slow
-/// requests gets 429 instead of holding every stream of a site's peer.
-pub const MAX_PER_CLIENT: usize = 256;
+/// exposed TCP port). A quarter of a peer's default stream limit
+/// ([`common::mux::DEFAULT_MAX_STREAMS`]): one address can never hold more than a
+/// quarter of what a peer carries, so everyone else keeps three quarters; while a
+/// whole office behind one NAT, or a load test of 10,000 connections from one host
+/// (`tests/tests/capacity.rs`), still fits. Operators of a public site lower it.
+pub const MAX_PER_CLIENT: usize = 16_384;
 
 /// Default for [`VhostConfig::shutdown_grace`]: requests in flight get 5 s to finish
 /// when the server shuts down.

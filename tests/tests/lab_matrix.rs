@@ -230,8 +230,9 @@ fn symmetric_case(name: &str, spec: LabSpec) {
         // Both NATs map per destination and the server's second port let the peers
         // measure it: the server says so at pairing, and no attempt is made.
         assert!(
-            err.contains("no direct connection could be made after 0 attempts")
-                && err.contains("skipped the direct attempts"),
+            err.contains("no direct connection is possible")
+                && err.contains("skipped the direct attempts")
+                && err.contains("--no-relay forbids the relay"),
             "{name}: {err}"
         );
     }

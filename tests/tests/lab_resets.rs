@@ -14,18 +14,17 @@ use support::*;
 
 const T: Duration = Duration::from_secs(30);
 
-#[test]
-fn a_relayed_transfer_is_reset_when_the_server_dies() {
-    if !lab::require_lab() {
-        return;
-    }
-    // Two symmetric NATs: no punch can work, the link is relayed by the server.
-    let lab = Lab::new(
-        LabSpec::default()
-            .nat(Site::A, NatProfile::Symmetric)
-            .nat(Site::B, NatProfile::Symmetric),
-    )
-    .expect("lab");
+/// A server, an echo service and its owner at site A, a visitor at site B.
+struct Linked {
+    server: Proc,
+    echo: Proc,
+    owner: Proc,
+    visitor: Proc,
+    /// The visitor's listener.
+    listen: SocketAddr,
+}
+
+fn linked(lab: &Lab) -> Linked {
     let mut cmd = lab.command(Host::Server, bin("rendezvous"));
     cmd.env_remove("PUNCHLINE_TOKEN").env("RUST_LOG", "info");
     let ip = lab.server_ip().to_string();
@@ -53,6 +52,34 @@ fn a_relayed_transfer_is_reset_when_the_server_dies() {
     let visitor = Proc::spawn("visitor", cmd);
     let line = visitor.stdout.wait_for("listening on", T);
     let listen: SocketAddr = line.split_whitespace().nth(2).unwrap().parse().unwrap();
+    Linked {
+        server,
+        echo,
+        owner,
+        visitor,
+        listen,
+    }
+}
+
+#[test]
+fn a_relayed_transfer_is_reset_when_the_server_dies() {
+    if !lab::require_lab() {
+        return;
+    }
+    // Two symmetric NATs: no punch can work, the link is relayed by the server.
+    let lab = Lab::new(
+        LabSpec::default()
+            .nat(Site::A, NatProfile::Symmetric)
+            .nat(Site::B, NatProfile::Symmetric),
+    )
+    .expect("lab");
+    let Linked {
+        server,
+        echo,
+        owner,
+        visitor,
+        listen,
+    } = linked(&lab);
     visitor.stderr.wait_for("link up: relayed", T);
 
     let mut cmd = lab.command(Host::B, bin("stream-check"));
@@ -90,33 +117,13 @@ fn a_transfer_is_reset_after_a_long_network_outage() {
         return;
     }
     let lab = Lab::new(LabSpec::default()).expect("lab");
-    let mut cmd = lab.command(Host::Server, bin("rendezvous"));
-    cmd.env_remove("PUNCHLINE_TOKEN").env("RUST_LOG", "info");
-    let ip = lab.server_ip().to_string();
-    let (_server, addr) = rendezvous(cmd, &["--bind", ip.as_str()]);
-    let server_addr = addr.to_string();
-
-    let mut cmd = lab.command(Host::A, bin("stream-check"));
-    cmd.args(["echo", "0"]);
-    let echo = Proc::spawn("echo", cmd);
-    let line = echo.stdout.wait_for("listening on", T);
-    let port: u16 = line.rsplit(':').next().unwrap().parse().unwrap();
-    let local = SocketAddr::from(([127, 0, 0, 1], port)).to_string();
-
-    let mut cmd = lab.command(Host::A, bin("peer"));
-    cmd.env_remove("PUNCHLINE_SECRET").env("RUST_LOG", "info");
-    cmd.args(["--server", &server_addr, "serve", "svc", "--local", &local])
-        .args(["--secret", "k"]);
-    let owner = Proc::spawn("owner", cmd);
-    owner.stderr.wait_for("registered", T);
-
-    let mut cmd = lab.command(Host::B, bin("peer"));
-    cmd.env_remove("PUNCHLINE_SECRET").env("RUST_LOG", "info");
-    cmd.args(["--server", &server_addr, "connect", "svc", "--secret", "k"])
-        .args(["--keep-open"]);
-    let visitor = Proc::spawn("visitor", cmd);
-    let line = visitor.stdout.wait_for("listening on", T);
-    let listen: SocketAddr = line.split_whitespace().nth(2).unwrap().parse().unwrap();
+    let Linked {
+        server: _server,
+        echo,
+        owner,
+        visitor,
+        listen,
+    } = linked(&lab);
 
     let mut cmd = lab.command(Host::B, bin("stream-check"));
     cmd.args(["run", &listen.to_string(), "--streams", "1"])

@@ -369,7 +369,12 @@ fn a_relayed_service_works_again_soon_after_a_server_restart() {
     if !lab::require_lab() {
         return;
     }
-    let mut w = world(LabSpec::default().nat(Site::B, NatProfile::Symmetric));
+    // Two symmetric NATs: no punch (not even a birthday punch) can work.
+    let mut w = world(
+        LabSpec::default()
+            .nat(Site::A, NatProfile::Symmetric)
+            .nat(Site::B, NatProfile::Symmetric),
+    );
     let _owner = w.serve("svc", "k", &[]);
     let (visitor, listen) = w.connect("svc", "k", &["--keep-open"]);
     visitor.stderr.wait_for("link up: relayed", T);
