@@ -86,13 +86,17 @@ where
         Some(_) => "pipe --code".to_string(),
         None => "pipe".to_string(),
     });
-    // The NAT mapping measurement runs alongside the connection to the server.
+    // The NAT mapping measurement runs alongside the connection to the server, in a
+    // task of its own: if it takes longer than the wait, it still finishes (and is
+    // cached and logged) for later use.
+    let c = cfg.clone();
+    let measuring = tokio::spawn(async move { crate::natcheck::own_mapping(&c).await });
     let (control, mapping) = tokio::join!(
         Control::connect(cfg),
-        tokio::time::timeout(NAT_MAPPING_WAIT, crate::natcheck::own_mapping(cfg))
+        tokio::time::timeout(NAT_MAPPING_WAIT, measuring)
     );
     let mut control = control?;
-    if let Ok(Some(mapping)) = mapping {
+    if let Ok(Ok(Some(mapping))) = mapping {
         control.send(ClientMsg::Nat { mapping }).await?;
     }
     let pairing = match &code {
