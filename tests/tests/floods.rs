@@ -56,6 +56,25 @@ fn check(listen: SocketAddr) -> Result<String, String> {
     }
 }
 
+/// A real visitor (`peer connect svc`) and its listener.
+fn visitor(server: &str) -> (Proc, SocketAddr) {
+    let mut cmd = local("peer");
+    cmd.env("RUST_LOG", "info").args([
+        "--server",
+        server,
+        "connect",
+        "svc",
+        "--secret",
+        "s3cret",
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    let visitor = Proc::spawn("visitor", cmd);
+    let line = visitor.stdout.wait_for("listening on", T);
+    let listen: SocketAddr = line.split_whitespace().nth(2).unwrap().parse().unwrap();
+    (visitor, listen)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connect_flood_harms_only_the_flooder() {
     let (srv, addr) = rendezvous(local("rendezvous"), &["--bind", "127.0.0.1"]);
@@ -122,20 +141,7 @@ async fn a_connect_flood_harms_only_the_flooder() {
 
     // Meanwhile, a second into the flood, a real visitor links and moves data.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let mut cmd = local("peer");
-    cmd.env("RUST_LOG", "info").args([
-        "--server",
-        &server,
-        "connect",
-        "svc",
-        "--secret",
-        "s3cret",
-        "--listen",
-        "127.0.0.1:0",
-    ]);
-    let visitor = Proc::spawn("visitor", cmd);
-    let line = visitor.stdout.wait_for("listening on", T);
-    let listen: SocketAddr = line.split_whitespace().nth(2).unwrap().parse().unwrap();
+    let (visitor, listen) = visitor(&server);
     let started = Instant::now();
     let result = tokio::task::spawn_blocking(move || check(listen))
         .await
@@ -408,20 +414,7 @@ async fn many_identities_from_one_address_hold_a_bounded_share() {
         refused[0]
     );
 
-    let mut cmd = local("peer");
-    cmd.env("RUST_LOG", "info").args([
-        "--server",
-        &server,
-        "connect",
-        "svc",
-        "--secret",
-        "s3cret",
-        "--listen",
-        "127.0.0.1:0",
-    ]);
-    let visitor = Proc::spawn("visitor", cmd);
-    let line = visitor.stdout.wait_for("listening on", T);
-    let listen: SocketAddr = line.split_whitespace().nth(2).unwrap().parse().unwrap();
+    let (visitor, listen) = visitor(&server);
     let result = tokio::task::spawn_blocking(move || check(listen))
         .await
         .unwrap();
