@@ -23,7 +23,9 @@ use serde::{Deserialize, Serialize};
 /// 5: the Noise handshakes carry the version and negotiate the transport cipher
 /// (AES-256-GCM or ChaCha20-Poly1305, `common::secure`); an older peer is refused in
 /// the handshake with a sentence naming both versions.
-pub const PROTOCOL_VERSION: u16 = 5;
+///
+/// 6: [`ExposeSpec::Https`] (TLS routed by server name on the server's HTTPS vhost).
+pub const PROTOCOL_VERSION: u16 = 6;
 
 /// What a connection to the server is for; sent in [`ClientMsg::Hello`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -276,6 +278,16 @@ pub enum ExposeSpec {
     Udp {
         /// The UDP port on the server.
         remote_port: u16,
+    },
+    /// The server routes TLS connections on its HTTPS vhost port by the server name
+    /// of their ClientHello (SNI), without terminating TLS: each arrives as a stream
+    /// carrying the client's bytes from the first, as a tcp proxy's do (frp's https
+    /// proxy).
+    Https {
+        /// Host names served (`www.example.com`, `*.example.com`).
+        domains: Vec<String>,
+        /// A name under the server's subdomain host (`web` → `web.example.com`).
+        subdomain: Option<String>,
     },
 }
 

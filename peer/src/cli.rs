@@ -198,6 +198,9 @@ pub enum Command {
     /// frp's `frpc http`: serve a local HTTP service under -d DOMAIN on the server's
     /// vhost port.
     Http(crate::frpc::ProxyArgs),
+    /// frp's `frpc https`: TLS connections for -d DOMAIN on the server's HTTPS vhost
+    /// port, routed by server name (SNI) to the local TLS service, not terminated.
+    Https(crate::frpc::ProxyArgs),
 }
 
 /// `peer expose tcp|http`.
@@ -428,6 +431,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             true,
             Some(frp_form(crate::frpc::ProxyType::Http, a, &args)?),
         ),
+        Some(Command::Https(a)) => (
+            true,
+            Some(frp_form(crate::frpc::ProxyType::Https, a, &args)?),
+        ),
         _ => (
             false,
             args.config
@@ -515,7 +522,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         Some(Command::NatCheck { .. } | Command::Id | Command::Verify | Command::Status { .. }) => {
             anyhow::bail!("internal: handled above")
         }
-        Some(Command::Tcp(_) | Command::Udp(_) | Command::Http(_)) => {
+        Some(Command::Tcp(_) | Command::Udp(_) | Command::Http(_) | Command::Https(_)) => {
             anyhow::bail!("internal: run as a file above")
         }
     }

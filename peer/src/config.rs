@@ -23,6 +23,8 @@
 //!   (at least one), `locations` (path prefixes, default `/`), `httpUser` and
 //!   `httpPassword` (basic auth, both or neither), `hostHeaderRewrite`,
 //!   `requestHeaders.set.NAME`, `responseHeaders.set.NAME`;
+//! * `https`: `customDomains` and/or `subdomain`, as for http; the server routes TLS
+//!   connections by their server name (SNI) and does not terminate TLS;
 //! * `xtcp` and `stcp` (the same, always relayed through the server): `secretKey`
 //!   (required), `allowUsers` (only `["*"]`: the server does not
 //!   know users, so whoever knows `secretKey` may connect; frp's default, visitors of
@@ -42,7 +44,7 @@
 //! frp's other keys are in [`FRP_KEYS`]: accepted with no effect (`log.*`,
 //! `loginFailExit`, `transport.tls.*`, `transport.useEncryption`, ...; named together
 //! in one warning) or refused (plugins, `loadBalancer`, `includes`, ...; named together
-//! in one error, with the proxies' own errors). Proxy types `https`, `sudp` and
+//! in one error, with the proxies' own errors). Proxy types `sudp` and
 //! `tcpmux` are refused. A key nobody knows (a typo) is an error naming it
 //! and the closest known key. The legacy INI format (`frpc.ini`) is read into the same
 //! model.
@@ -139,6 +141,14 @@ pub enum ProxyKind {
     /// The server's HTTP virtual hosts route requests here by Host and path. `Debug`
     /// masks the basic auth password.
     Http(HttpRoute),
+    /// The server's HTTPS vhost routes TLS connections here by their server name
+    /// (SNI), without terminating TLS: the service here holds the certificate.
+    Https {
+        /// `customDomains`, lowercased.
+        domains: Vec<String>,
+        /// `subdomain`, lowercased.
+        subdomain: Option<String>,
+    },
     /// Offered peer to peer to visitors that know the secret (`peer serve`).
     Xtcp {
         /// `secretKey`. Printed as `MASKED` by `Debug`.
@@ -164,6 +174,10 @@ impl ProxyKind {
                 remote_port: *remote_port,
             }),
             ProxyKind::Http(route) => Some(ExposeSpec::Http(route.clone())),
+            ProxyKind::Https { domains, subdomain } => Some(ExposeSpec::Https {
+                domains: domains.clone(),
+                subdomain: subdomain.clone(),
+            }),
             ProxyKind::Xtcp { .. } | ProxyKind::Stcp { .. } => None,
         }
     }
@@ -187,6 +201,11 @@ impl fmt::Debug for ProxyKind {
                 }
                 f.debug_tuple("Http").field(&shown).finish()
             }
+            ProxyKind::Https { domains, subdomain } => f
+                .debug_struct("Https")
+                .field("domains", domains)
+                .field("subdomain", subdomain)
+                .finish(),
             ProxyKind::Xtcp { .. } => f.debug_struct("Xtcp").field("secret", &Masked).finish(),
             ProxyKind::Stcp { .. } => f.debug_struct("Stcp").field("secret", &Masked).finish(),
         }
@@ -708,6 +727,20 @@ fn check_proxies(e: &Errors<'_>, proxies: &[Proxy]) -> Result<(), ConfigError> {
                     }
                 }
             }
+            ProxyKind::Https { domains, subdomain } => {
+                let hosts = domains
+                    .iter()
+                    .cloned()
+                    .chain(subdomain.iter().map(|s| format!("{s}.<subDomainHost>")));
+                for host in hosts {
+                    if let Some(first) = routes.insert((host.clone(), "https".into()), i) {
+                        return Err(e.invalid(
+                            format!("proxies[{i}]"),
+                            format!("proxies[{first}] serves https://{host} too"),
+                        ));
+                    }
+                }
+            }
             ProxyKind::Tcp { .. }
             | ProxyKind::Udp { .. }
             | ProxyKind::Xtcp { .. }
@@ -732,8 +765,8 @@ impl ProxyFile {
             &at("type"),
             &kind,
             &name,
-            &["tcp", "udp", "http", "xtcp", "stcp"],
-            &["https", "sudp", "tcpmux"],
+            &["tcp", "udp", "http", "https", "xtcp", "stcp"],
+            &["sudp", "tcpmux"],
         )?;
 
         // Keys that belong to another type of proxy.
@@ -754,15 +787,16 @@ impl ProxyFile {
             ("secretKey", self.secret_key.is_some(), "xtcp"),
             ("allowUsers", self.allow_users.is_some(), "xtcp"),
         ];
-        // stcp takes xtcp's keys, udp tcp's.
+        // stcp takes xtcp's keys, udp tcp's, https http's domains.
         let family = match kind.as_str() {
             "stcp" => "xtcp",
             "udp" => "tcp",
             k => k,
         };
+        let https_key = |key: &str| kind == "https" && matches!(key, "customDomains" | "subdomain");
         if let Some((key, _, owner)) = typed
             .iter()
-            .find(|(_, set, owner)| *set && *owner != family)
+            .find(|(key, set, owner)| *set && *owner != family && !https_key(key))
         {
             return Err(e.invalid(
                 at(key),
@@ -791,7 +825,7 @@ impl ProxyFile {
             "udp" => ProxyKind::Udp {
                 remote_port: e.port(&at("remotePort"), self.remote_port.unwrap_or(0), true)?,
             },
-            "http" => {
+            "http" | "https" => {
                 let mut domains = Vec::new();
                 for (j, d) in self
                     .custom_domains
@@ -824,8 +858,16 @@ impl ProxyFile {
                 if domains.is_empty() && subdomain.is_none() {
                     return Err(e.invalid(
                         entry.clone(),
-                        format!("http proxy {name:?} needs customDomains or subdomain"),
+                        format!("{kind} proxy {name:?} needs customDomains or subdomain"),
                     ));
+                }
+                if kind == "https" {
+                    // Only the domains: TLS passes through untouched.
+                    return Ok(Proxy {
+                        name: prefixed(e, &at("name"), user, name)?,
+                        local,
+                        kind: ProxyKind::Https { domains, subdomain },
+                    });
                 }
                 let mut locations = Vec::new();
                 for (j, l) in self.locations.unwrap_or_default().into_iter().enumerate() {
@@ -903,19 +945,30 @@ impl ProxyFile {
                 return Err(e.unsupported(
                     at("type"),
                     format!(
-                        "{other:?} is not supported by punchline (tcp, udp, http, xtcp, stcp are)"
+                        "{other:?} is not supported by punchline (tcp, udp, http, https, xtcp, stcp are)"
                     ),
                 ))
             }
         };
 
-        let name = match user {
-            Some(u) => format!("{u}.{name}"),
-            None => name,
-        };
-        e.name(&at("name"), &name)?;
+        let name = prefixed(e, &at("name"), user, name)?;
         Ok(Proxy { name, local, kind })
     }
+}
+
+/// A proxy's name on the server: `user.name` when the file sets `user`, checked.
+fn prefixed(
+    e: &Errors<'_>,
+    key: &str,
+    user: Option<&str>,
+    name: String,
+) -> Result<String, ConfigError> {
+    let name = match user {
+        Some(u) => format!("{u}.{name}"),
+        None => name,
+    };
+    e.name(key, &name)?;
+    Ok(name)
 }
 
 /// `requestHeaders.set` / `responseHeaders.set` as a list, names checked (RFC 9110
@@ -1258,7 +1311,9 @@ mod tests {
     fn errors_name_the_key() {
         let cases: Vec<(String, &str, &str)> = vec![
             // Proxy and visitor types frp has and punchline does not.
-            (proxy("https", ""), "proxies[1].type", "\"https\" (\"p\") is not supported by punchline (tcp, udp, http, xtcp, stcp are)"),
+            (proxy("sudp", ""), "proxies[1].type", "\"sudp\" (\"p\") is not supported by punchline (tcp, udp, http, https, xtcp, stcp are)"),
+            (proxy("https", "locations = [\"/\"]"), "proxies[1].locations", "is for http proxies"),
+            (proxy("https", ""), "proxies[1]", "https proxy \"p\" needs customDomains or subdomain"),
             (proxy("sudp", ""), "proxies[1].type", "not supported"),
             (proxy("tcpmux", "multiplexer = \"httpconnect\""), "proxies[1].type", "not supported"),
             (proxy("tpc", ""), "proxies[1].type", "unknown"),
@@ -1358,7 +1413,7 @@ mod tests {
         let e = err(text);
         assert_eq!(
             e.to_string(),
-            "frpc.toml:10: proxies[1].type: \"sudp\" (\"dns\") is not supported by punchline (tcp, udp, http, xtcp, stcp are)"
+            "frpc.toml:10: proxies[1].type: \"sudp\" (\"dns\") is not supported by punchline (tcp, udp, http, https, xtcp, stcp are)"
         );
         // From validate(), which has no spans: the line is looked up afterwards.
         let e = err("serverAddr = \"s\"\n[[proxies]]\nname = \"p\"\ntype = \"tcp\"\nlocalPort = 22\nremotePort = 99999\n");

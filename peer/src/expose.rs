@@ -164,7 +164,9 @@ pub async fn run(
                         format!("{proto} port {p} on the server")
                     }
                     None => {
-                        println!("exposed {name} http {}", urls.join(" "));
+                        let https = urls.iter().all(|u| u.starts_with("https://"));
+                        let proto = if https { "https" } else { "http" };
+                        println!("exposed {name} {proto} {}", urls.join(" "));
                         urls.join(", ")
                     }
                 };

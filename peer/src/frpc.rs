@@ -210,6 +210,8 @@ pub enum ProxyType {
     Udp,
     /// `peer http`.
     Http,
+    /// `peer https`.
+    Https,
 }
 
 /// The config an frp proxy command stands for. `server` is `-s` (HOST, or HOST:PORT
@@ -248,6 +250,19 @@ pub fn proxy_config(
         ProxyType::Tcp => ProxyKind::Tcp {
             remote_port: args.remote_port.unwrap_or(0),
         },
+        ProxyType::Https => {
+            if args.custom_domains.is_empty() && args.subdomain.is_none() {
+                return Err("an https proxy needs -d DOMAIN or --sd SUBDOMAIN".into());
+            }
+            ProxyKind::Https {
+                domains: args
+                    .custom_domains
+                    .iter()
+                    .map(|d| d.to_ascii_lowercase())
+                    .collect(),
+                subdomain: args.subdomain.as_ref().map(|s| s.to_ascii_lowercase()),
+            }
+        }
         ProxyType::Http => {
             if args.custom_domains.is_empty() && args.subdomain.is_none() {
                 return Err("an http proxy needs -d DOMAIN or --sd SUBDOMAIN".into());
@@ -274,6 +289,7 @@ pub fn proxy_config(
     };
     let type_name = match kind {
         ProxyKind::Http(_) => "http",
+        ProxyKind::Https { .. } => "https",
         ProxyKind::Udp { .. } => "udp",
         _ => "tcp",
     };

@@ -10,6 +10,7 @@
 //! | `bindAddr` | IP address to listen on (`"::"` or `"[::]"` for IPv6) | `"0.0.0.0"` |
 //! | `bindPort` | TCP port peers connect to (0: any free port) | `7000`, frp's (the CLI's is 8877) |
 //! | `vhostHTTPPort` | port of the HTTP virtual hosts; 0 or absent: none | none |
+//! | `vhostHTTPSPort` | port of the HTTPS virtual hosts (TLS routed by SNI, not terminated); 0 or absent: none | none |
 //! | `subDomainHost` | domain under which `subdomain` proxies live (lowercased) | none |
 //! | `auth.method` | `"token"`, the only method | `"token"` |
 //! | `auth.token` | the token peers must present (not empty) | none: anyone may connect |
@@ -23,7 +24,7 @@
 //!
 //! frp's other keys are in [`FRP_KEYS`]: accepted with no effect (`log.*`,
 //! `webServer.pprofEnable`, most of `transport.*`, ...; named together in one warning) or refused
-//! (`kcpBindPort`, `vhostHTTPSPort`, `httpPlugins`, ...; named together in one error).
+//! (`kcpBindPort`, `tcpmuxHTTPConnectPort`, `httpPlugins`, ...; named together in one error).
 //! A key nobody knows (a typo) is an error naming it and the closest known key. The
 //! legacy INI format (`frps.ini`) is read into the same model.
 //!
@@ -58,6 +59,9 @@ pub struct ServerConfig {
     pub bind: SocketAddr,
     /// The HTTP virtual host port (`vhostHTTPPort`); `None`: no vhost listener.
     pub vhost_http_port: Option<u16>,
+    /// The HTTPS virtual host port (`vhostHTTPSPort`): TLS routed by server name
+    /// (SNI) to https proxies, not terminated; `None`: no such listener.
+    pub vhost_https_port: Option<u16>,
     /// Longest wait for a peer's response head to a vhost request, then 504
     /// (`vhostHTTPTimeout`, seconds; default [`crate::vhost::RESPONSE_TIMEOUT`], frp's
     /// 60 s too).
@@ -178,6 +182,7 @@ impl ServerConfig {
         Self {
             bind,
             vhost_http_port: None,
+            vhost_https_port: None,
             vhost_http_timeout: crate::vhost::RESPONSE_TIMEOUT,
             subdomain_host: None,
             token: None,
@@ -199,6 +204,7 @@ impl fmt::Debug for ServerConfig {
         f.debug_struct("ServerConfig")
             .field("bind", &self.bind)
             .field("vhost_http_port", &self.vhost_http_port)
+            .field("vhost_https_port", &self.vhost_https_port)
             .field("vhost_http_timeout", &self.vhost_http_timeout)
             .field("subdomain_host", &self.subdomain_host)
             .field("token", &self.token.as_ref().map(|_| Masked))
@@ -434,7 +440,6 @@ pub const FRP_KEYS: &[FrpKey] = &[
     FrpKey { key: "kcpBindPort", effect: Effect::Refused, why: "peers connect over TCP only, not KCP" },
     FrpKey { key: "quicBindPort", effect: Effect::Refused, why: "peers connect over TCP only, not QUIC" },
     FrpKey { key: "proxyBindAddr", effect: Effect::Refused, why: "tcp proxies listen on bindAddr" },
-    FrpKey { key: "vhostHTTPSPort", effect: Effect::Refused, why: "there is no HTTPS virtual host; terminate TLS in front of vhostHTTPPort, or expose port 443 with a tcp proxy" },
     FrpKey { key: "tcpmuxHTTPConnectPort", effect: Effect::Refused, why: TCPMUX },
     FrpKey { key: "tcpmuxPassthrough", effect: Effect::Refused, why: TCPMUX },
     FrpKey { key: "sshTunnelGateway", effect: Effect::Refused, why: "there is no SSH tunnel gateway" },
@@ -454,6 +459,8 @@ struct FrpsFile {
     bind_port: Option<i64>,
     #[serde(rename = "vhostHTTPPort")]
     vhost_http_port: Option<i64>,
+    #[serde(rename = "vhostHTTPSPort")]
+    vhost_https_port: Option<i64>,
     #[serde(rename = "vhostHTTPTimeout")]
     vhost_http_timeout: Option<i64>,
     #[serde(rename = "subDomainHost")]
@@ -543,6 +550,21 @@ impl FrpsFile {
             None | Some(0) => None,
             Some(p) => Some(port("vhostHTTPPort", p, false)?),
         };
+        let vhost_https_port = match self.vhost_https_port {
+            None | Some(0) => None,
+            Some(p) => Some(port("vhostHTTPSPort", p, false)?),
+        };
+        if vhost_https_port.is_some()
+            && (vhost_https_port == Some(bind_port) || vhost_https_port == vhost_http_port)
+        {
+            return Err(invalid(
+                "vhostHTTPSPort",
+                format!(
+                    "{} is bindPort or vhostHTTPPort too; each needs a port of its own",
+                    vhost_https_port.unwrap_or(0)
+                ),
+            ));
+        }
         let vhost_http_timeout = match self.vhost_http_timeout {
             None => crate::vhost::RESPONSE_TIMEOUT,
             Some(n) if n >= 1 => std::time::Duration::from_secs(n.unsigned_abs()),
@@ -731,6 +753,7 @@ impl FrpsFile {
         Ok(ServerConfig {
             bind: SocketAddr::new(ip, bind_port),
             vhost_http_port,
+            vhost_https_port,
             vhost_http_timeout,
             subdomain_host,
             token,
@@ -1005,7 +1028,7 @@ mod tests {
                 "not supported by punchline",
             ),
             ("quicBindPort = 7002", "quicBindPort", "not supported"),
-            ("vhostHTTPSPort = 443", "vhostHTTPSPort", "not supported"),
+            ("vhostHTTPSPort = 7000", "vhostHTTPSPort", "port of its own"),
             (
                 "tcpmuxHTTPConnectPort = 1337",
                 "tcpmuxHTTPConnectPort",
@@ -1234,6 +1257,7 @@ mod tests {
         let full = r#"bindAddr = "0.0.0.0"
 bindPort = 7000
 vhostHTTPPort = 80
+vhostHTTPSPort = 443
 subDomainHost = "example.com"
 auth.method = "token"
 auth.token = "t"

@@ -62,6 +62,8 @@ struct Instance {
 pub(crate) struct Exposures {
     bind_ip: std::net::IpAddr,
     vhosts: Option<Arc<crate::vhost::Vhosts>>,
+    /// The HTTPS (SNI) vhost's table.
+    https: Option<Arc<crate::vhost::Vhosts>>,
     registry: Arc<Mutex<Registry>>,
     /// Control connection → its instance and data connection.
     instances: Mutex<HashMap<ConnId, Instance>>,
@@ -85,6 +87,7 @@ impl Exposures {
         bind_ip: std::net::IpAddr,
         registry: Arc<Mutex<Registry>>,
         vhosts: Option<Arc<crate::vhost::Vhosts>>,
+        https: Option<Arc<crate::vhost::Vhosts>>,
         tasks: Tasks,
         max_per_client: usize,
         metrics: Arc<crate::metrics::Metrics>,
@@ -92,6 +95,7 @@ impl Exposures {
         Arc::new(Self {
             bind_ip,
             vhosts,
+            https,
             registry,
             instances: Mutex::default(),
             listeners: Mutex::default(),
@@ -170,6 +174,43 @@ impl Exposures {
                 })?;
                 vhosts.set_online(conn, true);
                 info!(proxy = name, ?urls, "http route exposed");
+                Ok((None, urls))
+            }
+            ExposeSpec::Https { domains, subdomain } => {
+                let Some(table) = &self.https else {
+                    return Err("this server serves no HTTPS virtual hosts (start it with --vhost-https-port, or vhostHTTPSPort)".into());
+                };
+                let http = common::proto::HttpRoute {
+                    domains: domains.clone(),
+                    subdomain: subdomain.clone(),
+                    ..Default::default()
+                };
+                let (hosts, _) = table.claims(&http)?;
+                let released = self
+                    .registry()
+                    .claim_route(
+                        conn,
+                        name,
+                        &hosts,
+                        &[crate::registry::HTTPS_LOCATION.to_string()],
+                        Instant::now(),
+                    )
+                    .map_err(|r| self.refusal(r))?;
+                self.apply(released);
+                let me = self.clone();
+                let proxy = name.to_string();
+                let opener: crate::vhost::Opener = Arc::new(move || {
+                    let (me, proxy) = (me.clone(), proxy.clone());
+                    Box::pin(async move { me.open(conn, &proxy).await })
+                });
+                let urls = table.add(crate::vhost::Route {
+                    proxy: name.to_string(),
+                    http,
+                    opener,
+                    owner: conn,
+                })?;
+                table.set_online(conn, true);
+                info!(proxy = name, ?urls, "https route exposed");
                 Ok((None, urls))
             }
         }
@@ -387,11 +428,11 @@ impl Exposures {
                 info!(port, "tcp port released");
             }
         }
-        if let Some(v) = &self.vhosts {
-            for (conn, proxy) in released.routes {
-                v.remove(conn, &proxy);
-                info!(%proxy, "http route released");
+        for (conn, proxy) in &released.routes {
+            for v in self.vhosts.iter().chain(&self.https) {
+                v.remove(*conn, proxy);
             }
+            info!(%proxy, "http route released");
         }
         for name in released.services {
             debug!(service = %name, "service name released");
@@ -571,7 +612,7 @@ impl Exposures {
                 m.close();
             }
         }
-        if let Some(v) = &self.vhosts {
+        for v in self.vhosts.iter().chain(&self.https) {
             v.set_online(conn, false);
         }
     }

@@ -547,3 +547,190 @@ fn udp_proxy_carries_many_clients() {
     );
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// A throwaway self-signed certificate for `host` (its own CA, for curl --cacert) and
+/// its key, in `d`: (cert, key).
+fn cert(d: &Path, host: &str) -> (PathBuf, PathBuf) {
+    let (c, k) = (d.join(format!("{host}.crt")), d.join(format!("{host}.key")));
+    let out = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args(["-nodes", "-days", "1", "-subj", &format!("/CN={host}")])
+        .args(["-addext", &format!("subjectAltName=DNS:{host}")])
+        .arg("-keyout")
+        .arg(&k)
+        .arg("-out")
+        .arg(&c)
+        .output()
+        .expect("openssl (apt-get install openssl)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (c, k)
+}
+
+/// `openssl s_server -WWW` with the certificate of `host`, serving the files of `root`;
+/// returns it and its port.
+fn tls_server(root: &Path, host: &str) -> (Proc, u16) {
+    let (c, k) = cert(root, host);
+    let port = free();
+    let mut cmd = Command::new("openssl");
+    cmd.current_dir(root)
+        .args(["s_server", "-WWW", "-quiet", "-accept"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("-cert")
+        .arg(&c)
+        .arg("-key")
+        .arg(&k);
+    let p = Proc::spawn("s_server", cmd);
+    // s_server prints nothing with -quiet: wait until it accepts.
+    let deadline = std::time::Instant::now() + T;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "s_server did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (p, port)
+}
+
+/// curl over TLS through the HTTPS vhost, the certificate checked against `ca` (so the
+/// answer can only come from the service holding `host`'s key): the body, or `None`
+/// when curl fails.
+fn curl_tls(vhost: u16, host: &str, ca: &Path, path: &str) -> Option<Vec<u8>> {
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "20", "--http1.0", "--cacert"])
+        .arg(ca)
+        .args(["--resolve", &format!("{host}:{vhost}:127.0.0.1")])
+        .arg(format!("https://{host}:{vhost}{path}"))
+        .output()
+        .expect("curl");
+    out.status.success().then_some(out.stdout)
+}
+
+/// frp's https proxies: TLS routed by server name (SNI) on vhostHTTPSPort to the peer
+/// that claims the domain, never terminated (curl checks each service's own
+/// certificate); megabytes arrive intact; an unknown name, a client that is not TLS and
+/// one that says nothing are closed and logged; another identity cannot take a domain.
+#[test]
+fn https_routes_by_server_name() {
+    let d = dir("https");
+    let (bind, https) = (free(), free());
+    let frps = format!(
+        "bindAddr = \"127.0.0.1\"\nbindPort = {bind}\nvhostHTTPSPort = {https}\n\
+         subDomainHost = \"example.com\"\nauth.token = \"tok\"\n"
+    );
+    std::fs::write(d.join("frps.toml"), frps).unwrap();
+    let mut c = cmd("rendezvous");
+    c.args(["-c", d.join("frps.toml").to_str().unwrap()]);
+    c.args(["--vhost-idle-timeout", "1"]);
+    let srv = Proc::spawn("rendezvous", c);
+    srv.stdout.wait_for("https vhost on", T);
+
+    // Two services with their own certificates and 1.5 MB files, behind two peers.
+    let mut blobs = Vec::new();
+    let mut servers = Vec::new();
+    let mut peers = Vec::new();
+    for (i, host) in ["a.example.com", "web.example.com"].iter().enumerate() {
+        let root = d.join(host);
+        std::fs::create_dir_all(&root).unwrap();
+        let blob = data(1_500_000, 40 + i as u64);
+        std::fs::write(root.join("blob"), &blob).unwrap();
+        let (s, port) = tls_server(&root, host);
+        servers.push(s);
+        blobs.push(blob);
+        // One from a file, as frp's docs write it; one from frp's command line.
+        let peer = if i == 0 {
+            let frpc = format!(
+                "serverAddr = \"127.0.0.1\"\nserverPort = {bind}\nauth.token = \"tok\"\n\n\
+                 [[proxies]]\nname = \"tls-a\"\ntype = \"https\"\nlocalPort = {port}\n\
+                 customDomains = [\"a.example.com\"]\n"
+            );
+            std::fs::write(d.join("frpc.toml"), frpc).unwrap();
+            with_config("peer", &d.join("frpc.toml"))
+        } else {
+            let mut c = cmd("peer");
+            c.args([
+                "https",
+                "-s",
+                "127.0.0.1",
+                "-P",
+                &bind.to_string(),
+                "-t",
+                "tok",
+            ]);
+            c.args(["-l", &port.to_string(), "--sd", "web", "-n", "tls-web"]);
+            Proc::spawn("peer https", c)
+        };
+        peers.push(peer);
+    }
+    peers[0].stderr.wait_for("[tls-a] start proxy success", T);
+    peers[1].stderr.wait_for("[tls-web] start proxy success", T);
+    let shown = peers[1].stdout.wait_for("exposed tls-web", T);
+    assert!(
+        shown.contains(&format!("https://web.example.com:{https}")),
+        "{shown}"
+    );
+
+    // Each name reaches its own service: the certificate checks, the bytes match.
+    for (i, host) in ["a.example.com", "web.example.com"].iter().enumerate() {
+        let ca = d.join(host).join(format!("{host}.crt"));
+        let body = curl_tls(https, host, &ca, "/blob")
+            .unwrap_or_else(|| panic!("curl https://{host}: {}", srv.stderr.text()));
+        assert_eq!(sha256(&body), sha256(&blobs[i]), "{host}");
+        // The other service's certificate does not check: the route is not shared.
+        let other = ["a.example.com", "web.example.com"][1 - i];
+        let wrong_ca = d.join(other).join(format!("{other}.crt"));
+        assert!(curl_tls(https, host, &wrong_ca, "/blob").is_none());
+    }
+
+    // An unknown name: closed, and the server says why.
+    let ca = d.join("a.example.com").join("a.example.com.crt");
+    assert!(curl_tls(https, "nobody.example.com", &ca, "/blob").is_none());
+    srv.stderr
+        .wait_for("no https proxy serves nobody.example.com", T);
+    // Not TLS at all, and a client that sends nothing: both closed.
+    let closed = |send: &[u8]| {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", https)).unwrap();
+        s.set_read_timeout(Some(T)).unwrap();
+        s.write_all(send).unwrap();
+        let start = std::time::Instant::now();
+        let mut buf = [0u8; 64];
+        let n = s.read(&mut buf).unwrap_or(0);
+        assert_eq!(n, 0, "an answer to {send:?}");
+        start.elapsed()
+    };
+    closed(b"GET / HTTP/1.1\r\nHost: a.example.com\r\n\r\n");
+    let silent = closed(b"");
+    assert!(silent >= Duration::from_millis(900), "{silent:?}");
+
+    // Another peer (another identity) cannot take a.example.com: refused, naming the holder.
+    let mut c = cmd("peer");
+    c.args([
+        "https",
+        "-s",
+        "127.0.0.1",
+        "-P",
+        &bind.to_string(),
+        "-t",
+        "tok",
+    ]);
+    c.args(["-l", "1", "-d", "a.example.com", "-n", "thief"]);
+    let mut thief = Proc::spawn("peer thief", c);
+    assert!(!thief.wait_exit(T).success());
+    let why = thief.stderr.wait_for("[thief] start error", T);
+    assert!(why.contains("held by"), "{why}");
+    let body = curl_tls(https, "a.example.com", &ca, "/blob").unwrap();
+    assert_eq!(sha256(&body), sha256(&blobs[0]));
+    drop(servers);
+    let _ = std::fs::remove_dir_all(&d);
+}

@@ -110,6 +110,11 @@ impl Pool {
         }
     }
 
+    /// Opens a new stream to the peer, for raw bytes (the HTTPS vhost's TLS).
+    pub(super) async fn open_raw(&self) -> io::Result<MuxStream> {
+        (self.opener)().await
+    }
+
     /// Opens a new stream and starts an HTTP/1.1 client connection on it.
     pub(super) async fn connect(&self, tasks: &Tasks) -> Result<SendRequest<UpBody>, ConnectError> {
         let stream = (self.opener)().await.map_err(ConnectError::Open)?;

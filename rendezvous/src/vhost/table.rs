@@ -203,6 +203,8 @@ pub struct Vhosts {
     subdomain_host: Option<String>,
     /// The public port of the vhost listener, for the URLs [`Vhosts::add`] reports.
     http_port: u16,
+    /// `http`, or `https` for the table of the HTTPS (SNI) vhost: URLs and errors.
+    scheme: &'static str,
     /// Every route; the source the table is built from. Held while a change is made.
     entries: Mutex<Vec<Arc<Entry>>>,
     table: RwLock<Arc<Table>>,
@@ -228,6 +230,7 @@ impl Vhosts {
                 .map(|h| h.trim().trim_end_matches('.').to_ascii_lowercase())
                 .filter(|h| !h.is_empty()),
             http_port: 80,
+            scheme: "http",
             entries: Mutex::new(Vec::new()),
             table: RwLock::new(Arc::new(Table::default())),
             metrics: None,
@@ -238,6 +241,14 @@ impl Vhosts {
     /// [`Vhosts::add`] carry it (80, the default, is left out).
     pub fn with_http_port(mut self, port: u16) -> Self {
         self.http_port = port;
+        self
+    }
+
+    /// Makes this the table of the HTTPS (SNI) vhost on public port `port`: URLs are
+    /// `https://` (443 left out), errors name https proxies.
+    pub fn with_https_port(mut self, port: u16) -> Self {
+        self.http_port = port;
+        self.scheme = "https";
         self
     }
 
@@ -374,14 +385,15 @@ impl Vhosts {
     }
 
     fn urls(&self, e: &Entry) -> Vec<String> {
-        let port = match self.http_port {
-            80 => String::new(),
-            p => format!(":{p}"),
+        let scheme = self.scheme;
+        let port = match (scheme, self.http_port) {
+            ("http", 80) | ("https", 443) => String::new(),
+            (_, p) => format!(":{p}"),
         };
         let mut urls = Vec::new();
         for h in &e.hosts {
             for l in &e.locations {
-                urls.push(format!("http://{h}{port}{l}"));
+                urls.push(format!("{scheme}://{h}{port}{l}"));
             }
         }
         urls
@@ -395,7 +407,7 @@ impl Vhosts {
             opener,
             owner,
         } = route;
-        let what = format!("http proxy '{proxy}'");
+        let what = format!("{} proxy '{proxy}'", self.scheme);
         if http.domains.len() > MAX_ROUTE_DOMAINS
             || http.locations.len() > MAX_ROUTE_LOCATIONS
             || http.request_headers.len() > MAX_ROUTE_HEADERS
