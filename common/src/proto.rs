@@ -24,7 +24,8 @@ use serde::{Deserialize, Serialize};
 /// (AES-256-GCM or ChaCha20-Poly1305, `common::secure`); an older peer is refused in
 /// the handshake with a sentence naming both versions.
 ///
-/// 6: [`ExposeSpec::Https`] (TLS routed by server name on the server's HTTPS vhost).
+/// 6: [`ExposeSpec::Https`] (TLS routed by server name on the server's HTTPS vhost);
+/// [`ClientMsg::Expose`] carries `compress`.
 pub const PROTOCOL_VERSION: u16 = 6;
 
 /// What a connection to the server is for; sent in [`ClientMsg::Hello`].
@@ -148,6 +149,9 @@ pub enum ClientMsg {
         instance: u64,
         /// What to expose.
         spec: ExposeSpec,
+        /// Compress the proxy's streams between server and peer, after the stream
+        /// header ([`crate::compress`]; frp's `transport.useCompression`).
+        compress: bool,
     },
     /// Proof of the session's shared secret ([`crate::secure::Psk::proof`]), for the
     /// other peer: the initiator sends it first; the responder sends its own only

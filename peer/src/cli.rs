@@ -328,6 +328,7 @@ pub async fn expose_proxy(kind: ExposeKind) -> anyhow::Result<crate::expose::Pro
             name: name.unwrap_or_else(|| format!("tcp-{}", port_of(&local))),
             local: resolve_local(&local).await?,
             spec: ExposeSpec::Tcp { remote_port },
+            compress: false,
         },
         ExposeKind::Http {
             local,
@@ -364,6 +365,7 @@ pub async fn expose_proxy(kind: ExposeKind) -> anyhow::Result<crate::expose::Pro
                     request_headers,
                     response_headers,
                 }),
+                compress: false,
             }
         }
     })

@@ -113,6 +113,9 @@ pub struct Proxy {
     pub local: String,
     /// What kind of proxy, with its settings.
     pub kind: ProxyKind,
+    /// `transport.useCompression`: its streams between server and peer are
+    /// compressed (tcp, udp, http, https; xtcp and stcp links are not).
+    pub compress: bool,
 }
 
 impl Proxy {
@@ -321,7 +324,6 @@ pub const FRP_KEYS: &[FrpKey] = &[
     FrpKey { key: "includes", effect: Effect::Refused, why: "put every proxy in the one file" },
     FrpKey { key: "virtualNet", effect: Effect::Refused, why: "there is no virtual network" },
     FrpKey { key: "proxies[].transport.useEncryption", effect: Effect::NoEffect, why: ENCRYPTED },
-    FrpKey { key: "proxies[].transport.useCompression", effect: Effect::NoEffect, why: "data is not compressed" },
     FrpKey { key: "proxies[].transport.bandwidthLimit", effect: Effect::Refused, why: "there are no bandwidth limits" },
     FrpKey { key: "proxies[].transport.bandwidthLimitMode", effect: Effect::Refused, why: "there are no bandwidth limits" },
     FrpKey { key: "proxies[].transport.proxyProtocolVersion", effect: Effect::Refused, why: "there is no PROXY protocol header" },
@@ -406,6 +408,16 @@ struct ProxyFile {
     allow_users: Option<Vec<String>>,
     /// `false`: the proxy is skipped.
     enabled: Option<bool>,
+    #[serde(default)]
+    transport: ProxyTransportFile,
+}
+
+/// The proxy's `transport` table: only `useCompression` is read (the others are in
+/// [`FRP_KEYS`]).
+#[derive(Deserialize, Default)]
+struct ProxyTransportFile {
+    #[serde(rename = "useCompression")]
+    use_compression: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -804,6 +816,7 @@ impl ProxyFile {
             ));
         }
 
+        let compress = self.transport.use_compression.unwrap_or(false);
         let ip = self.local_ip.unwrap_or_else(|| "127.0.0.1".to_string());
         let local_port = e.required(
             self.local_port,
@@ -867,6 +880,7 @@ impl ProxyFile {
                         name: prefixed(e, &at("name"), user, name)?,
                         local,
                         kind: ProxyKind::Https { domains, subdomain },
+                        compress,
                     });
                 }
                 let mut locations = Vec::new();
@@ -952,7 +966,12 @@ impl ProxyFile {
         };
 
         let name = prefixed(e, &at("name"), user, name)?;
-        Ok(Proxy { name, local, kind })
+        Ok(Proxy {
+            name,
+            local,
+            kind,
+            compress,
+        })
     }
 }
 
@@ -1459,6 +1478,7 @@ mod tests {
         assert_eq!(c.token.as_deref(), Some("t"));
         assert_eq!(c.proxies.len(), 1);
         assert_eq!(c.proxies[0].local, "127.0.0.1:22");
+        assert!(c.proxies[0].compress);
         let keys: Vec<&str> = c.no_effect.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(
             keys,
@@ -1468,8 +1488,7 @@ mod tests {
                 "log.to",
                 "transport.tls.enable",
                 "transport.poolCount",
-                "proxies[0].transport.useEncryption",
-                "proxies[0].transport.useCompression"
+                "proxies[0].transport.useEncryption"
             ]
         );
         let w = config::no_effect_warning("frpc.toml", &c.no_effect).expect("a warning");
@@ -1666,6 +1685,7 @@ responseHeaders.set.a = "b"
 secretKey = "k"
 allowUsers = ["*"]
 enabled = true
+transport.useCompression = true
 [[visitors]]
 name = "v"
 type = "xtcp"

@@ -63,6 +63,7 @@ pub async fn run(
                 name: p.name.clone(),
                 local,
                 spec,
+                compress: p.compress,
             }),
             (ProxyKind::Xtcp { secret } | ProxyKind::Stcp { secret }, None) => {
                 let svc = service::ServeConfig {
@@ -196,7 +197,8 @@ pub struct ProxyArgs {
     /// frp's use_encryption: accepted; traffic is always encrypted.
     #[arg(long = "ue", alias = "use_encryption")]
     pub use_encryption: bool,
-    /// frp's use_compression: accepted; data is not compressed.
+    /// frp's use_compression: compress the proxy's streams between server and peer
+    /// (snappy).
     #[arg(long = "uc", alias = "use_compression")]
     pub use_compression: bool,
 }
@@ -228,9 +230,6 @@ pub fn proxy_config(
         None if has_port(host) => host.to_string(),
         None => format!("{}:{FRP_DEFAULT_PORT}", host_only(host)),
     };
-    if args.use_compression {
-        status("--uc (use_compression) has no effect: data is not compressed");
-    }
     let local = match common::config::parse_ip(&args.local_ip) {
         Some(ip) => SocketAddr::new(ip, args.local_port).to_string(),
         None if common::config::is_host_name(&args.local_ip) => {
@@ -304,7 +303,12 @@ pub fn proxy_config(
     Ok(ClientConfig {
         server,
         token,
-        proxies: vec![Proxy { name, local, kind }],
+        proxies: vec![Proxy {
+            name,
+            local,
+            kind,
+            compress: args.use_compression,
+        }],
         visitors: Vec::new(),
         no_effect: Vec::new(),
     })

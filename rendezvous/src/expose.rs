@@ -24,6 +24,7 @@ use crate::{
 };
 use bytes::Bytes;
 use common::{
+    compress::Carried,
     defaults::{MAX_PORT_CONNECTIONS, MAX_UDP_SESSIONS, UDP_SESSION_IDLE, UDP_SESSION_QUEUE},
     identity::PublicKey,
     mux::{Mux, MuxStream},
@@ -56,6 +57,8 @@ struct Instance {
     identity: PublicKey,
     instance: u64,
     data: Option<Mux>,
+    /// Proxies whose streams are compressed (frp's `transport.useCompression`).
+    compressed: std::collections::HashSet<String>,
 }
 
 /// The exposures of all peers: listeners, data connections, vhost routes.
@@ -127,6 +130,7 @@ impl Exposures {
         instance: u64,
         name: &str,
         spec: &ExposeSpec,
+        compress: bool,
     ) -> Result<(Option<u16>, Vec<String>), String> {
         {
             let mut all = lock(&self.instances);
@@ -134,11 +138,17 @@ impl Exposures {
                 identity,
                 instance,
                 data: None,
+                compressed: Default::default(),
             });
             if inst.instance != instance {
                 return Err("one control connection speaks for one peer process: \
                             its Expose requests must carry one instance number"
                     .into());
+            }
+            if compress {
+                inst.compressed.insert(name.to_string());
+            } else {
+                inst.compressed.remove(name);
             }
         }
         match spec {
@@ -534,18 +544,26 @@ impl Exposures {
     /// written. A peer whose control connection is up but whose data connection is not
     /// (yet) gets [`DATA_WAIT`] for it: right after `Exposed`, the data connection is a
     /// round trip behind. A peer that is gone fails at once.
-    pub(crate) async fn open(&self, conn: ConnId, proxy: &str) -> std::io::Result<MuxStream> {
+    pub(crate) async fn open(
+        &self,
+        conn: ConnId,
+        proxy: &str,
+    ) -> std::io::Result<Carried<MuxStream>> {
         let deadline = tokio::time::Instant::now() + DATA_WAIT;
-        let mux = loop {
+        let (mux, compress) = loop {
             let notified = self.attached.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let (mux, online) = match lock(&self.instances).get(&conn) {
-                Some(i) => (i.data.clone().filter(|m| !m.is_closed()), true),
-                None => (None, false),
+            let (mux, online, compress) = match lock(&self.instances).get(&conn) {
+                Some(i) => (
+                    i.data.clone().filter(|m| !m.is_closed()),
+                    true,
+                    i.compressed.contains(proxy),
+                ),
+                None => (None, false, false),
             };
             if let Some(m) = mux {
-                break m;
+                break (m, compress);
             }
             if !online || tokio::time::Instant::now() >= deadline {
                 return Err(std::io::Error::new(
@@ -567,7 +585,7 @@ impl Exposures {
             std::io::Error::other(e)
         })?;
         s.write_all(&common::proto::stream_header(proxy)).await?;
-        Ok(s)
+        Ok(Carried::new(s, compress))
     }
 
     /// Whether a data connection of `identity` for `instance` would be attached.
@@ -638,7 +656,7 @@ impl Exposures {
 
 /// Carries a user connection over its stream; an abnormal end resets the user's
 /// connection (see `common::splice`).
-async fn splice(user: TcpStream, stream: MuxStream) {
+async fn splice(user: TcpStream, stream: Carried<MuxStream>) {
     let _ = user.set_nodelay(true);
     let done = common::splice::splice(user, stream).await;
     match done.error {

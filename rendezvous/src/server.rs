@@ -838,8 +838,13 @@ async fn control(
                         info!(?mapping, "peer reported its TCP mapping");
                         server.lock().nat.insert(id, mapping);
                     }
-                    ClientMsg::Expose { name, instance, spec } => {
-                        let reply = match server.exposures.expose(id, identity, instance, &name, &spec).await {
+                    ClientMsg::Expose {
+                        name,
+                        instance,
+                        spec,
+                        compress,
+                    } => {
+                        let reply = match server.exposures.expose(id, identity, instance, &name, &spec, compress).await {
                             Ok((remote_port, mut urls)) => {
                                 // The reply must fit a frame: a route of 64 domains x
                                 // 64 locations has 4096 URLs. The first ones tell the
