@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 /// the handshake with a sentence naming both versions.
 ///
 /// 6: [`ExposeSpec::Https`] (TLS routed by server name on the server's HTTPS vhost);
-/// [`ClientMsg::Expose`] carries `compress`.
+/// [`ClientMsg::Expose`] carries `compress`; [`HttpRoute`] `route_by_user`.
 pub const PROTOCOL_VERSION: u16 = 6;
 
 /// What a connection to the server is for; sent in [`ClientMsg::Hello`].
@@ -312,6 +312,10 @@ pub struct HttpRoute {
     pub request_headers: Vec<(String, String)>,
     /// Headers set on responses going back to the client.
     pub response_headers: Vec<(String, String)>,
+    /// Serve only requests whose basic-auth user is this one (frp's
+    /// `routeByHTTPUser`): routes of one host and location that differ in it are
+    /// chosen by the request's user, and one without it takes the other users.
+    pub route_by_user: Option<String>,
 }
 
 /// Messages from the server to a peer.

@@ -364,6 +364,7 @@ pub async fn expose_proxy(kind: ExposeKind) -> anyhow::Result<crate::expose::Pro
                     basic_auth,
                     request_headers,
                     response_headers,
+                    route_by_user: None,
                 }),
                 compress: false,
             }

@@ -332,7 +332,6 @@ pub const FRP_KEYS: &[FrpKey] = &[
     FrpKey { key: "proxies[].healthCheck", effect: Effect::NoEffect, why: "there are no health checks: the proxy stays registered" },
     FrpKey { key: "proxies[].loadBalancer", effect: Effect::Refused, why: "there are no load balancing groups" },
     FrpKey { key: "proxies[].plugin", effect: Effect::Refused, why: "there are no plugins; point localIP and localPort at a service" },
-    FrpKey { key: "proxies[].routeByHTTPUser", effect: Effect::Refused, why: "http routes go by Host and path only" },
     FrpKey { key: "proxies[].multiplexer", effect: Effect::Refused, why: "there is no tcpmux" },
     FrpKey { key: "range", effect: Effect::Refused, why: "INI [range:NAME] sections are not read; give each port a proxy of its own" },
     FrpKey { key: "visitors[].transport.useEncryption", effect: Effect::NoEffect, why: ENCRYPTED },
@@ -398,6 +397,8 @@ struct ProxyFile {
     http_password: Option<String>,
     #[serde(rename = "hostHeaderRewrite")]
     host_header_rewrite: Option<String>,
+    #[serde(rename = "routeByHTTPUser")]
+    route_by_http_user: Option<String>,
     #[serde(rename = "requestHeaders")]
     request_headers: Option<HeadersFile>,
     #[serde(rename = "responseHeaders")]
@@ -730,10 +731,14 @@ fn check_proxies(e: &Errors<'_>, proxies: &[Proxy]) -> Result<(), ConfigError> {
                         &route.locations[..]
                     };
                     for location in locations {
-                        if let Some(first) = routes.insert((host.clone(), location.clone()), i) {
+                        let key = match &route.route_by_user {
+                            Some(u) => format!("{location} (user {u})"),
+                            None => location.clone(),
+                        };
+                        if let Some(first) = routes.insert((host.clone(), key.clone()), i) {
                             return Err(e.invalid(
                                 format!("proxies[{i}]"),
-                                format!("proxies[{first}] serves {host}{location} too"),
+                                format!("proxies[{first}] serves {host}{key} too"),
                             ));
                         }
                     }
@@ -796,6 +801,7 @@ impl ProxyFile {
             ),
             ("requestHeaders", self.request_headers.is_some(), "http"),
             ("responseHeaders", self.response_headers.is_some(), "http"),
+            ("routeByHTTPUser", self.route_by_http_user.is_some(), "http"),
             ("secretKey", self.secret_key.is_some(), "xtcp"),
             ("allowUsers", self.allow_users.is_some(), "xtcp"),
         ];
@@ -917,6 +923,16 @@ impl ProxyFile {
                         Some((u, p))
                     }
                 };
+                let route_by_user = match self.route_by_http_user {
+                    Some(u) if u.is_empty() => None,
+                    Some(u) if u.contains(':') || u.chars().any(char::is_control) => {
+                        return Err(e.invalid(
+                            at("routeByHTTPUser"),
+                            "has ':' or control characters (it is a basic-auth user name)",
+                        ))
+                    }
+                    u => u,
+                };
                 let host_rewrite = match self.host_header_rewrite {
                     Some(h)
                         if h.is_empty()
@@ -936,6 +952,7 @@ impl ProxyFile {
                     basic_auth,
                     request_headers: headers(e, &at("requestHeaders"), self.request_headers)?,
                     response_headers: headers(e, &at("responseHeaders"), self.response_headers)?,
+                    route_by_user,
                 })
             }
             "xtcp" | "stcp" => {
@@ -1344,7 +1361,6 @@ mod tests {
             (proxy("tcp", "transport.bandwidthLimit = \"1MB\""), "proxies[1].transport.bandwidthLimit", "not supported"),
             (proxy("tcp", "loadBalancer.group = \"g\""), "proxies[1].loadBalancer.group", "not supported"),
             (proxy("tcp", "[proxies.plugin]\ntype = \"socks5\""), "proxies[1].plugin.type", "plugins"),
-            (proxy("http", "routeByHTTPUser = \"u\""), "proxies[1].routeByHTTPUser", "not supported"),
             (proxy("xtcp", "secretKey = \"k\"\nallowUsers = [\"bob\"]"), "proxies[1].allowUsers", "[\"*\"]"),
             (visitor("serverName = \"svc\"\nsecretKey = \"k\"\nbindPort = -1"), "visitors[0].bindPort", "not supported"),
             ("serverAddr = \"s\"\ntransport.protocol = \"kcp\"".into(), "transport.protocol", "\"kcp\" is not supported by punchline (tcp is)"),
@@ -1680,6 +1696,7 @@ locations = ["/"]
 httpUser = "u"
 httpPassword = "p"
 hostHeaderRewrite = "h"
+routeByHTTPUser = "u"
 requestHeaders.set.a = "b"
 responseHeaders.set.a = "b"
 secretKey = "k"

@@ -283,6 +283,7 @@ pub fn proxy_config(
                 basic_auth,
                 request_headers: Vec::new(),
                 response_headers: Vec::new(),
+                route_by_user: None,
             })
         }
     };

@@ -837,3 +837,120 @@ fn use_compression_compresses() {
     );
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// A local HTTP server answering every request with `body`.
+fn says(body: &'static str) -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(mut conn) = conn else { break };
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 1024];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let _ = write!(
+                    conn,
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            });
+        }
+    });
+    port
+}
+
+/// curl through the vhost with `-u USER:PASSWORD` (or none): status and body.
+fn curl_as(vhost: u16, host: &str, user: Option<&str>) -> (String, String) {
+    let mut c = Command::new("curl");
+    c.args(["-s", "--max-time", "20", "-w", "\n%{http_code}"]);
+    c.args(["--resolve", &format!("{host}:{vhost}:127.0.0.1")]);
+    if let Some(u) = user {
+        c.args(["-u", u]);
+    }
+    let out = c.arg(format!("http://{host}:{vhost}/")).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    (code.to_string(), body.to_string())
+}
+
+/// frp's routeByHTTPUser: three http proxies on one domain, two for basic-auth users
+/// (one of them also password-protected) and one for everyone else; requests go by the
+/// user curl sends. Another peer cannot add a user route to a domain it does not hold.
+#[test]
+fn route_by_http_user() {
+    let d = dir("routeuser");
+    let (bind, vhost) = (free(), free());
+    let (one, two, rest) = (says("one"), says("two"), says("rest"));
+    let mut c = cmd("rendezvous");
+    c.args(["--bind", "127.0.0.1", "-p", &bind.to_string(), "-t", "tok"]);
+    c.args(["--vhost-http-port", &vhost.to_string()]);
+    let srv = Proc::spawn("rendezvous", c);
+    srv.stdout.wait_for("http vhost on", T);
+    let frpc = format!(
+        r#"serverAddr = "127.0.0.1"
+serverPort = {bind}
+auth.token = "tok"
+
+[[proxies]]
+name = "one"
+type = "http"
+localPort = {one}
+customDomains = ["normal.example.com"]
+routeByHTTPUser = "user1"
+httpUser = "user1"
+httpPassword = "pw1"
+
+[[proxies]]
+name = "two"
+type = "http"
+localPort = {two}
+customDomains = ["normal.example.com"]
+routeByHTTPUser = "user2"
+
+[[proxies]]
+name = "rest"
+type = "http"
+localPort = {rest}
+customDomains = ["normal.example.com"]
+"#
+    );
+    std::fs::write(d.join("frpc.toml"), frpc).unwrap();
+    let peer = with_config("peer", &d.join("frpc.toml"));
+    for name in ["one", "two", "rest"] {
+        peer.stderr
+            .wait_for(&format!("[{name}] start proxy success"), T);
+    }
+    let host = "normal.example.com";
+    let ok = |body: &str| ("200".to_string(), body.to_string());
+    assert_eq!(curl_as(vhost, host, Some("user1:pw1")), ok("one"));
+    assert_eq!(curl_as(vhost, host, Some("user2:anything")), ok("two"));
+    assert_eq!(curl_as(vhost, host, Some("user3:x")), ok("rest"));
+    assert_eq!(curl_as(vhost, host, None), ok("rest"));
+    // user1's route keeps its own password.
+    assert_eq!(curl_as(vhost, host, Some("user1:wrong")).0, "401");
+
+    // Another identity cannot add a user route under this peer's domain.
+    let mut c = cmd("peer");
+    c.args([
+        "http",
+        "-s",
+        "127.0.0.1",
+        "-P",
+        &bind.to_string(),
+        "-t",
+        "tok",
+    ]);
+    c.args(["-l", &rest.to_string(), "-d", host, "-n", "thief"]);
+    let mut thief = Proc::spawn("peer thief", c);
+    assert!(!thief.wait_exit(T).success());
+    let why = thief.stderr.wait_for("[thief] start error", T);
+    assert!(why.contains("held by"), "{why}");
+    assert_eq!(curl_as(vhost, host, None), ok("rest"));
+    let _ = std::fs::remove_dir_all(&d);
+}

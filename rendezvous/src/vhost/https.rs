@@ -139,7 +139,7 @@ async fn connection(
         .map_err(|_| Closed::Silent)??;
     let host = normalize_host(&name);
     let entry = vhosts
-        .find(&host, "/")
+        .find(&host, "/", None)
         .ok_or_else(|| Closed::Unknown(name.clone()))?;
     if !entry.is_online() {
         return Err(Closed::Offline(name));
