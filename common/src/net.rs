@@ -273,3 +273,39 @@ pub fn keep_freed_heap() {
 /// See the glibc version: nothing to tune elsewhere.
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 pub fn keep_freed_heap() {}
+
+/// Carries one UDP session over `stream` (framed by [`datagram_codec`]): the datagrams
+/// of one user address arriving on `rx` go out on the stream, the frames from the
+/// stream go back to `user` from `socket`, until either side ends or `idle` passes
+/// without a datagram either way. The side that receives for many users (the
+/// server's udp port, a `connect --udp` visitor) runs one per user address.
+pub async fn carry_datagrams<S>(
+    stream: S,
+    mut rx: tokio::sync::mpsc::Receiver<bytes::Bytes>,
+    socket: std::sync::Arc<tokio::net::UdpSocket>,
+    user: SocketAddr,
+    idle: std::time::Duration,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite,
+{
+    use futures::{SinkExt, StreamExt};
+    let (r, w) = tokio::io::split(stream);
+    let mut from_stream = tokio_util::codec::FramedRead::new(r, datagram_codec());
+    let mut to_stream = tokio_util::codec::FramedWrite::new(w, datagram_codec());
+    loop {
+        tokio::select! {
+            d = rx.recv() => match d {
+                Some(d) => if to_stream.send(d).await.is_err() { break },
+                None => break,
+            },
+            f = from_stream.next() => match f {
+                Some(Ok(d)) => { let _ = socket.send_to(&d, user).await; }
+                _ => break,
+            },
+            _ = tokio::time::sleep(idle) => {
+                tracing::debug!(%user, "udp session idle; closed");
+                break;
+            }
+        }
+    }
+}

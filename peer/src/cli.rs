@@ -134,6 +134,10 @@ pub enum Command {
         /// Most visitors (links) at once.
         #[arg(long, default_value_t = SERVICE_MAX_LINKS)]
         max_links: usize,
+        /// A UDP service: visitors' datagrams are carried to --local over UDP (each
+        /// client address a session of its own; frp's sudp).
+        #[arg(long)]
+        udp: bool,
     },
     /// Reach the service NAME of another peer through a local listener.
     ///
@@ -151,6 +155,10 @@ pub enum Command {
         /// Bring the link up at once and keep it up (fail now if it cannot be made).
         #[arg(long)]
         keep_open: bool,
+        /// Listen on UDP: each client address's datagrams become a session on the link
+        /// to a `serve --udp` service (frp's sudp visitor).
+        #[arg(long)]
+        udp: bool,
     },
     /// Expose a local service through the server to ordinary clients (frp's tcp and
     /// http proxies): a TCP port on the server, or an HTTP virtual host.
@@ -489,6 +497,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             local,
             secret,
             max_links,
+            udp,
         }) => {
             let svc = crate::service::ServeConfig {
                 name,
@@ -497,6 +506,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 max_links,
                 max_streams,
                 relay_only: false,
+                udp,
             };
             crate::service::serve(cfg, svc).await?;
             Ok(())
@@ -506,6 +516,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             secret,
             listen,
             keep_open,
+            udp,
         }) => {
             let svc = crate::service::ConnectConfig {
                 name,
@@ -514,6 +525,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 keep_open,
                 max_streams,
                 relay_only: false,
+                udp,
             };
             crate::service::connect(cfg, svc).await?;
             Ok(())

@@ -25,7 +25,8 @@
 //!   `requestHeaders.set.NAME`, `responseHeaders.set.NAME`;
 //! * `https`: `customDomains` and/or `subdomain`, as for http; the server routes TLS
 //!   connections by their server name (SNI) and does not terminate TLS;
-//! * `xtcp` and `stcp` (the same, always relayed through the server): `secretKey`
+//! * `xtcp`, `stcp` (the same, always relayed through the server) and `sudp` (UDP,
+//!   relayed like stcp): `secretKey`
 //!   (required), `allowUsers` (only `["*"]`: the server does not
 //!   know users, so whoever knows `secretKey` may connect; frp's default, visitors of
 //!   the same user, cannot be enforced).
@@ -33,7 +34,7 @@
 //! `enabled = false` skips a proxy or visitor. A key of another type (`remotePort`
 //! on an http proxy) is an error.
 //!
-//! `[[visitors]]` (`type = "xtcp"` or `"stcp"`): `name` (unique), `serverName`, `serverUser`,
+//! `[[visitors]]` (`type = "xtcp"`, `"stcp"` or `"sudp"`): `name` (unique), `serverName`, `serverUser`,
 //! `secretKey` (required), `bindAddr` (an IP address, default `127.0.0.1`), `bindPort`
 //! (required; 0: any free port), `keepTunnelOpen` (default `false`).
 //!
@@ -44,8 +45,8 @@
 //! frp's other keys are in [`FRP_KEYS`]: accepted with no effect (`log.*`,
 //! `loginFailExit`, `transport.tls.*`, `transport.useEncryption`, ...; named together
 //! in one warning) or refused (plugins, `loadBalancer`, `includes`, ...; named together
-//! in one error, with the proxies' own errors). Proxy types `sudp` and
-//! `tcpmux` are refused. A key nobody knows (a typo) is an error naming it
+//! in one error, with the proxies' own errors). Proxy type `tcpmux` and
+//! visitor type `xudp` are refused. A key nobody knows (a typo) is an error naming it
 //! and the closest known key. The legacy INI format (`frpc.ini`) is read into the same
 //! model.
 //!
@@ -163,6 +164,12 @@ pub enum ProxyKind {
         /// `secretKey`. Printed as `MASKED` by `Debug`.
         secret: String,
     },
+    /// A UDP service offered like stcp: datagrams over a link relayed through the
+    /// server (`peer serve --udp`; frp's sudp).
+    Sudp {
+        /// `secretKey`. Printed as `MASKED` by `Debug`.
+        secret: String,
+    },
 }
 
 impl ProxyKind {
@@ -181,7 +188,7 @@ impl ProxyKind {
                 domains: domains.clone(),
                 subdomain: subdomain.clone(),
             }),
-            ProxyKind::Xtcp { .. } | ProxyKind::Stcp { .. } => None,
+            ProxyKind::Xtcp { .. } | ProxyKind::Stcp { .. } | ProxyKind::Sudp { .. } => None,
         }
     }
 }
@@ -211,6 +218,7 @@ impl fmt::Debug for ProxyKind {
                 .finish(),
             ProxyKind::Xtcp { .. } => f.debug_struct("Xtcp").field("secret", &Masked).finish(),
             ProxyKind::Stcp { .. } => f.debug_struct("Stcp").field("secret", &Masked).finish(),
+            ProxyKind::Sudp { .. } => f.debug_struct("Sudp").field("secret", &Masked).finish(),
         }
     }
 }
@@ -229,8 +237,10 @@ pub struct Visitor {
     pub bind: SocketAddr,
     /// Bring the link up at start and keep it up (`keepTunnelOpen`).
     pub keep_open: bool,
-    /// frp's stcp visitor: the link is always relayed, never punched.
+    /// frp's stcp and sudp visitors: the link is always relayed, never punched.
     pub relay_only: bool,
+    /// frp's sudp visitor: the local listener is a UDP socket, datagrams are carried.
+    pub udp: bool,
 }
 
 impl fmt::Debug for Visitor {
@@ -242,6 +252,7 @@ impl fmt::Debug for Visitor {
             .field("bind", &self.bind)
             .field("keep_open", &self.keep_open)
             .field("relay_only", &self.relay_only)
+            .field("udp", &self.udp)
             .finish()
     }
 }
@@ -761,7 +772,8 @@ fn check_proxies(e: &Errors<'_>, proxies: &[Proxy]) -> Result<(), ConfigError> {
             ProxyKind::Tcp { .. }
             | ProxyKind::Udp { .. }
             | ProxyKind::Xtcp { .. }
-            | ProxyKind::Stcp { .. } => {}
+            | ProxyKind::Stcp { .. }
+            | ProxyKind::Sudp { .. } => {}
         }
     }
     Ok(())
@@ -782,8 +794,8 @@ impl ProxyFile {
             &at("type"),
             &kind,
             &name,
-            &["tcp", "udp", "http", "https", "xtcp", "stcp"],
-            &["sudp", "tcpmux"],
+            &["tcp", "udp", "http", "https", "xtcp", "stcp", "sudp"],
+            &["tcpmux"],
         )?;
 
         // Keys that belong to another type of proxy.
@@ -807,7 +819,7 @@ impl ProxyFile {
         ];
         // stcp takes xtcp's keys, udp tcp's, https http's domains.
         let family = match kind.as_str() {
-            "stcp" => "xtcp",
+            "stcp" | "sudp" => "xtcp",
             "udp" => "tcp",
             k => k,
         };
@@ -955,7 +967,7 @@ impl ProxyFile {
                     route_by_user,
                 })
             }
-            "xtcp" | "stcp" => {
+            "xtcp" | "stcp" | "sudp" => {
                 if let Some(users) = &self.allow_users {
                     if users != &["*"] {
                         return Err(e.unsupported(
@@ -967,6 +979,8 @@ impl ProxyFile {
                 let secret = e.secret(self.secret_key, &at("secretKey"))?;
                 if kind == "stcp" {
                     ProxyKind::Stcp { secret }
+                } else if kind == "sudp" {
+                    ProxyKind::Sudp { secret }
                 } else {
                     ProxyKind::Xtcp { secret }
                 }
@@ -976,7 +990,7 @@ impl ProxyFile {
                 return Err(e.unsupported(
                     at("type"),
                     format!(
-                        "{other:?} is not supported by punchline (tcp, udp, http, https, xtcp, stcp are)"
+                        "{other:?} is not supported by punchline (tcp, udp, http, https, xtcp, stcp, sudp are)"
                     ),
                 ))
             }
@@ -1050,8 +1064,8 @@ impl VisitorFile {
             &at("type"),
             &kind,
             &name,
-            &["xtcp", "stcp"],
-            &["sudp", "xudp", "stcp+sudp", "xtcp+xudp"],
+            &["xtcp", "stcp", "sudp"],
+            &["xudp", "stcp+sudp", "xtcp+xudp"],
         )?;
         let service = e.required(
             self.server_name,
@@ -1098,7 +1112,8 @@ impl VisitorFile {
             secret,
             bind: SocketAddr::new(ip, port),
             keep_open: self.keep_tunnel_open.unwrap_or(false),
-            relay_only: kind == "stcp",
+            relay_only: kind == "stcp" || kind == "sudp",
+            udp: kind == "sudp",
         })
     }
 }
@@ -1217,6 +1232,7 @@ mod tests {
                 bind: "127.0.0.1:6001".parse().unwrap(),
                 keep_open: false,
                 relay_only: false,
+                udp: false,
             }]
         );
     }
@@ -1347,16 +1363,16 @@ mod tests {
     fn errors_name_the_key() {
         let cases: Vec<(String, &str, &str)> = vec![
             // Proxy and visitor types frp has and punchline does not.
-            (proxy("sudp", ""), "proxies[1].type", "\"sudp\" (\"p\") is not supported by punchline (tcp, udp, http, https, xtcp, stcp are)"),
+            (proxy("tcpmux", ""), "proxies[1].type", "\"tcpmux\" (\"p\") is not supported by punchline (tcp, udp, http, https, xtcp, stcp, sudp are)"),
+            (proxy("sudp", ""), "proxies[1].secretKey", "missing"),
             (proxy("https", "locations = [\"/\"]"), "proxies[1].locations", "is for http proxies"),
             (proxy("https", ""), "proxies[1]", "https proxy \"p\" needs customDomains or subdomain"),
-            (proxy("sudp", ""), "proxies[1].type", "not supported"),
             (proxy("tcpmux", "multiplexer = \"httpconnect\""), "proxies[1].type", "not supported"),
             (proxy("tpc", ""), "proxies[1].type", "unknown"),
             (proxy("tcp", "type = \"http\""), "", "duplicate key: `type = \"http\"`"),
             (visitor("type = \"stcp\""), "", "duplicate key"),
-            ("serverAddr = \"s\"\n[[visitors]]\nname = \"v\"\ntype = \"xudp\"".into(), "visitors[0].type", "(xtcp, stcp are)"),
-            ("serverAddr = \"s\"\n[[visitors]]\nname = \"v\"\ntype = \"sudp\"".into(), "visitors[0].type", "not supported"),
+            ("serverAddr = \"s\"\n[[visitors]]\nname = \"v\"\ntype = \"xudp\"".into(), "visitors[0].type", "(xtcp, stcp, sudp are)"),
+            ("serverAddr = \"s\"\n[[visitors]]\nname = \"v\"\ntype = \"xudp\"".into(), "visitors[0].type", "not supported"),
             // frp keys punchline does not implement.
             (proxy("tcp", "transport.bandwidthLimit = \"1MB\""), "proxies[1].transport.bandwidthLimit", "not supported"),
             (proxy("tcp", "loadBalancer.group = \"g\""), "proxies[1].loadBalancer.group", "not supported"),
@@ -1444,11 +1460,11 @@ mod tests {
     fn errors_carry_the_line() {
         let text =
             "serverAddr = \"s\"\n\n[[proxies]]\nname = \"ssh\"\ntype = \"tcp\"\nlocalPort = 22\n\n\
-                    [[proxies]]\nname = \"dns\"\ntype = \"sudp\"\nlocalPort = 53\n";
+                    [[proxies]]\nname = \"mux\"\ntype = \"tcpmux\"\nlocalPort = 53\n";
         let e = err(text);
         assert_eq!(
             e.to_string(),
-            "frpc.toml:10: proxies[1].type: \"sudp\" (\"dns\") is not supported by punchline (tcp, udp, http, https, xtcp, stcp are)"
+            "frpc.toml:10: proxies[1].type: \"tcpmux\" (\"mux\") is not supported by punchline (tcp, udp, http, https, xtcp, stcp, sudp are)"
         );
         // From validate(), which has no spans: the line is looked up afterwards.
         let e = err("serverAddr = \"s\"\n[[proxies]]\nname = \"p\"\ntype = \"tcp\"\nlocalPort = 22\nremotePort = 99999\n");

@@ -317,7 +317,10 @@ async fn one_data_connection(
 /// One user address of a udp proxy: its datagrams, framed on the stream, to the local
 /// service from a UDP socket of its own, and the answers back, until
 /// [`UDP_SESSION_IDLE`] passes without either.
-async fn udp_session(stream: Carried<common::mux::MuxStream>, local: SocketAddr, name: &str) {
+pub(crate) async fn udp_session<S>(stream: S, local: SocketAddr, name: &str)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite,
+{
     let bind: SocketAddr = if local.is_ipv4() {
         ([0, 0, 0, 0], 0).into()
     } else {

@@ -65,14 +65,20 @@ pub async fn run(
                 spec,
                 compress: p.compress,
             }),
-            (ProxyKind::Xtcp { secret } | ProxyKind::Stcp { secret }, None) => {
+            (
+                ProxyKind::Xtcp { secret }
+                | ProxyKind::Stcp { secret }
+                | ProxyKind::Sudp { secret },
+                None,
+            ) => {
                 let svc = service::ServeConfig {
                     name: p.name.clone(),
                     local,
                     secret: secret.clone(),
                     max_links: common::defaults::SERVICE_MAX_LINKS,
                     max_streams,
-                    relay_only: matches!(p.kind, ProxyKind::Stcp { .. }),
+                    relay_only: matches!(p.kind, ProxyKind::Stcp { .. } | ProxyKind::Sudp { .. }),
+                    udp: matches!(p.kind, ProxyKind::Sudp { .. }),
                 };
                 let cfg = cfg.clone();
                 tasks.spawn(async move { (p.name, service::serve(cfg, svc).await) });
@@ -99,6 +105,7 @@ pub async fn run(
             keep_open: v.keep_open,
             max_streams,
             relay_only: v.relay_only,
+            udp: v.udp,
         };
         let cfg = cfg.clone();
         tasks.spawn(async move { (v.name, service::connect(cfg, svc).await) });

@@ -30,14 +30,12 @@ use common::{
     mux::{Mux, MuxStream},
     proto::ExposeSpec,
 };
-use futures::{SinkExt, StreamExt};
 use std::net::SocketAddr;
 use tokio::{
     io::AsyncWriteExt,
     net::{TcpListener, TcpStream, UdpSocket},
     sync::mpsc,
 };
-use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
 
@@ -403,31 +401,13 @@ impl Exposures {
         proxy: &str,
         socket: Arc<UdpSocket>,
         user: SocketAddr,
-        mut rx: mpsc::Receiver<Bytes>,
+        rx: mpsc::Receiver<Bytes>,
     ) {
         let stream = match self.open(conn, proxy).await {
             Ok(s) => s,
             Err(e) => return debug!(%e, "udp session refused"),
         };
-        let (r, w) = tokio::io::split(stream);
-        let mut from_peer = FramedRead::new(r, common::net::datagram_codec());
-        let mut to_peer = FramedWrite::new(w, common::net::datagram_codec());
-        loop {
-            tokio::select! {
-                d = rx.recv() => match d {
-                    Some(d) => if to_peer.send(d).await.is_err() { break },
-                    None => break,
-                },
-                f = from_peer.next() => match f {
-                    Some(Ok(d)) => { let _ = socket.send_to(&d, user).await; }
-                    _ => break,
-                },
-                _ = tokio::time::sleep(UDP_SESSION_IDLE) => {
-                    debug!("udp session idle; closed");
-                    break;
-                }
-            }
-        }
+        common::net::carry_datagrams(stream, rx, socket, user, UDP_SESSION_IDLE).await;
     }
 
     /// Carries out what the registry released: closes listeners, removes routes.

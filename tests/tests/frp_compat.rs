@@ -500,46 +500,7 @@ fn udp_proxy_carries_many_clients() {
     srv.stdout.wait_for("listening on", T);
     let peer = with_config("peer", &d.join("frpc.toml"));
     peer.stderr.wait_for("[dns] start proxy success", T);
-    let clients: Vec<_> = (0..32u64)
-        .map(|c| {
-            std::thread::spawn(move || {
-                let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-                s.connect(("127.0.0.1", remote)).unwrap();
-                s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
-                let mut buf = vec![0u8; 65536];
-                for i in 0..10u64 {
-                    let len = if c == 0 && i == 0 {
-                        60_000
-                    } else {
-                        200 + (c * 31 + i * 7) as usize
-                    };
-                    let sent = data(len, c * 1000 + i);
-                    let want = sha256(&sent);
-                    // UDP may drop a datagram: resend each second, for up to 20 s.
-                    let mut ok = false;
-                    'resend: for _ in 0..20 {
-                        s.send(&sent).unwrap();
-                        let until = std::time::Instant::now() + Duration::from_secs(1);
-                        while std::time::Instant::now() < until {
-                            match s.recv(&mut buf) {
-                                Ok(n) if sha256(&buf[..n]) == want => {
-                                    ok = true;
-                                    break 'resend;
-                                }
-                                // A late echo of an earlier datagram.
-                                Ok(_) => {}
-                                Err(_) => break,
-                            }
-                        }
-                    }
-                    assert!(ok, "client {c}: no echo of datagram {i}");
-                }
-            })
-        })
-        .collect();
-    for c in clients {
-        c.join().unwrap();
-    }
+    udp_clients(remote, 32);
     assert!(
         peer.stdout.contains(&format!("exposed dns udp {remote}")),
         "{}",
@@ -952,5 +913,151 @@ customDomains = ["normal.example.com"]
     let why = thief.stderr.wait_for("[thief] start error", T);
     assert!(why.contains("held by"), "{why}");
     assert_eq!(curl_as(vhost, host, None), ok("rest"));
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+/// A UDP echo server on loopback; returns its port.
+fn udp_echo() -> u16 {
+    let echo = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = echo.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 65536];
+        while let Ok((n, from)) = echo.recv_from(&mut buf) {
+            let _ = echo.send_to(&buf[..n], from);
+        }
+    });
+    port
+}
+
+/// `n` UDP clients at once, each from its own address, sending 10 datagrams (one of
+/// 60,000 bytes) to `remote` and checking each echo by sha256.
+fn udp_clients(remote: u16, n: u64) {
+    let clients: Vec<_> = (0..n)
+        .map(|c| {
+            std::thread::spawn(move || {
+                let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+                s.connect(("127.0.0.1", remote)).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+                let mut buf = vec![0u8; 65536];
+                for i in 0..10u64 {
+                    let len = if c == 0 && i == 0 {
+                        60_000
+                    } else {
+                        200 + (c * 31 + i * 7) as usize
+                    };
+                    let sent = data(len, c * 1000 + i);
+                    let want = sha256(&sent);
+                    // UDP may drop a datagram: resend each second, for up to 20 s.
+                    let mut ok = false;
+                    'resend: for _ in 0..20 {
+                        s.send(&sent).unwrap();
+                        let until = std::time::Instant::now() + Duration::from_secs(1);
+                        while std::time::Instant::now() < until {
+                            match s.recv(&mut buf) {
+                                Ok(n) if sha256(&buf[..n]) == want => {
+                                    ok = true;
+                                    break 'resend;
+                                }
+                                // A late echo of an earlier datagram.
+                                Ok(_) => {}
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                    assert!(ok, "client {c}: no echo of datagram {i}");
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.join().unwrap();
+    }
+}
+
+/// frp's sudp: a UDP service reached only through a visitor's UDP socket, carried
+/// relayed through the server (config files on both sides), and the same with
+/// `serve --udp` / `connect --udp`, whose link may go direct; 32 clients at once each
+/// way, every datagram checked. A tcp visitor of the udp service is refused.
+#[test]
+fn sudp_proxy_and_visitor_carry_many_clients() {
+    let d = dir("sudp");
+    let bind = free();
+    let echo_port = udp_echo();
+    let free_udp = || {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.local_addr().unwrap().port()
+    };
+    let visitor_port = free_udp();
+    std::fs::write(
+        d.join("frps.toml"),
+        format!("bindAddr = \"127.0.0.1\"\nbindPort = {bind}\nauth.token = \"tok\"\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("frpc-owner.toml"),
+        format!(
+            "serverPort = {bind}\nauth.token = \"tok\"\n\n[[proxies]]\nname = \"secret_dns\"\n\
+             type = \"sudp\"\nsecretKey = \"abcdefg\"\nlocalIP = \"127.0.0.1\"\nlocalPort = {echo_port}\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("frpc-visitor.toml"),
+        format!(
+            "serverAddr = \"127.0.0.1\"\nserverPort = {bind}\nauth.token = \"tok\"\n\n\
+             [[visitors]]\nname = \"secret_dns_visitor\"\ntype = \"sudp\"\nserverName = \"secret_dns\"\n\
+             secretKey = \"abcdefg\"\nbindAddr = \"127.0.0.1\"\nbindPort = {visitor_port}\n"
+        ),
+    )
+    .unwrap();
+    let srv = with_config("rendezvous", &d.join("frps.toml"));
+    srv.stdout.wait_for("listening on", T);
+    let owner = with_config("peer", &d.join("frpc-owner.toml"));
+    owner.stderr.wait_for("[secret_dns] start proxy success", T);
+    let visitor = with_config("peer", &d.join("frpc-visitor.toml"));
+    visitor
+        .stderr
+        .wait_for("[secret_dns] start visitor success", T);
+    udp_clients(visitor_port, 32);
+    let up = visitor.stderr.wait_for("link up:", T);
+    assert!(up.contains("link up: relayed"), "{up}");
+
+    // The command line: serve --udp / connect --udp.
+    let server = format!("127.0.0.1:{bind}");
+    let mut c = cmd("peer");
+    c.args([
+        "--server", &server, "--token", "tok", "serve", "dns2", "--udp",
+    ]);
+    c.args([
+        "--local",
+        &format!("127.0.0.1:{echo_port}"),
+        "--secret",
+        "s2",
+    ]);
+    let owner2 = Proc::spawn("peer serve --udp", c);
+    owner2.stderr.wait_for("[dns2] start proxy success", T);
+    let mut c = cmd("peer");
+    c.args([
+        "--server", &server, "--token", "tok", "connect", "dns2", "--udp",
+    ]);
+    c.args(["--secret", "s2", "--listen", "127.0.0.1:0"]);
+    let visitor2 = Proc::spawn("peer connect --udp", c);
+    let line = visitor2.stdout.wait_for("listening on udp", T);
+    let port2: u16 = line.rsplit(':').next().unwrap().trim().parse().unwrap();
+    udp_clients(port2, 32);
+
+    // A tcp visitor of the udp service: its streams are refused by the owner.
+    let mut c = cmd("peer");
+    c.args(["--server", &server, "--token", "tok", "connect", "dns2"]);
+    c.args(["--secret", "s2", "--listen", "127.0.0.1:0"]);
+    let tcp_visitor = Proc::spawn("peer connect (tcp)", c);
+    let line = tcp_visitor.stdout.wait_for("listening on", T);
+    let port3: u16 = line.rsplit(':').next().unwrap().trim().parse().unwrap();
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port3)).unwrap();
+    s.set_read_timeout(Some(T)).unwrap();
+    let _ = s.write_all(b"hello");
+    let mut buf = [0u8; 16];
+    assert!(matches!(s.read(&mut buf), Ok(0) | Err(_)));
+    owner2.stderr.wait_for("bad header refused", T);
     let _ = std::fs::remove_dir_all(&d);
 }
