@@ -206,6 +206,15 @@ pub enum Command {
     /// frp's `frpc http`: serve a local HTTP service under -d DOMAIN on the server's
     /// vhost port.
     Http(crate::frpc::ProxyArgs),
+    /// frp's `frpc stcp`: a secret service reached through visitors, relayed by the
+    /// server (`peer stcp -l 22 --sk KEY -n ssh`); `peer stcp visitor --server-name
+    /// ssh --sk KEY --bind-port 6000` reaches it.
+    Stcp(crate::frpc::SecretArgs),
+    /// frp's `frpc sudp`: the same for a UDP service (and `peer sudp visitor`).
+    Sudp(crate::frpc::SecretArgs),
+    /// frp's `frpc xtcp`: the same, punched peer to peer when it can be (and `peer
+    /// xtcp visitor`).
+    Xtcp(crate::frpc::SecretArgs),
     /// frp's `frpc https`: TLS connections for -d DOMAIN on the server's HTTPS vhost
     /// port, routed by server name (SNI) to the local TLS service, not terminated.
     Https(crate::frpc::ProxyArgs),
@@ -446,6 +455,18 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             true,
             Some(frp_form(crate::frpc::ProxyType::Https, a, &args)?),
         ),
+        Some(Command::Stcp(a)) => (
+            true,
+            Some(secret_form(crate::frpc::SecretType::Stcp, a, &args)?),
+        ),
+        Some(Command::Sudp(a)) => (
+            true,
+            Some(secret_form(crate::frpc::SecretType::Sudp, a, &args)?),
+        ),
+        Some(Command::Xtcp(a)) => (
+            true,
+            Some(secret_form(crate::frpc::SecretType::Xtcp, a, &args)?),
+        ),
         _ => (
             false,
             args.config
@@ -537,7 +558,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         Some(Command::NatCheck { .. } | Command::Id | Command::Verify | Command::Status { .. }) => {
             anyhow::bail!("internal: handled above")
         }
-        Some(Command::Tcp(_) | Command::Udp(_) | Command::Http(_) | Command::Https(_)) => {
+        Some(
+            Command::Tcp(_)
+            | Command::Udp(_)
+            | Command::Http(_)
+            | Command::Https(_)
+            | Command::Stcp(_)
+            | Command::Sudp(_)
+            | Command::Xtcp(_),
+        ) => {
             anyhow::bail!("internal: run as a file above")
         }
     }
@@ -568,6 +597,15 @@ fn frp_form(
     args: &Args,
 ) -> anyhow::Result<crate::config::ClientConfig> {
     crate::frpc::proxy_config(kind, a, args.server.as_deref(), args.token.clone())
+        .map_err(anyhow::Error::msg)
+}
+
+fn secret_form(
+    kind: crate::frpc::SecretType,
+    a: &crate::frpc::SecretArgs,
+    args: &Args,
+) -> anyhow::Result<crate::config::ClientConfig> {
+    crate::frpc::secret_config(kind, a, args.server.as_deref(), args.token.clone())
         .map_err(anyhow::Error::msg)
 }
 

@@ -322,6 +322,188 @@ pub fn proxy_config(
     })
 }
 
+/// frp's `frpc stcp|sudp|xtcp` (a secret service) and their `visitor` subcommand
+/// (`peer stcp visitor -s HOST -P 7000 -t TOKEN --server-name NAME --sk KEY
+/// --bind-port 6000`). frp's long names with `_` work too.
+#[derive(clap::Args, Debug, Clone)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct SecretArgs {
+    /// `visitor`: reach such a service through a local listener.
+    #[command(subcommand)]
+    pub visitor: Option<SecretSub>,
+    /// The server's port (frp's `-P`; with -s HOST). [default: 7000, frp's]
+    #[arg(short = 'P', long = "server-port", alias = "server_port")]
+    pub server_port: Option<u16>,
+    /// The proxy's name. [default: the type and the local port, e.g. stcp-22]
+    #[arg(short = 'n', long = "proxy-name", alias = "proxy_name")]
+    pub name: Option<String>,
+    /// The local service's address (an IP address or a host name).
+    #[arg(
+        short = 'i',
+        long = "local-ip",
+        alias = "local_ip",
+        default_value = "127.0.0.1"
+    )]
+    pub local_ip: String,
+    /// The local service's port.
+    #[arg(
+        short = 'l',
+        long = "local-port",
+        alias = "local_port",
+        required = true
+    )]
+    pub local_port: Option<u16>,
+    /// The secret visitors must know.
+    #[arg(
+        long = "sk",
+        alias = "secret_key",
+        required = true,
+        hide_env_values = true
+    )]
+    pub secret: Option<String>,
+    /// Prefix the proxy's name with USER. (frp's `user`).
+    #[arg(short = 'u', long = "user")]
+    pub user: Option<String>,
+    /// frp's use_encryption: accepted; traffic is always encrypted.
+    #[arg(long = "ue", alias = "use_encryption")]
+    pub use_encryption: bool,
+}
+
+/// The subcommand of [`SecretArgs`].
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum SecretSub {
+    /// frp's `frpc stcp|sudp|xtcp visitor`.
+    Visitor(VisitorArgs),
+}
+
+/// frp's visitor flags.
+#[derive(clap::Args, Debug, Clone)]
+pub struct VisitorArgs {
+    /// The server's port (frp's `-P`; with -s HOST). [default: 7000, frp's]
+    #[arg(short = 'P', long = "server-port", alias = "server_port")]
+    pub server_port: Option<u16>,
+    /// The visitor's name, for logs. [default: the service's name]
+    #[arg(short = 'n', long = "visitor-name", alias = "visitor_name")]
+    pub name: Option<String>,
+    /// The service (proxy) to reach.
+    #[arg(long = "server-name", alias = "server_name")]
+    pub server_name: String,
+    /// Its secret.
+    #[arg(long = "sk", alias = "secret_key", hide_env_values = true)]
+    pub secret: String,
+    /// The local listener's address.
+    #[arg(long = "bind-addr", alias = "bind_addr", default_value = "127.0.0.1")]
+    pub bind_addr: std::net::IpAddr,
+    /// The local listener's port (0: any free port, printed).
+    #[arg(long = "bind-port", alias = "bind_port", default_value_t = 0)]
+    pub bind_port: u16,
+    /// The owner's `user` (frp's `-u`): the service is `USER.NAME` on the server.
+    #[arg(short = 'u', long = "user")]
+    pub user: Option<String>,
+    /// frp's use_encryption: accepted; traffic is always encrypted.
+    #[arg(long = "ue", alias = "use_encryption")]
+    pub use_encryption: bool,
+}
+
+/// Which secret service: frp's stcp, sudp or xtcp.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretType {
+    /// `peer stcp`: relayed through the server.
+    Stcp,
+    /// `peer sudp`: UDP, relayed through the server.
+    Sudp,
+    /// `peer xtcp`: punched when it can be.
+    Xtcp,
+}
+
+/// The config an frp `stcp|sudp|xtcp [visitor]` command stands for (`server` as in
+/// [`proxy_config`]).
+pub fn secret_config(
+    kind: SecretType,
+    args: &SecretArgs,
+    server: Option<&str>,
+    token: Option<String>,
+) -> Result<ClientConfig, String> {
+    let host = server.unwrap_or("127.0.0.1");
+    let server_port = match &args.visitor {
+        Some(SecretSub::Visitor(v)) => v.server_port,
+        None => args.server_port,
+    };
+    let server = match server_port {
+        Some(p) => format!("{}:{p}", host_only(host)),
+        None if has_port(host) => host.to_string(),
+        None => format!("{}:{FRP_DEFAULT_PORT}", host_only(host)),
+    };
+    let type_name = match kind {
+        SecretType::Stcp => "stcp",
+        SecretType::Sudp => "sudp",
+        SecretType::Xtcp => "xtcp",
+    };
+    if let Some(SecretSub::Visitor(v)) = &args.visitor {
+        let server_name = match &v.user {
+            Some(u) if !u.is_empty() => format!("{u}.{}", v.server_name),
+            _ => v.server_name.clone(),
+        };
+        return Ok(ClientConfig {
+            server,
+            token,
+            proxies: Vec::new(),
+            visitors: vec![crate::config::Visitor {
+                name: v.name.clone().unwrap_or_else(|| v.server_name.clone()),
+                server_name,
+                secret: v.secret.clone(),
+                bind: SocketAddr::new(v.bind_addr, v.bind_port),
+                keep_open: false,
+                relay_only: kind != SecretType::Xtcp,
+                udp: kind == SecretType::Sudp,
+            }],
+            no_effect: Vec::new(),
+        });
+    }
+    let (Some(local_port), Some(secret)) = (args.local_port, args.secret.clone()) else {
+        return Err(format!(
+            "an {type_name} proxy needs -l LOCAL_PORT and --sk SECRET"
+        ));
+    };
+    let local = match common::config::parse_ip(&args.local_ip) {
+        Some(ip) => SocketAddr::new(ip, local_port).to_string(),
+        None if common::config::is_host_name(&args.local_ip) => {
+            format!("{}:{local_port}", args.local_ip)
+        }
+        None => {
+            return Err(format!(
+                "{:?} is not an IP address or a host name",
+                args.local_ip
+            ))
+        }
+    };
+    let kind = match kind {
+        SecretType::Stcp => ProxyKind::Stcp { secret },
+        SecretType::Sudp => ProxyKind::Sudp { secret },
+        SecretType::Xtcp => ProxyKind::Xtcp { secret },
+    };
+    let name = args
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("{type_name}-{local_port}"));
+    let name = match &args.user {
+        Some(u) if !u.is_empty() => format!("{u}.{name}"),
+        _ => name,
+    };
+    Ok(ClientConfig {
+        server,
+        token,
+        proxies: vec![Proxy {
+            name,
+            local,
+            kind,
+            compress: false,
+        }],
+        visitors: Vec::new(),
+        no_effect: Vec::new(),
+    })
+}
+
 fn has_port(host: &str) -> bool {
     if host.starts_with('[') {
         return host.contains("]:");

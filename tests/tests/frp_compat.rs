@@ -1061,3 +1061,61 @@ fn sudp_proxy_and_visitor_carry_many_clients() {
     owner2.stderr.wait_for("bad header refused", T);
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// frp's command-line forms of secret services and their visitors: `peer stcp` and
+/// `peer stcp visitor` (frp's flag spellings, `--server_name`, `--bind_port`), and the
+/// same for sudp (`--server-name`, `--bind-port`), carrying data.
+#[test]
+fn stcp_and_sudp_visitor_command_line_forms() {
+    let bind = free();
+    let (_echo, echo_port) = echo();
+    let udp_port = udp_echo();
+    let mut c = cmd("rendezvous");
+    c.args(["--bind", "127.0.0.1", "-p", &bind.to_string(), "-t", "tok"]);
+    let srv = Proc::spawn("rendezvous", c);
+    srv.stdout.wait_for("listening on", T);
+    let b = bind.to_string();
+    let common = ["-s", "127.0.0.1", "-P", b.as_str(), "-t", "tok"];
+    let mut c = cmd("peer");
+    c.arg("stcp").args(common);
+    c.args([
+        "-l",
+        &echo_port.to_string(),
+        "--sk",
+        "abcdefg",
+        "-n",
+        "secret_ssh",
+    ]);
+    let owner = Proc::spawn("peer stcp", c);
+    owner.stderr.wait_for("[secret_ssh] start proxy success", T);
+    let visitor_port = free();
+    let mut c = cmd("peer");
+    c.args(["stcp", "visitor"]).args(common);
+    c.args(["--server_name", "secret_ssh", "--sk", "abcdefg"]);
+    c.args(["--bind_port", &visitor_port.to_string()]);
+    let visitor = Proc::spawn("peer stcp visitor", c);
+    visitor
+        .stderr
+        .wait_for("[secret_ssh] start visitor success", T);
+    carry(visitor_port);
+    assert!(visitor.stderr.wait_for("link up:", T).contains("relayed"));
+
+    let mut c = cmd("peer");
+    c.arg("sudp").args(common);
+    c.args(["-l", &udp_port.to_string(), "--sk", "k2", "-n", "dns"]);
+    let owner2 = Proc::spawn("peer sudp", c);
+    owner2.stderr.wait_for("[dns] start proxy success", T);
+    let mut c = cmd("peer");
+    c.args(["sudp", "visitor"]).args(common);
+    c.args(["--server-name", "dns", "--sk", "k2", "--bind-port", "0"]);
+    let visitor2 = Proc::spawn("peer sudp visitor", c);
+    let line = visitor2.stdout.wait_for("listening on udp", T);
+    let port: u16 = line.rsplit(':').next().unwrap().trim().parse().unwrap();
+    udp_clients(port, 8);
+    // An stcp proxy without its secret: a clear error.
+    let mut c = cmd("peer");
+    c.arg("stcp").args(common).args(["-l", "22"]);
+    let out = c.output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--sk"));
+}
