@@ -372,6 +372,181 @@ impl<T> Parsed<T> {
     }
 }
 
+/// Reasons shared by both programs' tables of frp keys.
+pub const NO_LOG: &str = "logs go to stderr; set the level with -v or RUST_LOG";
+/// Why frp's `transport.tls.*` keys change nothing.
+pub const NO_TLS: &str = "connections are always encrypted and authenticated by the token, \
+                          with Noise rather than TLS: there are no certificates";
+
+/// One program's file model (the serde struct of every key it reads): its side, its
+/// table of frp's other keys, and how it becomes the program's config. [`load`] and
+/// [`parse`] do the rest the same way for both programs.
+pub trait Model: serde::de::DeserializeOwned {
+    /// What the file gives the program.
+    type Config;
+    /// Server or client.
+    const SIDE: Side;
+    /// frp's keys the model does not read: accepted with no effect, or refused.
+    const KEYS: &'static [FrpKey];
+    /// Checks the values and fills in defaults; errors name `origin`.
+    fn validate(self, origin: &str) -> Result<Self::Config, ConfigError>;
+    /// Where the config keeps the keys accepted with no effect (named in a warning).
+    fn no_effect(cfg: &mut Self::Config) -> &mut Vec<(String, &'static str)>;
+}
+
+/// Parses a config of model `M` from `text`; `origin` names it in errors (a file name).
+pub fn parse<M: Model>(text: &str, origin: &str) -> Result<M::Config, ConfigError> {
+    let (file, parsed) = read::<M>(text, origin, M::SIDE, M::KEYS)?.take();
+    let (mut cfg, no_effect) = parsed.finish(file.validate(origin))?;
+    *M::no_effect(&mut cfg) = no_effect;
+    Ok(cfg)
+}
+
+/// Reads and parses a config file of model `M`, and logs one warning naming every key
+/// that has no effect.
+pub fn load<M: Model>(path: &std::path::Path) -> Result<M::Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|err| ConfigError::Read {
+        path: path.to_path_buf(),
+        err,
+    })?;
+    let origin = path.display().to_string();
+    let mut cfg = parse::<M>(&text, &origin)?;
+    if let Some(w) = no_effect_warning(&origin, M::no_effect(&mut cfg)) {
+        tracing::warn!("{w}");
+    }
+    Ok(cfg)
+}
+
+/// What the README's table of frp keys must say for model `M`: every key a file with
+/// every table (`full`) reaches, accepted, and `M::KEYS` with their effects, sorted.
+/// The crates' tests compare it with [`readme_rows`].
+pub fn key_statuses<M: Model>(
+    full: &str,
+    origin: &str,
+) -> Result<Vec<(String, String)>, ConfigError> {
+    let parsed = read::<M>(full, origin, M::SIDE, M::KEYS)?;
+    let mut want: Vec<(String, String)> = parsed
+        .fields
+        .iter()
+        .map(|k| (k.clone(), "accepted".to_string()))
+        .collect();
+    for k in M::KEYS {
+        let status = match k.effect {
+            Effect::NoEffect => "no effect",
+            Effect::Refused => "refused",
+        };
+        want.push((k.key.to_string(), status.to_string()));
+    }
+    want.sort();
+    Ok(want)
+}
+
+/// Prints `MASKED` in place of a secret (in `Debug` output).
+pub struct Masked;
+
+impl std::fmt::Debug for Masked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MASKED")
+    }
+}
+
+/// Builds the errors of one file's validation (its `origin` in each).
+#[derive(Debug, Clone, Copy)]
+pub struct Errors<'a> {
+    /// The file's name, as given.
+    pub origin: &'a str,
+}
+
+impl Errors<'_> {
+    /// A value punchline cannot use (a typo, a wrong type, out of range).
+    pub fn invalid(&self, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            origin: self.origin.to_string(),
+            line: None,
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
+    /// A valid frp value whose meaning punchline cannot honour.
+    pub fn unsupported(&self, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError::Unsupported {
+            origin: self.origin.to_string(),
+            line: None,
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
+    /// A port; 0 only where `zero_ok`.
+    pub fn port(&self, key: &str, value: i64, zero_ok: bool) -> Result<u16, ConfigError> {
+        match u16::try_from(value) {
+            Ok(0) if !zero_ok => Err(self.invalid(key, "0 is not allowed here (1-65535)")),
+            Ok(p) => Ok(p),
+            Err(_) => Err(self.invalid(key, format!("{value} is not a port (0-65535)"))),
+        }
+    }
+
+    /// A type: one of `ok`, else refused (one of frp's other types `frp`) or invalid.
+    pub fn kind(
+        &self,
+        key: &str,
+        kind: &str,
+        name: &str,
+        ok: &[&str],
+        frp: &[&str],
+    ) -> Result<(), ConfigError> {
+        if ok.contains(&kind) {
+            return Ok(());
+        }
+        let supported = ok.join(", ");
+        let verb = if ok.len() == 1 { "is" } else { "are" };
+        if frp.contains(&kind) {
+            Err(self.unsupported(
+                key,
+                format!("{kind:?} ({name:?}) is not supported by punchline ({supported} {verb})"),
+            ))
+        } else {
+            Err(self.invalid(
+                key,
+                format!("{kind:?} ({name:?}) is unknown (punchline supports {supported})"),
+            ))
+        }
+    }
+
+    /// A required value.
+    pub fn required<T>(&self, value: Option<T>, key: &str, what: &str) -> Result<T, ConfigError> {
+        value.ok_or_else(|| self.invalid(key, format!("missing: {what}")))
+    }
+
+    /// A secret: present and not empty.
+    pub fn secret(&self, value: Option<String>, key: &str) -> Result<String, ConfigError> {
+        match value {
+            None => Err(self.invalid(key, "missing: the shared secret")),
+            Some(s) if s.is_empty() => Err(self.invalid(key, "is empty")),
+            Some(s) => Ok(s),
+        }
+    }
+
+    /// A proxy, visitor or service name: not empty, no spaces or control characters,
+    /// short enough for the server.
+    pub fn name(&self, key: &str, name: &str) -> Result<(), ConfigError> {
+        if name.is_empty() {
+            return Err(self.invalid(key, "is empty"));
+        }
+        if name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(self.invalid(key, format!("{name:?} has spaces or control characters")));
+        }
+        if name.len() > crate::defaults::MAX_NAME_LEN {
+            return Err(self.invalid(
+                key,
+                format!("is longer than {} bytes", crate::defaults::MAX_NAME_LEN),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// The rows of the README's table of frp keys for one program (`frps` or `frpc`):
 /// each key and its status (`accepted`, `no effect`, `refused`). The crates' tests
 /// check the table against the model and [`FrpKey`] tables with it.

@@ -68,7 +68,9 @@ use common::proto::{ExposeSpec, HttpRoute};
 use serde::Deserialize;
 
 pub use common::config::ConfigError;
-use common::config::{self, is_host_name, parse_ip, Effect, FrpKey, Side};
+use common::config::{
+    self, is_host_name, parse_ip, Effect, Errors, FrpKey, Masked, Side, NO_LOG, NO_TLS,
+};
 
 /// frp's default `serverPort`, used when a file has none (punchline's own CLI default,
 /// 8877, applies only to the command line): an `frpc.toml` without `serverPort` must
@@ -257,45 +259,33 @@ impl fmt::Debug for Visitor {
     }
 }
 
-/// Prints `MASKED` in place of a secret.
-struct Masked;
-
-impl fmt::Debug for Masked {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("MASKED")
-    }
-}
-
 /// Reads and parses a client config file (see the module docs for the keys).
 pub fn load(path: &Path) -> Result<ClientConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|err| ConfigError::Read {
-        path: path.to_path_buf(),
-        err,
-    })?;
-    let origin = path.display().to_string();
-    let cfg = parse(&text, &origin)?;
-    if let Some(w) = config::no_effect_warning(&origin, &cfg.no_effect) {
-        tracing::warn!("{w}");
-    }
-    Ok(cfg)
+    config::load::<FrpcFile>(path)
 }
 
 /// Parses a client config from `text`; `origin` names it in errors (a file name).
 pub fn parse(text: &str, origin: &str) -> Result<ClientConfig, ConfigError> {
-    let (file, parsed) = config::read::<FrpcFile>(text, origin, Side::Client, FRP_KEYS)?.take();
-    let (mut cfg, no_effect) = parsed.finish(file.validate(origin))?;
-    cfg.no_effect = no_effect;
-    Ok(cfg)
+    config::parse::<FrpcFile>(text, origin)
+}
+
+impl config::Model for FrpcFile {
+    type Config = ClientConfig;
+    const SIDE: Side = Side::Client;
+    const KEYS: &'static [FrpKey] = FRP_KEYS;
+    fn validate(self, origin: &str) -> Result<ClientConfig, ConfigError> {
+        FrpcFile::validate(self, origin)
+    }
+    fn no_effect(cfg: &mut ClientConfig) -> &mut Vec<(String, &'static str)> {
+        &mut cfg.no_effect
+    }
 }
 
 // ---- The file's shape -------------------------------------------------------------
 
-const NO_LOG: &str = "logs go to stderr; set the level with -v or RUST_LOG";
 const NO_ADMIN: &str = "there is no admin API or web UI";
 const NO_TRANSPORT: &str = "the connection to the server is TCP with Noise encryption and \
                             yamux, whose settings are punchline's own";
-const NO_TLS: &str = "connections are always encrypted and authenticated by the token, with \
-                      Noise rather than TLS: there are no certificates";
 const ENCRYPTED: &str = "traffic is always encrypted";
 const OWN_SCHEDULE: &str = "punch attempts and retries follow punchline's own schedule";
 const RELAY: &str = "a link that cannot go direct is relayed through the server by itself";
@@ -457,99 +447,6 @@ struct VisitorFile {
     keep_tunnel_open: Option<bool>,
     /// `false`: the visitor is skipped.
     enabled: Option<bool>,
-}
-
-/// Builds errors for one file.
-struct Errors<'a> {
-    origin: &'a str,
-}
-
-impl Errors<'_> {
-    fn invalid(&self, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
-        ConfigError::Invalid {
-            origin: self.origin.to_string(),
-            line: None,
-            key: key.into(),
-            message: message.into(),
-        }
-    }
-
-    fn unsupported(&self, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
-        ConfigError::Unsupported {
-            origin: self.origin.to_string(),
-            line: None,
-            key: key.into(),
-            message: message.into(),
-        }
-    }
-
-    /// A port; 0 only where `zero_ok`.
-    fn port(&self, key: &str, value: i64, zero_ok: bool) -> Result<u16, ConfigError> {
-        match u16::try_from(value) {
-            Ok(0) if !zero_ok => Err(self.invalid(key, "0 is not allowed here (1-65535)")),
-            Ok(p) => Ok(p),
-            Err(_) => Err(self.invalid(key, format!("{value} is not a port (0-65535)"))),
-        }
-    }
-
-    /// A type: one of `ok`, else refused (one of frp's other types `frp`) or invalid.
-    fn kind(
-        &self,
-        key: &str,
-        kind: &str,
-        name: &str,
-        ok: &[&str],
-        frp: &[&str],
-    ) -> Result<(), ConfigError> {
-        if ok.contains(&kind) {
-            return Ok(());
-        }
-        let supported = ok.join(", ");
-        let verb = if ok.len() == 1 { "is" } else { "are" };
-        if frp.contains(&kind) {
-            Err(self.unsupported(
-                key,
-                format!("{kind:?} ({name:?}) is not supported by punchline ({supported} {verb})"),
-            ))
-        } else {
-            Err(self.invalid(
-                key,
-                format!("{kind:?} ({name:?}) is unknown (punchline supports {supported})"),
-            ))
-        }
-    }
-
-    /// A required value.
-    fn required<T>(&self, value: Option<T>, key: &str, what: &str) -> Result<T, ConfigError> {
-        value.ok_or_else(|| self.invalid(key, format!("missing: {what}")))
-    }
-
-    /// A secret: present and not empty.
-    fn secret(&self, value: Option<String>, key: &str) -> Result<String, ConfigError> {
-        match value {
-            None => Err(self.invalid(key, "missing: the shared secret")),
-            Some(s) if s.is_empty() => Err(self.invalid(key, "is empty")),
-            Some(s) => Ok(s),
-        }
-    }
-
-    /// A proxy, visitor or service name: not empty, no spaces or control characters,
-    /// short enough for the server.
-    fn name(&self, key: &str, name: &str) -> Result<(), ConfigError> {
-        if name.is_empty() {
-            return Err(self.invalid(key, "is empty"));
-        }
-        if name.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(self.invalid(key, format!("{name:?} has spaces or control characters")));
-        }
-        if name.len() > common::defaults::MAX_NAME_LEN {
-            return Err(self.invalid(
-                key,
-                format!("is longer than {} bytes", common::defaults::MAX_NAME_LEN),
-            ));
-        }
-        Ok(())
-    }
 }
 
 impl FrpcFile {
@@ -1730,22 +1627,8 @@ bindPort = 1
 keepTunnelOpen = true
 enabled = true
 "#;
-        let parsed = config::read::<FrpcFile>(full, "frpc.toml", Side::Client, FRP_KEYS)
-            .expect("the full file");
-        let mut want: Vec<(String, String)> = parsed
-            .fields
-            .iter()
-            .map(|k| (k.clone(), "accepted".to_string()))
-            .collect();
-        for k in FRP_KEYS {
-            let status = match k.effect {
-                Effect::NoEffect => "no effect",
-                Effect::Refused => "refused",
-            };
-            want.push((k.key.to_string(), status.to_string()));
-        }
+        let want = config::key_statuses::<FrpcFile>(full, "frpc.toml").expect("the full file");
         rows.sort();
-        want.sort();
         assert_eq!(rows, want);
     }
 

@@ -45,7 +45,7 @@ use std::{
 use serde::Deserialize;
 
 pub use common::config::ConfigError;
-use common::config::{self, is_host_name, parse_ip, Effect, FrpKey, Side};
+use common::config::{self, is_host_name, parse_ip, Effect, FrpKey, Masked, Side, NO_LOG, NO_TLS};
 
 /// frp's default `bindPort`, used when a file has none (punchline's own CLI default,
 /// 8877, applies only to the command line): an `frpc.toml` without `serverPort` must
@@ -221,15 +221,6 @@ impl fmt::Debug for ServerConfig {
     }
 }
 
-/// Prints `MASKED` in place of a secret.
-struct Masked;
-
-impl fmt::Debug for Masked {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("MASKED")
-    }
-}
-
 /// A set of TCP ports (`allowPorts`, `--allow-ports`): sorted, merged, inclusive
 /// ranges. Port 0 is never in it: a proxy asking for port 0 lets the server choose one
 /// from the set.
@@ -385,34 +376,31 @@ impl fmt::Display for DomainAllow {
 
 /// Reads and parses a server config file (see the module docs for the keys).
 pub fn load(path: &Path) -> Result<ServerConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|err| ConfigError::Read {
-        path: path.to_path_buf(),
-        err,
-    })?;
-    let origin = path.display().to_string();
-    let cfg = parse(&text, &origin)?;
-    if let Some(w) = config::no_effect_warning(&origin, &cfg.no_effect) {
-        tracing::warn!("{w}");
-    }
-    Ok(cfg)
+    config::load::<FrpsFile>(path)
 }
 
 /// Parses a server config from `text`; `origin` names it in errors (a file name).
 pub fn parse(text: &str, origin: &str) -> Result<ServerConfig, ConfigError> {
-    let (file, parsed) = config::read::<FrpsFile>(text, origin, Side::Server, FRP_KEYS)?.take();
-    let (mut cfg, no_effect) = parsed.finish(file.validate(origin))?;
-    cfg.no_effect = no_effect;
-    Ok(cfg)
+    config::parse::<FrpsFile>(text, origin)
+}
+
+impl config::Model for FrpsFile {
+    type Config = ServerConfig;
+    const SIDE: Side = Side::Server;
+    const KEYS: &'static [FrpKey] = FRP_KEYS;
+    fn validate(self, origin: &str) -> Result<ServerConfig, ConfigError> {
+        FrpsFile::validate(self, origin)
+    }
+    fn no_effect(cfg: &mut ServerConfig) -> &mut Vec<(String, &'static str)> {
+        &mut cfg.no_effect
+    }
 }
 
 // ---- The file's shape -------------------------------------------------------------
 
 // Reasons shared by several keys.
-const NO_LOG: &str = "logs go to stderr; set the level with -v or RUST_LOG";
 const NO_TRANSPORT: &str = "peers connect over TCP with Noise encryption and yamux, whose \
                             settings are punchline's own";
-const NO_TLS: &str = "connections are always encrypted and authenticated by the token, with \
-                      Noise rather than TLS: there are no certificates";
 const TCPMUX: &str = "there is no tcpmux (use tcp proxies)";
 
 /// frp's server keys that the model below does not read: accepted with no effect, or
@@ -525,17 +513,9 @@ struct PunchlineFile {
 impl FrpsFile {
     /// Checks the values and fills in defaults.
     fn validate(self, origin: &str) -> Result<ServerConfig, ConfigError> {
-        let invalid = |key: &str, message: String| ConfigError::Invalid {
-            origin: origin.to_string(),
-            line: None,
-            key: key.to_string(),
-            message,
-        };
-        let port = |key: &str, value: i64, zero_ok: bool| match u16::try_from(value) {
-            Ok(0) if !zero_ok => Err(invalid(key, "0 is not allowed here (1-65535)".into())),
-            Ok(p) => Ok(p),
-            Err(_) => Err(invalid(key, format!("{value} is not a port (0-65535)"))),
-        };
+        let e = config::Errors { origin };
+        let invalid = |key: &str, message: String| e.invalid(key, message);
+        let port = |key: &str, value: i64, zero_ok: bool| e.port(key, value, zero_ok);
 
         let ip = match &self.bind_addr {
             None => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
@@ -1276,22 +1256,8 @@ allowDomains = ["*"]
 maxExposures = 1
 maxStreams = 1
 "#;
-        let parsed = config::read::<FrpsFile>(full, "frps.toml", Side::Server, FRP_KEYS)
-            .expect("the full file");
-        let mut want: Vec<(String, String)> = parsed
-            .fields
-            .iter()
-            .map(|k| (k.clone(), "accepted".to_string()))
-            .collect();
-        for k in FRP_KEYS {
-            let status = match k.effect {
-                Effect::NoEffect => "no effect",
-                Effect::Refused => "refused",
-            };
-            want.push((k.key.to_string(), status.to_string()));
-        }
+        let want = config::key_statuses::<FrpsFile>(full, "frps.toml").expect("the full file");
         rows.sort();
-        want.sort();
         assert_eq!(rows, want);
     }
 
