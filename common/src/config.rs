@@ -1,6 +1,6 @@
 //! Config files: the model shared by the server's and the peer's config parsers
-//! (`rendezvous::config`, `peer::config`): reading a file (frp's TOML format, or its
-//! legacy INI format), rendering frp's `{{ .Envs.NAME }}` templates, and sorting every
+//! (`rendezvous::config`, `peer::config`): reading a file (frp's TOML format, the same
+//! keys in YAML or JSON, or its legacy INI format), rendering frp's `{{ .Envs.NAME }}` templates, and sorting every
 //! key the crate's serde model did not read.
 //!
 //! The serde structs of each crate are the one list of the keys punchline reads. Keys
@@ -200,6 +200,10 @@ pub enum Format {
     Toml,
     /// frp's legacy INI format (`[common]`, one section per proxy).
     Ini,
+    /// frp's YAML format (a file named `.yaml` or `.yml`): the TOML format's keys.
+    Yaml,
+    /// frp's JSON format (a file named `.json`): the TOML format's keys.
+    Json,
 }
 
 /// What punchline does with a key of frp's that its model does not read.
@@ -612,8 +616,9 @@ fn segments(path: &str) -> Vec<Segment<'_>> {
     out
 }
 
-/// Reads `text` into the model `T`: renders templates, parses (INI when the file has a
-/// `[common]` section, else TOML), deserializes, and sorts the keys the model did not
+/// Reads `text` into the model `T`: renders templates, parses (YAML or JSON when
+/// `origin` ends in `.yaml`/`.yml` or `.json`, as frp decides; else INI when the file
+/// has a `[common]` section, else TOML), deserializes, and sorts the keys the model did not
 /// read by `keys`. Errors carry `origin` (the file's name), the key and its line; all
 /// unknown and refused keys are in one error.
 pub fn read<T: serde::de::DeserializeOwned>(
@@ -629,14 +634,27 @@ pub fn read<T: serde::de::DeserializeOwned>(
     };
     let text = template::render(text, |name| std::env::var(name).ok())
         .map_err(|(m, line)| syntax(m, Some(line)))?;
-    let (root, format) = if ini::is_ini(&text) {
-        let root = ini::to_tree(&text, side).map_err(|(m, line)| syntax(m, Some(line)))?;
-        (root, Format::Ini)
-    } else {
-        (
+    let ext = std::path::Path::new(origin)
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase);
+    let (root, format) = match ext.as_deref() {
+        Some("yaml" | "yml") => (
+            tree::from_yaml(&text).map_err(|(m, line)| syntax(m, line))?,
+            Format::Yaml,
+        ),
+        Some("json") => (
+            tree::from_json(&text).map_err(|(m, line)| syntax(m, line))?,
+            Format::Json,
+        ),
+        _ if ini::is_ini(&text) => {
+            let root = ini::to_tree(&text, side).map_err(|(m, line)| syntax(m, Some(line)))?;
+            (root, Format::Ini)
+        }
+        _ => (
             tree::from_toml(&text).map_err(|(m, line)| syntax(m, line))?,
             Format::Toml,
-        )
+        ),
     };
     let ctx = tree::Ctx {
         lenient: format == Format::Ini,

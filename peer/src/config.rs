@@ -1502,6 +1502,89 @@ mod tests {
 
     /// frp's legacy INI format, as its documentation writes it.
     #[test]
+    fn yaml_and_json_files_read_as_toml_ones() {
+        let toml = r#"serverAddr = "203.0.113.9"
+serverPort = 7001
+auth.token = "s3cret"
+log.level = "info"
+
+[[proxies]]
+name = "ssh"
+type = "tcp"
+localPort = 22
+remotePort = 6000
+transport.useCompression = true
+
+[[proxies]]
+name = "web"
+type = "http"
+localPort = 80
+customDomains = ["www.example.com", "example.com"]
+locations = ["/", "/static"]
+
+[[visitors]]
+name = "v"
+type = "stcp"
+serverName = "secret"
+secretKey = "k"
+bindPort = 6001
+"#;
+        let yaml = r#"# frpc.yaml
+serverAddr: 203.0.113.9
+serverPort: 7001
+auth:
+  token: s3cret
+log:
+  level: info
+proxies:
+  - name: ssh
+    type: tcp
+    localPort: 22
+    remotePort: 6000
+    transport:
+      useCompression: true
+  - name: web
+    type: http
+    localPort: 80
+    customDomains: [www.example.com, example.com]
+    locations:
+      - /
+      - /static
+    subdomain:
+visitors:
+  - name: v
+    type: stcp
+    serverName: secret
+    secretKey: k
+    bindPort: 6001
+"#;
+        let json = r#"{"serverAddr": "203.0.113.9", "serverPort": 7001,
+  "auth": {"token": "s3cret"}, "log": {"level": "info"},
+  "proxies": [
+    {"name": "ssh", "type": "tcp", "localPort": 22, "remotePort": 6000,
+     "transport": {"useCompression": true}},
+    {"name": "web", "type": "http", "localPort": 80,
+     "customDomains": ["www.example.com", "example.com"], "locations": ["/", "/static"]}],
+  "visitors": [{"name": "v", "type": "stcp", "serverName": "secret", "secretKey": "k",
+     "bindPort": 6001}]}"#;
+        let want = parse(toml, "frpc.toml").expect("toml");
+        assert_eq!(parse(yaml, "frpc.yaml").expect("yaml"), want);
+        assert_eq!(parse(yaml, "frpc.YML").expect("yml"), want);
+        assert_eq!(parse(json, "frpc.json").expect("json"), want);
+        assert_eq!(want.no_effect.len(), 1);
+        // Errors name the key (and a syntax error its line).
+        let e = parse("serverPort: seven\n", "frpc.yaml").expect_err("a string port");
+        assert!(e.to_string().contains("serverPort"), "{e}");
+        let e = parse("proxies:\n  - name: a\n   type: [\n", "frpc.yaml").expect_err("syntax");
+        assert!(e.to_string().starts_with("frpc.yaml:"), "{e}");
+        let e =
+            parse("{\"serverPort\": 1,\n \"serverAdr\": \"x\"}", "frpc.json").expect_err("typo");
+        assert!(e.to_string().contains("did you mean `serverAddr`?"), "{e}");
+        let e = parse("[1, 2]", "frpc.json").expect_err("not an object");
+        assert!(e.to_string().contains("not an object"), "{e}");
+    }
+
+    #[test]
     fn ini_files_read_as_toml_ones() {
         let c = ok("# frpc.ini\n\
             [common]\n\

@@ -1119,3 +1119,43 @@ fn stcp_and_sudp_visitor_command_line_forms() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--sk"));
 }
+
+/// frp's YAML and JSON config files: a server from frps.yaml and a peer from
+/// frpc.json (and `verify` on both), carrying data; templates work there too.
+#[test]
+fn yaml_and_json_files() {
+    let d = dir("yamljson");
+    let (bind, remote) = (free(), free());
+    let (_echo, echo_port) = echo();
+    let frps = format!(
+        "# frps.yaml\nbindAddr: 127.0.0.1\nbindPort: {bind}\nauth:\n  token: \"{{{{ .Envs.FRP_AUTH_TOKEN }}}}\"\n\
+         allowPorts:\n  - single: {remote}\nlog:\n  level: trace\n"
+    );
+    let frpc = format!(
+        "{{\"serverAddr\": \"127.0.0.1\", \"serverPort\": {bind}, \"loginFailExit\": false,\n \
+         \"auth\": {{\"token\": \"{{{{ .Envs.FRP_AUTH_TOKEN }}}}\"}},\n \
+         \"proxies\": [{{\"name\": \"good\", \"type\": \"tcp\", \"localIP\": \"127.0.0.1\",\n \
+         \"localPort\": {echo_port}, \"remotePort\": {remote}}}]}}\n"
+    );
+    std::fs::write(d.join("frps.yaml"), frps).unwrap();
+    std::fs::write(d.join("frpc.json"), frpc).unwrap();
+    for (name, file) in [("rendezvous", "frps.yaml"), ("peer", "frpc.json")] {
+        let out = cmd(name)
+            .env("FRP_AUTH_TOKEN", "token-from-the-environment")
+            .args(["verify", "-c", d.join(file).to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains("syntax is ok"));
+    }
+    let srv = with_config("rendezvous", &d.join("frps.yaml"));
+    srv.stdout.wait_for("listening on", T);
+    let peer = with_config("peer", &d.join("frpc.json"));
+    peer.stderr.wait_for("[good] start proxy success", T);
+    carry(remote);
+    let _ = std::fs::remove_dir_all(&d);
+}
