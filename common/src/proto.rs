@@ -25,7 +25,8 @@ use serde::{Deserialize, Serialize};
 /// the handshake with a sentence naming both versions.
 ///
 /// 6: [`ExposeSpec::Https`] (TLS routed by server name on the server's HTTPS vhost);
-/// [`ClientMsg::Expose`] carries `compress`; [`HttpRoute`] `route_by_user`.
+/// [`ClientMsg::Expose`] carries `compress`; [`HttpRoute`] `route_by_user`;
+/// [`ExposeSpec::TcpMux`].
 pub const PROTOCOL_VERSION: u16 = 6;
 
 /// What a connection to the server is for; sent in [`ClientMsg::Hello`].
@@ -291,6 +292,16 @@ pub enum ExposeSpec {
         /// Host names served (`www.example.com`, `*.example.com`).
         domains: Vec<String>,
         /// A name under the server's subdomain host (`web` → `web.example.com`).
+        subdomain: Option<String>,
+    },
+    /// The server answers HTTP CONNECT requests on its tcpmux port for these names
+    /// (`CONNECT www.example.com:22 HTTP/1.1`) and carries the rest of each
+    /// connection as a stream, as a tcp proxy's (frp's tcpmux proxy, multiplexer
+    /// `httpconnect`).
+    TcpMux {
+        /// Host names served (`www.example.com`, `*.example.com`).
+        domains: Vec<String>,
+        /// A name under the server's subdomain host.
         subdomain: Option<String>,
     },
 }

@@ -45,8 +45,8 @@
 //! frp's other keys are in [`FRP_KEYS`]: accepted with no effect (`log.*`,
 //! `loginFailExit`, `transport.tls.*`, `transport.useEncryption`, ...; named together
 //! in one warning) or refused (plugins, `loadBalancer`, `includes`, ...; named together
-//! in one error, with the proxies' own errors). Proxy type `tcpmux` and
-//! visitor type `xudp` are refused. A key nobody knows (a typo) is an error naming it
+//! in one error, with the proxies' own errors). Visitor type `xudp` is
+//! refused. A key nobody knows (a typo) is an error naming it
 //! and the closest known key. The legacy INI format (`frpc.ini`) is read into the same
 //! model.
 //!
@@ -166,6 +166,14 @@ pub enum ProxyKind {
         /// `secretKey`. Printed as `MASKED` by `Debug`.
         secret: String,
     },
+    /// Reached through the server's tcpmux port by HTTP CONNECT to one of its names
+    /// (frp's tcpmux proxy, multiplexer `httpconnect`).
+    TcpMux {
+        /// `customDomains`, lowercased.
+        domains: Vec<String>,
+        /// `subdomain`, lowercased.
+        subdomain: Option<String>,
+    },
     /// A UDP service offered like stcp: datagrams over a link relayed through the
     /// server (`peer serve --udp`; frp's sudp).
     Sudp {
@@ -187,6 +195,10 @@ impl ProxyKind {
             }),
             ProxyKind::Http(route) => Some(ExposeSpec::Http(route.clone())),
             ProxyKind::Https { domains, subdomain } => Some(ExposeSpec::Https {
+                domains: domains.clone(),
+                subdomain: subdomain.clone(),
+            }),
+            ProxyKind::TcpMux { domains, subdomain } => Some(ExposeSpec::TcpMux {
                 domains: domains.clone(),
                 subdomain: subdomain.clone(),
             }),
@@ -213,6 +225,11 @@ impl fmt::Debug for ProxyKind {
                 }
                 f.debug_tuple("Http").field(&shown).finish()
             }
+            ProxyKind::TcpMux { domains, subdomain } => f
+                .debug_struct("TcpMux")
+                .field("domains", domains)
+                .field("subdomain", subdomain)
+                .finish(),
             ProxyKind::Https { domains, subdomain } => f
                 .debug_struct("Https")
                 .field("domains", domains)
@@ -333,7 +350,6 @@ pub const FRP_KEYS: &[FrpKey] = &[
     FrpKey { key: "proxies[].healthCheck", effect: Effect::NoEffect, why: "there are no health checks: the proxy stays registered" },
     FrpKey { key: "proxies[].loadBalancer", effect: Effect::Refused, why: "there are no load balancing groups" },
     FrpKey { key: "proxies[].plugin", effect: Effect::Refused, why: "there are no plugins; point localIP and localPort at a service" },
-    FrpKey { key: "proxies[].multiplexer", effect: Effect::Refused, why: "there is no tcpmux" },
     FrpKey { key: "range", effect: Effect::Refused, why: "INI [range:NAME] sections are not read; give each port a proxy of its own" },
     FrpKey { key: "visitors[].transport.useEncryption", effect: Effect::NoEffect, why: ENCRYPTED },
     FrpKey { key: "visitors[].transport.useCompression", effect: Effect::NoEffect, why: "data is not compressed" },
@@ -400,6 +416,7 @@ struct ProxyFile {
     host_header_rewrite: Option<String>,
     #[serde(rename = "routeByHTTPUser")]
     route_by_http_user: Option<String>,
+    multiplexer: Option<String>,
     #[serde(rename = "requestHeaders")]
     request_headers: Option<HeadersFile>,
     #[serde(rename = "responseHeaders")]
@@ -670,7 +687,8 @@ fn check_proxies(e: &Errors<'_>, proxies: &[Proxy]) -> Result<(), ConfigError> {
             | ProxyKind::Udp { .. }
             | ProxyKind::Xtcp { .. }
             | ProxyKind::Stcp { .. }
-            | ProxyKind::Sudp { .. } => {}
+            | ProxyKind::Sudp { .. }
+            | ProxyKind::TcpMux { .. } => {}
         }
     }
     Ok(())
@@ -691,8 +709,10 @@ impl ProxyFile {
             &at("type"),
             &kind,
             &name,
-            &["tcp", "udp", "http", "https", "xtcp", "stcp", "sudp"],
-            &["tcpmux"],
+            &[
+                "tcp", "udp", "http", "https", "xtcp", "stcp", "sudp", "tcpmux",
+            ],
+            &[],
         )?;
 
         // Keys that belong to another type of proxy.
@@ -720,7 +740,24 @@ impl ProxyFile {
             "udp" => "tcp",
             k => k,
         };
-        let https_key = |key: &str| kind == "https" && matches!(key, "customDomains" | "subdomain");
+        let https_key = |key: &str| {
+            matches!(kind.as_str(), "https" | "tcpmux")
+                && matches!(key, "customDomains" | "subdomain")
+        };
+        if let Some(m) = &self.multiplexer {
+            if kind != "tcpmux" {
+                return Err(e.invalid(
+                    at("multiplexer"),
+                    format!("is for tcpmux proxies, and {name:?} is of type {kind}"),
+                ));
+            }
+            if m != "httpconnect" {
+                return Err(e.unsupported(
+                    at("multiplexer"),
+                    format!("{m:?} is not supported by punchline (httpconnect is)"),
+                ));
+            }
+        }
         if let Some((key, _, owner)) = typed
             .iter()
             .find(|(key, set, owner)| *set && *owner != family && !https_key(key))
@@ -753,7 +790,7 @@ impl ProxyFile {
             "udp" => ProxyKind::Udp {
                 remote_port: e.port(&at("remotePort"), self.remote_port.unwrap_or(0), true)?,
             },
-            "http" | "https" => {
+            "http" | "https" | "tcpmux" => {
                 let mut domains = Vec::new();
                 for (j, d) in self
                     .custom_domains
@@ -789,12 +826,17 @@ impl ProxyFile {
                         format!("{kind} proxy {name:?} needs customDomains or subdomain"),
                     ));
                 }
-                if kind == "https" {
-                    // Only the domains: TLS passes through untouched.
+                if kind == "https" || kind == "tcpmux" {
+                    // Only the domains: the bytes pass through untouched.
+                    let kind = if kind == "https" {
+                        ProxyKind::Https { domains, subdomain }
+                    } else {
+                        ProxyKind::TcpMux { domains, subdomain }
+                    };
                     return Ok(Proxy {
                         name: prefixed(e, &at("name"), user, name)?,
                         local,
-                        kind: ProxyKind::Https { domains, subdomain },
+                        kind,
                         compress,
                     });
                 }
@@ -1260,11 +1302,11 @@ mod tests {
     fn errors_name_the_key() {
         let cases: Vec<(String, &str, &str)> = vec![
             // Proxy and visitor types frp has and punchline does not.
-            (proxy("tcpmux", ""), "proxies[1].type", "\"tcpmux\" (\"p\") is not supported by punchline (tcp, udp, http, https, xtcp, stcp, sudp are)"),
+            (proxy("kcp", ""), "proxies[1].type", "\"kcp\" (\"p\") is unknown (punchline supports tcp, udp, http, https, xtcp, stcp, sudp, tcpmux)"),
+            (proxy("tcpmux", "customDomains = [\"a.example\"]\nmultiplexer = \"other\""), "proxies[1].multiplexer", "httpconnect"),
             (proxy("sudp", ""), "proxies[1].secretKey", "missing"),
             (proxy("https", "locations = [\"/\"]"), "proxies[1].locations", "is for http proxies"),
             (proxy("https", ""), "proxies[1]", "https proxy \"p\" needs customDomains or subdomain"),
-            (proxy("tcpmux", "multiplexer = \"httpconnect\""), "proxies[1].type", "not supported"),
             (proxy("tpc", ""), "proxies[1].type", "unknown"),
             (proxy("tcp", "type = \"http\""), "", "duplicate key: `type = \"http\"`"),
             (visitor("type = \"stcp\""), "", "duplicate key"),
@@ -1357,11 +1399,11 @@ mod tests {
     fn errors_carry_the_line() {
         let text =
             "serverAddr = \"s\"\n\n[[proxies]]\nname = \"ssh\"\ntype = \"tcp\"\nlocalPort = 22\n\n\
-                    [[proxies]]\nname = \"mux\"\ntype = \"tcpmux\"\nlocalPort = 53\n";
+                    [[proxies]]\nname = \"mux\"\ntype = \"tcpmuxx\"\nlocalPort = 53\n";
         let e = err(text);
         assert_eq!(
             e.to_string(),
-            "frpc.toml:10: proxies[1].type: \"tcpmux\" (\"mux\") is not supported by punchline (tcp, udp, http, https, xtcp, stcp, sudp are)"
+            "frpc.toml:10: proxies[1].type: \"tcpmuxx\" (\"mux\") is unknown (punchline supports tcp, udp, http, https, xtcp, stcp, sudp, tcpmux)"
         );
         // From validate(), which has no spans: the line is looked up afterwards.
         let e = err("serverAddr = \"s\"\n[[proxies]]\nname = \"p\"\ntype = \"tcp\"\nlocalPort = 22\nremotePort = 99999\n");
@@ -1693,6 +1735,7 @@ httpUser = "u"
 httpPassword = "p"
 hostHeaderRewrite = "h"
 routeByHTTPUser = "u"
+multiplexer = "httpconnect"
 requestHeaders.set.a = "b"
 responseHeaders.set.a = "b"
 secretKey = "k"

@@ -170,8 +170,10 @@ pub async fn run(
                         format!("{proto} port {p} on the server")
                     }
                     None => {
-                        let https = urls.iter().all(|u| u.starts_with("https://"));
-                        let proto = if https { "https" } else { "http" };
+                        let proto = urls
+                            .first()
+                            .and_then(|u| u.split_once("://"))
+                            .map_or("http", |(scheme, _)| scheme);
                         println!("exposed {name} {proto} {}", urls.join(" "));
                         urls.join(", ")
                     }

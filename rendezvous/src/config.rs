@@ -10,6 +10,7 @@
 //! | `bindAddr` | IP address to listen on (`"::"` or `"[::]"` for IPv6) | `"0.0.0.0"` |
 //! | `bindPort` | TCP port peers connect to (0: any free port) | `7000`, frp's (the CLI's is 8877) |
 //! | `vhostHTTPPort` | port of the HTTP virtual hosts; 0 or absent: none | none |
+//! | `tcpmuxHTTPConnectPort` | port where HTTP CONNECT requests reach tcpmux proxies; 0 or absent: none | none |
 //! | `vhostHTTPSPort` | port of the HTTPS virtual hosts (TLS routed by SNI, not terminated); 0 or absent: none | none |
 //! | `subDomainHost` | domain under which `subdomain` proxies live (lowercased) | none |
 //! | `auth.method` | `"token"`, the only method | `"token"` |
@@ -62,6 +63,9 @@ pub struct ServerConfig {
     /// The HTTPS virtual host port (`vhostHTTPSPort`): TLS routed by server name
     /// (SNI) to https proxies, not terminated; `None`: no such listener.
     pub vhost_https_port: Option<u16>,
+    /// The tcpmux port (`tcpmuxHTTPConnectPort`): HTTP CONNECT requests routed by host
+    /// to tcpmux proxies; `None`: no such listener.
+    pub tcpmux_http_connect_port: Option<u16>,
     /// Longest wait for a peer's response head to a vhost request, then 504
     /// (`vhostHTTPTimeout`, seconds; default [`crate::vhost::RESPONSE_TIMEOUT`], frp's
     /// 60 s too).
@@ -183,6 +187,7 @@ impl ServerConfig {
             bind,
             vhost_http_port: None,
             vhost_https_port: None,
+            tcpmux_http_connect_port: None,
             vhost_http_timeout: crate::vhost::RESPONSE_TIMEOUT,
             subdomain_host: None,
             token: None,
@@ -205,6 +210,7 @@ impl fmt::Debug for ServerConfig {
             .field("bind", &self.bind)
             .field("vhost_http_port", &self.vhost_http_port)
             .field("vhost_https_port", &self.vhost_https_port)
+            .field("tcpmux_http_connect_port", &self.tcpmux_http_connect_port)
             .field("vhost_http_timeout", &self.vhost_http_timeout)
             .field("subdomain_host", &self.subdomain_host)
             .field("token", &self.token.as_ref().map(|_| Masked))
@@ -401,7 +407,6 @@ impl config::Model for FrpsFile {
 // Reasons shared by several keys.
 const NO_TRANSPORT: &str = "peers connect over TCP with Noise encryption and yamux, whose \
                             settings are punchline's own";
-const TCPMUX: &str = "there is no tcpmux (use tcp proxies)";
 
 /// frp's server keys that the model below does not read: accepted with no effect, or
 /// refused. The README's table of frp keys lists these and the model's own.
@@ -428,8 +433,7 @@ pub const FRP_KEYS: &[FrpKey] = &[
     FrpKey { key: "kcpBindPort", effect: Effect::Refused, why: "peers connect over TCP only, not KCP" },
     FrpKey { key: "quicBindPort", effect: Effect::Refused, why: "peers connect over TCP only, not QUIC" },
     FrpKey { key: "proxyBindAddr", effect: Effect::Refused, why: "tcp proxies listen on bindAddr" },
-    FrpKey { key: "tcpmuxHTTPConnectPort", effect: Effect::Refused, why: TCPMUX },
-    FrpKey { key: "tcpmuxPassthrough", effect: Effect::Refused, why: TCPMUX },
+    FrpKey { key: "tcpmuxPassthrough", effect: Effect::Refused, why: "the server answers the CONNECT request itself; the service gets the bytes after it" },
     FrpKey { key: "sshTunnelGateway", effect: Effect::Refused, why: "there is no SSH tunnel gateway" },
     FrpKey { key: "maxPortsPerClient", effect: Effect::Refused, why: "limit peers with [[users]] maxExposures" },
     FrpKey { key: "allowedClientIPs", effect: Effect::Refused, why: "filter peer addresses with a firewall" },
@@ -449,6 +453,8 @@ struct FrpsFile {
     vhost_http_port: Option<i64>,
     #[serde(rename = "vhostHTTPSPort")]
     vhost_https_port: Option<i64>,
+    #[serde(rename = "tcpmuxHTTPConnectPort")]
+    tcpmux_http_connect_port: Option<i64>,
     #[serde(rename = "vhostHTTPTimeout")]
     vhost_http_timeout: Option<i64>,
     #[serde(rename = "subDomainHost")]
@@ -545,6 +551,10 @@ impl FrpsFile {
                 ),
             ));
         }
+        let tcpmux_http_connect_port = match self.tcpmux_http_connect_port {
+            None | Some(0) => None,
+            Some(p) => Some(port("tcpmuxHTTPConnectPort", p, false)?),
+        };
         let vhost_http_timeout = match self.vhost_http_timeout {
             None => crate::vhost::RESPONSE_TIMEOUT,
             Some(n) if n >= 1 => std::time::Duration::from_secs(n.unsigned_abs()),
@@ -734,6 +744,7 @@ impl FrpsFile {
             bind: SocketAddr::new(ip, bind_port),
             vhost_http_port,
             vhost_https_port,
+            tcpmux_http_connect_port,
             vhost_http_timeout,
             subdomain_host,
             token,
@@ -1010,9 +1021,9 @@ mod tests {
             ("quicBindPort = 7002", "quicBindPort", "not supported"),
             ("vhostHTTPSPort = 7000", "vhostHTTPSPort", "port of its own"),
             (
-                "tcpmuxHTTPConnectPort = 1337",
+                "tcpmuxHTTPConnectPort = 70000",
                 "tcpmuxHTTPConnectPort",
-                "not supported",
+                "not a port",
             ),
             ("maxPortsPerClient = 0", "maxPortsPerClient", "maxExposures"),
             (
@@ -1238,6 +1249,7 @@ mod tests {
 bindPort = 7000
 vhostHTTPPort = 80
 vhostHTTPSPort = 443
+tcpmuxHTTPConnectPort = 1337
 subDomainHost = "example.com"
 auth.method = "token"
 auth.token = "t"

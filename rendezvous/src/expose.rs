@@ -50,6 +50,16 @@ pub const DATA_WAIT: Duration = Duration::from_secs(3);
 
 const NO_INSTANCE: &str = "no exposures of this peer process: send Expose first";
 
+/// The route tables of the server's name-routed listeners, each if it has one.
+pub(crate) struct Fronts {
+    /// The HTTP vhost's.
+    pub(crate) http: Option<Arc<crate::vhost::Vhosts>>,
+    /// The HTTPS (SNI) vhost's.
+    pub(crate) https: Option<Arc<crate::vhost::Vhosts>>,
+    /// The tcpmux (HTTP CONNECT) port's.
+    pub(crate) tcpmux: Option<Arc<crate::vhost::Vhosts>>,
+}
+
 /// One control connection's exposure side.
 struct Instance {
     identity: PublicKey,
@@ -65,6 +75,8 @@ pub(crate) struct Exposures {
     vhosts: Option<Arc<crate::vhost::Vhosts>>,
     /// The HTTPS (SNI) vhost's table.
     https: Option<Arc<crate::vhost::Vhosts>>,
+    /// The tcpmux (HTTP CONNECT) port's table.
+    tcpmux: Option<Arc<crate::vhost::Vhosts>>,
     registry: Arc<Mutex<Registry>>,
     /// Control connection → its instance and data connection.
     instances: Mutex<HashMap<ConnId, Instance>>,
@@ -87,16 +99,21 @@ impl Exposures {
     pub(crate) fn new(
         bind_ip: std::net::IpAddr,
         registry: Arc<Mutex<Registry>>,
-        vhosts: Option<Arc<crate::vhost::Vhosts>>,
-        https: Option<Arc<crate::vhost::Vhosts>>,
+        fronts: Fronts,
         tasks: Tasks,
         max_per_client: usize,
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Arc<Self> {
+        let Fronts {
+            http: vhosts,
+            https,
+            tcpmux,
+        } = fronts;
         Arc::new(Self {
             bind_ip,
             vhosts,
             https,
+            tcpmux,
             registry,
             instances: Mutex::default(),
             listeners: Mutex::default(),
@@ -188,40 +205,69 @@ impl Exposures {
                 let Some(table) = &self.https else {
                     return Err("this server serves no HTTPS virtual hosts (start it with --vhost-https-port, or vhostHTTPSPort)".into());
                 };
-                let http = common::proto::HttpRoute {
-                    domains: domains.clone(),
-                    subdomain: subdomain.clone(),
-                    ..Default::default()
+                self.expose_by_name(
+                    conn,
+                    name,
+                    domains,
+                    subdomain,
+                    table,
+                    crate::registry::HTTPS_LOCATION,
+                )
+            }
+            ExposeSpec::TcpMux { domains, subdomain } => {
+                let Some(table) = &self.tcpmux else {
+                    return Err("this server has no tcpmux port (start it with --tcpmux-http-connect-port, or tcpmuxHTTPConnectPort)".into());
                 };
-                let (hosts, _) = table.claims(&http)?;
-                let released = self
-                    .registry()
-                    .claim_route(
-                        conn,
-                        name,
-                        &hosts,
-                        &[crate::registry::HTTPS_LOCATION.to_string()],
-                        Instant::now(),
-                    )
-                    .map_err(|r| self.refusal(r))?;
-                self.apply(released);
-                let me = self.clone();
-                let proxy = name.to_string();
-                let opener: crate::vhost::Opener = Arc::new(move || {
-                    let (me, proxy) = (me.clone(), proxy.clone());
-                    Box::pin(async move { me.open(conn, &proxy).await })
-                });
-                let urls = table.add(crate::vhost::Route {
-                    proxy: name.to_string(),
-                    http,
-                    opener,
-                    owner: conn,
-                })?;
-                table.set_online(conn, true);
-                info!(proxy = name, ?urls, "https route exposed");
-                Ok((None, urls))
+                self.expose_by_name(
+                    conn,
+                    name,
+                    domains,
+                    subdomain,
+                    table,
+                    crate::registry::TCPMUX_LOCATION,
+                )
             }
         }
+    }
+
+    /// An https or tcpmux proxy: its hosts claimed in the registry under `location`
+    /// (the marker of its front), its route in that front's `table`; a stream per
+    /// connection, carried as a tcp proxy's.
+    fn expose_by_name(
+        self: &Arc<Self>,
+        conn: ConnId,
+        name: &str,
+        domains: &[String],
+        subdomain: &Option<String>,
+        table: &Arc<crate::vhost::Vhosts>,
+        location: &str,
+    ) -> Result<(Option<u16>, Vec<String>), String> {
+        let http = common::proto::HttpRoute {
+            domains: domains.to_vec(),
+            subdomain: subdomain.clone(),
+            ..Default::default()
+        };
+        let (hosts, _) = table.claims(&http)?;
+        let released = self
+            .registry()
+            .claim_route(conn, name, &hosts, &[location.to_string()], Instant::now())
+            .map_err(|r| self.refusal(r))?;
+        self.apply(released);
+        let me = self.clone();
+        let proxy = name.to_string();
+        let opener: crate::vhost::Opener = Arc::new(move || {
+            let (me, proxy) = (me.clone(), proxy.clone());
+            Box::pin(async move { me.open(conn, &proxy).await })
+        });
+        let urls = table.add(crate::vhost::Route {
+            proxy: name.to_string(),
+            http,
+            opener,
+            owner: conn,
+        })?;
+        table.set_online(conn, true);
+        info!(proxy = name, ?urls, "route exposed");
+        Ok((None, urls))
     }
 
     async fn expose_tcp(
@@ -419,7 +465,7 @@ impl Exposures {
             }
         }
         for (conn, proxy) in &released.routes {
-            for v in self.vhosts.iter().chain(&self.https) {
+            for v in self.vhosts.iter().chain(&self.https).chain(&self.tcpmux) {
                 v.remove(*conn, proxy);
             }
             info!(%proxy, "http route released");
@@ -610,7 +656,7 @@ impl Exposures {
                 m.close();
             }
         }
-        for v in self.vhosts.iter().chain(&self.https) {
+        for v in self.vhosts.iter().chain(&self.https).chain(&self.tcpmux) {
             v.set_online(conn, false);
         }
     }

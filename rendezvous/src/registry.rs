@@ -38,6 +38,10 @@ use crate::config::{DomainAllow, PortRanges};
 /// ways), while an http location (a path, starting with `/`) and this never collide.
 pub const HTTPS_LOCATION: &str = "tls";
 
+/// The "location" a tcpmux (HTTP CONNECT) proxy claims under its hosts, as
+/// [`HTTPS_LOCATION`].
+pub const TCPMUX_LOCATION: &str = "connect";
+
 /// A control connection, as the server numbers them.
 pub type ConnId = u64;
 
@@ -223,6 +227,8 @@ pub enum ClaimKind {
     Tcp(u16),
     /// A host of the HTTPS (SNI) vhost.
     Https(String),
+    /// A host of the tcpmux (HTTP CONNECT) port.
+    TcpMux(String),
     /// A location under a host of the HTTP vhost.
     Http {
         /// The host name (or wildcard).
@@ -764,6 +770,8 @@ impl Registry {
             for (location, h) in &hold.locations {
                 let kind = if location == HTTPS_LOCATION {
                     ClaimKind::Https(host.clone())
+                } else if location == TCPMUX_LOCATION {
+                    ClaimKind::TcpMux(host.clone())
                 } else {
                     ClaimKind::Http {
                         host: host.clone(),

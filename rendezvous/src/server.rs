@@ -58,6 +58,7 @@ pub struct Handle {
     alt_addr: Option<SocketAddr>,
     vhost_addr: Option<SocketAddr>,
     https_addr: Option<SocketAddr>,
+    tcpmux_addr: Option<SocketAddr>,
     admin_addr: Option<SocketAddr>,
     tasks: Tasks,
 }
@@ -84,6 +85,11 @@ impl Handle {
     /// The HTTPS (SNI) vhost listener's address, if the server has one.
     pub fn https_addr(&self) -> Option<SocketAddr> {
         self.https_addr
+    }
+
+    /// The tcpmux (HTTP CONNECT) listener's address, if the server has one.
+    pub fn tcpmux_addr(&self) -> Option<SocketAddr> {
+        self.tcpmux_addr
     }
 
     /// The admin listener's address (dashboard, status, metrics), if the server has one.
@@ -157,13 +163,29 @@ pub async fn spawn(config: Config) -> std::io::Result<Handle> {
         None => None,
     };
     let https_addr = https.as_ref().map(|v| v.1);
+    let tcpmux = match config.tcpmux_http_connect_port {
+        Some(port) => {
+            let l = TcpListener::bind((config.bind.ip(), port)).await?;
+            let addr = l.local_addr()?;
+            let table = Arc::new(
+                crate::vhost::Vhosts::new(config.subdomain_host.clone())
+                    .with_tcpmux_port(addr.port()),
+            );
+            Some((l, addr, table))
+        }
+        None => None,
+    };
+    let tcpmux_addr = tcpmux.as_ref().map(|v| v.1);
     let (allowances, psks) = users(&config);
     let registry = Arc::new(Mutex::new(Registry::new(allowances, config.grace)));
     let exposures = crate::expose::Exposures::new(
         config.bind.ip(),
         registry.clone(),
-        vhost.as_ref().map(|v| v.2.clone()),
-        https.as_ref().map(|v| v.2.clone()),
+        crate::expose::Fronts {
+            http: vhost.as_ref().map(|v| v.2.clone()),
+            https: https.as_ref().map(|v| v.2.clone()),
+            tcpmux: tcpmux.as_ref().map(|v| v.2.clone()),
+        },
         tasks.clone(),
         config.vhost.max_per_client,
         metrics.clone(),
@@ -184,6 +206,15 @@ pub async fn spawn(config: Config) -> std::io::Result<Handle> {
         tasks.tracker.spawn(async move {
             if let Err(e) = crate::vhost::https::serve(l, table, vcfg, stop).await {
                 warn!(%e, "https vhost stopped");
+            }
+        });
+    }
+    if let Some((l, _, table)) = tcpmux {
+        let stop = tasks.stop.clone();
+        let vcfg = config.vhost.clone();
+        tasks.tracker.spawn(async move {
+            if let Err(e) = crate::vhost::https::serve_connect(l, table, vcfg, stop).await {
+                warn!(%e, "tcpmux stopped");
             }
         });
     }
@@ -230,6 +261,7 @@ pub async fn spawn(config: Config) -> std::io::Result<Handle> {
         alt_addr,
         vhost_addr,
         https_addr,
+        tcpmux_addr,
         admin_addr,
         tasks,
     })
@@ -250,7 +282,11 @@ async fn bind_with_alternate(
     // The default second port never takes a port the configuration gives the vhost.
     let next_port = config.bind.port().checked_add(1);
     let taken = |p: Option<u16>| p.filter(|p| *p != 0).is_some_and(|p| Some(p) == next_port);
-    if next && (taken(config.vhost_http_port) || taken(config.vhost_https_port)) {
+    if next
+        && (taken(config.vhost_http_port)
+            || taken(config.vhost_https_port)
+            || taken(config.tcpmux_http_connect_port))
+    {
         warn!(
             "the vhost port is the bind port + 1: no second port for NAT checks \
              (peers cannot tell symmetric NATs apart; see --alt-port)"

@@ -173,6 +173,13 @@ pub(crate) fn build(
                 e.urls.push(format!(":{port}"));
                 exposures.insert((fp.to_string(), c.holder.proxy.clone()), e);
             }
+            ClaimKind::TcpMux(host) => {
+                exposures
+                    .entry((fp.to_string(), c.holder.proxy.clone()))
+                    .or_insert_with(|| entry("tcpmux", None))
+                    .urls
+                    .push(format!("CONNECT {host}"));
+            }
             ClaimKind::Https(host) => {
                 let url = match https_port {
                     Some(443) | None => format!("https://{host}"),

@@ -657,8 +657,7 @@ fn https_routes_by_server_name() {
     // An unknown name: closed, and the server says why.
     let ca = d.join("a.example.com").join("a.example.com.crt");
     assert!(curl_tls(https, "nobody.example.com", &ca, "/blob").is_none());
-    srv.stderr
-        .wait_for("no https proxy serves nobody.example.com", T);
+    srv.stderr.wait_for("no proxy serves nobody.example.com", T);
     // Not TLS at all, and a client that sends nothing: both closed.
     let closed = |send: &[u8]| {
         let mut s = std::net::TcpStream::connect(("127.0.0.1", https)).unwrap();
@@ -1157,5 +1156,91 @@ fn yaml_and_json_files() {
     let peer = with_config("peer", &d.join("frpc.json"));
     peer.stderr.wait_for("[good] start proxy success", T);
     carry(remote);
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+/// frp's tcpmux (HTTP CONNECT): proxies of type tcpmux behind the server's
+/// tcpmuxHTTPConnectPort, reached by curl through it as an HTTP proxy (curl
+/// --proxytunnel) and by a raw CONNECT whose tunnel echoes 1 MB intact; an unknown
+/// host gets 404, a GET 405.
+#[test]
+fn tcpmux_http_connect() {
+    let d = dir("tcpmux");
+    let (bind, mux) = (free(), free());
+    let web_port = web();
+    let (_echo, echo_port) = echo();
+    std::fs::write(
+        d.join("frps.toml"),
+        format!("bindAddr = \"127.0.0.1\"\nbindPort = {bind}\ntcpmuxHTTPConnectPort = {mux}\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("frpc.toml"),
+        format!(
+            "serverPort = {bind}\n\n[[proxies]]\nname = \"web\"\ntype = \"tcpmux\"\n\
+             multiplexer = \"httpconnect\"\nlocalPort = {web_port}\ncustomDomains = [\"web.example.com\"]\n\n\
+             [[proxies]]\nname = \"echo\"\ntype = \"tcpmux\"\nlocalPort = {echo_port}\n\
+             customDomains = [\"echo.example.com\"]\n"
+        ),
+    )
+    .unwrap();
+    let srv = with_config("rendezvous", &d.join("frps.toml"));
+    srv.stdout.wait_for("tcpmux on", T);
+    let peer = with_config("peer", &d.join("frpc.toml"));
+    peer.stderr.wait_for("[web] start proxy success", T);
+    peer.stderr.wait_for("[echo] start proxy success", T);
+
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "20", "--proxytunnel", "-x"])
+        .arg(format!("http://127.0.0.1:{mux}"))
+        .arg("http://web.example.com/")
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "web web.example.com");
+
+    let head = |s: &mut std::net::TcpStream| -> String {
+        let mut got = Vec::new();
+        let mut b = [0u8; 1];
+        while !got.ends_with(b"\r\n\r\n") && s.read(&mut b).unwrap_or(0) == 1 {
+            got.push(b[0]);
+        }
+        String::from_utf8_lossy(&got).to_string()
+    };
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", mux)).unwrap();
+    s.set_read_timeout(Some(T)).unwrap();
+    let blob = data(1_000_000, 77);
+    // The request and the first bytes in one write: nothing after the head is lost.
+    let mut first =
+        b"CONNECT echo.example.com:7 HTTP/1.1\r\nHost: echo.example.com:7\r\n\r\n".to_vec();
+    first.extend_from_slice(&blob[..1000]);
+    s.write_all(&first).unwrap();
+    assert!(head(&mut s).starts_with("HTTP/1.1 200"));
+    let mut w = s.try_clone().unwrap();
+    let rest = blob[1000..].to_vec();
+    let writer = std::thread::spawn(move || {
+        w.write_all(&rest).unwrap();
+        w.shutdown(std::net::Shutdown::Write).unwrap();
+    });
+    let mut back = Vec::new();
+    s.read_to_end(&mut back).unwrap();
+    writer.join().unwrap();
+    assert_eq!(sha256(&back), sha256(&blob));
+
+    for (req, want) in [
+        (
+            "CONNECT nobody.example.com:22 HTTP/1.1\r\n\r\n",
+            "HTTP/1.1 404",
+        ),
+        (
+            "GET / HTTP/1.1\r\nHost: web.example.com\r\n\r\n",
+            "HTTP/1.1 405",
+        ),
+    ] {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", mux)).unwrap();
+        s.set_read_timeout(Some(T)).unwrap();
+        s.write_all(req.as_bytes()).unwrap();
+        let got = head(&mut s);
+        assert!(got.starts_with(want), "{req:?}: {got:?}");
+    }
     let _ = std::fs::remove_dir_all(&d);
 }

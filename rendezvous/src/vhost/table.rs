@@ -283,6 +283,14 @@ impl Vhosts {
         self
     }
 
+    /// Makes this the table of the tcpmux (HTTP CONNECT) port `port`: URLs are
+    /// `tcpmux://HOST:PORT/`, errors name tcpmux proxies.
+    pub fn with_tcpmux_port(mut self, port: u16) -> Self {
+        self.http_port = port;
+        self.scheme = "tcpmux";
+        self
+    }
+
     /// Counts every answered request in `metrics` (by status code).
     pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Self {
         self.metrics = Some(metrics);
