@@ -19,12 +19,17 @@
 //!
 //! * `tcp` and `udp`: `remotePort` (0 or absent: the server chooses; tcp and udp
 //!   proxies share the server's port numbers);
+//! * every type but xtcp, stcp and sudp: `transport.useCompression` (snappy between
+//!   server and peer);
 //! * `http`: `customDomains` (lowercased, `*.example.com` allowed) and/or `subdomain`
 //!   (at least one), `locations` (path prefixes, default `/`), `httpUser` and
 //!   `httpPassword` (basic auth, both or neither), `hostHeaderRewrite`,
-//!   `requestHeaders.set.NAME`, `responseHeaders.set.NAME`;
+//!   `requestHeaders.set.NAME`, `responseHeaders.set.NAME`, `routeByHTTPUser` (serve
+//!   only that basic-auth user's requests);
 //! * `https`: `customDomains` and/or `subdomain`, as for http; the server routes TLS
 //!   connections by their server name (SNI) and does not terminate TLS;
+//! * `tcpmux`: the same keys, and `multiplexer` (`"httpconnect"`, the default and the
+//!   only one): reached by HTTP CONNECT on the server's tcpmux port;
 //! * `xtcp`, `stcp` (the same, always relayed through the server) and `sudp` (UDP,
 //!   relayed like stcp): `secretKey`
 //!   (required), `allowUsers` (only `["*"]`: the server does not
