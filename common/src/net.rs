@@ -309,3 +309,57 @@ pub async fn carry_datagrams<S>(
         }
     }
 }
+
+/// The UDP sessions of a socket that receives for many users (an exposed udp port, a
+/// `connect --udp` visitor): each user address's datagrams go to its session's queue
+/// (dropped when the queue is full, as a congested path drops them), and a datagram
+/// from a new address opens a session, up to `max` at once.
+#[derive(Debug)]
+pub struct UdpSessions {
+    sessions: std::collections::HashMap<SocketAddr, tokio::sync::mpsc::Sender<bytes::Bytes>>,
+    max: usize,
+    queue: usize,
+}
+
+impl UdpSessions {
+    /// At most `max` sessions at once, `queue` datagrams waiting in each.
+    pub fn new(max: usize, queue: usize) -> Self {
+        UdpSessions {
+            sessions: Default::default(),
+            max,
+            queue: queue.max(1),
+        }
+    }
+
+    /// Hands a datagram from `from` to its session. `Some(receiver)` when a new session
+    /// was opened for it (the datagram is already queued there): the caller carries it
+    /// (see [`carry_datagrams`]), or drops the receiver to refuse it. `None` when it was
+    /// queued, or dropped at the limit.
+    pub fn dispatch(
+        &mut self,
+        from: SocketAddr,
+        mut data: bytes::Bytes,
+    ) -> Option<tokio::sync::mpsc::Receiver<bytes::Bytes>> {
+        use tokio::sync::mpsc::error::TrySendError;
+        if let Some(tx) = self.sessions.get(&from) {
+            match tx.try_send(data) {
+                Ok(()) | Err(TrySendError::Full(_)) => return None,
+                Err(TrySendError::Closed(d)) => {
+                    self.sessions.remove(&from);
+                    data = d;
+                }
+            }
+        }
+        if self.sessions.len() >= self.max {
+            self.sessions.retain(|_, tx| !tx.is_closed());
+            if self.sessions.len() >= self.max {
+                tracing::debug!(%from, "datagram dropped: at the session limit");
+                return None;
+            }
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(self.queue);
+        let _ = tx.try_send(data);
+        self.sessions.insert(from, tx);
+        Some(rx)
+    }
+}

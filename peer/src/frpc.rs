@@ -231,24 +231,8 @@ pub fn proxy_config(
     server: Option<&str>,
     token: Option<String>,
 ) -> Result<ClientConfig, String> {
-    let host = server.unwrap_or("127.0.0.1");
-    let server = match args.server_port {
-        Some(p) => format!("{}:{p}", host_only(host)),
-        None if has_port(host) => host.to_string(),
-        None => format!("{}:{FRP_DEFAULT_PORT}", host_only(host)),
-    };
-    let local = match common::config::parse_ip(&args.local_ip) {
-        Some(ip) => SocketAddr::new(ip, args.local_port).to_string(),
-        None if common::config::is_host_name(&args.local_ip) => {
-            format!("{}:{}", args.local_ip, args.local_port)
-        }
-        None => {
-            return Err(format!(
-                "{:?} is not an IP address or a host name",
-                args.local_ip
-            ))
-        }
-    };
+    let server = server_addr(server, args.server_port);
+    let local = local_addr(&args.local_ip, args.local_port)?;
     let kind = match kind {
         ProxyType::Udp => ProxyKind::Udp {
             remote_port: args.remote_port.unwrap_or(0),
@@ -424,16 +408,11 @@ pub fn secret_config(
     server: Option<&str>,
     token: Option<String>,
 ) -> Result<ClientConfig, String> {
-    let host = server.unwrap_or("127.0.0.1");
     let server_port = match &args.visitor {
         Some(SecretSub::Visitor(v)) => v.server_port,
         None => args.server_port,
     };
-    let server = match server_port {
-        Some(p) => format!("{}:{p}", host_only(host)),
-        None if has_port(host) => host.to_string(),
-        None => format!("{}:{FRP_DEFAULT_PORT}", host_only(host)),
-    };
+    let server = server_addr(server, server_port);
     let type_name = match kind {
         SecretType::Stcp => "stcp",
         SecretType::Sudp => "sudp",
@@ -465,18 +444,7 @@ pub fn secret_config(
             "an {type_name} proxy needs -l LOCAL_PORT and --sk SECRET"
         ));
     };
-    let local = match common::config::parse_ip(&args.local_ip) {
-        Some(ip) => SocketAddr::new(ip, local_port).to_string(),
-        None if common::config::is_host_name(&args.local_ip) => {
-            format!("{}:{local_port}", args.local_ip)
-        }
-        None => {
-            return Err(format!(
-                "{:?} is not an IP address or a host name",
-                args.local_ip
-            ))
-        }
-    };
+    let local = local_addr(&args.local_ip, local_port)?;
     let kind = match kind {
         SecretType::Stcp => ProxyKind::Stcp { secret },
         SecretType::Sudp => ProxyKind::Sudp { secret },
@@ -502,6 +470,26 @@ pub fn secret_config(
         visitors: Vec::new(),
         no_effect: Vec::new(),
     })
+}
+
+/// The server of an frp command: `-s` (HOST, or HOST:PORT when -P is not given;
+/// frp's default HOST is 127.0.0.1) and `-P` (default 7000, frp's).
+fn server_addr(server: Option<&str>, port: Option<u16>) -> String {
+    let host = server.unwrap_or("127.0.0.1");
+    match port {
+        Some(p) => format!("{}:{p}", host_only(host)),
+        None if has_port(host) => host.to_string(),
+        None => format!("{}:{FRP_DEFAULT_PORT}", host_only(host)),
+    }
+}
+
+/// The local service of an frp command: `-i` (an IP address or a host name) and `-l`.
+fn local_addr(ip: &str, port: u16) -> Result<String, String> {
+    match common::config::parse_ip(ip) {
+        Some(ip) => Ok(SocketAddr::new(ip, port).to_string()),
+        None if common::config::is_host_name(ip) => Ok(format!("{ip}:{port}")),
+        None => Err(format!("{ip:?} is not an IP address or a host name")),
+    }
 }
 
 fn has_port(host: &str) -> bool {

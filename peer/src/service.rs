@@ -19,7 +19,7 @@
 //! [`UDP_SESSION_IDLE`] without a datagram either way; a visitor holds at most
 //! [`MAX_UDP_SESSIONS`] at once.
 
-use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use common::{
     defaults::{
@@ -466,7 +466,7 @@ impl Visitor {
     /// address's to its session (a stream on the link), starting one for a new address.
     async fn datagrams(self: Arc<Self>, socket: UdpSocket) {
         let socket = Arc::new(socket);
-        let mut sessions: HashMap<SocketAddr, mpsc::Sender<bytes::Bytes>> = HashMap::new();
+        let mut sessions = common::net::UdpSessions::new(MAX_UDP_SESSIONS, UDP_SESSION_QUEUE);
         let mut tasks = JoinSet::new();
         let mut buf = vec![0u8; usize::from(u16::MAX)];
         loop {
@@ -480,26 +480,9 @@ impl Visitor {
                 },
                 Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
             };
-            let mut data = bytes::Bytes::copy_from_slice(&buf[..n]);
-            if let Some(tx) = sessions.get(&from) {
-                match tx.try_send(data) {
-                    Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => continue,
-                    Err(mpsc::error::TrySendError::Closed(d)) => {
-                        sessions.remove(&from);
-                        data = d;
-                    }
-                }
-            }
-            if sessions.len() >= MAX_UDP_SESSIONS {
-                sessions.retain(|_, tx| !tx.is_closed());
-                if sessions.len() >= MAX_UDP_SESSIONS {
-                    debug!(%from, "datagram dropped: at the session limit");
-                    continue;
-                }
-            }
-            let (tx, rx) = mpsc::channel(UDP_SESSION_QUEUE);
-            let _ = tx.try_send(data);
-            sessions.insert(from, tx);
+            let Some(rx) = sessions.dispatch(from, bytes::Bytes::copy_from_slice(&buf[..n])) else {
+                continue;
+            };
             let (me, socket) = (self.clone(), socket.clone());
             tasks.spawn(
                 async move { me.datagram_session(socket, from, rx).await }

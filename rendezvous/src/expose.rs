@@ -385,7 +385,7 @@ impl Exposures {
     /// session (a stream to the peer), starting one for a new address.
     async fn udp_loop(self: Arc<Self>, socket: UdpSocket, port: u16, stop: CancellationToken) {
         let socket = Arc::new(socket);
-        let mut sessions: HashMap<SocketAddr, mpsc::Sender<Bytes>> = HashMap::new();
+        let mut sessions = common::net::UdpSessions::new(MAX_UDP_SESSIONS, UDP_SESSION_QUEUE);
         let mut buf = vec![0u8; usize::from(u16::MAX)];
         loop {
             let (n, from) = tokio::select! {
@@ -398,23 +398,9 @@ impl Exposures {
                     }
                 },
             };
-            let mut data = Bytes::copy_from_slice(&buf[..n]);
-            if let Some(tx) = sessions.get(&from) {
-                match tx.try_send(data) {
-                    Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => continue,
-                    Err(mpsc::error::TrySendError::Closed(d)) => {
-                        sessions.remove(&from);
-                        data = d;
-                    }
-                }
-            }
-            if sessions.len() >= MAX_UDP_SESSIONS {
-                sessions.retain(|_, tx| !tx.is_closed());
-                if sessions.len() >= MAX_UDP_SESSIONS {
-                    debug!(%from, "datagram dropped: the port is at its session limit");
-                    continue;
-                }
-            }
+            let Some(rx) = sessions.dispatch(from, Bytes::copy_from_slice(&buf[..n])) else {
+                continue;
+            };
             let holder = self
                 .registry()
                 .port_holder(port, Instant::now())
@@ -423,9 +409,6 @@ impl Exposures {
                 debug!(%from, "datagram dropped: the peer is offline");
                 continue;
             };
-            let (tx, rx) = mpsc::channel(UDP_SESSION_QUEUE);
-            let _ = tx.try_send(data);
-            sessions.insert(from, tx);
             let (me, socket, stop) = (self.clone(), socket.clone(), stop.clone());
             self.tasks.tracker.spawn(
                 async move {
