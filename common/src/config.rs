@@ -1,6 +1,6 @@
 //! Config files: the model shared by the server's and the peer's config parsers
-//! (`rendezvous::config`, `peer::config`): reading a file (frp's TOML format, or its
-//! legacy INI format), rendering frp's `{{ .Envs.NAME }}` templates, and sorting every
+//! (`rendezvous::config`, `peer::config`): reading a file (frp's TOML format, the same
+//! keys in YAML or JSON, or its legacy INI format), rendering frp's `{{ .Envs.NAME }}` templates, and sorting every
 //! key the crate's serde model did not read.
 //!
 //! The serde structs of each crate are the one list of the keys punchline reads. Keys
@@ -200,6 +200,10 @@ pub enum Format {
     Toml,
     /// frp's legacy INI format (`[common]`, one section per proxy).
     Ini,
+    /// frp's YAML format (a file named `.yaml` or `.yml`): the TOML format's keys.
+    Yaml,
+    /// frp's JSON format (a file named `.json`): the TOML format's keys.
+    Json,
 }
 
 /// What punchline does with a key of frp's that its model does not read.
@@ -372,6 +376,181 @@ impl<T> Parsed<T> {
     }
 }
 
+/// Reasons shared by both programs' tables of frp keys.
+pub const NO_LOG: &str = "logs go to stderr; set the level with -v or RUST_LOG";
+/// Why frp's `transport.tls.*` keys change nothing.
+pub const NO_TLS: &str = "connections are always encrypted and authenticated by the token, \
+                          with Noise rather than TLS: there are no certificates";
+
+/// One program's file model (the serde struct of every key it reads): its side, its
+/// table of frp's other keys, and how it becomes the program's config. [`load`] and
+/// [`parse`] do the rest the same way for both programs.
+pub trait Model: serde::de::DeserializeOwned {
+    /// What the file gives the program.
+    type Config;
+    /// Server or client.
+    const SIDE: Side;
+    /// frp's keys the model does not read: accepted with no effect, or refused.
+    const KEYS: &'static [FrpKey];
+    /// Checks the values and fills in defaults; errors name `origin`.
+    fn validate(self, origin: &str) -> Result<Self::Config, ConfigError>;
+    /// Where the config keeps the keys accepted with no effect (named in a warning).
+    fn no_effect(cfg: &mut Self::Config) -> &mut Vec<(String, &'static str)>;
+}
+
+/// Parses a config of model `M` from `text`; `origin` names it in errors (a file name).
+pub fn parse<M: Model>(text: &str, origin: &str) -> Result<M::Config, ConfigError> {
+    let (file, parsed) = read::<M>(text, origin, M::SIDE, M::KEYS)?.take();
+    let (mut cfg, no_effect) = parsed.finish(file.validate(origin))?;
+    *M::no_effect(&mut cfg) = no_effect;
+    Ok(cfg)
+}
+
+/// Reads and parses a config file of model `M`, and logs one warning naming every key
+/// that has no effect.
+pub fn load<M: Model>(path: &std::path::Path) -> Result<M::Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|err| ConfigError::Read {
+        path: path.to_path_buf(),
+        err,
+    })?;
+    let origin = path.display().to_string();
+    let mut cfg = parse::<M>(&text, &origin)?;
+    if let Some(w) = no_effect_warning(&origin, M::no_effect(&mut cfg)) {
+        tracing::warn!("{w}");
+    }
+    Ok(cfg)
+}
+
+/// What the README's table of frp keys must say for model `M`: every key a file with
+/// every table (`full`) reaches, accepted, and `M::KEYS` with their effects, sorted.
+/// The crates' tests compare it with [`readme_rows`].
+pub fn key_statuses<M: Model>(
+    full: &str,
+    origin: &str,
+) -> Result<Vec<(String, String)>, ConfigError> {
+    let parsed = read::<M>(full, origin, M::SIDE, M::KEYS)?;
+    let mut want: Vec<(String, String)> = parsed
+        .fields
+        .iter()
+        .map(|k| (k.clone(), "accepted".to_string()))
+        .collect();
+    for k in M::KEYS {
+        let status = match k.effect {
+            Effect::NoEffect => "no effect",
+            Effect::Refused => "refused",
+        };
+        want.push((k.key.to_string(), status.to_string()));
+    }
+    want.sort();
+    Ok(want)
+}
+
+/// Prints `MASKED` in place of a secret (in `Debug` output).
+pub struct Masked;
+
+impl std::fmt::Debug for Masked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MASKED")
+    }
+}
+
+/// Builds the errors of one file's validation (its `origin` in each).
+#[derive(Debug, Clone, Copy)]
+pub struct Errors<'a> {
+    /// The file's name, as given.
+    pub origin: &'a str,
+}
+
+impl Errors<'_> {
+    /// A value punchline cannot use (a typo, a wrong type, out of range).
+    pub fn invalid(&self, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            origin: self.origin.to_string(),
+            line: None,
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
+    /// A valid frp value whose meaning punchline cannot honour.
+    pub fn unsupported(&self, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError::Unsupported {
+            origin: self.origin.to_string(),
+            line: None,
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
+    /// A port; 0 only where `zero_ok`.
+    pub fn port(&self, key: &str, value: i64, zero_ok: bool) -> Result<u16, ConfigError> {
+        match u16::try_from(value) {
+            Ok(0) if !zero_ok => Err(self.invalid(key, "0 is not allowed here (1-65535)")),
+            Ok(p) => Ok(p),
+            Err(_) => Err(self.invalid(key, format!("{value} is not a port (0-65535)"))),
+        }
+    }
+
+    /// A type: one of `ok`, else refused (one of frp's other types `frp`) or invalid.
+    pub fn kind(
+        &self,
+        key: &str,
+        kind: &str,
+        name: &str,
+        ok: &[&str],
+        frp: &[&str],
+    ) -> Result<(), ConfigError> {
+        if ok.contains(&kind) {
+            return Ok(());
+        }
+        let supported = ok.join(", ");
+        let verb = if ok.len() == 1 { "is" } else { "are" };
+        if frp.contains(&kind) {
+            Err(self.unsupported(
+                key,
+                format!("{kind:?} ({name:?}) is not supported by punchline ({supported} {verb})"),
+            ))
+        } else {
+            Err(self.invalid(
+                key,
+                format!("{kind:?} ({name:?}) is unknown (punchline supports {supported})"),
+            ))
+        }
+    }
+
+    /// A required value.
+    pub fn required<T>(&self, value: Option<T>, key: &str, what: &str) -> Result<T, ConfigError> {
+        value.ok_or_else(|| self.invalid(key, format!("missing: {what}")))
+    }
+
+    /// A secret: present and not empty.
+    pub fn secret(&self, value: Option<String>, key: &str) -> Result<String, ConfigError> {
+        match value {
+            None => Err(self.invalid(key, "missing: the shared secret")),
+            Some(s) if s.is_empty() => Err(self.invalid(key, "is empty")),
+            Some(s) => Ok(s),
+        }
+    }
+
+    /// A proxy, visitor or service name: not empty, no spaces or control characters,
+    /// short enough for the server.
+    pub fn name(&self, key: &str, name: &str) -> Result<(), ConfigError> {
+        if name.is_empty() {
+            return Err(self.invalid(key, "is empty"));
+        }
+        if name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(self.invalid(key, format!("{name:?} has spaces or control characters")));
+        }
+        if name.len() > crate::defaults::MAX_NAME_LEN {
+            return Err(self.invalid(
+                key,
+                format!("is longer than {} bytes", crate::defaults::MAX_NAME_LEN),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// The rows of the README's table of frp keys for one program (`frps` or `frpc`):
 /// each key and its status (`accepted`, `no effect`, `refused`). The crates' tests
 /// check the table against the model and [`FrpKey`] tables with it.
@@ -437,8 +616,9 @@ fn segments(path: &str) -> Vec<Segment<'_>> {
     out
 }
 
-/// Reads `text` into the model `T`: renders templates, parses (INI when the file has a
-/// `[common]` section, else TOML), deserializes, and sorts the keys the model did not
+/// Reads `text` into the model `T`: renders templates, parses (YAML or JSON when
+/// `origin` ends in `.yaml`/`.yml` or `.json`, as frp decides; else INI when the file
+/// has a `[common]` section, else TOML), deserializes, and sorts the keys the model did not
 /// read by `keys`. Errors carry `origin` (the file's name), the key and its line; all
 /// unknown and refused keys are in one error.
 pub fn read<T: serde::de::DeserializeOwned>(
@@ -454,14 +634,27 @@ pub fn read<T: serde::de::DeserializeOwned>(
     };
     let text = template::render(text, |name| std::env::var(name).ok())
         .map_err(|(m, line)| syntax(m, Some(line)))?;
-    let (root, format) = if ini::is_ini(&text) {
-        let root = ini::to_tree(&text, side).map_err(|(m, line)| syntax(m, Some(line)))?;
-        (root, Format::Ini)
-    } else {
-        (
+    let ext = std::path::Path::new(origin)
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase);
+    let (root, format) = match ext.as_deref() {
+        Some("yaml" | "yml") => (
+            tree::from_yaml(&text).map_err(|(m, line)| syntax(m, line))?,
+            Format::Yaml,
+        ),
+        Some("json") => (
+            tree::from_json(&text).map_err(|(m, line)| syntax(m, line))?,
+            Format::Json,
+        ),
+        _ if ini::is_ini(&text) => {
+            let root = ini::to_tree(&text, side).map_err(|(m, line)| syntax(m, Some(line)))?;
+            (root, Format::Ini)
+        }
+        _ => (
             tree::from_toml(&text).map_err(|(m, line)| syntax(m, line))?,
             Format::Toml,
-        )
+        ),
     };
     let ctx = tree::Ctx {
         lenient: format == Format::Ini,

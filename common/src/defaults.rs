@@ -351,3 +351,10 @@ pub const MAX_UDP_SESSIONS: usize = 1024;
 /// Datagrams queued per UDP session toward the peer; past it new ones are dropped,
 /// as a congested UDP path drops them.
 pub const UDP_SESSION_QUEUE: usize = 256;
+
+/// Most bytes of a TLS ClientHello the HTTPS vhost reads to find its server name (SNI),
+/// across all the records it spans: a browser's hello is 0.5-2 KB (about 1.8 KB with a
+/// post-quantum key share), one full TLS record is 16 KiB + 5 bytes of header, and
+/// HAProxy's and nginx's `ssl_preread` look within one such buffer too. A client that
+/// sends more before naming a host is closed.
+pub const MAX_CLIENT_HELLO: usize = 16 * 1024 + 5;

@@ -12,6 +12,7 @@
 
 pub mod backoff;
 pub mod birthday;
+pub mod compress;
 pub mod config;
 pub mod count;
 pub mod defaults;

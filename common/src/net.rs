@@ -273,3 +273,93 @@ pub fn keep_freed_heap() {
 /// See the glibc version: nothing to tune elsewhere.
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 pub fn keep_freed_heap() {}
+
+/// Carries one UDP session over `stream` (framed by [`datagram_codec`]): the datagrams
+/// of one user address arriving on `rx` go out on the stream, the frames from the
+/// stream go back to `user` from `socket`, until either side ends or `idle` passes
+/// without a datagram either way. The side that receives for many users (the
+/// server's udp port, a `connect --udp` visitor) runs one per user address.
+pub async fn carry_datagrams<S>(
+    stream: S,
+    mut rx: tokio::sync::mpsc::Receiver<bytes::Bytes>,
+    socket: std::sync::Arc<tokio::net::UdpSocket>,
+    user: SocketAddr,
+    idle: std::time::Duration,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite,
+{
+    use futures::{SinkExt, StreamExt};
+    let (r, w) = tokio::io::split(stream);
+    let mut from_stream = tokio_util::codec::FramedRead::new(r, datagram_codec());
+    let mut to_stream = tokio_util::codec::FramedWrite::new(w, datagram_codec());
+    loop {
+        tokio::select! {
+            d = rx.recv() => match d {
+                Some(d) => if to_stream.send(d).await.is_err() { break },
+                None => break,
+            },
+            f = from_stream.next() => match f {
+                Some(Ok(d)) => { let _ = socket.send_to(&d, user).await; }
+                _ => break,
+            },
+            _ = tokio::time::sleep(idle) => {
+                tracing::debug!(%user, "udp session idle; closed");
+                break;
+            }
+        }
+    }
+}
+
+/// The UDP sessions of a socket that receives for many users (an exposed udp port, a
+/// `connect --udp` visitor): each user address's datagrams go to its session's queue
+/// (dropped when the queue is full, as a congested path drops them), and a datagram
+/// from a new address opens a session, up to `max` at once.
+#[derive(Debug)]
+pub struct UdpSessions {
+    sessions: std::collections::HashMap<SocketAddr, tokio::sync::mpsc::Sender<bytes::Bytes>>,
+    max: usize,
+    queue: usize,
+}
+
+impl UdpSessions {
+    /// At most `max` sessions at once, `queue` datagrams waiting in each.
+    pub fn new(max: usize, queue: usize) -> Self {
+        UdpSessions {
+            sessions: Default::default(),
+            max,
+            queue: queue.max(1),
+        }
+    }
+
+    /// Hands a datagram from `from` to its session. `Some(receiver)` when a new session
+    /// was opened for it (the datagram is already queued there): the caller carries it
+    /// (see [`carry_datagrams`]), or drops the receiver to refuse it. `None` when it was
+    /// queued, or dropped at the limit.
+    pub fn dispatch(
+        &mut self,
+        from: SocketAddr,
+        mut data: bytes::Bytes,
+    ) -> Option<tokio::sync::mpsc::Receiver<bytes::Bytes>> {
+        use tokio::sync::mpsc::error::TrySendError;
+        if let Some(tx) = self.sessions.get(&from) {
+            match tx.try_send(data) {
+                Ok(()) | Err(TrySendError::Full(_)) => return None,
+                Err(TrySendError::Closed(d)) => {
+                    self.sessions.remove(&from);
+                    data = d;
+                }
+            }
+        }
+        if self.sessions.len() >= self.max {
+            self.sessions.retain(|_, tx| !tx.is_closed());
+            if self.sessions.len() >= self.max {
+                tracing::debug!(%from, "datagram dropped: at the session limit");
+                return None;
+            }
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(self.queue);
+        let _ = tx.try_send(data);
+        self.sessions.insert(from, tx);
+        Some(rx)
+    }
+}

@@ -23,7 +23,11 @@ use serde::{Deserialize, Serialize};
 /// 5: the Noise handshakes carry the version and negotiate the transport cipher
 /// (AES-256-GCM or ChaCha20-Poly1305, `common::secure`); an older peer is refused in
 /// the handshake with a sentence naming both versions.
-pub const PROTOCOL_VERSION: u16 = 5;
+///
+/// 6: [`ExposeSpec::Https`] (TLS routed by server name on the server's HTTPS vhost);
+/// [`ClientMsg::Expose`] carries `compress`; [`HttpRoute`] `route_by_user`;
+/// [`ExposeSpec::TcpMux`].
+pub const PROTOCOL_VERSION: u16 = 6;
 
 /// What a connection to the server is for; sent in [`ClientMsg::Hello`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -146,6 +150,9 @@ pub enum ClientMsg {
         instance: u64,
         /// What to expose.
         spec: ExposeSpec,
+        /// Compress the proxy's streams between server and peer, after the stream
+        /// header ([`crate::compress`]; frp's `transport.useCompression`).
+        compress: bool,
     },
     /// Proof of the session's shared secret ([`crate::secure::Psk::proof`]), for the
     /// other peer: the initiator sends it first; the responder sends its own only
@@ -277,6 +284,26 @@ pub enum ExposeSpec {
         /// The UDP port on the server.
         remote_port: u16,
     },
+    /// The server routes TLS connections on its HTTPS vhost port by the server name
+    /// of their ClientHello (SNI), without terminating TLS: each arrives as a stream
+    /// carrying the client's bytes from the first, as a tcp proxy's do (frp's https
+    /// proxy).
+    Https {
+        /// Host names served (`www.example.com`, `*.example.com`).
+        domains: Vec<String>,
+        /// A name under the server's subdomain host (`web` → `web.example.com`).
+        subdomain: Option<String>,
+    },
+    /// The server answers HTTP CONNECT requests on its tcpmux port for these names
+    /// (`CONNECT www.example.com:22 HTTP/1.1`) and carries the rest of each
+    /// connection as a stream, as a tcp proxy's (frp's tcpmux proxy, multiplexer
+    /// `httpconnect`).
+    TcpMux {
+        /// Host names served (`www.example.com`, `*.example.com`).
+        domains: Vec<String>,
+        /// A name under the server's subdomain host.
+        subdomain: Option<String>,
+    },
 }
 
 /// An HTTP virtual host route (frp's http proxy options).
@@ -296,6 +323,10 @@ pub struct HttpRoute {
     pub request_headers: Vec<(String, String)>,
     /// Headers set on responses going back to the client.
     pub response_headers: Vec<(String, String)>,
+    /// Serve only requests whose basic-auth user is this one (frp's
+    /// `routeByHTTPUser`): routes of one host and location that differ in it are
+    /// chosen by the request's user, and one without it takes the other users.
+    pub route_by_user: Option<String>,
 }
 
 /// Messages from the server to a peer.

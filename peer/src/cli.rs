@@ -134,6 +134,10 @@ pub enum Command {
         /// Most visitors (links) at once.
         #[arg(long, default_value_t = SERVICE_MAX_LINKS)]
         max_links: usize,
+        /// A UDP service: visitors' datagrams are carried to --local over UDP (each
+        /// client address a session of its own; frp's sudp).
+        #[arg(long)]
+        udp: bool,
     },
     /// Reach the service NAME of another peer through a local listener.
     ///
@@ -151,6 +155,10 @@ pub enum Command {
         /// Bring the link up at once and keep it up (fail now if it cannot be made).
         #[arg(long)]
         keep_open: bool,
+        /// Listen on UDP: each client address's datagrams become a session on the link
+        /// to a `serve --udp` service (frp's sudp visitor).
+        #[arg(long)]
+        udp: bool,
     },
     /// Expose a local service through the server to ordinary clients (frp's tcp and
     /// http proxies): a TCP port on the server, or an HTTP virtual host.
@@ -198,6 +206,18 @@ pub enum Command {
     /// frp's `frpc http`: serve a local HTTP service under -d DOMAIN on the server's
     /// vhost port.
     Http(crate::frpc::ProxyArgs),
+    /// frp's `frpc stcp`: a secret service reached through visitors, relayed by the
+    /// server (`peer stcp -l 22 --sk KEY -n ssh`); `peer stcp visitor --server-name
+    /// ssh --sk KEY --bind-port 6000` reaches it.
+    Stcp(crate::frpc::SecretArgs),
+    /// frp's `frpc sudp`: the same for a UDP service (and `peer sudp visitor`).
+    Sudp(crate::frpc::SecretArgs),
+    /// frp's `frpc xtcp`: the same, punched peer to peer when it can be (and `peer
+    /// xtcp visitor`).
+    Xtcp(crate::frpc::SecretArgs),
+    /// frp's `frpc https`: TLS connections for -d DOMAIN on the server's HTTPS vhost
+    /// port, routed by server name (SNI) to the local TLS service, not terminated.
+    Https(crate::frpc::ProxyArgs),
 }
 
 /// `peer expose tcp|http`.
@@ -325,6 +345,7 @@ pub async fn expose_proxy(kind: ExposeKind) -> anyhow::Result<crate::expose::Pro
             name: name.unwrap_or_else(|| format!("tcp-{}", port_of(&local))),
             local: resolve_local(&local).await?,
             spec: ExposeSpec::Tcp { remote_port },
+            compress: false,
         },
         ExposeKind::Http {
             local,
@@ -360,7 +381,9 @@ pub async fn expose_proxy(kind: ExposeKind) -> anyhow::Result<crate::expose::Pro
                     basic_auth,
                     request_headers,
                     response_headers,
+                    route_by_user: None,
                 }),
+                compress: false,
             }
         }
     })
@@ -428,6 +451,22 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             true,
             Some(frp_form(crate::frpc::ProxyType::Http, a, &args)?),
         ),
+        Some(Command::Https(a)) => (
+            true,
+            Some(frp_form(crate::frpc::ProxyType::Https, a, &args)?),
+        ),
+        Some(Command::Stcp(a)) => (
+            true,
+            Some(secret_form(crate::frpc::SecretType::Stcp, a, &args)?),
+        ),
+        Some(Command::Sudp(a)) => (
+            true,
+            Some(secret_form(crate::frpc::SecretType::Sudp, a, &args)?),
+        ),
+        Some(Command::Xtcp(a)) => (
+            true,
+            Some(secret_form(crate::frpc::SecretType::Xtcp, a, &args)?),
+        ),
         _ => (
             false,
             args.config
@@ -479,6 +518,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             local,
             secret,
             max_links,
+            udp,
         }) => {
             let svc = crate::service::ServeConfig {
                 name,
@@ -487,6 +527,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 max_links,
                 max_streams,
                 relay_only: false,
+                udp,
             };
             crate::service::serve(cfg, svc).await?;
             Ok(())
@@ -496,6 +537,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             secret,
             listen,
             keep_open,
+            udp,
         }) => {
             let svc = crate::service::ConnectConfig {
                 name,
@@ -504,6 +546,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 keep_open,
                 max_streams,
                 relay_only: false,
+                udp,
             };
             crate::service::connect(cfg, svc).await?;
             Ok(())
@@ -515,7 +558,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         Some(Command::NatCheck { .. } | Command::Id | Command::Verify | Command::Status { .. }) => {
             anyhow::bail!("internal: handled above")
         }
-        Some(Command::Tcp(_) | Command::Udp(_) | Command::Http(_)) => {
+        Some(
+            Command::Tcp(_)
+            | Command::Udp(_)
+            | Command::Http(_)
+            | Command::Https(_)
+            | Command::Stcp(_)
+            | Command::Sudp(_)
+            | Command::Xtcp(_),
+        ) => {
             anyhow::bail!("internal: run as a file above")
         }
     }
@@ -546,6 +597,15 @@ fn frp_form(
     args: &Args,
 ) -> anyhow::Result<crate::config::ClientConfig> {
     crate::frpc::proxy_config(kind, a, args.server.as_deref(), args.token.clone())
+        .map_err(anyhow::Error::msg)
+}
+
+fn secret_form(
+    kind: crate::frpc::SecretType,
+    a: &crate::frpc::SecretArgs,
+    args: &Args,
+) -> anyhow::Result<crate::config::ClientConfig> {
+    crate::frpc::secret_config(kind, a, args.server.as_deref(), args.token.clone())
         .map_err(anyhow::Error::msg)
 }
 

@@ -19,11 +19,19 @@
 //!
 //! * `tcp` and `udp`: `remotePort` (0 or absent: the server chooses; tcp and udp
 //!   proxies share the server's port numbers);
+//! * every type but xtcp, stcp and sudp: `transport.useCompression` (snappy between
+//!   server and peer);
 //! * `http`: `customDomains` (lowercased, `*.example.com` allowed) and/or `subdomain`
 //!   (at least one), `locations` (path prefixes, default `/`), `httpUser` and
 //!   `httpPassword` (basic auth, both or neither), `hostHeaderRewrite`,
-//!   `requestHeaders.set.NAME`, `responseHeaders.set.NAME`;
-//! * `xtcp` and `stcp` (the same, always relayed through the server): `secretKey`
+//!   `requestHeaders.set.NAME`, `responseHeaders.set.NAME`, `routeByHTTPUser` (serve
+//!   only that basic-auth user's requests);
+//! * `https`: `customDomains` and/or `subdomain`, as for http; the server routes TLS
+//!   connections by their server name (SNI) and does not terminate TLS;
+//! * `tcpmux`: the same keys, and `multiplexer` (`"httpconnect"`, the default and the
+//!   only one): reached by HTTP CONNECT on the server's tcpmux port;
+//! * `xtcp`, `stcp` (the same, always relayed through the server) and `sudp` (UDP,
+//!   relayed like stcp): `secretKey`
 //!   (required), `allowUsers` (only `["*"]`: the server does not
 //!   know users, so whoever knows `secretKey` may connect; frp's default, visitors of
 //!   the same user, cannot be enforced).
@@ -31,7 +39,7 @@
 //! `enabled = false` skips a proxy or visitor. A key of another type (`remotePort`
 //! on an http proxy) is an error.
 //!
-//! `[[visitors]]` (`type = "xtcp"` or `"stcp"`): `name` (unique), `serverName`, `serverUser`,
+//! `[[visitors]]` (`type = "xtcp"`, `"stcp"` or `"sudp"`): `name` (unique), `serverName`, `serverUser`,
 //! `secretKey` (required), `bindAddr` (an IP address, default `127.0.0.1`), `bindPort`
 //! (required; 0: any free port), `keepTunnelOpen` (default `false`).
 //!
@@ -42,8 +50,8 @@
 //! frp's other keys are in [`FRP_KEYS`]: accepted with no effect (`log.*`,
 //! `loginFailExit`, `transport.tls.*`, `transport.useEncryption`, ...; named together
 //! in one warning) or refused (plugins, `loadBalancer`, `includes`, ...; named together
-//! in one error, with the proxies' own errors). Proxy types `https`, `sudp` and
-//! `tcpmux` are refused. A key nobody knows (a typo) is an error naming it
+//! in one error, with the proxies' own errors). Visitor type `xudp` is
+//! refused. A key nobody knows (a typo) is an error naming it
 //! and the closest known key. The legacy INI format (`frpc.ini`) is read into the same
 //! model.
 //!
@@ -65,7 +73,9 @@ use common::proto::{ExposeSpec, HttpRoute};
 use serde::Deserialize;
 
 pub use common::config::ConfigError;
-use common::config::{self, is_host_name, parse_ip, Effect, FrpKey, Side};
+use common::config::{
+    self, is_host_name, parse_ip, Effect, Errors, FrpKey, Masked, Side, NO_LOG, NO_TLS,
+};
 
 /// frp's default `serverPort`, used when a file has none (punchline's own CLI default,
 /// 8877, applies only to the command line): an `frpc.toml` without `serverPort` must
@@ -111,6 +121,9 @@ pub struct Proxy {
     pub local: String,
     /// What kind of proxy, with its settings.
     pub kind: ProxyKind,
+    /// `transport.useCompression`: its streams between server and peer are
+    /// compressed (tcp, udp, http, https; xtcp and stcp links are not).
+    pub compress: bool,
 }
 
 impl Proxy {
@@ -139,6 +152,14 @@ pub enum ProxyKind {
     /// The server's HTTP virtual hosts route requests here by Host and path. `Debug`
     /// masks the basic auth password.
     Http(HttpRoute),
+    /// The server's HTTPS vhost routes TLS connections here by their server name
+    /// (SNI), without terminating TLS: the service here holds the certificate.
+    Https {
+        /// `customDomains`, lowercased.
+        domains: Vec<String>,
+        /// `subdomain`, lowercased.
+        subdomain: Option<String>,
+    },
     /// Offered peer to peer to visitors that know the secret (`peer serve`).
     Xtcp {
         /// `secretKey`. Printed as `MASKED` by `Debug`.
@@ -147,6 +168,20 @@ pub enum ProxyKind {
     /// Offered to visitors that know the secret, always relayed through the server
     /// (`peer serve` without punching; frp's stcp).
     Stcp {
+        /// `secretKey`. Printed as `MASKED` by `Debug`.
+        secret: String,
+    },
+    /// Reached through the server's tcpmux port by HTTP CONNECT to one of its names
+    /// (frp's tcpmux proxy, multiplexer `httpconnect`).
+    TcpMux {
+        /// `customDomains`, lowercased.
+        domains: Vec<String>,
+        /// `subdomain`, lowercased.
+        subdomain: Option<String>,
+    },
+    /// A UDP service offered like stcp: datagrams over a link relayed through the
+    /// server (`peer serve --udp`; frp's sudp).
+    Sudp {
         /// `secretKey`. Printed as `MASKED` by `Debug`.
         secret: String,
     },
@@ -164,7 +199,15 @@ impl ProxyKind {
                 remote_port: *remote_port,
             }),
             ProxyKind::Http(route) => Some(ExposeSpec::Http(route.clone())),
-            ProxyKind::Xtcp { .. } | ProxyKind::Stcp { .. } => None,
+            ProxyKind::Https { domains, subdomain } => Some(ExposeSpec::Https {
+                domains: domains.clone(),
+                subdomain: subdomain.clone(),
+            }),
+            ProxyKind::TcpMux { domains, subdomain } => Some(ExposeSpec::TcpMux {
+                domains: domains.clone(),
+                subdomain: subdomain.clone(),
+            }),
+            ProxyKind::Xtcp { .. } | ProxyKind::Stcp { .. } | ProxyKind::Sudp { .. } => None,
         }
     }
 }
@@ -187,8 +230,19 @@ impl fmt::Debug for ProxyKind {
                 }
                 f.debug_tuple("Http").field(&shown).finish()
             }
+            ProxyKind::TcpMux { domains, subdomain } => f
+                .debug_struct("TcpMux")
+                .field("domains", domains)
+                .field("subdomain", subdomain)
+                .finish(),
+            ProxyKind::Https { domains, subdomain } => f
+                .debug_struct("Https")
+                .field("domains", domains)
+                .field("subdomain", subdomain)
+                .finish(),
             ProxyKind::Xtcp { .. } => f.debug_struct("Xtcp").field("secret", &Masked).finish(),
             ProxyKind::Stcp { .. } => f.debug_struct("Stcp").field("secret", &Masked).finish(),
+            ProxyKind::Sudp { .. } => f.debug_struct("Sudp").field("secret", &Masked).finish(),
         }
     }
 }
@@ -207,8 +261,10 @@ pub struct Visitor {
     pub bind: SocketAddr,
     /// Bring the link up at start and keep it up (`keepTunnelOpen`).
     pub keep_open: bool,
-    /// frp's stcp visitor: the link is always relayed, never punched.
+    /// frp's stcp and sudp visitors: the link is always relayed, never punched.
     pub relay_only: bool,
+    /// frp's sudp visitor: the local listener is a UDP socket, datagrams are carried.
+    pub udp: bool,
 }
 
 impl fmt::Debug for Visitor {
@@ -220,49 +276,38 @@ impl fmt::Debug for Visitor {
             .field("bind", &self.bind)
             .field("keep_open", &self.keep_open)
             .field("relay_only", &self.relay_only)
+            .field("udp", &self.udp)
             .finish()
-    }
-}
-
-/// Prints `MASKED` in place of a secret.
-struct Masked;
-
-impl fmt::Debug for Masked {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("MASKED")
     }
 }
 
 /// Reads and parses a client config file (see the module docs for the keys).
 pub fn load(path: &Path) -> Result<ClientConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|err| ConfigError::Read {
-        path: path.to_path_buf(),
-        err,
-    })?;
-    let origin = path.display().to_string();
-    let cfg = parse(&text, &origin)?;
-    if let Some(w) = config::no_effect_warning(&origin, &cfg.no_effect) {
-        tracing::warn!("{w}");
-    }
-    Ok(cfg)
+    config::load::<FrpcFile>(path)
 }
 
 /// Parses a client config from `text`; `origin` names it in errors (a file name).
 pub fn parse(text: &str, origin: &str) -> Result<ClientConfig, ConfigError> {
-    let (file, parsed) = config::read::<FrpcFile>(text, origin, Side::Client, FRP_KEYS)?.take();
-    let (mut cfg, no_effect) = parsed.finish(file.validate(origin))?;
-    cfg.no_effect = no_effect;
-    Ok(cfg)
+    config::parse::<FrpcFile>(text, origin)
+}
+
+impl config::Model for FrpcFile {
+    type Config = ClientConfig;
+    const SIDE: Side = Side::Client;
+    const KEYS: &'static [FrpKey] = FRP_KEYS;
+    fn validate(self, origin: &str) -> Result<ClientConfig, ConfigError> {
+        FrpcFile::validate(self, origin)
+    }
+    fn no_effect(cfg: &mut ClientConfig) -> &mut Vec<(String, &'static str)> {
+        &mut cfg.no_effect
+    }
 }
 
 // ---- The file's shape -------------------------------------------------------------
 
-const NO_LOG: &str = "logs go to stderr; set the level with -v or RUST_LOG";
 const NO_ADMIN: &str = "there is no admin API or web UI";
 const NO_TRANSPORT: &str = "the connection to the server is TCP with Noise encryption and \
                             yamux, whose settings are punchline's own";
-const NO_TLS: &str = "connections are always encrypted and authenticated by the token, with \
-                      Noise rather than TLS: there are no certificates";
 const ENCRYPTED: &str = "traffic is always encrypted";
 const OWN_SCHEDULE: &str = "punch attempts and retries follow punchline's own schedule";
 const RELAY: &str = "a link that cannot go direct is relayed through the server by itself";
@@ -302,7 +347,6 @@ pub const FRP_KEYS: &[FrpKey] = &[
     FrpKey { key: "includes", effect: Effect::Refused, why: "put every proxy in the one file" },
     FrpKey { key: "virtualNet", effect: Effect::Refused, why: "there is no virtual network" },
     FrpKey { key: "proxies[].transport.useEncryption", effect: Effect::NoEffect, why: ENCRYPTED },
-    FrpKey { key: "proxies[].transport.useCompression", effect: Effect::NoEffect, why: "data is not compressed" },
     FrpKey { key: "proxies[].transport.bandwidthLimit", effect: Effect::Refused, why: "there are no bandwidth limits" },
     FrpKey { key: "proxies[].transport.bandwidthLimitMode", effect: Effect::Refused, why: "there are no bandwidth limits" },
     FrpKey { key: "proxies[].transport.proxyProtocolVersion", effect: Effect::Refused, why: "there is no PROXY protocol header" },
@@ -311,8 +355,6 @@ pub const FRP_KEYS: &[FrpKey] = &[
     FrpKey { key: "proxies[].healthCheck", effect: Effect::NoEffect, why: "there are no health checks: the proxy stays registered" },
     FrpKey { key: "proxies[].loadBalancer", effect: Effect::Refused, why: "there are no load balancing groups" },
     FrpKey { key: "proxies[].plugin", effect: Effect::Refused, why: "there are no plugins; point localIP and localPort at a service" },
-    FrpKey { key: "proxies[].routeByHTTPUser", effect: Effect::Refused, why: "http routes go by Host and path only" },
-    FrpKey { key: "proxies[].multiplexer", effect: Effect::Refused, why: "there is no tcpmux" },
     FrpKey { key: "range", effect: Effect::Refused, why: "INI [range:NAME] sections are not read; give each port a proxy of its own" },
     FrpKey { key: "visitors[].transport.useEncryption", effect: Effect::NoEffect, why: ENCRYPTED },
     FrpKey { key: "visitors[].transport.useCompression", effect: Effect::NoEffect, why: "data is not compressed" },
@@ -377,6 +419,9 @@ struct ProxyFile {
     http_password: Option<String>,
     #[serde(rename = "hostHeaderRewrite")]
     host_header_rewrite: Option<String>,
+    #[serde(rename = "routeByHTTPUser")]
+    route_by_http_user: Option<String>,
+    multiplexer: Option<String>,
     #[serde(rename = "requestHeaders")]
     request_headers: Option<HeadersFile>,
     #[serde(rename = "responseHeaders")]
@@ -387,6 +432,16 @@ struct ProxyFile {
     allow_users: Option<Vec<String>>,
     /// `false`: the proxy is skipped.
     enabled: Option<bool>,
+    #[serde(default)]
+    transport: ProxyTransportFile,
+}
+
+/// The proxy's `transport` table: only `useCompression` is read (the others are in
+/// [`FRP_KEYS`]).
+#[derive(Deserialize, Default)]
+struct ProxyTransportFile {
+    #[serde(rename = "useCompression")]
+    use_compression: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -414,99 +469,6 @@ struct VisitorFile {
     keep_tunnel_open: Option<bool>,
     /// `false`: the visitor is skipped.
     enabled: Option<bool>,
-}
-
-/// Builds errors for one file.
-struct Errors<'a> {
-    origin: &'a str,
-}
-
-impl Errors<'_> {
-    fn invalid(&self, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
-        ConfigError::Invalid {
-            origin: self.origin.to_string(),
-            line: None,
-            key: key.into(),
-            message: message.into(),
-        }
-    }
-
-    fn unsupported(&self, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
-        ConfigError::Unsupported {
-            origin: self.origin.to_string(),
-            line: None,
-            key: key.into(),
-            message: message.into(),
-        }
-    }
-
-    /// A port; 0 only where `zero_ok`.
-    fn port(&self, key: &str, value: i64, zero_ok: bool) -> Result<u16, ConfigError> {
-        match u16::try_from(value) {
-            Ok(0) if !zero_ok => Err(self.invalid(key, "0 is not allowed here (1-65535)")),
-            Ok(p) => Ok(p),
-            Err(_) => Err(self.invalid(key, format!("{value} is not a port (0-65535)"))),
-        }
-    }
-
-    /// A type: one of `ok`, else refused (one of frp's other types `frp`) or invalid.
-    fn kind(
-        &self,
-        key: &str,
-        kind: &str,
-        name: &str,
-        ok: &[&str],
-        frp: &[&str],
-    ) -> Result<(), ConfigError> {
-        if ok.contains(&kind) {
-            return Ok(());
-        }
-        let supported = ok.join(", ");
-        let verb = if ok.len() == 1 { "is" } else { "are" };
-        if frp.contains(&kind) {
-            Err(self.unsupported(
-                key,
-                format!("{kind:?} ({name:?}) is not supported by punchline ({supported} {verb})"),
-            ))
-        } else {
-            Err(self.invalid(
-                key,
-                format!("{kind:?} ({name:?}) is unknown (punchline supports {supported})"),
-            ))
-        }
-    }
-
-    /// A required value.
-    fn required<T>(&self, value: Option<T>, key: &str, what: &str) -> Result<T, ConfigError> {
-        value.ok_or_else(|| self.invalid(key, format!("missing: {what}")))
-    }
-
-    /// A secret: present and not empty.
-    fn secret(&self, value: Option<String>, key: &str) -> Result<String, ConfigError> {
-        match value {
-            None => Err(self.invalid(key, "missing: the shared secret")),
-            Some(s) if s.is_empty() => Err(self.invalid(key, "is empty")),
-            Some(s) => Ok(s),
-        }
-    }
-
-    /// A proxy, visitor or service name: not empty, no spaces or control characters,
-    /// short enough for the server.
-    fn name(&self, key: &str, name: &str) -> Result<(), ConfigError> {
-        if name.is_empty() {
-            return Err(self.invalid(key, "is empty"));
-        }
-        if name.chars().any(|c| c.is_whitespace() || c.is_control()) {
-            return Err(self.invalid(key, format!("{name:?} has spaces or control characters")));
-        }
-        if name.len() > common::defaults::MAX_NAME_LEN {
-            return Err(self.invalid(
-                key,
-                format!("is longer than {} bytes", common::defaults::MAX_NAME_LEN),
-            ));
-        }
-        Ok(())
-    }
 }
 
 impl FrpcFile {
@@ -699,19 +661,39 @@ fn check_proxies(e: &Errors<'_>, proxies: &[Proxy]) -> Result<(), ConfigError> {
                         &route.locations[..]
                     };
                     for location in locations {
-                        if let Some(first) = routes.insert((host.clone(), location.clone()), i) {
+                        let key = match &route.route_by_user {
+                            Some(u) => format!("{location} (user {u})"),
+                            None => location.clone(),
+                        };
+                        if let Some(first) = routes.insert((host.clone(), key.clone()), i) {
                             return Err(e.invalid(
                                 format!("proxies[{i}]"),
-                                format!("proxies[{first}] serves {host}{location} too"),
+                                format!("proxies[{first}] serves {host}{key} too"),
                             ));
                         }
+                    }
+                }
+            }
+            ProxyKind::Https { domains, subdomain } => {
+                let hosts = domains
+                    .iter()
+                    .cloned()
+                    .chain(subdomain.iter().map(|s| format!("{s}.<subDomainHost>")));
+                for host in hosts {
+                    if let Some(first) = routes.insert((host.clone(), "https".into()), i) {
+                        return Err(e.invalid(
+                            format!("proxies[{i}]"),
+                            format!("proxies[{first}] serves https://{host} too"),
+                        ));
                     }
                 }
             }
             ProxyKind::Tcp { .. }
             | ProxyKind::Udp { .. }
             | ProxyKind::Xtcp { .. }
-            | ProxyKind::Stcp { .. } => {}
+            | ProxyKind::Stcp { .. }
+            | ProxyKind::Sudp { .. }
+            | ProxyKind::TcpMux { .. } => {}
         }
     }
     Ok(())
@@ -732,8 +714,10 @@ impl ProxyFile {
             &at("type"),
             &kind,
             &name,
-            &["tcp", "udp", "http", "xtcp", "stcp"],
-            &["https", "sudp", "tcpmux"],
+            &[
+                "tcp", "udp", "http", "https", "xtcp", "stcp", "sudp", "tcpmux",
+            ],
+            &[],
         )?;
 
         // Keys that belong to another type of proxy.
@@ -751,18 +735,37 @@ impl ProxyFile {
             ),
             ("requestHeaders", self.request_headers.is_some(), "http"),
             ("responseHeaders", self.response_headers.is_some(), "http"),
+            ("routeByHTTPUser", self.route_by_http_user.is_some(), "http"),
             ("secretKey", self.secret_key.is_some(), "xtcp"),
             ("allowUsers", self.allow_users.is_some(), "xtcp"),
         ];
-        // stcp takes xtcp's keys, udp tcp's.
+        // stcp takes xtcp's keys, udp tcp's, https http's domains.
         let family = match kind.as_str() {
-            "stcp" => "xtcp",
+            "stcp" | "sudp" => "xtcp",
             "udp" => "tcp",
             k => k,
         };
+        let https_key = |key: &str| {
+            matches!(kind.as_str(), "https" | "tcpmux")
+                && matches!(key, "customDomains" | "subdomain")
+        };
+        if let Some(m) = &self.multiplexer {
+            if kind != "tcpmux" {
+                return Err(e.invalid(
+                    at("multiplexer"),
+                    format!("is for tcpmux proxies, and {name:?} is of type {kind}"),
+                ));
+            }
+            if m != "httpconnect" {
+                return Err(e.unsupported(
+                    at("multiplexer"),
+                    format!("{m:?} is not supported by punchline (httpconnect is)"),
+                ));
+            }
+        }
         if let Some((key, _, owner)) = typed
             .iter()
-            .find(|(_, set, owner)| *set && *owner != family)
+            .find(|(key, set, owner)| *set && *owner != family && !https_key(key))
         {
             return Err(e.invalid(
                 at(key),
@@ -770,6 +773,7 @@ impl ProxyFile {
             ));
         }
 
+        let compress = self.transport.use_compression.unwrap_or(false);
         let ip = self.local_ip.unwrap_or_else(|| "127.0.0.1".to_string());
         let local_port = e.required(
             self.local_port,
@@ -791,7 +795,7 @@ impl ProxyFile {
             "udp" => ProxyKind::Udp {
                 remote_port: e.port(&at("remotePort"), self.remote_port.unwrap_or(0), true)?,
             },
-            "http" => {
+            "http" | "https" | "tcpmux" => {
                 let mut domains = Vec::new();
                 for (j, d) in self
                     .custom_domains
@@ -824,8 +828,22 @@ impl ProxyFile {
                 if domains.is_empty() && subdomain.is_none() {
                     return Err(e.invalid(
                         entry.clone(),
-                        format!("http proxy {name:?} needs customDomains or subdomain"),
+                        format!("{kind} proxy {name:?} needs customDomains or subdomain"),
                     ));
+                }
+                if kind == "https" || kind == "tcpmux" {
+                    // Only the domains: the bytes pass through untouched.
+                    let kind = if kind == "https" {
+                        ProxyKind::Https { domains, subdomain }
+                    } else {
+                        ProxyKind::TcpMux { domains, subdomain }
+                    };
+                    return Ok(Proxy {
+                        name: prefixed(e, &at("name"), user, name)?,
+                        local,
+                        kind,
+                        compress,
+                    });
                 }
                 let mut locations = Vec::new();
                 for (j, l) in self.locations.unwrap_or_default().into_iter().enumerate() {
@@ -861,6 +879,16 @@ impl ProxyFile {
                         Some((u, p))
                     }
                 };
+                let route_by_user = match self.route_by_http_user {
+                    Some(u) if u.is_empty() => None,
+                    Some(u) if u.contains(':') || u.chars().any(char::is_control) => {
+                        return Err(e.invalid(
+                            at("routeByHTTPUser"),
+                            "has ':' or control characters (it is a basic-auth user name)",
+                        ))
+                    }
+                    u => u,
+                };
                 let host_rewrite = match self.host_header_rewrite {
                     Some(h)
                         if h.is_empty()
@@ -880,9 +908,10 @@ impl ProxyFile {
                     basic_auth,
                     request_headers: headers(e, &at("requestHeaders"), self.request_headers)?,
                     response_headers: headers(e, &at("responseHeaders"), self.response_headers)?,
+                    route_by_user,
                 })
             }
-            "xtcp" | "stcp" => {
+            "xtcp" | "stcp" | "sudp" => {
                 if let Some(users) = &self.allow_users {
                     if users != &["*"] {
                         return Err(e.unsupported(
@@ -894,6 +923,8 @@ impl ProxyFile {
                 let secret = e.secret(self.secret_key, &at("secretKey"))?;
                 if kind == "stcp" {
                     ProxyKind::Stcp { secret }
+                } else if kind == "sudp" {
+                    ProxyKind::Sudp { secret }
                 } else {
                     ProxyKind::Xtcp { secret }
                 }
@@ -903,19 +934,35 @@ impl ProxyFile {
                 return Err(e.unsupported(
                     at("type"),
                     format!(
-                        "{other:?} is not supported by punchline (tcp, udp, http, xtcp, stcp are)"
+                        "{other:?} is not supported by punchline (tcp, udp, http, https, xtcp, stcp, sudp are)"
                     ),
                 ))
             }
         };
 
-        let name = match user {
-            Some(u) => format!("{u}.{name}"),
-            None => name,
-        };
-        e.name(&at("name"), &name)?;
-        Ok(Proxy { name, local, kind })
+        let name = prefixed(e, &at("name"), user, name)?;
+        Ok(Proxy {
+            name,
+            local,
+            kind,
+            compress,
+        })
     }
+}
+
+/// A proxy's name on the server: `user.name` when the file sets `user`, checked.
+fn prefixed(
+    e: &Errors<'_>,
+    key: &str,
+    user: Option<&str>,
+    name: String,
+) -> Result<String, ConfigError> {
+    let name = match user {
+        Some(u) => format!("{u}.{name}"),
+        None => name,
+    };
+    e.name(key, &name)?;
+    Ok(name)
 }
 
 /// `requestHeaders.set` / `responseHeaders.set` as a list, names checked (RFC 9110
@@ -961,8 +1008,8 @@ impl VisitorFile {
             &at("type"),
             &kind,
             &name,
-            &["xtcp", "stcp"],
-            &["sudp", "xudp", "stcp+sudp", "xtcp+xudp"],
+            &["xtcp", "stcp", "sudp"],
+            &["xudp", "stcp+sudp", "xtcp+xudp"],
         )?;
         let service = e.required(
             self.server_name,
@@ -1009,7 +1056,8 @@ impl VisitorFile {
             secret,
             bind: SocketAddr::new(ip, port),
             keep_open: self.keep_tunnel_open.unwrap_or(false),
-            relay_only: kind == "stcp",
+            relay_only: kind == "stcp" || kind == "sudp",
+            udp: kind == "sudp",
         })
     }
 }
@@ -1128,6 +1176,7 @@ mod tests {
                 bind: "127.0.0.1:6001".parse().unwrap(),
                 keep_open: false,
                 relay_only: false,
+                udp: false,
             }]
         );
     }
@@ -1258,19 +1307,20 @@ mod tests {
     fn errors_name_the_key() {
         let cases: Vec<(String, &str, &str)> = vec![
             // Proxy and visitor types frp has and punchline does not.
-            (proxy("https", ""), "proxies[1].type", "\"https\" (\"p\") is not supported by punchline (tcp, udp, http, xtcp, stcp are)"),
-            (proxy("sudp", ""), "proxies[1].type", "not supported"),
-            (proxy("tcpmux", "multiplexer = \"httpconnect\""), "proxies[1].type", "not supported"),
+            (proxy("kcp", ""), "proxies[1].type", "\"kcp\" (\"p\") is unknown (punchline supports tcp, udp, http, https, xtcp, stcp, sudp, tcpmux)"),
+            (proxy("tcpmux", "customDomains = [\"a.example\"]\nmultiplexer = \"other\""), "proxies[1].multiplexer", "httpconnect"),
+            (proxy("sudp", ""), "proxies[1].secretKey", "missing"),
+            (proxy("https", "locations = [\"/\"]"), "proxies[1].locations", "is for http proxies"),
+            (proxy("https", ""), "proxies[1]", "https proxy \"p\" needs customDomains or subdomain"),
             (proxy("tpc", ""), "proxies[1].type", "unknown"),
             (proxy("tcp", "type = \"http\""), "", "duplicate key: `type = \"http\"`"),
             (visitor("type = \"stcp\""), "", "duplicate key"),
-            ("serverAddr = \"s\"\n[[visitors]]\nname = \"v\"\ntype = \"xudp\"".into(), "visitors[0].type", "(xtcp, stcp are)"),
-            ("serverAddr = \"s\"\n[[visitors]]\nname = \"v\"\ntype = \"sudp\"".into(), "visitors[0].type", "not supported"),
+            ("serverAddr = \"s\"\n[[visitors]]\nname = \"v\"\ntype = \"xudp\"".into(), "visitors[0].type", "(xtcp, stcp, sudp are)"),
+            ("serverAddr = \"s\"\n[[visitors]]\nname = \"v\"\ntype = \"xudp\"".into(), "visitors[0].type", "not supported"),
             // frp keys punchline does not implement.
             (proxy("tcp", "transport.bandwidthLimit = \"1MB\""), "proxies[1].transport.bandwidthLimit", "not supported"),
             (proxy("tcp", "loadBalancer.group = \"g\""), "proxies[1].loadBalancer.group", "not supported"),
             (proxy("tcp", "[proxies.plugin]\ntype = \"socks5\""), "proxies[1].plugin.type", "plugins"),
-            (proxy("http", "routeByHTTPUser = \"u\""), "proxies[1].routeByHTTPUser", "not supported"),
             (proxy("xtcp", "secretKey = \"k\"\nallowUsers = [\"bob\"]"), "proxies[1].allowUsers", "[\"*\"]"),
             (visitor("serverName = \"svc\"\nsecretKey = \"k\"\nbindPort = -1"), "visitors[0].bindPort", "not supported"),
             ("serverAddr = \"s\"\ntransport.protocol = \"kcp\"".into(), "transport.protocol", "\"kcp\" is not supported by punchline (tcp is)"),
@@ -1354,11 +1404,11 @@ mod tests {
     fn errors_carry_the_line() {
         let text =
             "serverAddr = \"s\"\n\n[[proxies]]\nname = \"ssh\"\ntype = \"tcp\"\nlocalPort = 22\n\n\
-                    [[proxies]]\nname = \"dns\"\ntype = \"sudp\"\nlocalPort = 53\n";
+                    [[proxies]]\nname = \"mux\"\ntype = \"tcpmuxx\"\nlocalPort = 53\n";
         let e = err(text);
         assert_eq!(
             e.to_string(),
-            "frpc.toml:10: proxies[1].type: \"sudp\" (\"dns\") is not supported by punchline (tcp, udp, http, xtcp, stcp are)"
+            "frpc.toml:10: proxies[1].type: \"tcpmuxx\" (\"mux\") is unknown (punchline supports tcp, udp, http, https, xtcp, stcp, sudp, tcpmux)"
         );
         // From validate(), which has no spans: the line is looked up afterwards.
         let e = err("serverAddr = \"s\"\n[[proxies]]\nname = \"p\"\ntype = \"tcp\"\nlocalPort = 22\nremotePort = 99999\n");
@@ -1404,6 +1454,7 @@ mod tests {
         assert_eq!(c.token.as_deref(), Some("t"));
         assert_eq!(c.proxies.len(), 1);
         assert_eq!(c.proxies[0].local, "127.0.0.1:22");
+        assert!(c.proxies[0].compress);
         let keys: Vec<&str> = c.no_effect.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(
             keys,
@@ -1413,8 +1464,7 @@ mod tests {
                 "log.to",
                 "transport.tls.enable",
                 "transport.poolCount",
-                "proxies[0].transport.useEncryption",
-                "proxies[0].transport.useCompression"
+                "proxies[0].transport.useEncryption"
             ]
         );
         let w = config::no_effect_warning("frpc.toml", &c.no_effect).expect("a warning");
@@ -1498,6 +1548,89 @@ mod tests {
     }
 
     /// frp's legacy INI format, as its documentation writes it.
+    #[test]
+    fn yaml_and_json_files_read_as_toml_ones() {
+        let toml = r#"serverAddr = "203.0.113.9"
+serverPort = 7001
+auth.token = "s3cret"
+log.level = "info"
+
+[[proxies]]
+name = "ssh"
+type = "tcp"
+localPort = 22
+remotePort = 6000
+transport.useCompression = true
+
+[[proxies]]
+name = "web"
+type = "http"
+localPort = 80
+customDomains = ["www.example.com", "example.com"]
+locations = ["/", "/static"]
+
+[[visitors]]
+name = "v"
+type = "stcp"
+serverName = "secret"
+secretKey = "k"
+bindPort = 6001
+"#;
+        let yaml = r#"# frpc.yaml
+serverAddr: 203.0.113.9
+serverPort: 7001
+auth:
+  token: s3cret
+log:
+  level: info
+proxies:
+  - name: ssh
+    type: tcp
+    localPort: 22
+    remotePort: 6000
+    transport:
+      useCompression: true
+  - name: web
+    type: http
+    localPort: 80
+    customDomains: [www.example.com, example.com]
+    locations:
+      - /
+      - /static
+    subdomain:
+visitors:
+  - name: v
+    type: stcp
+    serverName: secret
+    secretKey: k
+    bindPort: 6001
+"#;
+        let json = r#"{"serverAddr": "203.0.113.9", "serverPort": 7001,
+  "auth": {"token": "s3cret"}, "log": {"level": "info"},
+  "proxies": [
+    {"name": "ssh", "type": "tcp", "localPort": 22, "remotePort": 6000,
+     "transport": {"useCompression": true}},
+    {"name": "web", "type": "http", "localPort": 80,
+     "customDomains": ["www.example.com", "example.com"], "locations": ["/", "/static"]}],
+  "visitors": [{"name": "v", "type": "stcp", "serverName": "secret", "secretKey": "k",
+     "bindPort": 6001}]}"#;
+        let want = parse(toml, "frpc.toml").expect("toml");
+        assert_eq!(parse(yaml, "frpc.yaml").expect("yaml"), want);
+        assert_eq!(parse(yaml, "frpc.YML").expect("yml"), want);
+        assert_eq!(parse(json, "frpc.json").expect("json"), want);
+        assert_eq!(want.no_effect.len(), 1);
+        // Errors name the key (and a syntax error its line).
+        let e = parse("serverPort: seven\n", "frpc.yaml").expect_err("a string port");
+        assert!(e.to_string().contains("serverPort"), "{e}");
+        let e = parse("proxies:\n  - name: a\n   type: [\n", "frpc.yaml").expect_err("syntax");
+        assert!(e.to_string().starts_with("frpc.yaml:"), "{e}");
+        let e =
+            parse("{\"serverPort\": 1,\n \"serverAdr\": \"x\"}", "frpc.json").expect_err("typo");
+        assert!(e.to_string().contains("did you mean `serverAddr`?"), "{e}");
+        let e = parse("[1, 2]", "frpc.json").expect_err("not an object");
+        assert!(e.to_string().contains("not an object"), "{e}");
+    }
+
     #[test]
     fn ini_files_read_as_toml_ones() {
         let c = ok("# frpc.ini\n\
@@ -1606,11 +1739,14 @@ locations = ["/"]
 httpUser = "u"
 httpPassword = "p"
 hostHeaderRewrite = "h"
+routeByHTTPUser = "u"
+multiplexer = "httpconnect"
 requestHeaders.set.a = "b"
 responseHeaders.set.a = "b"
 secretKey = "k"
 allowUsers = ["*"]
 enabled = true
+transport.useCompression = true
 [[visitors]]
 name = "v"
 type = "xtcp"
@@ -1622,22 +1758,8 @@ bindPort = 1
 keepTunnelOpen = true
 enabled = true
 "#;
-        let parsed = config::read::<FrpcFile>(full, "frpc.toml", Side::Client, FRP_KEYS)
-            .expect("the full file");
-        let mut want: Vec<(String, String)> = parsed
-            .fields
-            .iter()
-            .map(|k| (k.clone(), "accepted".to_string()))
-            .collect();
-        for k in FRP_KEYS {
-            let status = match k.effect {
-                Effect::NoEffect => "no effect",
-                Effect::Refused => "refused",
-            };
-            want.push((k.key.to_string(), status.to_string()));
-        }
+        let want = config::key_statuses::<FrpcFile>(full, "frpc.toml").expect("the full file");
         rows.sort();
-        want.sort();
         assert_eq!(rows, want);
     }
 

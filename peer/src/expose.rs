@@ -11,6 +11,7 @@
 use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
 
 use common::{
+    compress::Carried,
     defaults::UDP_SESSION_IDLE,
     mux::{Mux, MuxConfig, Role},
     proto::{ClientMsg, ConnKind, ExposeSpec, ServerMsg},
@@ -51,7 +52,7 @@ fn local_refused_response() -> String {
 /// [`local_refused_response`], as a server would: reads the request head first, and
 /// after the answer waits for the server to close (dropping the stream earlier could
 /// reset it before the answer is read). Bounded by [`HEADER_TIMEOUT`] each way.
-async fn refuse_http(mut s: common::mux::MuxStream) {
+async fn refuse_http(mut s: Carried<common::mux::MuxStream>) {
     let mut buf = vec![0u8; 8192];
     let mut head: Vec<u8> = Vec::new();
     let read_head = async {
@@ -83,6 +84,9 @@ pub struct Proxy {
     pub local: SocketAddr,
     /// How the server exposes it.
     pub spec: ExposeSpec,
+    /// Compress its streams between server and peer (frp's
+    /// `transport.useCompression`; `common::compress`).
+    pub compress: bool,
 }
 
 fn status(msg: &str) {
@@ -109,6 +113,7 @@ pub async fn run(
             name: p.name.clone(),
             instance,
             spec: p.spec.clone(),
+            compress: p.compress,
         })
         .collect();
     let locals: Arc<HashMap<String, Local>> = Arc::new(
@@ -123,6 +128,7 @@ pub async fn run(
                         addr: p.local,
                         udp,
                         http,
+                        compress: p.compress,
                     },
                 )
             })
@@ -164,7 +170,11 @@ pub async fn run(
                         format!("{proto} port {p} on the server")
                     }
                     None => {
-                        println!("exposed {name} http {}", urls.join(" "));
+                        let proto = urls
+                            .first()
+                            .and_then(|u| u.split_once("://"))
+                            .map_or("http", |(scheme, _)| scheme);
+                        println!("exposed {name} {proto} {}", urls.join(" "));
                         urls.join(", ")
                     }
                 };
@@ -221,6 +231,8 @@ struct Local {
     udp: bool,
     /// An HTTP proxy: a refused local service gets a 502 page that says so.
     http: bool,
+    /// Its streams are compressed after the header.
+    compress: bool,
 }
 
 /// The data connection, for as long as the control connection is up: a data
@@ -261,10 +273,10 @@ async fn one_data_connection(
     };
     let (mux, mut inbound) = Mux::start(noise, Role::Server, mux_cfg);
     info!("data connection up");
-    while let Some(mut s) = inbound.recv().await {
+    while let Some(mut raw) = inbound.recv().await {
         let locals = locals.clone();
         tokio::spawn(async move {
-            let name = match common::net::read_stream_header(&mut s, HEADER_TIMEOUT).await {
+            let name = match common::net::read_stream_header(&mut raw, HEADER_TIMEOUT).await {
                 Ok(n) => n,
                 Err(e) => return warn!(%e, "bad stream from the server"),
             };
@@ -272,17 +284,23 @@ async fn one_data_connection(
                 addr: local,
                 udp,
                 http,
+                compress,
             }) = locals.get(&name)
             else {
                 return warn!(proxy = %name, "stream for an unknown proxy refused");
             };
+            let s = Carried::new(raw, compress);
             if udp {
                 return udp_session(s, local, &name).await;
             }
             match TcpStream::connect(local).await {
                 Ok(conn) => {
                     let _ = conn.set_nodelay(true);
-                    crate::service::splice_both(s, conn).await;
+                    let done = common::splice::splice(conn, s).await;
+                    match done.error {
+                        None => debug!(up = done.up, down = done.down, "stream done"),
+                        Some(e) => debug!(up = done.up, down = done.down, %e, "stream reset"),
+                    }
                 }
                 Err(e) => {
                     warn!(proxy = %name, %local, %e, "cannot reach the local service");
@@ -301,7 +319,10 @@ async fn one_data_connection(
 /// One user address of a udp proxy: its datagrams, framed on the stream, to the local
 /// service from a UDP socket of its own, and the answers back, until
 /// [`UDP_SESSION_IDLE`] passes without either.
-async fn udp_session(stream: common::mux::MuxStream, local: SocketAddr, name: &str) {
+pub(crate) async fn udp_session<S>(stream: S, local: SocketAddr, name: &str)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite,
+{
     let bind: SocketAddr = if local.is_ipv4() {
         ([0, 0, 0, 0], 0).into()
     } else {

@@ -63,15 +63,22 @@ pub async fn run(
                 name: p.name.clone(),
                 local,
                 spec,
+                compress: p.compress,
             }),
-            (ProxyKind::Xtcp { secret } | ProxyKind::Stcp { secret }, None) => {
+            (
+                ProxyKind::Xtcp { secret }
+                | ProxyKind::Stcp { secret }
+                | ProxyKind::Sudp { secret },
+                None,
+            ) => {
                 let svc = service::ServeConfig {
                     name: p.name.clone(),
                     local,
                     secret: secret.clone(),
                     max_links: common::defaults::SERVICE_MAX_LINKS,
                     max_streams,
-                    relay_only: matches!(p.kind, ProxyKind::Stcp { .. }),
+                    relay_only: matches!(p.kind, ProxyKind::Stcp { .. } | ProxyKind::Sudp { .. }),
+                    udp: matches!(p.kind, ProxyKind::Sudp { .. }),
                 };
                 let cfg = cfg.clone();
                 tasks.spawn(async move { (p.name, service::serve(cfg, svc).await) });
@@ -98,6 +105,7 @@ pub async fn run(
             keep_open: v.keep_open,
             max_streams,
             relay_only: v.relay_only,
+            udp: v.udp,
         };
         let cfg = cfg.clone();
         tasks.spawn(async move { (v.name, service::connect(cfg, svc).await) });
@@ -196,7 +204,8 @@ pub struct ProxyArgs {
     /// frp's use_encryption: accepted; traffic is always encrypted.
     #[arg(long = "ue", alias = "use_encryption")]
     pub use_encryption: bool,
-    /// frp's use_compression: accepted; data is not compressed.
+    /// frp's use_compression: compress the proxy's streams between server and peer
+    /// (snappy).
     #[arg(long = "uc", alias = "use_compression")]
     pub use_compression: bool,
 }
@@ -210,6 +219,8 @@ pub enum ProxyType {
     Udp,
     /// `peer http`.
     Http,
+    /// `peer https`.
+    Https,
 }
 
 /// The config an frp proxy command stands for. `server` is `-s` (HOST, or HOST:PORT
@@ -220,27 +231,8 @@ pub fn proxy_config(
     server: Option<&str>,
     token: Option<String>,
 ) -> Result<ClientConfig, String> {
-    let host = server.unwrap_or("127.0.0.1");
-    let server = match args.server_port {
-        Some(p) => format!("{}:{p}", host_only(host)),
-        None if has_port(host) => host.to_string(),
-        None => format!("{}:{FRP_DEFAULT_PORT}", host_only(host)),
-    };
-    if args.use_compression {
-        status("--uc (use_compression) has no effect: data is not compressed");
-    }
-    let local = match common::config::parse_ip(&args.local_ip) {
-        Some(ip) => SocketAddr::new(ip, args.local_port).to_string(),
-        None if common::config::is_host_name(&args.local_ip) => {
-            format!("{}:{}", args.local_ip, args.local_port)
-        }
-        None => {
-            return Err(format!(
-                "{:?} is not an IP address or a host name",
-                args.local_ip
-            ))
-        }
-    };
+    let server = server_addr(server, args.server_port);
+    let local = local_addr(&args.local_ip, args.local_port)?;
     let kind = match kind {
         ProxyType::Udp => ProxyKind::Udp {
             remote_port: args.remote_port.unwrap_or(0),
@@ -248,6 +240,19 @@ pub fn proxy_config(
         ProxyType::Tcp => ProxyKind::Tcp {
             remote_port: args.remote_port.unwrap_or(0),
         },
+        ProxyType::Https => {
+            if args.custom_domains.is_empty() && args.subdomain.is_none() {
+                return Err("an https proxy needs -d DOMAIN or --sd SUBDOMAIN".into());
+            }
+            ProxyKind::Https {
+                domains: args
+                    .custom_domains
+                    .iter()
+                    .map(|d| d.to_ascii_lowercase())
+                    .collect(),
+                subdomain: args.subdomain.as_ref().map(|s| s.to_ascii_lowercase()),
+            }
+        }
         ProxyType::Http => {
             if args.custom_domains.is_empty() && args.subdomain.is_none() {
                 return Err("an http proxy needs -d DOMAIN or --sd SUBDOMAIN".into());
@@ -269,11 +274,13 @@ pub fn proxy_config(
                 basic_auth,
                 request_headers: Vec::new(),
                 response_headers: Vec::new(),
+                route_by_user: None,
             })
         }
     };
     let type_name = match kind {
         ProxyKind::Http(_) => "http",
+        ProxyKind::Https { .. } => "https",
         ProxyKind::Udp { .. } => "udp",
         _ => "tcp",
     };
@@ -288,10 +295,201 @@ pub fn proxy_config(
     Ok(ClientConfig {
         server,
         token,
-        proxies: vec![Proxy { name, local, kind }],
+        proxies: vec![Proxy {
+            name,
+            local,
+            kind,
+            compress: args.use_compression,
+        }],
         visitors: Vec::new(),
         no_effect: Vec::new(),
     })
+}
+
+/// frp's `frpc stcp|sudp|xtcp` (a secret service) and their `visitor` subcommand
+/// (`peer stcp visitor -s HOST -P 7000 -t TOKEN --server-name NAME --sk KEY
+/// --bind-port 6000`). frp's long names with `_` work too.
+#[derive(clap::Args, Debug, Clone)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct SecretArgs {
+    /// `visitor`: reach such a service through a local listener.
+    #[command(subcommand)]
+    pub visitor: Option<SecretSub>,
+    /// The server's port (frp's `-P`; with -s HOST). [default: 7000, frp's]
+    #[arg(short = 'P', long = "server-port", alias = "server_port")]
+    pub server_port: Option<u16>,
+    /// The proxy's name. [default: the type and the local port, e.g. stcp-22]
+    #[arg(short = 'n', long = "proxy-name", alias = "proxy_name")]
+    pub name: Option<String>,
+    /// The local service's address (an IP address or a host name).
+    #[arg(
+        short = 'i',
+        long = "local-ip",
+        alias = "local_ip",
+        default_value = "127.0.0.1"
+    )]
+    pub local_ip: String,
+    /// The local service's port.
+    #[arg(
+        short = 'l',
+        long = "local-port",
+        alias = "local_port",
+        required = true
+    )]
+    pub local_port: Option<u16>,
+    /// The secret visitors must know.
+    #[arg(
+        long = "sk",
+        alias = "secret_key",
+        required = true,
+        hide_env_values = true
+    )]
+    pub secret: Option<String>,
+    /// Prefix the proxy's name with USER. (frp's `user`).
+    #[arg(short = 'u', long = "user")]
+    pub user: Option<String>,
+    /// frp's use_encryption: accepted; traffic is always encrypted.
+    #[arg(long = "ue", alias = "use_encryption")]
+    pub use_encryption: bool,
+}
+
+/// The subcommand of [`SecretArgs`].
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum SecretSub {
+    /// frp's `frpc stcp|sudp|xtcp visitor`.
+    Visitor(VisitorArgs),
+}
+
+/// frp's visitor flags.
+#[derive(clap::Args, Debug, Clone)]
+pub struct VisitorArgs {
+    /// The server's port (frp's `-P`; with -s HOST). [default: 7000, frp's]
+    #[arg(short = 'P', long = "server-port", alias = "server_port")]
+    pub server_port: Option<u16>,
+    /// The visitor's name, for logs. [default: the service's name]
+    #[arg(short = 'n', long = "visitor-name", alias = "visitor_name")]
+    pub name: Option<String>,
+    /// The service (proxy) to reach.
+    #[arg(long = "server-name", alias = "server_name")]
+    pub server_name: String,
+    /// Its secret.
+    #[arg(long = "sk", alias = "secret_key", hide_env_values = true)]
+    pub secret: String,
+    /// The local listener's address.
+    #[arg(long = "bind-addr", alias = "bind_addr", default_value = "127.0.0.1")]
+    pub bind_addr: std::net::IpAddr,
+    /// The local listener's port (0: any free port, printed).
+    #[arg(long = "bind-port", alias = "bind_port", default_value_t = 0)]
+    pub bind_port: u16,
+    /// The owner's `user` (frp's `-u`): the service is `USER.NAME` on the server.
+    #[arg(short = 'u', long = "user")]
+    pub user: Option<String>,
+    /// frp's use_encryption: accepted; traffic is always encrypted.
+    #[arg(long = "ue", alias = "use_encryption")]
+    pub use_encryption: bool,
+}
+
+/// Which secret service: frp's stcp, sudp or xtcp.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretType {
+    /// `peer stcp`: relayed through the server.
+    Stcp,
+    /// `peer sudp`: UDP, relayed through the server.
+    Sudp,
+    /// `peer xtcp`: punched when it can be.
+    Xtcp,
+}
+
+/// The config an frp `stcp|sudp|xtcp [visitor]` command stands for (`server` as in
+/// [`proxy_config`]).
+pub fn secret_config(
+    kind: SecretType,
+    args: &SecretArgs,
+    server: Option<&str>,
+    token: Option<String>,
+) -> Result<ClientConfig, String> {
+    let server_port = match &args.visitor {
+        Some(SecretSub::Visitor(v)) => v.server_port,
+        None => args.server_port,
+    };
+    let server = server_addr(server, server_port);
+    let type_name = match kind {
+        SecretType::Stcp => "stcp",
+        SecretType::Sudp => "sudp",
+        SecretType::Xtcp => "xtcp",
+    };
+    if let Some(SecretSub::Visitor(v)) = &args.visitor {
+        let server_name = match &v.user {
+            Some(u) if !u.is_empty() => format!("{u}.{}", v.server_name),
+            _ => v.server_name.clone(),
+        };
+        return Ok(ClientConfig {
+            server,
+            token,
+            proxies: Vec::new(),
+            visitors: vec![crate::config::Visitor {
+                name: v.name.clone().unwrap_or_else(|| v.server_name.clone()),
+                server_name,
+                secret: v.secret.clone(),
+                bind: SocketAddr::new(v.bind_addr, v.bind_port),
+                keep_open: false,
+                relay_only: kind != SecretType::Xtcp,
+                udp: kind == SecretType::Sudp,
+            }],
+            no_effect: Vec::new(),
+        });
+    }
+    let (Some(local_port), Some(secret)) = (args.local_port, args.secret.clone()) else {
+        return Err(format!(
+            "an {type_name} proxy needs -l LOCAL_PORT and --sk SECRET"
+        ));
+    };
+    let local = local_addr(&args.local_ip, local_port)?;
+    let kind = match kind {
+        SecretType::Stcp => ProxyKind::Stcp { secret },
+        SecretType::Sudp => ProxyKind::Sudp { secret },
+        SecretType::Xtcp => ProxyKind::Xtcp { secret },
+    };
+    let name = args
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("{type_name}-{local_port}"));
+    let name = match &args.user {
+        Some(u) if !u.is_empty() => format!("{u}.{name}"),
+        _ => name,
+    };
+    Ok(ClientConfig {
+        server,
+        token,
+        proxies: vec![Proxy {
+            name,
+            local,
+            kind,
+            compress: false,
+        }],
+        visitors: Vec::new(),
+        no_effect: Vec::new(),
+    })
+}
+
+/// The server of an frp command: `-s` (HOST, or HOST:PORT when -P is not given;
+/// frp's default HOST is 127.0.0.1) and `-P` (default 7000, frp's).
+fn server_addr(server: Option<&str>, port: Option<u16>) -> String {
+    let host = server.unwrap_or("127.0.0.1");
+    match port {
+        Some(p) => format!("{}:{p}", host_only(host)),
+        None if has_port(host) => host.to_string(),
+        None => format!("{}:{FRP_DEFAULT_PORT}", host_only(host)),
+    }
+}
+
+/// The local service of an frp command: `-i` (an IP address or a host name) and `-l`.
+fn local_addr(ip: &str, port: u16) -> Result<String, String> {
+    match common::config::parse_ip(ip) {
+        Some(ip) => Ok(SocketAddr::new(ip, port).to_string()),
+        None if common::config::is_host_name(ip) => Ok(format!("{ip}:{port}")),
+        None => Err(format!("{ip:?} is not an IP address or a host name")),
+    }
 }
 
 fn has_port(host: &str) -> bool {

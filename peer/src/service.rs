@@ -10,12 +10,21 @@
 //!
 //! Every stream starts with a header naming the service (`[1, len_hi, len_lo, name]`),
 //! so an owner never serves a stream meant for something else.
+//!
+//! A UDP service (`serve --udp`, `connect --udp`, frp's sudp) carries datagrams: the
+//! visitor's UDP socket gives each client address a session of its own, a stream
+//! whose header names `udp:NAME` (so a TCP owner refuses it, and the reverse) and
+//! whose datagrams are framed by `common::net::datagram_codec`; the owner sends them
+//! to the local service from a UDP socket per session. A session ends after
+//! [`UDP_SESSION_IDLE`] without a datagram either way; a visitor holds at most
+//! [`MAX_UDP_SESSIONS`] at once.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use common::{
     defaults::{
-        REPUNCH_FIRST_BACKOFF, REPUNCH_MAX_BACKOFF, SERVER_BACK_WAIT, SERVICE_DIRECT_ATTEMPTS,
+        MAX_UDP_SESSIONS, REPUNCH_FIRST_BACKOFF, REPUNCH_MAX_BACKOFF, SERVER_BACK_WAIT,
+        SERVICE_DIRECT_ATTEMPTS, UDP_SESSION_IDLE, UDP_SESSION_QUEUE,
     },
     mux::{Mux, MuxConfig, MuxError, MuxStream, Role},
     proto::{ClientMsg, PunchMode, ServerMsg},
@@ -24,7 +33,7 @@ use common::{
 };
 use tokio::{
     io::AsyncWriteExt,
-    net::{TcpListener, TcpStream},
+    net::{TcpListener, TcpStream, UdpSocket},
     sync::{mpsc, Mutex, Semaphore},
     task::JoinSet,
     time::Instant,
@@ -41,6 +50,15 @@ use crate::{
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a visitor waits for the server to pair it with the owner.
 const PAIR_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The name in the header of a service's streams: `udp:NAME` for a UDP service.
+fn stream_name(name: &str, udp: bool) -> String {
+    if udp {
+        format!("udp:{name}")
+    } else {
+        name.to_string()
+    }
+}
 
 /// The link key of a service: from its name and secret. The server never sees it.
 pub fn service_psk(name: &str, secret: &str) -> Psk {
@@ -87,6 +105,8 @@ pub struct ServeConfig {
     /// [`common::mux::DEFAULT_MAX_STREAMS`], as the visitor's). Past it the stream is
     /// refused with a reset and a warning, and the visitor resets the connection.
     pub max_streams: usize,
+    /// A UDP service: streams carry datagrams to `local` over UDP (frp's sudp).
+    pub udp: bool,
 }
 
 fn status(msg: &str) {
@@ -265,11 +285,14 @@ async fn owner_link(
 
 async fn serve_stream(svc: Arc<ServeConfig>, mut s: MuxStream) {
     match common::net::read_stream_header(&mut s, HEADER_TIMEOUT).await {
-        Ok(name) if name == svc.name => {}
+        Ok(name) if name == stream_name(&svc.name, svc.udp) => {}
         other => {
-            warn!(?other, "stream with a bad header refused");
+            warn!(?other, "stream with a bad header refused (a tcp visitor of a udp service, or the reverse?)");
             return;
         }
+    }
+    if svc.udp {
+        return crate::expose::udp_session(s, svc.local, &svc.name).await;
     }
     let local = match TcpStream::connect(svc.local).await {
         Ok(l) => l,
@@ -313,6 +336,8 @@ pub struct ConnectConfig {
     /// here with a warning; past the owner's, the owner refuses the stream (and warns)
     /// and the connection is reset.
     pub max_streams: usize,
+    /// A UDP service: the local listener is a UDP socket (frp's sudp visitor).
+    pub udp: bool,
 }
 
 struct Current {
@@ -333,17 +358,21 @@ struct Visitor {
 
 /// Runs the visitor side: a local listener whose connections reach the service.
 pub async fn connect(cfg: ServerConfig, svc: ConnectConfig) -> Result<(), ServiceError> {
-    let listener = TcpListener::bind(svc.listen)
-        .await
-        .map_err(|err| ServiceError::Listen {
-            addr: svc.listen,
-            err,
-        })?;
-    let local = listener.local_addr().map_err(|err| ServiceError::Listen {
+    let listen_err = |err| ServiceError::Listen {
         addr: svc.listen,
         err,
-    })?;
-    println!("listening on {local}");
+    };
+    let (listener, local) = if svc.udp {
+        let s = UdpSocket::bind(svc.listen).await.map_err(listen_err)?;
+        let local = s.local_addr().map_err(listen_err)?;
+        (Err(s), local)
+    } else {
+        let l = TcpListener::bind(svc.listen).await.map_err(listen_err)?;
+        let local = l.local_addr().map_err(listen_err)?;
+        (Ok(l), local)
+    };
+    let proto = if svc.udp { "udp " } else { "" };
+    println!("listening on {proto}{local}");
     crate::status::book().role(format!("connect {}", svc.name));
     status(&format!("[{}] start visitor success", svc.name));
     let keep_open = svc.keep_open;
@@ -368,6 +397,13 @@ pub async fn connect(cfg: ServerConfig, svc: ConnectConfig) -> Result<(), Servic
     if keep_open {
         v.link().await?;
     }
+    let listener = match listener {
+        Ok(l) => l,
+        Err(socket) => {
+            v.datagrams(socket).await;
+            return Ok(());
+        }
+    };
     let mut tasks = JoinSet::new();
     loop {
         tokio::select! {
@@ -424,6 +460,57 @@ impl Visitor {
             return common::net::reset(conn);
         }
         splice_both(s, conn).await;
+    }
+
+    /// A UDP visitor: receives the local clients' datagrams and hands each client
+    /// address's to its session (a stream on the link), starting one for a new address.
+    async fn datagrams(self: Arc<Self>, socket: UdpSocket) {
+        let socket = Arc::new(socket);
+        let mut sessions = common::net::UdpSessions::new(MAX_UDP_SESSIONS, UDP_SESSION_QUEUE);
+        let mut tasks = JoinSet::new();
+        let mut buf = vec![0u8; usize::from(u16::MAX)];
+        loop {
+            let (n, from) = tokio::select! {
+                r = socket.recv_from(&mut buf) => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        debug!(%e, "udp receive failed");
+                        continue;
+                    }
+                },
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
+            };
+            let Some(rx) = sessions.dispatch(from, bytes::Bytes::copy_from_slice(&buf[..n])) else {
+                continue;
+            };
+            let (me, socket) = (self.clone(), socket.clone());
+            tasks.spawn(
+                async move { me.datagram_session(socket, from, rx).await }
+                    .instrument(info_span!("udp client", %from)),
+            );
+        }
+    }
+
+    /// One client address of a UDP visitor: a stream on the link for its datagrams.
+    async fn datagram_session(
+        self: Arc<Self>,
+        socket: Arc<UdpSocket>,
+        from: SocketAddr,
+        rx: mpsc::Receiver<bytes::Bytes>,
+    ) {
+        let mux = match self.link().await {
+            Ok(m) => m,
+            Err(e) => return status(&format!("error: {e}")),
+        };
+        let mut s = match mux.open().await {
+            Ok(s) => s,
+            Err(e) => return warn!(%e, "udp session refused: cannot open a stream"),
+        };
+        let header = common::proto::stream_header(&stream_name(&self.svc.name, true));
+        if let Err(e) = s.write_all(&header).await {
+            return warn!(%e, "udp session refused");
+        }
+        common::net::carry_datagrams(s, rx, socket, from, UDP_SESSION_IDLE).await;
     }
 
     /// The current link's mux, bringing a link up if there is none.

@@ -29,6 +29,14 @@ pub struct Args {
     /// Serve HTTP virtual hosts on this port (`peer expose http`); 0: any free port.
     #[arg(long, value_name = "PORT", alias = "vhost_http_port")]
     pub vhost_http_port: Option<u16>,
+    /// Route TLS connections on this port by their server name (SNI) to `peer
+    /// https` / `type = "https"` proxies, without terminating TLS; 0: any free port.
+    #[arg(long, value_name = "PORT", alias = "vhost_https_port")]
+    pub vhost_https_port: Option<u16>,
+    /// Answer HTTP CONNECT requests on this port for `type = "tcpmux"` proxies (frp's
+    /// tcpmuxHTTPConnectPort), routed by the requested host; 0: any free port.
+    #[arg(long, value_name = "PORT", alias = "tcpmux_http_connect_port")]
+    pub tcpmux_http_connect_port: Option<u16>,
     /// Seconds the vhost waits for a peer's response head before answering 504.
     /// [default: 60]
     #[arg(long, value_name = "SECS", alias = "vhost_http_timeout",
@@ -180,6 +188,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     if args.vhost_http_port.is_some() {
         cfg.vhost_http_port = args.vhost_http_port;
     }
+    if args.vhost_https_port.is_some() {
+        cfg.vhost_https_port = args.vhost_https_port;
+    }
+    if args.tcpmux_http_connect_port.is_some() {
+        cfg.tcpmux_http_connect_port = args.tcpmux_http_connect_port;
+    }
     if let Some(secs) = args.vhost_http_timeout {
         cfg.vhost_http_timeout = std::time::Duration::from_secs(secs);
     }
@@ -238,6 +252,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     if let Some(vhost) = handle.vhost_addr() {
         println!("http vhost on {vhost}");
+    }
+    if let Some(https) = handle.https_addr() {
+        println!("https vhost on {https}");
+    }
+    if let Some(mux) = handle.tcpmux_addr() {
+        println!("tcpmux on {mux}");
     }
     if let Some(admin) = handle.admin_addr() {
         println!("admin on http://{admin}/");

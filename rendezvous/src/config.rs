@@ -10,6 +10,8 @@
 //! | `bindAddr` | IP address to listen on (`"::"` or `"[::]"` for IPv6) | `"0.0.0.0"` |
 //! | `bindPort` | TCP port peers connect to (0: any free port) | `7000`, frp's (the CLI's is 8877) |
 //! | `vhostHTTPPort` | port of the HTTP virtual hosts; 0 or absent: none | none |
+//! | `tcpmuxHTTPConnectPort` | port where HTTP CONNECT requests reach tcpmux proxies; 0 or absent: none | none |
+//! | `vhostHTTPSPort` | port of the HTTPS virtual hosts (TLS routed by SNI, not terminated); 0 or absent: none | none |
 //! | `subDomainHost` | domain under which `subdomain` proxies live (lowercased) | none |
 //! | `auth.method` | `"token"`, the only method | `"token"` |
 //! | `auth.token` | the token peers must present (not empty) | none: anyone may connect |
@@ -23,7 +25,7 @@
 //!
 //! frp's other keys are in [`FRP_KEYS`]: accepted with no effect (`log.*`,
 //! `webServer.pprofEnable`, most of `transport.*`, ...; named together in one warning) or refused
-//! (`kcpBindPort`, `vhostHTTPSPort`, `httpPlugins`, ...; named together in one error).
+//! (`kcpBindPort`, `tcpmuxHTTPConnectPort`, `httpPlugins`, ...; named together in one error).
 //! A key nobody knows (a typo) is an error naming it and the closest known key. The
 //! legacy INI format (`frps.ini`) is read into the same model.
 //!
@@ -44,7 +46,7 @@ use std::{
 use serde::Deserialize;
 
 pub use common::config::ConfigError;
-use common::config::{self, is_host_name, parse_ip, Effect, FrpKey, Side};
+use common::config::{self, is_host_name, parse_ip, Effect, FrpKey, Masked, Side, NO_LOG, NO_TLS};
 
 /// frp's default `bindPort`, used when a file has none (punchline's own CLI default,
 /// 8877, applies only to the command line): an `frpc.toml` without `serverPort` must
@@ -58,6 +60,12 @@ pub struct ServerConfig {
     pub bind: SocketAddr,
     /// The HTTP virtual host port (`vhostHTTPPort`); `None`: no vhost listener.
     pub vhost_http_port: Option<u16>,
+    /// The HTTPS virtual host port (`vhostHTTPSPort`): TLS routed by server name
+    /// (SNI) to https proxies, not terminated; `None`: no such listener.
+    pub vhost_https_port: Option<u16>,
+    /// The tcpmux port (`tcpmuxHTTPConnectPort`): HTTP CONNECT requests routed by host
+    /// to tcpmux proxies; `None`: no such listener.
+    pub tcpmux_http_connect_port: Option<u16>,
     /// Longest wait for a peer's response head to a vhost request, then 504
     /// (`vhostHTTPTimeout`, seconds; default [`crate::vhost::RESPONSE_TIMEOUT`], frp's
     /// 60 s too).
@@ -178,6 +186,8 @@ impl ServerConfig {
         Self {
             bind,
             vhost_http_port: None,
+            vhost_https_port: None,
+            tcpmux_http_connect_port: None,
             vhost_http_timeout: crate::vhost::RESPONSE_TIMEOUT,
             subdomain_host: None,
             token: None,
@@ -199,6 +209,8 @@ impl fmt::Debug for ServerConfig {
         f.debug_struct("ServerConfig")
             .field("bind", &self.bind)
             .field("vhost_http_port", &self.vhost_http_port)
+            .field("vhost_https_port", &self.vhost_https_port)
+            .field("tcpmux_http_connect_port", &self.tcpmux_http_connect_port)
             .field("vhost_http_timeout", &self.vhost_http_timeout)
             .field("subdomain_host", &self.subdomain_host)
             .field("token", &self.token.as_ref().map(|_| Masked))
@@ -212,15 +224,6 @@ impl fmt::Debug for ServerConfig {
             .field("no_effect", &self.no_effect)
             .field("admin", &self.admin)
             .finish()
-    }
-}
-
-/// Prints `MASKED` in place of a secret.
-struct Masked;
-
-impl fmt::Debug for Masked {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("MASKED")
     }
 }
 
@@ -379,35 +382,31 @@ impl fmt::Display for DomainAllow {
 
 /// Reads and parses a server config file (see the module docs for the keys).
 pub fn load(path: &Path) -> Result<ServerConfig, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|err| ConfigError::Read {
-        path: path.to_path_buf(),
-        err,
-    })?;
-    let origin = path.display().to_string();
-    let cfg = parse(&text, &origin)?;
-    if let Some(w) = config::no_effect_warning(&origin, &cfg.no_effect) {
-        tracing::warn!("{w}");
-    }
-    Ok(cfg)
+    config::load::<FrpsFile>(path)
 }
 
 /// Parses a server config from `text`; `origin` names it in errors (a file name).
 pub fn parse(text: &str, origin: &str) -> Result<ServerConfig, ConfigError> {
-    let (file, parsed) = config::read::<FrpsFile>(text, origin, Side::Server, FRP_KEYS)?.take();
-    let (mut cfg, no_effect) = parsed.finish(file.validate(origin))?;
-    cfg.no_effect = no_effect;
-    Ok(cfg)
+    config::parse::<FrpsFile>(text, origin)
+}
+
+impl config::Model for FrpsFile {
+    type Config = ServerConfig;
+    const SIDE: Side = Side::Server;
+    const KEYS: &'static [FrpKey] = FRP_KEYS;
+    fn validate(self, origin: &str) -> Result<ServerConfig, ConfigError> {
+        FrpsFile::validate(self, origin)
+    }
+    fn no_effect(cfg: &mut ServerConfig) -> &mut Vec<(String, &'static str)> {
+        &mut cfg.no_effect
+    }
 }
 
 // ---- The file's shape -------------------------------------------------------------
 
 // Reasons shared by several keys.
-const NO_LOG: &str = "logs go to stderr; set the level with -v or RUST_LOG";
 const NO_TRANSPORT: &str = "peers connect over TCP with Noise encryption and yamux, whose \
                             settings are punchline's own";
-const NO_TLS: &str = "connections are always encrypted and authenticated by the token, with \
-                      Noise rather than TLS: there are no certificates";
-const TCPMUX: &str = "there is no tcpmux (use tcp proxies)";
 
 /// frp's server keys that the model below does not read: accepted with no effect, or
 /// refused. The README's table of frp keys lists these and the model's own.
@@ -434,9 +433,7 @@ pub const FRP_KEYS: &[FrpKey] = &[
     FrpKey { key: "kcpBindPort", effect: Effect::Refused, why: "peers connect over TCP only, not KCP" },
     FrpKey { key: "quicBindPort", effect: Effect::Refused, why: "peers connect over TCP only, not QUIC" },
     FrpKey { key: "proxyBindAddr", effect: Effect::Refused, why: "tcp proxies listen on bindAddr" },
-    FrpKey { key: "vhostHTTPSPort", effect: Effect::Refused, why: "there is no HTTPS virtual host; terminate TLS in front of vhostHTTPPort, or expose port 443 with a tcp proxy" },
-    FrpKey { key: "tcpmuxHTTPConnectPort", effect: Effect::Refused, why: TCPMUX },
-    FrpKey { key: "tcpmuxPassthrough", effect: Effect::Refused, why: TCPMUX },
+    FrpKey { key: "tcpmuxPassthrough", effect: Effect::Refused, why: "the server answers the CONNECT request itself; the service gets the bytes after it" },
     FrpKey { key: "sshTunnelGateway", effect: Effect::Refused, why: "there is no SSH tunnel gateway" },
     FrpKey { key: "maxPortsPerClient", effect: Effect::Refused, why: "limit peers with [[users]] maxExposures" },
     FrpKey { key: "allowedClientIPs", effect: Effect::Refused, why: "filter peer addresses with a firewall" },
@@ -454,6 +451,10 @@ struct FrpsFile {
     bind_port: Option<i64>,
     #[serde(rename = "vhostHTTPPort")]
     vhost_http_port: Option<i64>,
+    #[serde(rename = "vhostHTTPSPort")]
+    vhost_https_port: Option<i64>,
+    #[serde(rename = "tcpmuxHTTPConnectPort")]
+    tcpmux_http_connect_port: Option<i64>,
     #[serde(rename = "vhostHTTPTimeout")]
     vhost_http_timeout: Option<i64>,
     #[serde(rename = "subDomainHost")]
@@ -518,17 +519,9 @@ struct PunchlineFile {
 impl FrpsFile {
     /// Checks the values and fills in defaults.
     fn validate(self, origin: &str) -> Result<ServerConfig, ConfigError> {
-        let invalid = |key: &str, message: String| ConfigError::Invalid {
-            origin: origin.to_string(),
-            line: None,
-            key: key.to_string(),
-            message,
-        };
-        let port = |key: &str, value: i64, zero_ok: bool| match u16::try_from(value) {
-            Ok(0) if !zero_ok => Err(invalid(key, "0 is not allowed here (1-65535)".into())),
-            Ok(p) => Ok(p),
-            Err(_) => Err(invalid(key, format!("{value} is not a port (0-65535)"))),
-        };
+        let e = config::Errors { origin };
+        let invalid = |key: &str, message: String| e.invalid(key, message);
+        let port = |key: &str, value: i64, zero_ok: bool| e.port(key, value, zero_ok);
 
         let ip = match &self.bind_addr {
             None => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
@@ -542,6 +535,25 @@ impl FrpsFile {
         let vhost_http_port = match self.vhost_http_port {
             None | Some(0) => None,
             Some(p) => Some(port("vhostHTTPPort", p, false)?),
+        };
+        let vhost_https_port = match self.vhost_https_port {
+            None | Some(0) => None,
+            Some(p) => Some(port("vhostHTTPSPort", p, false)?),
+        };
+        if vhost_https_port.is_some()
+            && (vhost_https_port == Some(bind_port) || vhost_https_port == vhost_http_port)
+        {
+            return Err(invalid(
+                "vhostHTTPSPort",
+                format!(
+                    "{} is bindPort or vhostHTTPPort too; each needs a port of its own",
+                    vhost_https_port.unwrap_or(0)
+                ),
+            ));
+        }
+        let tcpmux_http_connect_port = match self.tcpmux_http_connect_port {
+            None | Some(0) => None,
+            Some(p) => Some(port("tcpmuxHTTPConnectPort", p, false)?),
         };
         let vhost_http_timeout = match self.vhost_http_timeout {
             None => crate::vhost::RESPONSE_TIMEOUT,
@@ -731,6 +743,8 @@ impl FrpsFile {
         Ok(ServerConfig {
             bind: SocketAddr::new(ip, bind_port),
             vhost_http_port,
+            vhost_https_port,
+            tcpmux_http_connect_port,
             vhost_http_timeout,
             subdomain_host,
             token,
@@ -1005,11 +1019,11 @@ mod tests {
                 "not supported by punchline",
             ),
             ("quicBindPort = 7002", "quicBindPort", "not supported"),
-            ("vhostHTTPSPort = 443", "vhostHTTPSPort", "not supported"),
+            ("vhostHTTPSPort = 7000", "vhostHTTPSPort", "port of its own"),
             (
-                "tcpmuxHTTPConnectPort = 1337",
+                "tcpmuxHTTPConnectPort = 70000",
                 "tcpmuxHTTPConnectPort",
-                "not supported",
+                "not a port",
             ),
             ("maxPortsPerClient = 0", "maxPortsPerClient", "maxExposures"),
             (
@@ -1234,6 +1248,8 @@ mod tests {
         let full = r#"bindAddr = "0.0.0.0"
 bindPort = 7000
 vhostHTTPPort = 80
+vhostHTTPSPort = 443
+tcpmuxHTTPConnectPort = 1337
 subDomainHost = "example.com"
 auth.method = "token"
 auth.token = "t"
@@ -1252,22 +1268,8 @@ allowDomains = ["*"]
 maxExposures = 1
 maxStreams = 1
 "#;
-        let parsed = config::read::<FrpsFile>(full, "frps.toml", Side::Server, FRP_KEYS)
-            .expect("the full file");
-        let mut want: Vec<(String, String)> = parsed
-            .fields
-            .iter()
-            .map(|k| (k.clone(), "accepted".to_string()))
-            .collect();
-        for k in FRP_KEYS {
-            let status = match k.effect {
-                Effect::NoEffect => "no effect",
-                Effect::Refused => "refused",
-            };
-            want.push((k.key.to_string(), status.to_string()));
-        }
+        let want = config::key_statuses::<FrpsFile>(full, "frps.toml").expect("the full file");
         rows.sort();
-        want.sort();
         assert_eq!(rows, want);
     }
 

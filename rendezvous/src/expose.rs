@@ -24,19 +24,18 @@ use crate::{
 };
 use bytes::Bytes;
 use common::{
+    compress::Carried,
     defaults::{MAX_PORT_CONNECTIONS, MAX_UDP_SESSIONS, UDP_SESSION_IDLE, UDP_SESSION_QUEUE},
     identity::PublicKey,
     mux::{Mux, MuxStream},
     proto::ExposeSpec,
 };
-use futures::{SinkExt, StreamExt};
 use std::net::SocketAddr;
 use tokio::{
     io::AsyncWriteExt,
     net::{TcpListener, TcpStream, UdpSocket},
     sync::mpsc,
 };
-use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
 
@@ -51,17 +50,33 @@ pub const DATA_WAIT: Duration = Duration::from_secs(3);
 
 const NO_INSTANCE: &str = "no exposures of this peer process: send Expose first";
 
+/// The route tables of the server's name-routed listeners, each if it has one.
+pub(crate) struct Fronts {
+    /// The HTTP vhost's.
+    pub(crate) http: Option<Arc<crate::vhost::Vhosts>>,
+    /// The HTTPS (SNI) vhost's.
+    pub(crate) https: Option<Arc<crate::vhost::Vhosts>>,
+    /// The tcpmux (HTTP CONNECT) port's.
+    pub(crate) tcpmux: Option<Arc<crate::vhost::Vhosts>>,
+}
+
 /// One control connection's exposure side.
 struct Instance {
     identity: PublicKey,
     instance: u64,
     data: Option<Mux>,
+    /// Proxies whose streams are compressed (frp's `transport.useCompression`).
+    compressed: std::collections::HashSet<String>,
 }
 
 /// The exposures of all peers: listeners, data connections, vhost routes.
 pub(crate) struct Exposures {
     bind_ip: std::net::IpAddr,
     vhosts: Option<Arc<crate::vhost::Vhosts>>,
+    /// The HTTPS (SNI) vhost's table.
+    https: Option<Arc<crate::vhost::Vhosts>>,
+    /// The tcpmux (HTTP CONNECT) port's table.
+    tcpmux: Option<Arc<crate::vhost::Vhosts>>,
     registry: Arc<Mutex<Registry>>,
     /// Control connection → its instance and data connection.
     instances: Mutex<HashMap<ConnId, Instance>>,
@@ -84,14 +99,21 @@ impl Exposures {
     pub(crate) fn new(
         bind_ip: std::net::IpAddr,
         registry: Arc<Mutex<Registry>>,
-        vhosts: Option<Arc<crate::vhost::Vhosts>>,
+        fronts: Fronts,
         tasks: Tasks,
         max_per_client: usize,
         metrics: Arc<crate::metrics::Metrics>,
     ) -> Arc<Self> {
+        let Fronts {
+            http: vhosts,
+            https,
+            tcpmux,
+        } = fronts;
         Arc::new(Self {
             bind_ip,
             vhosts,
+            https,
+            tcpmux,
             registry,
             instances: Mutex::default(),
             listeners: Mutex::default(),
@@ -123,6 +145,7 @@ impl Exposures {
         instance: u64,
         name: &str,
         spec: &ExposeSpec,
+        compress: bool,
     ) -> Result<(Option<u16>, Vec<String>), String> {
         {
             let mut all = lock(&self.instances);
@@ -130,11 +153,17 @@ impl Exposures {
                 identity,
                 instance,
                 data: None,
+                compressed: Default::default(),
             });
             if inst.instance != instance {
                 return Err("one control connection speaks for one peer process: \
                             its Expose requests must carry one instance number"
                     .into());
+            }
+            if compress {
+                inst.compressed.insert(name.to_string());
+            } else {
+                inst.compressed.remove(name);
             }
         }
         match spec {
@@ -172,7 +201,73 @@ impl Exposures {
                 info!(proxy = name, ?urls, "http route exposed");
                 Ok((None, urls))
             }
+            ExposeSpec::Https { domains, subdomain } => {
+                let Some(table) = &self.https else {
+                    return Err("this server serves no HTTPS virtual hosts (start it with --vhost-https-port, or vhostHTTPSPort)".into());
+                };
+                self.expose_by_name(
+                    conn,
+                    name,
+                    domains,
+                    subdomain,
+                    table,
+                    crate::registry::HTTPS_LOCATION,
+                )
+            }
+            ExposeSpec::TcpMux { domains, subdomain } => {
+                let Some(table) = &self.tcpmux else {
+                    return Err("this server has no tcpmux port (start it with --tcpmux-http-connect-port, or tcpmuxHTTPConnectPort)".into());
+                };
+                self.expose_by_name(
+                    conn,
+                    name,
+                    domains,
+                    subdomain,
+                    table,
+                    crate::registry::TCPMUX_LOCATION,
+                )
+            }
         }
+    }
+
+    /// An https or tcpmux proxy: its hosts claimed in the registry under `location`
+    /// (the marker of its front), its route in that front's `table`; a stream per
+    /// connection, carried as a tcp proxy's.
+    fn expose_by_name(
+        self: &Arc<Self>,
+        conn: ConnId,
+        name: &str,
+        domains: &[String],
+        subdomain: &Option<String>,
+        table: &Arc<crate::vhost::Vhosts>,
+        location: &str,
+    ) -> Result<(Option<u16>, Vec<String>), String> {
+        let http = common::proto::HttpRoute {
+            domains: domains.to_vec(),
+            subdomain: subdomain.clone(),
+            ..Default::default()
+        };
+        let (hosts, _) = table.claims(&http)?;
+        let released = self
+            .registry()
+            .claim_route(conn, name, &hosts, &[location.to_string()], Instant::now())
+            .map_err(|r| self.refusal(r))?;
+        self.apply(released);
+        let me = self.clone();
+        let proxy = name.to_string();
+        let opener: crate::vhost::Opener = Arc::new(move || {
+            let (me, proxy) = (me.clone(), proxy.clone());
+            Box::pin(async move { me.open(conn, &proxy).await })
+        });
+        let urls = table.add(crate::vhost::Route {
+            proxy: name.to_string(),
+            http,
+            opener,
+            owner: conn,
+        })?;
+        table.set_online(conn, true);
+        info!(proxy = name, ?urls, "route exposed");
+        Ok((None, urls))
     }
 
     async fn expose_tcp(
@@ -290,7 +385,7 @@ impl Exposures {
     /// session (a stream to the peer), starting one for a new address.
     async fn udp_loop(self: Arc<Self>, socket: UdpSocket, port: u16, stop: CancellationToken) {
         let socket = Arc::new(socket);
-        let mut sessions: HashMap<SocketAddr, mpsc::Sender<Bytes>> = HashMap::new();
+        let mut sessions = common::net::UdpSessions::new(MAX_UDP_SESSIONS, UDP_SESSION_QUEUE);
         let mut buf = vec![0u8; usize::from(u16::MAX)];
         loop {
             let (n, from) = tokio::select! {
@@ -303,23 +398,9 @@ impl Exposures {
                     }
                 },
             };
-            let mut data = Bytes::copy_from_slice(&buf[..n]);
-            if let Some(tx) = sessions.get(&from) {
-                match tx.try_send(data) {
-                    Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => continue,
-                    Err(mpsc::error::TrySendError::Closed(d)) => {
-                        sessions.remove(&from);
-                        data = d;
-                    }
-                }
-            }
-            if sessions.len() >= MAX_UDP_SESSIONS {
-                sessions.retain(|_, tx| !tx.is_closed());
-                if sessions.len() >= MAX_UDP_SESSIONS {
-                    debug!(%from, "datagram dropped: the port is at its session limit");
-                    continue;
-                }
-            }
+            let Some(rx) = sessions.dispatch(from, Bytes::copy_from_slice(&buf[..n])) else {
+                continue;
+            };
             let holder = self
                 .registry()
                 .port_holder(port, Instant::now())
@@ -328,9 +409,6 @@ impl Exposures {
                 debug!(%from, "datagram dropped: the peer is offline");
                 continue;
             };
-            let (tx, rx) = mpsc::channel(UDP_SESSION_QUEUE);
-            let _ = tx.try_send(data);
-            sessions.insert(from, tx);
             let (me, socket, stop) = (self.clone(), socket.clone(), stop.clone());
             self.tasks.tracker.spawn(
                 async move {
@@ -352,31 +430,13 @@ impl Exposures {
         proxy: &str,
         socket: Arc<UdpSocket>,
         user: SocketAddr,
-        mut rx: mpsc::Receiver<Bytes>,
+        rx: mpsc::Receiver<Bytes>,
     ) {
         let stream = match self.open(conn, proxy).await {
             Ok(s) => s,
             Err(e) => return debug!(%e, "udp session refused"),
         };
-        let (r, w) = tokio::io::split(stream);
-        let mut from_peer = FramedRead::new(r, common::net::datagram_codec());
-        let mut to_peer = FramedWrite::new(w, common::net::datagram_codec());
-        loop {
-            tokio::select! {
-                d = rx.recv() => match d {
-                    Some(d) => if to_peer.send(d).await.is_err() { break },
-                    None => break,
-                },
-                f = from_peer.next() => match f {
-                    Some(Ok(d)) => { let _ = socket.send_to(&d, user).await; }
-                    _ => break,
-                },
-                _ = tokio::time::sleep(UDP_SESSION_IDLE) => {
-                    debug!("udp session idle; closed");
-                    break;
-                }
-            }
-        }
+        common::net::carry_datagrams(stream, rx, socket, user, UDP_SESSION_IDLE).await;
     }
 
     /// Carries out what the registry released: closes listeners, removes routes.
@@ -387,11 +447,11 @@ impl Exposures {
                 info!(port, "tcp port released");
             }
         }
-        if let Some(v) = &self.vhosts {
-            for (conn, proxy) in released.routes {
-                v.remove(conn, &proxy);
-                info!(%proxy, "http route released");
+        for (conn, proxy) in &released.routes {
+            for v in self.vhosts.iter().chain(&self.https).chain(&self.tcpmux) {
+                v.remove(*conn, proxy);
             }
+            info!(%proxy, "http route released");
         }
         for name in released.services {
             debug!(service = %name, "service name released");
@@ -493,18 +553,26 @@ impl Exposures {
     /// written. A peer whose control connection is up but whose data connection is not
     /// (yet) gets [`DATA_WAIT`] for it: right after `Exposed`, the data connection is a
     /// round trip behind. A peer that is gone fails at once.
-    pub(crate) async fn open(&self, conn: ConnId, proxy: &str) -> std::io::Result<MuxStream> {
+    pub(crate) async fn open(
+        &self,
+        conn: ConnId,
+        proxy: &str,
+    ) -> std::io::Result<Carried<MuxStream>> {
         let deadline = tokio::time::Instant::now() + DATA_WAIT;
-        let mux = loop {
+        let (mux, compress) = loop {
             let notified = self.attached.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let (mux, online) = match lock(&self.instances).get(&conn) {
-                Some(i) => (i.data.clone().filter(|m| !m.is_closed()), true),
-                None => (None, false),
+            let (mux, online, compress) = match lock(&self.instances).get(&conn) {
+                Some(i) => (
+                    i.data.clone().filter(|m| !m.is_closed()),
+                    true,
+                    i.compressed.contains(proxy),
+                ),
+                None => (None, false, false),
             };
             if let Some(m) = mux {
-                break m;
+                break (m, compress);
             }
             if !online || tokio::time::Instant::now() >= deadline {
                 return Err(std::io::Error::new(
@@ -526,7 +594,7 @@ impl Exposures {
             std::io::Error::other(e)
         })?;
         s.write_all(&common::proto::stream_header(proxy)).await?;
-        Ok(s)
+        Ok(Carried::new(s, compress))
     }
 
     /// Whether a data connection of `identity` for `instance` would be attached.
@@ -571,7 +639,7 @@ impl Exposures {
                 m.close();
             }
         }
-        if let Some(v) = &self.vhosts {
+        for v in self.vhosts.iter().chain(&self.https).chain(&self.tcpmux) {
             v.set_online(conn, false);
         }
     }
@@ -597,7 +665,7 @@ impl Exposures {
 
 /// Carries a user connection over its stream; an abnormal end resets the user's
 /// connection (see `common::splice`).
-async fn splice(user: TcpStream, stream: MuxStream) {
+async fn splice(user: TcpStream, stream: Carried<MuxStream>) {
     let _ = user.set_nodelay(true);
     let done = common::splice::splice(user, stream).await;
     match done.error {

@@ -33,6 +33,15 @@ use common::identity::{Fingerprint, PublicKey};
 
 use crate::config::{DomainAllow, PortRanges};
 
+/// The "location" an https proxy claims under its hosts: hosts are owned across the
+/// HTTP and HTTPS vhosts alike (one identity holds a name, and may serve it both
+/// ways), while an http location (a path, starting with `/`) and this never collide.
+pub const HTTPS_LOCATION: &str = "tls";
+
+/// The "location" a tcpmux (HTTP CONNECT) proxy claims under its hosts, as
+/// [`HTTPS_LOCATION`].
+pub const TCPMUX_LOCATION: &str = "connect";
+
 /// A control connection, as the server numbers them.
 pub type ConnId = u64;
 
@@ -216,6 +225,10 @@ pub enum ClaimKind {
     Service(String),
     /// A TCP port.
     Tcp(u16),
+    /// A host of the HTTPS (SNI) vhost.
+    Https(String),
+    /// A host of the tcpmux (HTTP CONNECT) port.
+    TcpMux(String),
     /// A location under a host of the HTTP vhost.
     Http {
         /// The host name (or wildcard).
@@ -755,13 +768,17 @@ impl Registry {
         }
         for (host, hold) in &self.hosts {
             for (location, h) in &hold.locations {
-                claim(
+                let kind = if location == HTTPS_LOCATION {
+                    ClaimKind::Https(host.clone())
+                } else if location == TCPMUX_LOCATION {
+                    ClaimKind::TcpMux(host.clone())
+                } else {
                     ClaimKind::Http {
                         host: host.clone(),
                         location: location.clone(),
-                    },
-                    h,
-                );
+                    }
+                };
+                claim(kind, h);
             }
         }
         claims.sort_by(|a, b| (&a.holder.proxy, &a.kind).cmp(&(&b.holder.proxy, &b.kind)));
@@ -883,6 +900,32 @@ mod tests {
             r.port_holder(6000, now).map(|(h, up)| (h.owner, up)),
             Some((a, true))
         );
+    }
+
+    #[test]
+    fn a_host_is_owned_across_http_and_https() {
+        let mut r = reg();
+        let (a, b) = (who(), who());
+        let now = Instant::now();
+        r.connect(1, a, 0);
+        r.connect(2, b, 0);
+        let tls = s(&[HTTPS_LOCATION]);
+        r.claim_route(1, "web", &s(&["www.example.com"]), &s(&["/"]), now)
+            .expect("a http");
+        let e = r
+            .claim_route(2, "tls", &s(&["www.example.com"]), &tls, now)
+            .expect_err("b may not serve a's host over https");
+        assert!(matches!(e, Refusal::Held { .. }), "{e}");
+        r.claim_route(1, "tls", &s(&["www.example.com"]), &tls, now)
+            .expect("a serves its host over https too");
+        r.claim_route(2, "tls", &s(&["*.b.example.com"]), &tls, now)
+            .expect("b https wildcard");
+        let e = r
+            .claim_route(1, "x", &s(&["x.b.example.com"]), &s(&["/"]), now)
+            .expect_err("under b's wildcard");
+        assert!(matches!(e, Refusal::Held { .. }), "{e}");
+        let kinds: Vec<ClaimKind> = r.snapshot().claims.into_iter().map(|c| c.kind).collect();
+        assert!(kinds.contains(&ClaimKind::Https("www.example.com".into())));
     }
 
     #[test]

@@ -57,6 +57,8 @@ pub struct Handle {
     local_addr: SocketAddr,
     alt_addr: Option<SocketAddr>,
     vhost_addr: Option<SocketAddr>,
+    https_addr: Option<SocketAddr>,
+    tcpmux_addr: Option<SocketAddr>,
     admin_addr: Option<SocketAddr>,
     tasks: Tasks,
 }
@@ -78,6 +80,16 @@ impl Handle {
     /// The HTTP vhost listener's address, if the server has one.
     pub fn vhost_addr(&self) -> Option<SocketAddr> {
         self.vhost_addr
+    }
+
+    /// The HTTPS (SNI) vhost listener's address, if the server has one.
+    pub fn https_addr(&self) -> Option<SocketAddr> {
+        self.https_addr
+    }
+
+    /// The tcpmux (HTTP CONNECT) listener's address, if the server has one.
+    pub fn tcpmux_addr(&self) -> Option<SocketAddr> {
+        self.tcpmux_addr
     }
 
     /// The admin listener's address (dashboard, status, metrics), if the server has one.
@@ -138,12 +150,42 @@ pub async fn spawn(config: Config) -> std::io::Result<Handle> {
         None => None,
     };
     let vhost_addr = vhost.as_ref().map(|v| v.1);
+    let https = match config.vhost_https_port {
+        Some(port) => {
+            let l = TcpListener::bind((config.bind.ip(), port)).await?;
+            let addr = l.local_addr()?;
+            let table = Arc::new(
+                crate::vhost::Vhosts::new(config.subdomain_host.clone())
+                    .with_https_port(addr.port()),
+            );
+            Some((l, addr, table))
+        }
+        None => None,
+    };
+    let https_addr = https.as_ref().map(|v| v.1);
+    let tcpmux = match config.tcpmux_http_connect_port {
+        Some(port) => {
+            let l = TcpListener::bind((config.bind.ip(), port)).await?;
+            let addr = l.local_addr()?;
+            let table = Arc::new(
+                crate::vhost::Vhosts::new(config.subdomain_host.clone())
+                    .with_tcpmux_port(addr.port()),
+            );
+            Some((l, addr, table))
+        }
+        None => None,
+    };
+    let tcpmux_addr = tcpmux.as_ref().map(|v| v.1);
     let (allowances, psks) = users(&config);
     let registry = Arc::new(Mutex::new(Registry::new(allowances, config.grace)));
     let exposures = crate::expose::Exposures::new(
         config.bind.ip(),
         registry.clone(),
-        vhost.as_ref().map(|v| v.2.clone()),
+        crate::expose::Fronts {
+            http: vhost.as_ref().map(|v| v.2.clone()),
+            https: https.as_ref().map(|v| v.2.clone()),
+            tcpmux: tcpmux.as_ref().map(|v| v.2.clone()),
+        },
         tasks.clone(),
         config.vhost.max_per_client,
         metrics.clone(),
@@ -155,6 +197,24 @@ pub async fn spawn(config: Config) -> std::io::Result<Handle> {
         tasks.tracker.spawn(async move {
             if let Err(e) = crate::vhost::serve(l, table, vcfg, stop).await {
                 warn!(%e, "http vhost stopped");
+            }
+        });
+    }
+    if let Some((l, _, table)) = https {
+        let stop = tasks.stop.clone();
+        let vcfg = config.vhost.clone();
+        tasks.tracker.spawn(async move {
+            if let Err(e) = crate::vhost::https::serve(l, table, vcfg, stop).await {
+                warn!(%e, "https vhost stopped");
+            }
+        });
+    }
+    if let Some((l, _, table)) = tcpmux {
+        let stop = tasks.stop.clone();
+        let vcfg = config.vhost.clone();
+        tasks.tracker.spawn(async move {
+            if let Err(e) = crate::vhost::https::serve_connect(l, table, vcfg, stop).await {
+                warn!(%e, "tcpmux stopped");
             }
         });
     }
@@ -173,7 +233,9 @@ pub async fn spawn(config: Config) -> std::io::Result<Handle> {
         Some((l, cfg)) => {
             let addr = l.local_addr()?;
             let (server, vhost_port) = (server.clone(), vhost_addr.map(|a| a.port()));
-            let status: crate::admin::StatusFn = Arc::new(move || server.status(vhost_port));
+            let https_port = https_addr.map(|a| a.port());
+            let status: crate::admin::StatusFn =
+                Arc::new(move || server.status(vhost_port, https_port));
             let serving = crate::admin::serve(l, cfg, metrics, status, tasks.clone());
             tasks.tracker.spawn(serving);
             Some(addr)
@@ -198,6 +260,8 @@ pub async fn spawn(config: Config) -> std::io::Result<Handle> {
         local_addr,
         alt_addr,
         vhost_addr,
+        https_addr,
+        tcpmux_addr,
         admin_addr,
         tasks,
     })
@@ -216,8 +280,13 @@ async fn bind_with_alternate(
     let mut alt = config.alt_addr.or(second);
     let next = config.alt_addr.is_none() && config.alt_port == crate::config::AltPort::Next;
     // The default second port never takes a port the configuration gives the vhost.
-    let vhost = config.vhost_http_port.filter(|p| *p != 0);
-    if next && vhost.is_some() && vhost == config.bind.port().checked_add(1) {
+    let next_port = config.bind.port().checked_add(1);
+    let taken = |p: Option<u16>| p.filter(|p| *p != 0).is_some_and(|p| Some(p) == next_port);
+    if next
+        && (taken(config.vhost_http_port)
+            || taken(config.vhost_https_port)
+            || taken(config.tcpmux_http_connect_port))
+    {
         warn!(
             "the vhost port is the bind port + 1: no second port for NAT checks \
              (peers cannot tell symmetric NATs apart; see --alt-port)"
@@ -492,10 +561,10 @@ impl Server {
     }
 
     /// What the server is doing (the admin listener's `/api/status`).
-    fn status(&self, vhost_port: Option<u16>) -> crate::status::Status {
+    fn status(&self, vhost_port: Option<u16>, https_port: Option<u16>) -> crate::status::Status {
         let nat = self.lock().nat.clone();
         let snapshot = self.registry().snapshot();
-        crate::status::build(&self.metrics, snapshot, &nat, vhost_port)
+        crate::status::build(&self.metrics, snapshot, &nat, vhost_port, https_port)
     }
 
     /// The short fingerprints of the two peers of ticket `t`'s session.
@@ -805,8 +874,13 @@ async fn control(
                         info!(?mapping, "peer reported its TCP mapping");
                         server.lock().nat.insert(id, mapping);
                     }
-                    ClientMsg::Expose { name, instance, spec } => {
-                        let reply = match server.exposures.expose(id, identity, instance, &name, &spec).await {
+                    ClientMsg::Expose {
+                        name,
+                        instance,
+                        spec,
+                        compress,
+                    } => {
+                        let reply = match server.exposures.expose(id, identity, instance, &name, &spec, compress).await {
                             Ok((remote_port, mut urls)) => {
                                 // The reply must fit a frame: a route of 64 domains x
                                 // 64 locations has 4096 URLs. The first ones tell the

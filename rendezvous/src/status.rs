@@ -118,12 +118,14 @@ pub struct LinkCounts {
 }
 
 /// Builds the status from the registry's `snapshot`, the NAT each control
-/// connection reported, and `metrics`; `vhost_port` for the URLs of http routes.
+/// connection reported, and `metrics`; `vhost_port` and `https_port` for the URLs of
+/// http and https routes.
 pub(crate) fn build(
     metrics: &Metrics,
     snapshot: Snapshot,
     nat: &HashMap<u64, NatBehaviour>,
     vhost_port: Option<u16>,
+    https_port: Option<u16>,
 ) -> Status {
     let peers: Vec<PeerStatus> = snapshot
         .conns
@@ -170,6 +172,24 @@ pub(crate) fn build(
                 let mut e = entry("tcp", Some(port));
                 e.urls.push(format!(":{port}"));
                 exposures.insert((fp.to_string(), c.holder.proxy.clone()), e);
+            }
+            ClaimKind::TcpMux(host) => {
+                exposures
+                    .entry((fp.to_string(), c.holder.proxy.clone()))
+                    .or_insert_with(|| entry("tcpmux", None))
+                    .urls
+                    .push(format!("CONNECT {host}"));
+            }
+            ClaimKind::Https(host) => {
+                let url = match https_port {
+                    Some(443) | None => format!("https://{host}"),
+                    Some(p) => format!("https://{host}:{p}"),
+                };
+                exposures
+                    .entry((fp.to_string(), c.holder.proxy.clone()))
+                    .or_insert_with(|| entry("https", None))
+                    .urls
+                    .push(url);
             }
             ClaimKind::Http { host, location } => {
                 let url = match vhost_port {

@@ -42,8 +42,10 @@
 //! the hot path allocates no buffers of its own (a path that needs normalizing is
 //! the exception).
 
+pub mod https;
 mod pool;
 mod proxy;
+mod sni;
 mod table;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};

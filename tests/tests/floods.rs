@@ -230,6 +230,7 @@ async fn a_user_at_its_exposure_limit_harms_nobody_else() {
                 name: format!("p{i}"),
                 instance: 1,
                 spec: ExposeSpec::Tcp { remote_port: 0 },
+                compress: false,
             })
             .await
             .unwrap();

@@ -136,6 +136,7 @@ async fn round(addr: SocketAddr, r: usize, stay: &mut [(ServerConfig, Control); 
                 name: format!("tcp-{i}"),
                 instance: i as u64,
                 spec: ExposeSpec::Tcp { remote_port: 0 },
+                compress: false,
             })
             .await
             .unwrap();

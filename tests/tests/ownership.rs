@@ -636,6 +636,7 @@ async fn a_forged_data_connection_is_refused() {
             name: "web".into(),
             instance,
             spec: ExposeSpec::Tcp { remote_port: 0 },
+            compress: false,
         })
         .await
         .unwrap();

@@ -100,7 +100,7 @@ impl Harness {
                 header.extend_from_slice(&(name.len() as u16).to_be_bytes());
                 header.extend_from_slice(name.as_bytes());
                 s.write_all(&header).await?;
-                Ok(s)
+                Ok(common::compress::Carried::plain(s))
             })
         })
     }

@@ -162,6 +162,117 @@ pub(crate) fn from_toml(text: &str) -> Result<Item, (String, Option<usize>)> {
     Ok(Item::new(table(text, doc.get_ref())?, None))
 }
 
+/// Reads a YAML document (frp's `.yaml`/`.yml` files). Values have no lines (the
+/// parser does not keep them); a syntax error has its line.
+pub(crate) fn from_yaml(text: &str) -> Result<Item, (String, Option<usize>)> {
+    use yaml_rust2::{Yaml, YamlLoader};
+
+    fn value(y: &Yaml) -> Result<Option<Item>, (String, Option<usize>)> {
+        let v = match y {
+            Yaml::Null => return Ok(None),
+            Yaml::String(s) => Value::Str(s.clone()),
+            Yaml::Integer(i) => Value::Int(*i),
+            Yaml::Real(r) => match r.parse::<f64>() {
+                Ok(x) => Value::Float(x),
+                Err(_) => Value::Str(r.clone()),
+            },
+            Yaml::Boolean(b) => Value::Bool(*b),
+            Yaml::Array(items) => Value::Array(
+                items
+                    .iter()
+                    .filter_map(|i| value(i).transpose())
+                    .collect::<Result<_, _>>()?,
+            ),
+            Yaml::Hash(h) => {
+                let mut out = Vec::with_capacity(h.len());
+                for (k, v) in h {
+                    let key = match k {
+                        Yaml::String(s) => s.clone(),
+                        Yaml::Integer(i) => i.to_string(),
+                        Yaml::Boolean(b) => b.to_string(),
+                        other => {
+                            return Err((format!("a key that is not a name: {other:?}"), None))
+                        }
+                    };
+                    // `key:` with nothing after it is null: as if absent, as frp reads it.
+                    if let Some(item) = value(v)? {
+                        out.push(Entry {
+                            key,
+                            line: None,
+                            item,
+                        });
+                    }
+                }
+                Value::Table(out)
+            }
+            Yaml::Alias(_) | Yaml::BadValue => {
+                return Err(("YAML aliases are not supported".into(), None))
+            }
+        };
+        Ok(Some(Item::new(v, None)))
+    }
+
+    let docs = YamlLoader::load_from_str(text)
+        .map_err(|e| (e.info().to_string(), Some(e.marker().line())))?;
+    match docs.as_slice() {
+        [] => Ok(Item::new(Value::Table(Vec::new()), None)),
+        [doc] => match value(doc)? {
+            None => Ok(Item::new(Value::Table(Vec::new()), None)),
+            Some(
+                item @ Item {
+                    value: Value::Table(_),
+                    ..
+                },
+            ) => Ok(item),
+            Some(_) => Err(("the document is not a mapping of keys".into(), Some(1))),
+        },
+        _ => Err(("more than one YAML document in the file".into(), None)),
+    }
+}
+
+/// Reads a JSON document (frp's `.json` files). Values have no lines; a syntax error
+/// has its line.
+pub(crate) fn from_json(text: &str) -> Result<Item, (String, Option<usize>)> {
+    use serde_json::Value as J;
+
+    fn value(j: &J) -> Option<Item> {
+        let v = match j {
+            J::Null => return None,
+            J::String(s) => Value::Str(s.clone()),
+            J::Bool(b) => Value::Bool(*b),
+            J::Number(n) => match n.as_i64() {
+                Some(i) => Value::Int(i),
+                None => Value::Float(n.as_f64().unwrap_or(f64::NAN)),
+            },
+            J::Array(items) => Value::Array(items.iter().filter_map(value).collect()),
+            J::Object(m) => Value::Table(
+                m.iter()
+                    .filter_map(|(k, v)| {
+                        value(v).map(|item| Entry {
+                            key: k.clone(),
+                            line: None,
+                            item,
+                        })
+                    })
+                    .collect(),
+            ),
+        };
+        Some(Item::new(v, None))
+    }
+
+    let doc: J = serde_json::from_str(text).map_err(|e| (e.to_string(), Some(e.line())))?;
+    match value(&doc) {
+        Some(
+            item @ Item {
+                value: Value::Table(_),
+                ..
+            },
+        ) => Ok(item),
+        None => Ok(Item::new(Value::Table(Vec::new()), None)),
+        Some(_) => Err(("the document is not an object of keys".into(), Some(1))),
+    }
+}
+
 /// What a deserialization learns besides the model: the fields of every struct, by
 /// path pattern (`proxies[].transport`).
 #[derive(Default)]

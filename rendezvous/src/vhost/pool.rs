@@ -18,7 +18,7 @@ use std::{
     time::Duration,
 };
 
-use common::mux::MuxStream;
+use common::{compress::Carried, mux::MuxStream};
 use futures::{future::BoxFuture, FutureExt};
 use hyper::{
     body::{Body, Frame, Incoming, SizeHint},
@@ -39,7 +39,7 @@ use crate::limit::ClientSlot;
 /// Called for each new upstream connection, not for each request. A server whose
 /// peers reconnect should look up the owner's current connection inside the
 /// opener, or [`super::Vhosts::add`] the route again with a new one.
-pub type Opener = Arc<dyn Fn() -> BoxFuture<'static, io::Result<MuxStream>> + Send + Sync>;
+pub type Opener = Arc<dyn Fn() -> BoxFuture<'static, io::Result<Carried<MuxStream>>> + Send + Sync>;
 
 /// How long a pooled connection may take to become ready for the next request
 /// once its response has ended. It takes microseconds (the connection's task
@@ -110,10 +110,15 @@ impl Pool {
         }
     }
 
+    /// Opens a new stream to the peer, for raw bytes (the HTTPS vhost's TLS).
+    pub(super) async fn open_raw(&self) -> io::Result<Carried<MuxStream>> {
+        (self.opener)().await
+    }
+
     /// Opens a new stream and starts an HTTP/1.1 client connection on it.
     pub(super) async fn connect(&self, tasks: &Tasks) -> Result<SendRequest<UpBody>, ConnectError> {
         let stream = (self.opener)().await.map_err(ConnectError::Open)?;
-        let id = stream.id();
+        let id = stream.get_ref().id();
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await

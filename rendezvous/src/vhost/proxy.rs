@@ -27,7 +27,7 @@ use tracing::debug;
 
 use super::{
     pool::{ConnectError, Lease, Tasks, UpstreamBody},
-    table::{basic_auth_ok, normalize_host, normalize_path, Entry},
+    table::{basic_auth_ok, basic_auth_user, normalize_host, normalize_path, Entry},
     VhostConfig, Vhosts,
 };
 
@@ -117,7 +117,9 @@ async fn proxy(
         };
         let host =
             host.ok_or_else(|| page(StatusCode::BAD_REQUEST, "The request names no host."))?;
-        ctx.vhosts.find(&normalize_host(host), req.uri().path())
+        let user = basic_auth_user(req.headers().get(header::AUTHORIZATION));
+        ctx.vhosts
+            .find(&normalize_host(host), req.uri().path(), user.as_deref())
     };
     let entry = entry.ok_or_else(|| {
         page(

@@ -60,6 +60,9 @@ pub(super) struct Entry {
     /// Locations, each normalized by [`normalize_location`]: starting with `/`, no
     /// dot segments, no `//`.
     locations: Vec<String>,
+    /// The basic-auth user whose requests this route serves (frp's
+    /// `routeByHTTPUser`); `None`: everyone's that no route of theirs takes.
+    route_user: Option<Box<str>>,
     /// `Basic` credentials expected, as the decoded `user:password` bytes.
     pub(super) auth: Option<Vec<u8>>,
     pub(super) host_rewrite: Option<HeaderValue>,
@@ -78,10 +81,25 @@ impl Entry {
         self.owner == owner && self.proxy == proxy
     }
 
-    /// Whether both routes claim some host and location.
+    /// Whether both routes claim some host and location for the same users.
     fn overlaps(&self, other: &Entry) -> bool {
-        self.hosts.iter().any(|h| other.hosts.contains(h))
+        self.route_user == other.route_user
+            && self.hosts.iter().any(|h| other.hosts.contains(h))
             && self.locations.iter().any(|l| other.locations.contains(l))
+    }
+
+    /// The location keys the server's registry files this route's claims under: the
+    /// locations, each with ` (user NAME)` for a route by user (locations hold no
+    /// spaces, so the two never collide).
+    fn claim_keys(&self) -> Vec<String> {
+        match &self.route_user {
+            None => self.locations.clone(),
+            Some(u) => self
+                .locations
+                .iter()
+                .map(|l| format!("{l} (user {u})"))
+                .collect(),
+        }
     }
 }
 
@@ -89,6 +107,8 @@ impl Entry {
 struct Loc {
     /// As [`normalize_location`] gives it.
     prefix: Box<str>,
+    /// The route's `routeByHTTPUser`.
+    user: Option<Box<str>>,
     entry: Arc<Entry>,
 }
 
@@ -116,6 +136,7 @@ impl Table {
                 for prefix in &e.locations {
                     locs.push(Loc {
                         prefix: prefix.as_str().into(),
+                        user: e.route_user.clone(),
                         entry: e.clone(),
                     });
                 }
@@ -130,11 +151,13 @@ impl Table {
     /// The route for `host` (normalized) and `path` (normalized by
     /// [`normalize_path`]): exact names first, then wildcards from the most specific
     /// suffix to `*`; within a name, the longest location that matches the path
-    /// ([`location_matches`]). A name whose locations all miss falls through to the
-    /// wildcards, as in frp.
-    fn find(&self, host: &str, path: &str) -> Option<&Arc<Entry>> {
+    /// ([`location_matches`]), among the routes of the request's basic-auth `user`
+    /// first, then among those for everyone (frp's `routeByHTTPUser`). A name whose
+    /// locations all miss falls through to the wildcards, as in frp.
+    fn find(&self, host: &str, path: &str, user: Option<&str>) -> Option<&Arc<Entry>> {
         let key = route_key(path);
-        if let Some(e) = longest(self.exact.get(host), &key) {
+        let longest = |locs| longest(locs, &key, user);
+        if let Some(e) = longest(self.exact.get(host)) {
             return Some(e);
         }
         if self.wildcard.is_empty() {
@@ -143,20 +166,28 @@ impl Table {
         let mut rest = host;
         while let Some(dot) = rest.find('.') {
             rest = &rest[dot + 1..];
-            if let Some(e) = longest(self.wildcard.get(rest), &key) {
+            if let Some(e) = longest(self.wildcard.get(rest)) {
                 return Some(e);
             }
         }
-        longest(self.wildcard.get(""), &key)
+        longest(self.wildcard.get(""))
     }
 }
 
 /// The entry of the longest location that matches `key` (a [`route_key`]; `locs` is
 /// sorted, longest first).
-fn longest<'t>(locs: Option<&'t Vec<Loc>>, key: &str) -> Option<&'t Arc<Entry>> {
-    locs?
-        .iter()
-        .find(|l| location_matches(&l.prefix, key))
+fn longest<'t>(
+    locs: Option<&'t Vec<Loc>>,
+    key: &str,
+    user: Option<&str>,
+) -> Option<&'t Arc<Entry>> {
+    let locs = locs?;
+    let of = |u: Option<&str>| {
+        locs.iter()
+            .find(|l| l.user.as_deref() == u && location_matches(&l.prefix, key))
+    };
+    user.and_then(|u| of(Some(u)))
+        .or_else(|| of(None))
         .map(|l| &l.entry)
 }
 
@@ -203,6 +234,8 @@ pub struct Vhosts {
     subdomain_host: Option<String>,
     /// The public port of the vhost listener, for the URLs [`Vhosts::add`] reports.
     http_port: u16,
+    /// `http`, or `https` for the table of the HTTPS (SNI) vhost: URLs and errors.
+    scheme: &'static str,
     /// Every route; the source the table is built from. Held while a change is made.
     entries: Mutex<Vec<Arc<Entry>>>,
     table: RwLock<Arc<Table>>,
@@ -228,6 +261,7 @@ impl Vhosts {
                 .map(|h| h.trim().trim_end_matches('.').to_ascii_lowercase())
                 .filter(|h| !h.is_empty()),
             http_port: 80,
+            scheme: "http",
             entries: Mutex::new(Vec::new()),
             table: RwLock::new(Arc::new(Table::default())),
             metrics: None,
@@ -238,6 +272,22 @@ impl Vhosts {
     /// [`Vhosts::add`] carry it (80, the default, is left out).
     pub fn with_http_port(mut self, port: u16) -> Self {
         self.http_port = port;
+        self
+    }
+
+    /// Makes this the table of the HTTPS (SNI) vhost on public port `port`: URLs are
+    /// `https://` (443 left out), errors name https proxies.
+    pub fn with_https_port(mut self, port: u16) -> Self {
+        self.http_port = port;
+        self.scheme = "https";
+        self
+    }
+
+    /// Makes this the table of the tcpmux (HTTP CONNECT) port `port`: URLs are
+    /// `tcpmux://HOST:PORT/`, errors name tcpmux proxies.
+    pub fn with_tcpmux_port(mut self, port: u16) -> Self {
+        self.http_port = port;
+        self.scheme = "tcpmux";
         self
     }
 
@@ -274,16 +324,18 @@ impl Vhosts {
             }
             for h in &e.hosts {
                 for l in &e.locations {
-                    claimed.insert((h.as_str(), l.as_str()), e);
+                    claimed.insert((h.as_str(), l.as_str(), e.route_user.as_deref()), e);
                 }
             }
         }
         for h in &entry.hosts {
             for l in &entry.locations {
-                if let Some(other) = claimed.get(&(h.as_str(), l.as_str())) {
+                let user = entry.route_user.as_deref();
+                if let Some(other) = claimed.get(&(h.as_str(), l.as_str(), user)) {
+                    let whose = user.map_or(String::new(), |u| format!(" for user {u}"));
                     return Err(format!(
-                        "host {h} location {l} is already served by proxy '{}' of another \
-                         connection; proxy '{}' cannot claim it too",
+                        "host {h} location {l}{whose} is already served by proxy '{}' of \
+                         another connection; proxy '{}' cannot claim it too",
                         other.proxy, entry.proxy
                     ));
                 }
@@ -311,7 +363,7 @@ impl Vhosts {
             opener,
             owner: 0,
         })?;
-        Ok((e.hosts.clone(), e.locations.clone()))
+        Ok((e.hosts.clone(), e.claim_keys()))
     }
 
     /// Marks every route of `owner` online or offline. Requests for an offline
@@ -347,12 +399,13 @@ impl Vhosts {
         }
     }
 
-    /// The route for a request: `host` normalized by [`normalize_host`].
-    pub(super) fn find(&self, host: &str, path: &str) -> Option<Arc<Entry>> {
+    /// The route for a request: `host` normalized by [`normalize_host`], `user` the
+    /// request's basic-auth user (see [`basic_auth_user`]).
+    pub(super) fn find(&self, host: &str, path: &str, user: Option<&str>) -> Option<Arc<Entry>> {
         self.table
             .read()
             .unwrap_or_else(PoisonError::into_inner)
-            .find(host, path)
+            .find(host, path, user)
             .cloned()
     }
 
@@ -374,14 +427,15 @@ impl Vhosts {
     }
 
     fn urls(&self, e: &Entry) -> Vec<String> {
-        let port = match self.http_port {
-            80 => String::new(),
-            p => format!(":{p}"),
+        let scheme = self.scheme;
+        let port = match (scheme, self.http_port) {
+            ("http", 80) | ("https", 443) => String::new(),
+            (_, p) => format!(":{p}"),
         };
         let mut urls = Vec::new();
         for h in &e.hosts {
             for l in &e.locations {
-                urls.push(format!("http://{h}{port}{l}"));
+                urls.push(format!("{scheme}://{h}{port}{l}"));
             }
         }
         urls
@@ -395,7 +449,7 @@ impl Vhosts {
             opener,
             owner,
         } = route;
-        let what = format!("http proxy '{proxy}'");
+        let what = format!("{} proxy '{proxy}'", self.scheme);
         if http.domains.len() > MAX_ROUTE_DOMAINS
             || http.locations.len() > MAX_ROUTE_LOCATIONS
             || http.request_headers.len() > MAX_ROUTE_HEADERS
@@ -471,6 +525,15 @@ impl Vhosts {
         };
         let request_headers = headers(&http.request_headers, "request")?;
         let response_headers = headers(&http.response_headers, "response")?;
+        let route_user = match http.route_by_user.as_deref().map(str::trim) {
+            None | Some("") => None,
+            Some(u) if u.contains(':') || u.len() > 255 || u.chars().any(char::is_control) => {
+                return Err(format!(
+                    "{what}: routeByHTTPUser {u:?} is not a basic-auth user name"
+                ))
+            }
+            Some(u) => Some(u.into()),
+        };
         let auth = http.basic_auth.as_ref().map(|(user, password)| {
             let mut creds = user.as_bytes().to_vec();
             creds.push(b':');
@@ -482,6 +545,7 @@ impl Vhosts {
             owner,
             hosts,
             locations,
+            route_user,
             auth,
             host_rewrite,
             request_headers,
@@ -696,6 +760,21 @@ fn normalize_location(l: &str) -> Result<String, &'static str> {
 
 /// Whether an `Authorization` header carries the expected `Basic` credentials
 /// (`user:password` bytes). The comparison does not stop at the first difference.
+/// The user name of `Authorization: Basic ...`, if the header is one (frp routes by
+/// it whether or not the password is right; the route's own basic auth checks that).
+pub(super) fn basic_auth_user(header: Option<&HeaderValue>) -> Option<String> {
+    let value = header?.to_str().ok()?;
+    let (scheme, b64) = value.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let given = base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .ok()?;
+    let user = given.split(|b| *b == b':').next()?;
+    String::from_utf8(user.to_vec()).ok()
+}
+
 pub(super) fn basic_auth_ok(header: Option<&HeaderValue>, expected: &[u8]) -> bool {
     let Some(value) = header.and_then(|h| h.to_str().ok()) else {
         return false;
@@ -872,7 +951,7 @@ mod tests {
         v.add(route("admin", "a.test", &["/public/admin"])).unwrap();
         let find = |path: &str| {
             let path = normalize_path(path).unwrap();
-            v.find("a.test", &path).map(|e| e.proxy.clone())
+            v.find("a.test", &path, None).map(|e| e.proxy.clone())
         };
         for (path, want) in [
             ("/", "root"),
@@ -898,7 +977,35 @@ mod tests {
         ] {
             assert_eq!(find(path).as_deref(), Some(want), "{path}");
         }
-        assert!(v.find("a.test", "*").is_none());
+        assert!(v.find("a.test", "*", None).is_none());
+    }
+
+    #[test]
+    fn routes_by_user_then_for_everyone() {
+        let v = Vhosts::new(None);
+        let by = |proxy: &str, domain: &str, user: Option<&str>| {
+            let mut r = route(proxy, domain, &["/"]);
+            r.http.route_by_user = user.map(str::to_string);
+            r
+        };
+        v.add(by("alice", "a.test", Some("alice"))).unwrap();
+        v.add(by("bob", "a.test", Some("bob"))).unwrap();
+        v.add(by("wild-carol", "*.test", Some("carol"))).unwrap();
+        let find = |user| v.find("a.test", "/", user).map(|e| e.proxy.clone());
+        assert_eq!(find(Some("alice")).as_deref(), Some("alice"));
+        assert_eq!(find(Some("bob")).as_deref(), Some("bob"));
+        assert_eq!(find(Some("carol")).as_deref(), Some("wild-carol"));
+        assert_eq!(find(None), None);
+        v.add(by("rest", "a.test", None)).unwrap();
+        assert_eq!(find(None).as_deref(), Some("rest"));
+        assert_eq!(find(Some("dave")).as_deref(), Some("rest"));
+        // The registry files user routes apart from the location itself.
+        let (_, keys) = v.claims(&by("x", "a.test", Some("bob")).http).unwrap();
+        assert_eq!(keys, ["/ (user bob)"]);
+        let header = HeaderValue::from_static("Basic Ym9iOnNlY3JldA==");
+        assert_eq!(basic_auth_user(Some(&header)).as_deref(), Some("bob"));
+        assert!(basic_auth_user(Some(&HeaderValue::from_static("Bearer x"))).is_none());
+        assert!(v.add(by("bad", "a.test", Some("a:b"))).is_err());
     }
 
     #[test]

@@ -209,7 +209,7 @@ async fn vhost(mux: Mux, opened: Arc<AtomicUsize>) -> Result<(SocketAddr, Cancel
                     let mut header = vec![1u8, 0, NAME.len() as u8];
                     header.extend_from_slice(NAME);
                     s.write_all(&header).await?;
-                    Ok(s)
+                    Ok(common::compress::Carried::plain(s))
                 })
             }),
             owner: 1,
