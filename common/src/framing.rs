@@ -106,7 +106,7 @@ mod tests {
         };
         assert_eq!(
             wire::encode(&hello).unwrap(),
-            [0, 0, 0, 0, 0, 5, 0, 0, 0, 0]
+            [0, 0, 0, 0, 0, 6, 0, 0, 0, 0]
         );
         let pair = ClientMsg::Pair(Pairing::Code("ab".into()));
         assert_eq!(

@@ -23,7 +23,11 @@ use serde::{Deserialize, Serialize};
 /// 5: the Noise handshakes carry the version and negotiate the transport cipher
 /// (AES-256-GCM or ChaCha20-Poly1305, `common::secure`); an older peer is refused in
 /// the handshake with a sentence naming both versions.
-pub const PROTOCOL_VERSION: u16 = 5;
+///
+/// 6: the multiplexer is punchline's own (`common::mux`: 10-byte frame headers, no
+/// yamux), so that a frame is decrypted in place and handed to its stream without a
+/// copy; a version-5 peer is refused in the handshake.
+pub const PROTOCOL_VERSION: u16 = 6;
 
 /// What a connection to the server is for; sent in [`ClientMsg::Hello`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

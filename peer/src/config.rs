@@ -260,7 +260,7 @@ pub fn parse(text: &str, origin: &str) -> Result<ClientConfig, ConfigError> {
 const NO_LOG: &str = "logs go to stderr; set the level with -v or RUST_LOG";
 const NO_ADMIN: &str = "there is no admin API or web UI";
 const NO_TRANSPORT: &str = "the connection to the server is TCP with Noise encryption and \
-                            yamux, whose settings are punchline's own";
+                            multiplexed streams, whose settings are punchline's own";
 const NO_TLS: &str = "connections are always encrypted and authenticated by the token, with \
                       Noise rather than TLS: there are no certificates";
 const ENCRYPTED: &str = "traffic is always encrypted";

@@ -403,7 +403,8 @@ pub fn parse(text: &str, origin: &str) -> Result<ServerConfig, ConfigError> {
 
 // Reasons shared by several keys.
 const NO_LOG: &str = "logs go to stderr; set the level with -v or RUST_LOG";
-const NO_TRANSPORT: &str = "peers connect over TCP with Noise encryption and yamux, whose \
+const NO_TRANSPORT: &str =
+    "peers connect over TCP with Noise encryption and multiplexed streams, whose \
                             settings are punchline's own";
 const NO_TLS: &str = "connections are always encrypted and authenticated by the token, with \
                       Noise rather than TLS: there are no certificates";
