@@ -19,8 +19,8 @@ use std::{
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// Most plain bytes in one frame: a byte pump's largest read (one yamux frame is
-/// 63 KiB) fits, and snappy compresses blocks of 64 KiB at a time anyway.
+/// Most plain bytes in one frame: a byte pump's largest read (one multiplexer frame
+/// is 63 KiB) fits, and snappy compresses blocks of 64 KiB at a time anyway.
 pub const MAX_CHUNK: usize = 64 * 1024;
 
 /// Most payload bytes of one frame: a raw chunk, or snappy's worst case for one.

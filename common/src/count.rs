@@ -129,6 +129,29 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
     }
 }
 
+/// A counted frame writer counts each frame's plaintext (header and payload) when it
+/// takes it.
+impl<W: crate::mux::FrameWrite> crate::mux::FrameWrite for Counted<W> {
+    fn queue(&mut self, frame: bytes::BytesMut) -> io::Result<()> {
+        let n = frame.len() - crate::mux::FRAME_HEADROOM;
+        self.inner.queue(frame)?;
+        self.add(&self.bytes.written, n);
+        Ok(())
+    }
+
+    fn queued(&self) -> usize {
+        self.inner.queued()
+    }
+
+    fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.inner.poll_write_out(cx)
+    }
+
+    fn poll_finish(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.inner.poll_finish(cx)
+    }
+}
+
 /// The reading half of a counted [`crate::mux::Transport`]: counts each chunk it hands
 /// on (after decryption, so payload bytes, as the writing half counts them).
 #[derive(Debug)]

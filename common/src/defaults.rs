@@ -9,7 +9,7 @@ pub const SERVER_PORT: u16 = 8877;
 pub const STUN_PORT: u16 = 3478;
 
 /// Most visitors (links) a `serve` owner accepts at once, unless told otherwise
-/// (`--max-links`): each link holds a few descriptors and a yamux session, so 64 keeps
+/// (`--max-links`): each link holds a few descriptors and a multiplexed connection, so 64 keeps
 /// a forgotten service from being an open door for thousands, while covering a team.
 pub const SERVICE_MAX_LINKS: usize = 64;
 
@@ -207,25 +207,26 @@ pub const MALLOC_TRIM_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Free memory at the top of the heap that glibc keeps instead of returning it at
 /// once (`common::net::keep_freed_heap`): 16 MiB holds the per-frame buffers of a
-/// few hundred yamux frames in flight, so a bulk transfer does not fault pages in and
+/// few hundred multiplexer frames in flight, so a bulk transfer does not fault pages in and
 /// out for every frame; the periodic trim ([`MALLOC_TRIM_INTERVAL`]) returns it later.
 pub const HEAP_TRIM_THRESHOLD: usize = 16 * 1024 * 1024;
 
 /// Blocks up to this size come from the heap, not from an `mmap` of their own
 /// (`common::net::keep_freed_heap`): 1 MiB covers the data path's buffers (Noise
-/// read buffers of 256 KiB, yamux frames of 64 KiB), which would otherwise be mapped
+/// read buffers of 256 KiB, multiplexer frames of 64 KiB), which would otherwise be mapped
 /// and unmapped, zeroed page by page, over and over.
 pub const HEAP_MMAP_THRESHOLD: usize = 1024 * 1024;
 
-/// A link or data connection (yamux) on which nothing at all arrived for this long is
-/// lost: the other side is paused (SIGSTOP), frozen, or gone while its kernel or a
-/// NAT still answers TCP. yamux pings every 10 s and the drivers are woken every
-/// [`LIVENESS_WAKE`], so a live peer is heard from at least every ~11 s plus a round
-/// trip; 15 s leaves room for a slow link and notices a silent peer within 16 s.
+/// A link or data connection (`common::mux`) on which nothing at all arrived for this
+/// long is lost: the other side is paused (SIGSTOP), frozen, or gone while its kernel
+/// or a NAT still answers TCP. Each side pings every 10 s (`mux::PING_INTERVAL`) and
+/// answers the other's pings, checked every [`LIVENESS_WAKE`], so a live peer is heard
+/// from at least every ~11 s plus a round trip; 15 s leaves room for a slow link and
+/// notices a silent peer within 16 s.
 pub const LINK_IDLE_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// How often an idle link's driver is woken so that yamux's pings go out (yamux sends
-/// them only when polled). A wake costs one poll; once a second is nothing.
+/// How often a multiplexed connection's supervisor wakes to check for silence and send
+/// a ping when one is due. A wake costs one poll; once a second is nothing.
 pub const LIVENESS_WAKE: Duration = Duration::from_secs(1);
 
 /// Reconnecting to the server: during the first [`RECONNECT_FAST_PERIOD`] of an

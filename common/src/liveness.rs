@@ -2,13 +2,12 @@
 //!
 //! A paused or vanished peer whose kernel still answers (SIGSTOP, a frozen VM, a NAT
 //! that keeps the mapping) leaves a TCP connection that looks healthy: keepalives are
-//! acknowledged, small writes are buffered. Only the application can tell. yamux sends
-//! a ping every 10 s and the other side's yamux answers it, but only while its driver
-//! is polled: on an idle connection nothing polls it. [`Liveness`] sits under yamux,
-//! wakes the driver every [`LIVENESS_WAKE`] (so that its pings go out on an idle
-//! connection too), and fails reads with [`std::io::ErrorKind::TimedOut`] once
-//! nothing at all has arrived for its idle timeout ([`LINK_IDLE_TIMEOUT`]): the
-//! connection is then lost, and everything on it fails.
+//! acknowledged, small writes are buffered. Only the application can tell. The
+//! multiplexer (`common::mux`) does this for its connections itself (pings every 10 s,
+//! silence for [`LINK_IDLE_TIMEOUT`] loses the connection). [`Liveness`] does the same
+//! for any byte stream: it wakes its reader every [`LIVENESS_WAKE`] and fails reads
+//! with [`std::io::ErrorKind::TimedOut`] once nothing at all has arrived for its idle
+//! timeout.
 //!
 //! [`LIVENESS_WAKE`]: crate::defaults::LIVENESS_WAKE
 //! [`LINK_IDLE_TIMEOUT`]: crate::defaults::LINK_IDLE_TIMEOUT
@@ -65,7 +64,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Liveness<T> {
                 Poll::Ready(r)
             }
             Poll::Pending => {
-                // Registers the waker for the next tick: the reader (yamux's driver)
+                // Registers the waker for the next tick: the reader
                 // is polled again then, and sends its ping if one is due.
                 while this.tick.poll_tick(cx).is_ready() {}
                 if this.last_read.elapsed() >= this.idle {
@@ -136,7 +135,7 @@ mod tests {
     #[tokio::test]
     async fn a_mux_whose_other_side_is_silent_is_lost() {
         use crate::mux::{Mux, MuxConfig, Plain, Role};
-        // A live pair stays up (yamux's first ping and its answer arrive at once; the
+        // A live pair stays up (the mux's first ping and its answer arrive at once; the
         // integration test `liveness` shows a live link idle past the idle time).
         let (a, b) = tokio::io::duplex(64 * 1024);
         let idle = Duration::from_secs(13);

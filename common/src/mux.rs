@@ -1,17 +1,45 @@
-//! Many independent streams over one connection: a small wrapper around `yamux`.
+//! Many independent streams over one connection: punchline's own multiplexer.
 //!
-//! This module owns everything about multiplexing; no other module names `yamux`.
 //! [`Mux::start`] takes the connection (in practice a [`crate::secure::NoiseStream`]
-//! over TCP), spawns a driver task that owns the `yamux::Connection`, and returns a
-//! cheap-to-clone [`Mux`] handle plus a receiver of inbound [`MuxStream`]s. A
-//! [`MuxStream`] is a tokio `AsyncRead + AsyncWrite` with half-close: `shutdown()`
-//! sends a FIN, the other side reads end of file and can still write back.
+//! over TCP) and returns a cheap-to-clone [`Mux`] handle plus a receiver of inbound
+//! [`MuxStream`]s. A [`MuxStream`] is a tokio `AsyncRead + AsyncWrite` with half-close:
+//! `shutdown()` sends a FIN, the other side reads end of file and can still write back.
 //!
-//! # Lifetime of the driver
+//! # Why not yamux
 //!
-//! The driver stops when
-//! * the connection ends: the other side closed it (GoAway), or it was lost (an I/O
-//!   or protocol error, or an end of file without a GoAway),
+//! Until protocol version 5 this module wrapped `yamux`. yamux runs every stream of a
+//! connection through one driver task, copies every frame twice on the way in (into a
+//! fresh zeroed buffer per frame, then into the stream's buffer) and once more on the
+//! way out, and wakes three tasks per frame; with AES-GCM in place that was most of a
+//! tunnel's CPU (issue 10's profiles: wake-ups 20–25%, memcpy 9–15%, AES 9–10%).
+//! Here there is no driver task: the reader task decrypts a frame in place and hands
+//! the payload (a slice of the buffer it was read into) straight to the stream it
+//! belongs to; a stream's writes become frames that the writer task encrypts and
+//! writes, many per syscall. A byte is copied once on each side between the socket
+//! buffers and the cipher.
+//!
+//! # Wire format (protocol version 6)
+//!
+//! Every frame starts with a 10-byte header: type (u8), flags (u8), stream id (u32,
+//! big-endian), length or value (u32, big-endian). Over Noise each frame is one Noise
+//! message; over a plain byte stream frames follow each other.
+//!
+//! * `DATA` (0): `length` bytes of payload follow (at most [`FRAME_SIZE`]).
+//! * `WINDOW` (1): the sender may send `value` more bytes on the stream.
+//! * `PING` (2): `value` is echoed back with the `ACK` flag (round-trip time, and
+//!   proof of life on an idle connection).
+//! * `GOAWAY` (3): the sender closes the connection.
+//!
+//! Flags: `SYN` (1) opens a stream (the opener sends a `WINDOW` with `SYN` at once),
+//! `FIN` (4) ends the sender's direction, `RST` (8) resets the stream. Stream ids are
+//! odd for the side that dialed ([`Role::Client`]), even for the other; never reused.
+//!
+//! # Lifetime of a connection
+//!
+//! The connection ends when
+//! * the other side closed it (GoAway), or it was lost (an I/O or protocol error, an
+//!   end of file without a GoAway, or nothing heard for
+//!   [`LINK_IDLE_TIMEOUT`](crate::defaults::LINK_IDLE_TIMEOUT)),
 //! * [`Mux::close`] is called (a graceful close: pending frames and a GoAway are
 //!   flushed, then the connection is shut down), or
 //! * nothing can use the connection any more: every [`Mux`] handle *and* the inbound
@@ -24,120 +52,91 @@
 //! # How streams end
 //!
 //! * `shutdown()` on one side: the other reads end of file (a half-close).
-//! * A stream dropped without `shutdown()` while neither side has shut it down, or
-//!   refused: reset; the other side's reads and writes fail with
-//!   [`io::ErrorKind::ConnectionReset`].
+//! * A stream dropped before both directions ended cleanly (its own `shutdown()` and
+//!   the other side's FIN) is reset: the other side's reads and writes fail with
+//!   [`io::ErrorKind::ConnectionReset`]. Unlike yamux, a reset is told apart from a
+//!   FIN in every state, also after a half-close: a carried connection whose client
+//!   had sent its FIN and whose service then failed ends with a reset, not a FIN.
+//! * A refused stream (too many open) is reset the same way, with a reason that says
+//!   so.
 //! * The connection is lost: reads and writes fail with
 //!   [`io::ErrorKind::ConnectionAborted`] and the reason ([`MuxError::Lost`]), so a
 //!   cut never passes for a complete transfer. Over Noise even a TCP FIN is a loss
 //!   unless Noise's end marker came first.
 //! * The connection is closed ([`Mux::close`], either side) while the stream is open:
 //!   reads return what has arrived, then fail with [`io::ErrorKind::ConnectionAborted`]
-//!   on both sides: the stream did not end by its own FIN, so it must not pass for
-//!   complete. Writes fail.
+//!   on both sides unless the other side's FIN had arrived. Writes fail.
 //!
-//! A reset can only be told apart while neither side has shut the stream down: yamux
-//! (0.13) has no reset for a half-closed stream (dropping one that has read the other
-//! side's FIN sends a FIN), and a reset that arrives after our own `shutdown()` looks
-//! like the other side's FIN. So a stream that dies abnormally *after* a half-close
-//! still ends with end of file; a lost or closed connection is an error in any state.
-//!
-//! Inbound streams are acknowledged as soon as they are first read or written (an
-//! empty data frame with the ACK flag), not when the application first sends data:
-//! yamux lets an opener have at most 256 streams unacknowledged, so without this a
-//! service that answers only after a while (long polls, a backend holding requests)
-//! would stall every new stream at 256.
-//!
-//! # Stream limits
+//! # Stream limits and memory
 //!
 //! [`MuxConfig::max_streams`] caps the streams open at once on a connection, both
 //! directions together ([`Mux::active_streams`]). [`Mux::open`] beyond it fails with
-//! [`MuxError::TooManyStreams`]; an inbound stream beyond it is refused with a stream
-//! reset, which the opener sees as an [`io::ErrorKind::ConnectionReset`] error saying
-//! so on its first read or write; other streams are not affected. yamux's own limit
-//! is set [`STREAM_HEADROOM`] higher, because yamux kills the *whole connection*
-//! when its limit is reached.
+//! [`MuxError::TooManyStreams`]; an inbound stream beyond it is refused with a reset,
+//! which the opener sees as an [`io::ErrorKind::ConnectionReset`] error saying so on
+//! its next read or write; other streams are not affected.
+//!
+//! A stream's receiver grants credit ([`STREAM_WINDOW`] at first); a sender never has
+//! more than that in flight, and a frame beyond it is a protocol error that loses the
+//! connection. So what the other side can make us buffer is bounded by
+//! `max_streams * STREAM_WINDOW + window_growth`. Outbound, at most [`OUTBOX_LIMIT`]
+//! bytes of data wait for the writer task; a stream that finds it full waits.
 //!
 //! # Throughput
 //!
-//! A stream can have at most its receive window in flight, so one stream's
-//! throughput is at most `window / RTT`. yamux starts every stream at the
-//! specification's [`STREAM_WINDOW`] (256 KiB: ~5 MB/s at 50 ms RTT) and, since
-//! 0.13, auto-tunes it: it measures the RTT with a ping (at the start, then every
-//! 10 s) and doubles a stream's window whenever the reader consumed half of it in
-//! less than two RTTs, up to about twice the bandwidth-delay product. The growth of
-//! all streams of a connection together is bounded by [`MuxConfig::window_growth`]
-//! ([`DEFAULT_WINDOW_GROWTH`], 64 MiB: one stream up to ~1.3 GB/s at 50 ms RTT).
-//! Windows only grow while the reader keeps up, so a slow reader does not make the
-//! other side fill memory. Measured through a 50 ms RTT delay line (the `throughput`
-//! test): ~4.7 MB/s with windows fixed at 256 KiB, 300-380 MB/s auto-tuned.
-//!
-//! yamux writes a 12-byte header and the body of each frame as two writes and
-//! flushes after every frame. Over Noise each write would become its own encrypted
-//! frame, so yamux writes into a buffer ([`IO_BUFFER`] bytes) and data frames are at
-//! most [`FRAME_SIZE`] bytes: header and body leave as one Noise frame.
-//!
-//! yamux runs in one task per connection, and everything it does for every stream of
-//! the connection happens there. So that a connection can use more than one core, the
-//! connection ([`Transport`]) is split in halves and each gets a task of its own: the
-//! reader task reads and decrypts and hands the driver whole decrypted frames; the
-//! writer task takes the driver's buffered frames, encrypts them, and writes them,
-//! flushing only when it runs out of work (many frames per syscall). Between them
-//! bounded queues of [`PIPE_QUEUE`] chunks, so a slow side holds the others back.
+//! One stream's throughput is at most `window / RTT`. Windows auto-tune as yamux's
+//! did: the round-trip time is measured with a ping (at the start, then every
+//! [`PING_INTERVAL`]), and a stream's window doubles whenever its reader consumed half
+//! of it in less than two RTTs. The growth of all streams of a connection together is
+//! bounded by [`MuxConfig::window_growth`] ([`DEFAULT_WINDOW_GROWTH`], 64 MiB: one
+//! stream up to ~1.3 GB/s at 50 ms RTT), and given back when a stream ends. Windows
+//! only grow while the reader keeps up, so a slow reader does not make the other side
+//! fill memory.
 
 use std::{
+    collections::{HashMap, VecDeque},
     fmt, io,
     pin::Pin,
     sync::{
-        atomic::{AtomicBool, AtomicUsize, Ordering},
-        Arc, Mutex, OnceLock, PoisonError,
+        atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering},
+        Arc, Mutex, MutexGuard, OnceLock, PoisonError,
     },
-    task::{Context, Poll},
+    task::{Context, Poll, Waker},
     time::Duration,
 };
 
-use bytes::{Bytes, BytesMut};
-use std::future::Future;
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use tokio::{
-    io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf},
+    io::{AsyncRead, AsyncWrite, ReadBuf, ReadHalf, WriteHalf},
     sync::{mpsc, oneshot, Notify},
+    time::{Instant, MissedTickBehavior},
 };
-use tokio_util::{
-    compat::{Compat, FuturesAsyncReadCompatExt, TokioAsyncReadCompatExt},
-    sync::{CancellationToken, PollSender, WaitForCancellationFutureOwned},
-};
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::defaults::{LINK_IDLE_TIMEOUT, LIVENESS_WAKE};
 use crate::secure::{NoiseReader, NoiseStream, NoiseWriter};
 
 const KIB: usize = 1024;
 const MIB: usize = 1024 * KIB;
 
-/// Initial receive window of every stream: fixed at 256 KiB by the yamux
-/// specification (`yamux::DEFAULT_CREDIT`). Each stream may buffer this much unread
-/// data whatever the configuration, so it also prices [`MuxConfig::max_streams`].
-pub const STREAM_WINDOW: usize = yamux::DEFAULT_CREDIT as usize;
+/// Initial receive window of every stream (256 KiB, yamux's too). Each stream may
+/// buffer this much unread data whatever the configuration, so it also prices
+/// [`MuxConfig::max_streams`].
+pub const STREAM_WINDOW: usize = 256 * KIB;
 
 /// Default for [`MuxConfig::max_streams`]: 65,536 streams (carried TCP connections)
 /// on one connection.
 ///
 /// Each stream is a TCP connection at both ends, so file descriptors bound the count
 /// first on most systems; this is the backstop. What a stream costs: its pump buffers
-/// (see [`crate::splice`]: 8 KiB while idle, up to 128 KiB when busy) plus about 3 KiB
-/// of yamux, task and socket state (measured: ~110 MiB of RSS in the server and in the
-/// peer with 10,000 connections through an exposed port, `tests/tests/capacity.rs`),
-/// and, if its reader stalls, up to its receive window. That window is fixed at
-/// [`STREAM_WINDOW`] by the yamux specification, so the most a peer could make us
-/// buffer on one connection if no stream were read at all is `(max_streams +
-/// STREAM_HEADROOM) * STREAM_WINDOW + window_growth` (16.1 GiB at this default; the
-/// kernel's buffers for that many stalled TCP connections would hold as much). A
-/// stream is read slowly only while the TCP connection it is spliced to is, so the
-/// memory follows the slow clients, not this number; lower it (`--max-streams`) on a
-/// small machine.
-///
-/// Why not more: yamux scans all streams of a connection on every open (its
-/// acknowledgement backlog), ~35 ns per open stream: 0.14 ms per open with 4,000
-/// open, 1.4 ms near this limit (the `open_cost` measurement).
+/// (see [`crate::splice`]: 8 KiB while idle, up to 128 KiB when busy) plus about 1 KiB
+/// of multiplexer, task and socket state, and, if its reader stalls, up to its receive
+/// window. So the most a peer could make us buffer on one connection if no stream
+/// were read at all is `max_streams * STREAM_WINDOW + window_growth` (16.1 GiB at
+/// this default; the kernel's buffers for that many stalled TCP connections would hold
+/// as much). A stream is read slowly only while the TCP connection it is spliced to
+/// is, so the memory follows the slow clients, not this number; lower it
+/// (`--max-streams`) on a small machine.
 pub const DEFAULT_MAX_STREAMS: usize = 65_536;
 
 /// Default for [`MuxConfig::window_growth`]: 64 MiB. Auto-tuning grows a fast
@@ -146,22 +145,30 @@ pub const DEFAULT_MAX_STREAMS: usize = 65_536;
 /// Mbit/s over 100 ms, while keeping the memory a connection can pin bounded.
 pub const DEFAULT_WINDOW_GROWTH: usize = 64 * MIB;
 
-/// yamux's stream limit is [`MuxConfig::max_streams`] plus this. yamux counts a stream
-/// until the driver has collected it (a refused or dropped stream lingers briefly),
-/// and on reaching its limit it kills the whole connection. 256 is yamux's cap on
-/// streams an opener may have unacknowledged, so a peer can never outrun it with
-/// streams we refuse.
-pub const STREAM_HEADROOM: usize = 256;
-
-/// Largest data frame payload. Larger than yamux's 16 KiB default to halve the
-/// per-frame work (a Noise frame, an AEAD call and a syscall each) at high
-/// throughput; small enough that the 12-byte header plus the payload fit one Noise
-/// frame (65519 bytes of plaintext), and that a frame delays other streams' frames by
-/// at most ~5 ms at 100 Mbit/s.
+/// Largest data frame payload: the 10-byte header plus the payload fit one Noise
+/// message (65519 bytes of plaintext), and a frame delays other streams' frames by at
+/// most ~5 ms at 100 Mbit/s.
 pub const FRAME_SIZE: usize = 63 * KIB;
 
-/// Write buffer between yamux and the connection: one whole frame (header and
-/// [`FRAME_SIZE`] payload), so that each frame reaches the connection as one write.
+/// Bytes of a frame header.
+pub const HEADER_LEN: usize = 10;
+
+/// Unused bytes at the start of every frame buffer, for the transport's own framing
+/// (Noise's 2-byte length), so that a frame is encrypted where it lies.
+pub const FRAME_HEADROOM: usize = 2;
+
+/// Spare capacity at the end of every frame buffer, for the transport's own trailer
+/// (the AEAD tag).
+pub const FRAME_TAILROOM: usize = 16;
+
+/// A frame's bytes before the payload: headroom and header.
+const PREFIX: usize = FRAME_HEADROOM + HEADER_LEN;
+
+/// Frame bytes a writer collects before it writes them out (without a flush): many
+/// frames per syscall, little enough to start writing early in a burst.
+pub const WRITE_BATCH: usize = 256 * KIB;
+
+/// How much a plain (unencrypted) transport reads at once.
 pub const IO_BUFFER: usize = 64 * KIB;
 
 /// How long a graceful close may take to flush pending frames and the GoAway before
@@ -169,20 +176,39 @@ pub const IO_BUFFER: usize = 64 * KIB;
 /// closing connection forever).
 pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// [`MuxConfig::max_streams`] is capped at this (about a million): it sizes a queue,
-/// and yamux computes `streams * STREAM_WINDOW` without overflow checks.
+/// [`MuxConfig::max_streams`] is capped at this (about a million): it sizes a queue.
 pub const MAX_STREAMS_CAP: usize = 1 << 20;
 
-/// Queue of [`Mux::open`] requests waiting for the driver.
-const OPEN_QUEUE: usize = 32;
+/// Data bytes that may wait for the writer task, over all streams of a connection:
+/// enough to keep the writer busy while streams refill it (eight full frames), little
+/// enough that memory follows the connection's speed.
+pub const OUTBOX_LIMIT: usize = 8 * 64 * KIB;
 
-/// Chunks (each up to a Noise frame, ~64 KiB) queued between the driver and each of
-/// the reader and writer tasks: enough to keep both busy while the driver works,
-/// little enough (~512 KiB each way) that memory follows the connections.
-const PIPE_QUEUE: usize = 8;
+/// How often a ping measures the round-trip time. It also keeps an idle connection
+/// heard from: each side answers the other's pings, so a live peer is heard from at
+/// least every `PING_INTERVAL` plus a round trip, well within
+/// [`LINK_IDLE_TIMEOUT`](crate::defaults::LINK_IDLE_TIMEOUT).
+pub const PING_INTERVAL: Duration = Duration::from_secs(10);
 
-/// Which side of the connection this is. yamux needs one of each: they allocate
-/// stream ids from different halves of the id space.
+// Frame types and flags (see the module docs).
+const DATA: u8 = 0;
+const WINDOW: u8 = 1;
+const PING: u8 = 2;
+const GOAWAY: u8 = 3;
+const SYN: u8 = 1;
+const ACK: u8 = 2;
+const FIN: u8 = 4;
+const RST: u8 = 8;
+
+/// Payloads at least this big are handed to their stream without a copy (see
+/// `on_frame`).
+const ZERO_COPY_MIN: usize = 16 * KIB;
+
+const RESET_REASON: &str = "stream reset by the other side: it refused the stream (too many \
+                            streams open) or dropped it before finishing";
+
+/// Which side of the connection this is: they allocate stream ids from different
+/// halves of the id space.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
     /// The side that initiated the connection (dialed, or initiated the handshake).
@@ -198,8 +224,7 @@ pub struct MuxConfig {
     pub max_streams: usize,
     /// How much, in total, the receive windows of this connection's streams may grow
     /// beyond their initial [`STREAM_WINDOW`] by auto-tuning. The bound on the memory a
-    /// peer can make us hold is `(max_streams + STREAM_HEADROOM) * STREAM_WINDOW +
-    /// window_growth`.
+    /// peer can make us hold is `max_streams * STREAM_WINDOW + window_growth`.
     pub window_growth: usize,
 }
 
@@ -212,28 +237,11 @@ impl Default for MuxConfig {
     }
 }
 
-impl MuxConfig {
-    fn to_yamux(&self) -> yamux::Config {
-        let streams = self.max_streams.min(MAX_STREAMS_CAP) + STREAM_HEADROOM;
-        let window = streams
-            .saturating_mul(STREAM_WINDOW)
-            .saturating_add(self.window_growth);
-        let mut c = yamux::Config::default();
-        // Both setters assert `window >= streams * STREAM_WINDOW` against the current
-        // value of the other: lift the window limit, set the streams, then the window.
-        c.set_max_connection_receive_window(None);
-        c.set_max_num_streams(streams);
-        c.set_max_connection_receive_window(Some(window));
-        c.set_split_send_size(FRAME_SIZE);
-        c
-    }
-}
-
 /// Why a [`Mux`] operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum MuxError {
     /// The connection was closed in an orderly way: by [`Mux::close`] on either side,
-    /// or by a driver nothing used any more.
+    /// or because nothing used it any more.
     #[error("the multiplexed connection is closed")]
     Closed,
     /// The connection failed: an I/O error, the other side broke the protocol, or it
@@ -255,7 +263,7 @@ impl From<MuxError> for io::Error {
     }
 }
 
-/// How the connection ended (set once by the driver).
+/// How the connection ended (set once).
 #[derive(Debug, Clone)]
 enum End {
     Closed,
@@ -271,25 +279,332 @@ impl End {
     }
 }
 
-/// State shared by the driver, the handles and the streams.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A frame header (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Header {
+    kind: u8,
+    flags: u8,
+    id: u32,
+    len: u32,
+}
+
+impl Header {
+    fn put_slice(&self, out: &mut &mut [u8]) {
+        out.put_u8(self.kind);
+        out.put_u8(self.flags);
+        out.put_u32(self.id);
+        out.put_u32(self.len);
+    }
+
+    fn put(&self, out: &mut BytesMut) {
+        out.put_u8(self.kind);
+        out.put_u8(self.flags);
+        out.put_u32(self.id);
+        out.put_u32(self.len);
+    }
+
+    fn parse(b: &[u8]) -> Result<Self, String> {
+        let h = Header {
+            kind: b[0],
+            flags: b[1],
+            id: u32::from_be_bytes([b[2], b[3], b[4], b[5]]),
+            len: u32::from_be_bytes([b[6], b[7], b[8], b[9]]),
+        };
+        if h.kind > GOAWAY {
+            return Err(format!("protocol error: unknown frame type {}", h.kind));
+        }
+        if h.kind == DATA && h.len as usize > FRAME_SIZE {
+            return Err(format!(
+                "protocol error: a data frame of {} bytes (at most {FRAME_SIZE})",
+                h.len
+            ));
+        }
+        Ok(h)
+    }
+
+    /// Bytes of payload after the header.
+    fn payload(&self) -> usize {
+        if self.kind == DATA {
+            self.len as usize
+        } else {
+            0
+        }
+    }
+}
+
+fn control(kind: u8, flags: u8, id: u32, len: u32) -> BytesMut {
+    let mut b = BytesMut::with_capacity(PREFIX + FRAME_TAILROOM);
+    b.put_bytes(0, FRAME_HEADROOM);
+    Header {
+        kind,
+        flags,
+        id,
+        len,
+    }
+    .put(&mut b);
+    b
+}
+
+/// Payload bytes of a frame (as queued, with its headroom) that count against
+/// [`OUTBOX_LIMIT`].
+fn data_len(frame: &[u8]) -> usize {
+    if frame[FRAME_HEADROOM] == DATA {
+        frame.len() - PREFIX
+    } else {
+        0
+    }
+}
+
+/// Cuts frames out of the chunks a [`ChunkRead`] hands over: without a copy when a
+/// chunk holds whole frames (always, over Noise), else by collecting the pieces.
+#[derive(Default)]
+struct Deframer {
+    chunk: Bytes,
+    partial: BytesMut,
+}
+
+impl Deframer {
+    fn push(&mut self, chunk: Bytes) {
+        debug_assert!(self.chunk.is_empty());
+        self.chunk = chunk;
+    }
+
+    fn next(&mut self) -> Result<Option<(Header, Bytes)>, String> {
+        loop {
+            if self.partial.is_empty() {
+                if self.chunk.len() < HEADER_LEN {
+                    if !self.chunk.is_empty() {
+                        self.partial.extend_from_slice(&self.chunk);
+                        self.chunk.clear();
+                    }
+                    return Ok(None);
+                }
+                let h = Header::parse(&self.chunk[..HEADER_LEN])?;
+                let total = HEADER_LEN + h.payload();
+                if self.chunk.len() >= total {
+                    let mut frame = self.chunk.split_to(total);
+                    frame.advance(HEADER_LEN);
+                    return Ok(Some((h, frame)));
+                }
+                self.partial.extend_from_slice(&self.chunk);
+                self.chunk.clear();
+                return Ok(None);
+            }
+            let need = if self.partial.len() < HEADER_LEN {
+                HEADER_LEN
+            } else {
+                HEADER_LEN + Header::parse(&self.partial[..HEADER_LEN])?.payload()
+            };
+            if self.partial.len() < need {
+                if self.chunk.is_empty() {
+                    return Ok(None);
+                }
+                let take = (need - self.partial.len()).min(self.chunk.len());
+                self.partial.extend_from_slice(&self.chunk.split_to(take));
+                continue;
+            }
+            let h = Header::parse(&self.partial[..HEADER_LEN])?;
+            let mut frame = self.partial.split().freeze();
+            frame.advance(HEADER_LEN);
+            return Ok(Some((h, frame)));
+        }
+    }
+}
+
+/// What the writer task should do next.
+enum Take {
+    Frames,
+    Shutdown,
+    Abort,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OutState {
+    Open,
+    /// Write what is queued, then shut the connection down.
+    Closing,
+    /// Drop the connection unflushed (it was lost).
+    Aborted,
+}
+
+struct OutInner {
+    frames: VecDeque<BytesMut>,
+    data_bytes: usize,
+    writer: Option<Waker>,
+    waiting: Vec<Waker>,
+    state: OutState,
+}
+
+/// Frames waiting for the writer task, in the order they were queued.
+struct Outbox(Mutex<OutInner>);
+
+impl Outbox {
+    fn new() -> Self {
+        Self(Mutex::new(OutInner {
+            frames: VecDeque::new(),
+            data_bytes: 0,
+            writer: None,
+            waiting: Vec::new(),
+            state: OutState::Open,
+        }))
+    }
+
+    /// Ready when a data frame may be queued (or the connection is ending).
+    fn poll_room(&self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut o = lock(&self.0);
+        if o.data_bytes < OUTBOX_LIMIT || o.state != OutState::Open {
+            return Poll::Ready(());
+        }
+        o.waiting.push(cx.waker().clone());
+        Poll::Pending
+    }
+
+    /// Queues a frame; false once the connection is ending.
+    fn push(&self, frame: BytesMut) -> bool {
+        let waker = {
+            let mut o = lock(&self.0);
+            if o.state != OutState::Open {
+                return false;
+            }
+            o.data_bytes += data_len(&frame);
+            o.frames.push_back(frame);
+            o.writer.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+        true
+    }
+
+    fn poll_take(&self, cx: &mut Context<'_>, batch: &mut VecDeque<BytesMut>) -> Poll<Take> {
+        let mut o = lock(&self.0);
+        match o.state {
+            OutState::Aborted => return Poll::Ready(Take::Abort),
+            _ if !o.frames.is_empty() => {
+                std::mem::swap(&mut o.frames, batch);
+                return Poll::Ready(Take::Frames);
+            }
+            OutState::Closing => return Poll::Ready(Take::Shutdown),
+            OutState::Open => {}
+        }
+        if !o.writer.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            o.writer = Some(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+
+    /// The writer wrote `data` bytes of data frames: wakes streams waiting for room.
+    fn release(&self, data: usize) {
+        let waiting = {
+            let mut o = lock(&self.0);
+            o.data_bytes -= data;
+            if o.data_bytes >= OUTBOX_LIMIT {
+                return;
+            }
+            std::mem::take(&mut o.waiting)
+        };
+        waiting.into_iter().for_each(Waker::wake);
+    }
+
+    fn is_empty(&self) -> bool {
+        lock(&self.0).frames.is_empty()
+    }
+
+    fn set_state(&self, state: OutState) {
+        let (writer, waiting) = {
+            let mut o = lock(&self.0);
+            if o.state == OutState::Aborted || o.state == state {
+                return;
+            }
+            o.state = state;
+            (o.writer.take(), std::mem::take(&mut o.waiting))
+        };
+        writer.into_iter().chain(waiting).for_each(Waker::wake);
+    }
+}
+
+/// One stream's state, shared by its [`MuxStream`] and the reader task.
+struct StreamInner {
+    /// Received payloads not yet read.
+    recv: VecDeque<Bytes>,
+    /// Bytes the other side may still send before it gets more credit.
+    recv_allowed: u64,
+    /// The receive window: credit is topped up to this.
+    window: u64,
+    /// Bytes read since the last window update.
+    consumed: u64,
+    last_update: Instant,
+    remote_fin: bool,
+    reset: bool,
+    /// Our side shut down (sent its FIN).
+    local_fin: bool,
+    /// Bytes we may still send.
+    send_credit: u64,
+    read_waker: Option<Waker>,
+    write_waker: Option<Waker>,
+}
+
+struct StreamShared {
+    id: u32,
+    inner: Mutex<StreamInner>,
+}
+
+impl StreamShared {
+    fn new(id: u32) -> Arc<Self> {
+        Arc::new(Self {
+            id,
+            inner: Mutex::new(StreamInner {
+                recv: VecDeque::new(),
+                recv_allowed: STREAM_WINDOW as u64,
+                window: STREAM_WINDOW as u64,
+                consumed: 0,
+                last_update: Instant::now(),
+                remote_fin: false,
+                reset: false,
+                local_fin: false,
+                send_credit: STREAM_WINDOW as u64,
+                read_waker: None,
+                write_waker: None,
+            }),
+        })
+    }
+}
+
+fn set_waker(slot: &mut Option<Waker>, cx: &Context<'_>) {
+    if !slot.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+        *slot = Some(cx.waker().clone());
+    }
+}
+
+/// State shared by the tasks, the handles and the streams.
 struct Shared {
+    role: Role,
     max_streams: usize,
-    /// Streams alive (a [`MuxStream`] exists, or an open is in progress).
+    /// Streams alive (a [`MuxStream`] exists).
     active: AtomicUsize,
     /// Notified when `active` drops to zero.
     idle: Notify,
-    /// [`Mux::close`] was called.
+    /// [`Mux::close`] was called (or the connection is closing because unused).
     close_requested: CancellationToken,
-    /// The driver has stopped; `end` is set before this is cancelled.
+    /// The connection has ended; `end` is set before this is cancelled.
     ended: CancellationToken,
     end: OnceLock<End>,
-    /// Held by the driver while it polls yamux, and until it has recorded `end` if the
-    /// connection ended in that poll. A stream that saw yamux close it takes the lock
-    /// once to learn whether the connection ended or only the stream was reset.
-    polling: Mutex<()>,
-    /// The connection returned end of file: without a GoAway before it, the other side
-    /// went away rather than closed.
-    hung_up: AtomicBool,
+    streams: Mutex<HashMap<u32, Arc<StreamShared>>>,
+    next_id: AtomicU32,
+    out: Outbox,
+    /// Window growth still available to this connection's streams.
+    growth_left: AtomicUsize,
+    /// Last measured round-trip time in microseconds (0: not yet measured).
+    rtt_us: AtomicU64,
+    /// Milliseconds after `epoch` when something last arrived.
+    last_heard: AtomicU64,
+    epoch: Instant,
+    /// The ping in flight: its value and when it left.
+    ping: Mutex<Option<(u32, Instant)>>,
 }
 
 impl Shared {
@@ -302,19 +617,79 @@ impl Shared {
         }
     }
 
-    /// How the connection ended, after waiting for a poll of the driver in progress.
-    fn end_after_poll(&self) -> Option<&End> {
-        drop(self.polling.lock().unwrap_or_else(PoisonError::into_inner));
-        self.end.get()
+    fn finish(&self, end: End) {
+        if self.end.set(end.clone()).is_err() {
+            return;
+        }
+        match &end {
+            End::Closed => {
+                tracing::debug!("connection closed");
+                self.out.set_state(OutState::Closing);
+            }
+            End::Lost(reason) => {
+                tracing::debug!(%reason, "connection lost");
+                self.out.set_state(OutState::Aborted);
+            }
+        }
+        self.ended.cancel();
+        self.wake_all();
     }
 
-    fn finish(&self, end: End) {
-        match &end {
-            End::Closed => tracing::debug!("connection closed"),
-            End::Lost(reason) => tracing::debug!(%reason, "connection lost"),
+    /// Wakes every stream, so that it sees the connection's state.
+    fn wake_all(&self) {
+        let streams: Vec<_> = lock(&self.streams).values().cloned().collect();
+        for s in streams {
+            let (r, w) = {
+                let mut i = lock(&s.inner);
+                (i.read_waker.take(), i.write_waker.take())
+            };
+            r.into_iter().chain(w).for_each(Waker::wake);
         }
-        let _ = self.end.set(end);
-        self.ended.cancel();
+        let waiting = std::mem::take(&mut lock(&self.out.0).waiting);
+        waiting.into_iter().for_each(Waker::wake);
+    }
+
+    fn heard(&self) {
+        self.last_heard
+            .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn silent_for(&self) -> Duration {
+        let last = Duration::from_millis(self.last_heard.load(Ordering::Relaxed));
+        self.epoch.elapsed().saturating_sub(last)
+    }
+
+    fn rtt(&self) -> Option<Duration> {
+        match self.rtt_us.load(Ordering::Relaxed) {
+            0 => None,
+            us => Some(Duration::from_micros(us)),
+        }
+    }
+
+    fn send_ping(&self) {
+        let value = rand::random::<u32>();
+        *lock(&self.ping) = Some((value, Instant::now()));
+        self.out.push(control(PING, 0, 0, value));
+    }
+
+    fn is_remote_id(&self, id: u32) -> bool {
+        let odd = id % 2 == 1;
+        match self.role {
+            Role::Client => !odd,
+            Role::Server => odd,
+        }
+    }
+
+    /// Takes up to `want` bytes of window growth.
+    fn take_growth(&self, want: usize) -> usize {
+        let mut got = 0;
+        let _ = self
+            .growth_left
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |left| {
+                got = left.min(want);
+                Some(left - got)
+            });
+        got
     }
 }
 
@@ -341,16 +716,12 @@ impl Drop for Slot {
     }
 }
 
-/// What the handles ask of the driver.
-enum Command {
-    Open(oneshot::Sender<Result<yamux::Stream, MuxError>>),
-}
-
 /// A handle to a multiplexed connection; clones share the connection.
 #[derive(Clone)]
 pub struct Mux {
     shared: Arc<Shared>,
-    commands: mpsc::Sender<Command>,
+    /// Never sent on: the supervisor notices when every handle is gone.
+    _handle: mpsc::Sender<()>,
 }
 
 impl fmt::Debug for Mux {
@@ -363,8 +734,8 @@ impl fmt::Debug for Mux {
 }
 
 impl Mux {
-    /// Starts driving `io` in a task; returns the handle and a receiver of inbound
-    /// streams. The two ends of a connection must have different roles.
+    /// Starts the connection's reader, writer and supervisor tasks; returns the handle
+    /// and a receiver of inbound streams. The two ends must have different roles.
     ///
     /// Inbound streams that arrive while the receiver is dropped are refused.
     ///
@@ -376,74 +747,74 @@ impl Mux {
         role: Role,
         cfg: MuxConfig,
     ) -> (Mux, mpsc::Receiver<MuxStream>) {
+        let max_streams = cfg.max_streams.clamp(1, MAX_STREAMS_CAP);
         let shared = Arc::new(Shared {
+            role,
             max_streams: cfg.max_streams.min(MAX_STREAMS_CAP),
             active: AtomicUsize::new(0),
             idle: Notify::new(),
             close_requested: CancellationToken::new(),
             ended: CancellationToken::new(),
             end: OnceLock::new(),
-            polling: Mutex::new(()),
-            hung_up: AtomicBool::new(false),
+            streams: Mutex::new(HashMap::new()),
+            next_id: AtomicU32::new(match role {
+                Role::Client => 1,
+                Role::Server => 2,
+            }),
+            out: Outbox::new(),
+            growth_left: AtomicUsize::new(cfg.window_growth),
+            rtt_us: AtomicU64::new(0),
+            last_heard: AtomicU64::new(0),
+            epoch: Instant::now(),
+            ping: Mutex::new(None),
         });
-        let mode = match role {
-            Role::Client => yamux::Mode::Client,
-            Role::Server => yamux::Mode::Server,
-        };
         let span = tracing::debug_span!("mux", ?role);
-        let io = Piped::start(io, &span);
-        // A silent peer (paused, gone without a FIN) loses the connection.
-        let io = crate::liveness::Liveness::new(
-            io,
-            crate::defaults::LINK_IDLE_TIMEOUT,
-            crate::defaults::LIVENESS_WAKE,
-        );
-        let io = Watched {
-            io,
-            shared: shared.clone(),
-        }
-        .compat();
-        let conn = yamux::Connection::new(io, cfg.to_yamux(), mode);
-        let (commands, command_rx) = mpsc::channel(OPEN_QUEUE);
+        let (reader, writer) = io.split_transport();
         // Every stream holds a slot, so at most `max_streams` can wait in the queue:
-        // handing one over never blocks the driver.
-        let (inbound_tx, inbound_rx) = mpsc::channel(cfg.max_streams.clamp(1, MAX_STREAMS_CAP));
-        let driver = Driver {
-            conn,
-            shared: shared.clone(),
-            commands: command_rx,
-            inbound: inbound_tx,
-        };
-        tokio::spawn(driver.run().instrument(span));
-        (Mux { shared, commands }, inbound_rx)
+        // handing one over never blocks the reader.
+        let (inbound_tx, inbound_rx) = mpsc::channel(max_streams);
+        let (handle, handles) = mpsc::channel(1);
+        let (done_tx, done_rx) = oneshot::channel();
+        tokio::spawn(
+            read_loop(reader, shared.clone(), inbound_tx.clone()).instrument(span.clone()),
+        );
+        tokio::spawn(write_loop(writer, shared.clone(), done_tx).instrument(span.clone()));
+        tokio::spawn(supervise(shared.clone(), handles, inbound_tx, done_rx).instrument(span));
+        (
+            Mux {
+                shared,
+                _handle: handle,
+            },
+            inbound_rx,
+        )
     }
 
-    /// Opens a new outbound stream. The other side learns of it with the first data
-    /// or window update, so a stream the other side refuses fails on its first read
-    /// or write, not here.
+    /// Opens a new outbound stream. The other side learns of it at once, but a stream
+    /// it refuses fails on a later read or write, not here.
     pub async fn open(&self) -> Result<MuxStream, MuxError> {
-        if let Some(e) = self.shared.closed_error() {
+        self.open_now()
+    }
+
+    fn open_now(&self) -> Result<MuxStream, MuxError> {
+        let shared = &self.shared;
+        if let Some(e) = shared.closed_error() {
             return Err(e);
         }
-        let slot =
-            Slot::reserve(&self.shared).ok_or(MuxError::TooManyStreams(self.shared.max_streams))?;
-        let (tx, rx) = oneshot::channel();
-        if self.commands.send(Command::Open(tx)).await.is_err() {
-            return Err(self.ended_error());
+        let slot = Slot::reserve(shared).ok_or(MuxError::TooManyStreams(shared.max_streams))?;
+        let id = shared
+            .next_id
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |id| id.checked_add(2))
+            .map_err(|_| MuxError::Lost("stream ids exhausted on this connection".into()))?;
+        let stream = StreamShared::new(id);
+        lock(&shared.streams).insert(id, stream.clone());
+        let s = MuxStream::new(stream, slot);
+        if !shared.out.push(control(WINDOW, SYN, id, 0)) {
+            return Err(shared.closed_error().unwrap_or(MuxError::Closed));
         }
-        match rx.await {
-            Ok(Ok(stream)) => Ok(MuxStream::new(stream, slot, false)),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(self.ended_error()),
-        }
+        Ok(s)
     }
 
-    /// The error for a driver that stopped (it records why before stopping).
-    fn ended_error(&self) -> MuxError {
-        self.shared.closed_error().unwrap_or(MuxError::Closed)
-    }
-
-    /// Whether the connection has ended (the driver stopped).
+    /// Whether the connection has ended.
     pub fn is_closed(&self) -> bool {
         self.shared.ended.is_cancelled()
     }
@@ -459,6 +830,7 @@ impl Mux {
     /// zero first. [`Mux::open`] fails from now on.
     pub fn close(&self) {
         self.shared.close_requested.cancel();
+        self.shared.wake_all();
     }
 
     /// Streams open right now, both directions (a stream counts until its
@@ -468,209 +840,392 @@ impl Mux {
     }
 }
 
-/// What woke the driver.
-enum Event {
-    CloseRequested,
-    Command(Option<Command>),
-    Inbound(yamux::Stream),
-    Outbound(yamux::Stream),
-    Ended(End),
-    /// The inbound receiver was dropped or the last stream ended: check whether the
-    /// connection is still of use.
-    Recheck,
-}
-
-/// The task that owns the yamux connection (see the module docs for its lifetime).
-struct Driver {
-    conn: yamux::Connection<Compat<Watched>>,
+/// The reader task: cuts frames out of what arrives and hands each to its stream.
+async fn read_loop<R: ChunkRead>(
+    mut reader: R,
     shared: Arc<Shared>,
-    commands: mpsc::Receiver<Command>,
     inbound: mpsc::Sender<MuxStream>,
-}
-
-impl Driver {
-    async fn run(mut self) {
-        // An open request waiting for yamux (it holds back outbound streams while 256
-        // are unacknowledged); later ones wait in the command queue.
-        let mut pending: Option<oneshot::Sender<Result<yamux::Stream, MuxError>>> = None;
-        let mut handles_gone = false;
-        let mut receiver_gone = false;
-        let end = loop {
-            if handles_gone
-                && self.inbound.is_closed()
-                && self.shared.active.load(Ordering::Acquire) == 0
-            {
-                tracing::debug!("no handle, receiver or stream left: closing");
-                break self.close().await;
-            }
-            let want_outbound = pending.is_some();
-            let conn = std::future::poll_fn(|cx| {
-                poll_conn(&mut self.conn, &self.shared, want_outbound, cx)
-            });
-            let event = tokio::select! {
-                biased;
-                () = self.shared.close_requested.cancelled() => Event::CloseRequested,
-                cmd = self.commands.recv(), if !want_outbound && !handles_gone => {
-                    Event::Command(cmd)
-                }
-                event = conn => event,
-                () = self.inbound.closed(), if !receiver_gone => {
-                    receiver_gone = true;
-                    Event::Recheck
-                }
-                () = self.shared.idle.notified(), if handles_gone => Event::Recheck,
-            };
-            match event {
-                Event::CloseRequested => break self.close().await,
-                Event::Command(Some(Command::Open(reply))) => pending = Some(reply),
-                Event::Command(None) => handles_gone = true,
-                Event::Outbound(stream) => {
-                    if let Some(reply) = pending.take() {
-                        // A caller that gave up drops the stream, which resets it.
-                        let _ = reply.send(Ok(stream));
+) {
+    let ended = shared.ended.clone();
+    let ended = ended.cancelled();
+    tokio::pin!(ended);
+    let mut frames = Deframer::default();
+    let end = 'read: loop {
+        let chunk = tokio::select! {
+            biased;
+            () = &mut ended => return,
+            chunk = std::future::poll_fn(|cx| reader.poll_chunk(cx)) => chunk,
+        };
+        match chunk {
+            Ok(Some(chunk)) => {
+                shared.heard();
+                frames.push(chunk);
+                loop {
+                    match frames.next() {
+                        Ok(Some((h, payload))) => {
+                            if let Some(end) = on_frame(&shared, &inbound, h, payload) {
+                                break 'read end;
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(e) => break 'read End::Lost(e),
                     }
                 }
-                Event::Inbound(stream) => self.accept(stream),
-                Event::Ended(end) => break end,
-                Event::Recheck => {}
             }
-        };
-        if let Some(reply) = pending {
-            let _ = reply.send(Err(end.error()));
+            // Our GoAway crossed the other side's end: a close either way.
+            Ok(None) if shared.close_requested.is_cancelled() => break End::Closed,
+            Ok(None) => {
+                break End::Lost(
+                    "the other side hung up without closing the multiplexed connection".into(),
+                )
+            }
+            Err(e) => break End::Lost(format!("i/o error: {e}")),
         }
-        self.shared.finish(end);
-    }
+    };
+    shared.finish(end);
+}
 
-    /// Hands an inbound stream to the receiver, or refuses it (dropping a yamux stream
-    /// that is still open resets it).
-    fn accept(&mut self, stream: yamux::Stream) {
-        let Some(slot) = Slot::reserve(&self.shared) else {
+/// Handles one frame; `Some` when the connection ends with it.
+fn on_frame(
+    shared: &Arc<Shared>,
+    inbound: &mpsc::Sender<MuxStream>,
+    h: Header,
+    payload: Bytes,
+) -> Option<End> {
+    match h.kind {
+        PING if h.flags & ACK == 0 => {
+            shared.out.push(control(PING, ACK, 0, h.len));
+            return None;
+        }
+        PING => {
+            let mut ping = lock(&shared.ping);
+            if let Some((value, sent)) = *ping {
+                if value == h.len {
+                    let us = sent.elapsed().as_micros().max(1) as u64;
+                    shared.rtt_us.store(us, Ordering::Relaxed);
+                    *ping = None;
+                }
+            }
+            return None;
+        }
+        GOAWAY => return Some(End::Closed),
+        _ => {}
+    }
+    if h.id == 0 {
+        return Some(End::Lost(
+            "protocol error: a stream frame for stream 0".into(),
+        ));
+    }
+    let stream = if h.flags & SYN != 0 {
+        if !shared.is_remote_id(h.id) {
+            return Some(End::Lost(format!(
+                "protocol error: the other side opened stream {} with an id of ours",
+                h.id
+            )));
+        }
+        if lock(&shared.streams).contains_key(&h.id) {
+            return Some(End::Lost(format!(
+                "protocol error: stream {} opened twice",
+                h.id
+            )));
+        }
+        let Some(slot) = Slot::reserve(shared) else {
             tracing::warn!(
-                max_streams = self.shared.max_streams,
+                max_streams = shared.max_streams,
                 "refusing an inbound stream: too many streams open"
             );
-            return;
+            shared.out.push(control(WINDOW, RST, h.id, 0));
+            return None;
         };
-        if self
-            .inbound
-            .try_send(MuxStream::new(stream, slot, true))
-            .is_err()
-        {
+        let stream = StreamShared::new(h.id);
+        lock(&shared.streams).insert(h.id, stream.clone());
+        if let Err(e) = inbound.try_send(MuxStream::new(stream.clone(), slot)) {
             tracing::debug!("refusing an inbound stream: nobody accepts streams");
+            // Dropping it resets it and forgets it.
+            drop(e);
+            return None;
         }
-    }
-
-    async fn close(&mut self) -> End {
-        let close = std::future::poll_fn(|cx| self.conn.poll_close(cx));
-        match tokio::time::timeout(CLOSE_TIMEOUT, close).await {
-            Ok(Ok(())) => End::Closed,
-            Ok(Err(e)) => End::Lost(format!("while closing: {e}")),
-            Err(_) => End::Lost(format!(
-                "the other side did not take the close within {CLOSE_TIMEOUT:?}"
-            )),
+        stream
+    } else {
+        match lock(&shared.streams).get(&h.id) {
+            Some(s) => s.clone(),
+            // A stream we dropped (and reset or finished): whatever still comes is
+            // discarded.
+            None => return None,
         }
-    }
-}
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        // Normally `run` has recorded the end already. If the task is dropped (the
-        // runtime shuts down), record it before `conn` is dropped and resets the streams.
-        if self.shared.end.get().is_none() {
-            self.shared
-                .finish(End::Lost("the connection's task was stopped".into()));
-        }
-    }
-}
-
-/// Polls yamux for an inbound stream or the connection's end and, when `outbound`
-/// is set, for a new outbound stream.
-fn poll_conn<T: futures::AsyncRead + futures::AsyncWrite + Unpin>(
-    conn: &mut yamux::Connection<T>,
-    shared: &Shared,
-    outbound: bool,
-    cx: &mut Context<'_>,
-) -> Poll<Event> {
-    let _polling = shared
-        .polling
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner);
-    let end = match conn.poll_next_inbound(cx) {
-        Poll::Ready(Some(Ok(stream))) => return Poll::Ready(Event::Inbound(stream)),
-        Poll::Ready(Some(Err(e))) => End::Lost(e.to_string()),
-        // yamux reports the other side's GoAway and a plain end of file alike.
-        Poll::Ready(None) if shared.hung_up.load(Ordering::Acquire) => {
-            End::Lost("the other side hung up without closing the multiplexed connection".into())
-        }
-        Poll::Ready(None) => End::Closed,
-        Poll::Pending if !outbound => return Poll::Pending,
-        // yamux fails to open only when the connection is done for (it moves to
-        // cleanup, and will report nothing more).
-        Poll::Pending => match conn.poll_new_outbound(cx) {
-            Poll::Ready(Ok(stream)) => return Poll::Ready(Event::Outbound(stream)),
-            Poll::Ready(Err(e)) => End::Lost(format!("while opening a stream: {e}")),
-            Poll::Pending => return Poll::Pending,
-        },
     };
-    // Record it while still holding the lock (see `Shared::polling`).
-    let _ = shared.end.set(end.clone());
-    Poll::Ready(Event::Ended(end))
-}
-
-/// The connection under yamux ([`Piped`] under [`crate::liveness::Liveness`]), and a
-/// note in [`Shared::hung_up`] when it reads end of file.
-struct Watched {
-    io: crate::liveness::Liveness<Piped>,
-    shared: Arc<Shared>,
-}
-
-impl AsyncRead for Watched {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let before = buf.filled().len();
-        let res = Pin::new(&mut this.io).poll_read(cx, buf);
-        if matches!(res, Poll::Ready(Ok(()))) && buf.filled().len() == before && buf.remaining() > 0
-        {
-            this.shared.hung_up.store(true, Ordering::Release);
+    let (r, w) = {
+        let mut i = lock(&stream.inner);
+        let mut wake_read = false;
+        let mut wake_write = false;
+        if h.kind == DATA && !payload.is_empty() {
+            let n = payload.len() as u64;
+            if n > i.recv_allowed {
+                return Some(End::Lost(format!(
+                    "protocol error: stream {} sent beyond its window",
+                    h.id
+                )));
+            }
+            i.recv_allowed -= n;
+            // A payload is a slice of the buffer it was read into (256 KiB over Noise):
+            // handed on as it is while the stream's reader keeps up, copied when it is
+            // small or queues behind others, so a slow stream pins only its own bytes.
+            if payload.len() >= ZERO_COPY_MIN && i.recv.is_empty() {
+                i.recv.push_back(payload);
+            } else {
+                i.recv.push_back(Bytes::copy_from_slice(&payload));
+            }
+            wake_read = true;
         }
-        res
-    }
+        if h.kind == WINDOW && h.len > 0 {
+            i.send_credit += u64::from(h.len);
+            wake_write = true;
+        }
+        if h.flags & FIN != 0 {
+            i.remote_fin = true;
+            wake_read = true;
+        }
+        if h.flags & RST != 0 {
+            i.reset = true;
+            wake_read = true;
+            wake_write = true;
+        }
+        (
+            if wake_read { i.read_waker.take() } else { None },
+            if wake_write {
+                i.write_waker.take()
+            } else {
+                None
+            },
+        )
+    };
+    r.into_iter().chain(w).for_each(Waker::wake);
+    None
 }
 
-impl AsyncWrite for Watched {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+/// The writer task: writes queued frames, flushing whenever the queue is empty (so
+/// frames that arrive together leave in one syscall). On a lost connection it stops
+/// without flushing.
+async fn write_loop<W: FrameWrite>(mut writer: W, shared: Arc<Shared>, done: oneshot::Sender<()>) {
+    let mut batch = VecDeque::new();
+    let res = async {
+        loop {
+            match std::future::poll_fn(|cx| shared.out.poll_take(cx, &mut batch)).await {
+                Take::Frames => {
+                    let mut data = 0;
+                    while let Some(frame) = batch.pop_front() {
+                        data += data_len(&frame);
+                        writer.queue(frame)?;
+                        if writer.queued() >= WRITE_BATCH {
+                            std::future::poll_fn(|cx| writer.poll_write_out(cx)).await?;
+                        }
+                    }
+                    shared.out.release(data);
+                    if shared.out.is_empty() {
+                        std::future::poll_fn(|cx| writer.poll_write_out(cx)).await?;
+                    }
+                }
+                Take::Shutdown => {
+                    std::future::poll_fn(|cx| writer.poll_finish(cx)).await?;
+                    return Ok::<(), io::Error>(());
+                }
+                Take::Abort => return Ok(()),
+            }
+        }
     }
+    .await;
+    if let Err(e) = res {
+        shared.finish(End::Lost(format!("i/o error: {e}")));
+    }
+    let _ = done.send(());
+}
 
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+/// The supervisor task: pings, notices silence, and closes the connection when asked
+/// or when nothing can use it any more.
+async fn supervise(
+    shared: Arc<Shared>,
+    mut handles: mpsc::Receiver<()>,
+    inbound: mpsc::Sender<MuxStream>,
+    writer_done: oneshot::Receiver<()>,
+) {
+    let mut tick = tokio::time::interval(LIVENESS_WAKE);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut next_ping = Instant::now();
+    let mut handles_gone = false;
+    let mut receiver_gone = false;
+    loop {
+        if handles_gone && receiver_gone && shared.active.load(Ordering::Acquire) == 0 {
+            tracing::debug!("no handle, receiver or stream left: closing");
+            break;
+        }
+        tokio::select! {
+            biased;
+            () = shared.ended.cancelled() => return,
+            () = shared.close_requested.cancelled() => break,
+            _ = handles.recv(), if !handles_gone => handles_gone = true,
+            () = inbound.closed(), if !receiver_gone => receiver_gone = true,
+            () = shared.idle.notified(), if handles_gone && receiver_gone => {}
+            _ = tick.tick() => {
+                if shared.silent_for() >= LINK_IDLE_TIMEOUT {
+                    shared.finish(End::Lost(format!(
+                        "i/o error: nothing heard from the other side for {LINK_IDLE_TIMEOUT:?}: \
+                         it is paused, gone, or cut off"
+                    )));
+                    return;
+                }
+                if Instant::now() >= next_ping {
+                    shared.send_ping();
+                    next_ping = Instant::now() + PING_INTERVAL;
+                }
+            }
+        }
     }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
-    }
+    // A graceful close.
+    shared.close_requested.cancel();
+    shared.wake_all();
+    shared.out.push(control(GOAWAY, 0, 0, 0));
+    shared.out.set_state(OutState::Closing);
+    let end = match tokio::time::timeout(CLOSE_TIMEOUT, writer_done).await {
+        Ok(_) => End::Closed,
+        Err(_) => End::Lost(format!(
+            "the other side did not take the close within {CLOSE_TIMEOUT:?}"
+        )),
+    };
+    shared.finish(end);
 }
 
 /// A connection a [`Mux`] can run on. It is split in two halves, each driven by a task
-/// of its own beside the yamux driver: one reads (and, for Noise, decrypts), one
-/// writes (and encrypts), so one connection's work spreads over three tasks, and so
-/// over the cores.
+/// of its own: one reads (and, for Noise, decrypts), one writes (and encrypts), so one
+/// connection's work spreads over the cores.
 pub trait Transport: Send + 'static {
     /// The reading half.
     type Reader: ChunkRead;
-    /// The writing half. It may hold written bytes until a flush: the writer task
-    /// flushes whenever it runs out of queued data.
-    type Writer: AsyncWrite + Unpin + Send + 'static;
+    /// The writing half.
+    type Writer: FrameWrite;
     /// Splits the connection into its halves.
     fn split_transport(self) -> (Self::Reader, Self::Writer);
+}
+
+/// A writing half that takes whole frames and writes them out in batches.
+///
+/// A frame comes as a buffer with [`FRAME_HEADROOM`] unused bytes before the frame's
+/// header and at least [`FRAME_TAILROOM`] bytes of spare capacity after it, so that an
+/// encrypting writer seals it where it lies (its length in the headroom, the tag in
+/// the tailroom) and nothing is copied.
+pub trait FrameWrite: Send + Unpin + 'static {
+    /// Takes one frame (encrypting it, for Noise); nothing is written yet.
+    fn queue(&mut self, frame: BytesMut) -> io::Result<()>;
+    /// Bytes taken and not yet written.
+    fn queued(&self) -> usize;
+    /// Writes out everything taken (several frames per syscall) and flushes.
+    fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+    /// Writes out everything taken, ends the stream cleanly (for Noise, its end
+    /// marker) and shuts the connection's write side down.
+    fn poll_finish(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+}
+
+/// Frames written out with vectored writes: the shared part of every [`FrameWrite`].
+#[derive(Debug, Default)]
+pub struct FrameQueue {
+    frames: VecDeque<Bytes>,
+    bytes: usize,
+}
+
+/// Slices per vectored write (Linux takes up to 1024; 64 frames is ~4 MiB).
+const MAX_IOVECS: usize = 64;
+
+impl FrameQueue {
+    /// Adds bytes to write.
+    pub fn push(&mut self, bytes: Bytes) {
+        self.bytes += bytes.len();
+        self.frames.push_back(bytes);
+    }
+
+    /// Bytes not yet written.
+    pub fn len(&self) -> usize {
+        self.bytes
+    }
+
+    /// Whether everything was written.
+    pub fn is_empty(&self) -> bool {
+        self.bytes == 0
+    }
+
+    /// Writes everything out to `w` (not flushed).
+    pub fn poll_write_to<W: AsyncWrite + Unpin>(
+        &mut self,
+        w: &mut W,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        while !self.frames.is_empty() {
+            let n = if w.is_write_vectored() && self.frames.len() > 1 {
+                let slices: Vec<io::IoSlice<'_>> = self
+                    .frames
+                    .iter()
+                    .take(MAX_IOVECS)
+                    .map(|b| io::IoSlice::new(b))
+                    .collect();
+                std::task::ready!(Pin::new(&mut *w).poll_write_vectored(cx, &slices))?
+            } else {
+                std::task::ready!(Pin::new(&mut *w).poll_write(cx, &self.frames[0]))?
+            };
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.bytes -= n;
+            let mut left = n;
+            while left > 0 {
+                let front = &mut self.frames[0];
+                if front.len() <= left {
+                    left -= front.len();
+                    self.frames.pop_front();
+                } else {
+                    front.advance(left);
+                    left = 0;
+                }
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// An unencrypted writer as a [`FrameWrite`].
+#[derive(Debug)]
+pub struct PlainWriter<W> {
+    io: W,
+    queue: FrameQueue,
+}
+
+impl<W> PlainWriter<W> {
+    /// Wraps `io`.
+    pub fn new(io: W) -> Self {
+        Self {
+            io,
+            queue: FrameQueue::default(),
+        }
+    }
+}
+
+impl<W: AsyncWrite + Unpin + Send + 'static> FrameWrite for PlainWriter<W> {
+    fn queue(&mut self, mut frame: BytesMut) -> io::Result<()> {
+        frame.advance(FRAME_HEADROOM);
+        self.queue.push(frame.freeze());
+        Ok(())
+    }
+
+    fn queued(&self) -> usize {
+        self.queue.len()
+    }
+
+    fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        std::task::ready!(self.queue.poll_write_to(&mut self.io, cx))?;
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_finish(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        std::task::ready!(self.poll_write_out(cx))?;
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
 }
 
 /// A reading half that hands out what it read as owned chunks (a decrypted Noise
@@ -701,7 +1256,7 @@ pub struct Plain<T>(pub T);
 
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Transport for Plain<T> {
     type Reader = PlainReader<ReadHalf<T>>;
-    type Writer = WriteHalf<T>;
+    type Writer = PlainWriter<WriteHalf<T>>;
     fn split_transport(self) -> (Self::Reader, Self::Writer) {
         let (r, w) = tokio::io::split(self.0);
         (
@@ -709,14 +1264,14 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Transport for Plain<T> 
                 io: r,
                 buf: BytesMut::new(),
             },
-            w,
+            PlainWriter::new(w),
         )
     }
 }
 
 impl Transport for tokio::net::TcpStream {
     type Reader = PlainReader<tokio::net::tcp::OwnedReadHalf>;
-    type Writer = tokio::net::tcp::OwnedWriteHalf;
+    type Writer = PlainWriter<tokio::net::tcp::OwnedWriteHalf>;
     fn split_transport(self) -> (Self::Reader, Self::Writer) {
         let (r, w) = self.into_split();
         (
@@ -724,14 +1279,14 @@ impl Transport for tokio::net::TcpStream {
                 io: r,
                 buf: BytesMut::new(),
             },
-            w,
+            PlainWriter::new(w),
         )
     }
 }
 
 impl Transport for tokio::io::DuplexStream {
     type Reader = PlainReader<ReadHalf<Self>>;
-    type Writer = WriteHalf<Self>;
+    type Writer = PlainWriter<WriteHalf<Self>>;
     fn split_transport(self) -> (Self::Reader, Self::Writer) {
         Plain(self).split_transport()
     }
@@ -759,301 +1314,223 @@ impl<R: AsyncRead + Unpin + Send + 'static> ChunkRead for PlainReader<R> {
     }
 }
 
-/// What the driver hands the writer task.
-enum Out {
-    Data(BytesMut),
-    /// Write what is queued, then shut the connection down (a graceful close).
-    Shutdown,
-}
-
-/// yamux's end of the pipeline: reads come from the reader task, writes collect into a
-/// buffer that goes to the writer task on a flush (yamux flushes after each frame) or
-/// when [`IO_BUFFER`] bytes are waiting.
-struct Piped {
-    inbound: mpsc::Receiver<io::Result<Bytes>>,
-    current: Bytes,
-    outbound: PollSender<Out>,
-    pending: BytesMut,
-    /// Why the writer task stopped, if it failed.
-    writer_failed: Arc<OnceLock<(io::ErrorKind, String)>>,
-    /// The writer task's result after [`Out::Shutdown`].
-    shut: Option<oneshot::Receiver<io::Result<()>>>,
-}
-
-impl Piped {
-    fn start<T: Transport>(io: T, span: &tracing::Span) -> Self {
-        let (reader, writer) = io.split_transport();
-        let (in_tx, inbound) = mpsc::channel(PIPE_QUEUE);
-        let (out_tx, out_rx) = mpsc::channel(PIPE_QUEUE);
-        let (shut_tx, shut) = oneshot::channel();
-        let writer_failed = Arc::new(OnceLock::new());
-        tokio::spawn(read_loop(reader, in_tx).instrument(span.clone()));
-        tokio::spawn(
-            write_loop(writer, out_rx, writer_failed.clone(), shut_tx).instrument(span.clone()),
-        );
-        Self {
-            inbound,
-            current: Bytes::new(),
-            outbound: PollSender::new(out_tx),
-            pending: BytesMut::new(),
-            writer_failed,
-            shut: Some(shut),
-        }
-    }
-
-    fn writer_error(&self) -> io::Error {
-        match self.writer_failed.get() {
-            Some((kind, msg)) => io::Error::new(*kind, msg.clone()),
-            None => io::Error::new(io::ErrorKind::BrokenPipe, "the connection's writer stopped"),
-        }
-    }
-
-    fn poll_send(
-        &mut self,
-        cx: &mut Context<'_>,
-        item: impl FnOnce(&mut Self) -> Out,
-    ) -> Poll<io::Result<()>> {
-        if std::task::ready!(self.outbound.poll_reserve(cx)).is_err() {
-            return Poll::Ready(Err(self.writer_error()));
-        }
-        let item = item(self);
-        if self.outbound.send_item(item).is_err() {
-            return Poll::Ready(Err(self.writer_error()));
-        }
-        Poll::Ready(Ok(()))
-    }
-
-    /// Hands what is pending to the writer task.
-    fn poll_push(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if self.pending.is_empty() {
-            return Poll::Ready(Ok(()));
-        }
-        self.poll_send(cx, |this| Out::Data(this.pending.split()))
-    }
-}
-
-impl AsyncRead for Piped {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        loop {
-            if !this.current.is_empty() {
-                let n = this.current.len().min(buf.remaining());
-                buf.put_slice(&this.current.split_to(n));
-                return Poll::Ready(Ok(()));
-            }
-            match std::task::ready!(this.inbound.poll_recv(cx)) {
-                Some(Ok(chunk)) => this.current = chunk,
-                Some(Err(e)) => return Poll::Ready(Err(e)),
-                None => return Poll::Ready(Ok(())),
-            }
-        }
-    }
-}
-
-impl AsyncWrite for Piped {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        if this.pending.len() >= IO_BUFFER {
-            std::task::ready!(this.poll_push(cx))?;
-        }
-        this.pending.extend_from_slice(buf);
-        Poll::Ready(Ok(buf.len()))
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.get_mut().poll_push(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        std::task::ready!(this.poll_push(cx))?;
-        if !this.outbound.is_closed() {
-            std::task::ready!(this.poll_send(cx, |_| Out::Shutdown))?;
-            this.outbound.close();
-        }
-        let Some(shut) = this.shut.as_mut() else {
-            return Poll::Ready(Ok(()));
-        };
-        let res = match std::task::ready!(Pin::new(shut).poll(cx)) {
-            Ok(res) => res,
-            Err(_) => Err(this.writer_error()),
-        };
-        this.shut = None;
-        Poll::Ready(res)
-    }
-}
-
-/// The reader task: hands chunks to the driver until the end, an error, or the driver
-/// is gone.
-async fn read_loop<R: ChunkRead>(mut reader: R, tx: mpsc::Sender<io::Result<Bytes>>) {
-    loop {
-        let item = tokio::select! {
-            item = std::future::poll_fn(|cx| reader.poll_chunk(cx)) => item,
-            () = tx.closed() => return,
-        };
-        match item {
-            Ok(Some(chunk)) => {
-                if tx.send(Ok(chunk)).await.is_err() {
-                    return;
-                }
-            }
-            Ok(None) => return,
-            Err(e) => {
-                let _ = tx.send(Err(e)).await;
-                return;
-            }
-        }
-    }
-}
-
-/// The writer task: writes what the driver hands over, flushing whenever the queue is
-/// empty (so frames that arrive together leave in one syscall). If the driver goes
-/// away without [`Out::Shutdown`], the connection is dropped unflushed, as a lost
-/// connection should be.
-async fn write_loop<W: AsyncWrite + Unpin>(
-    mut writer: W,
-    mut rx: mpsc::Receiver<Out>,
-    failed: Arc<OnceLock<(io::ErrorKind, String)>>,
-    shut: oneshot::Sender<io::Result<()>>,
-) {
-    let res = async {
-        while let Some(item) = rx.recv().await {
-            match item {
-                Out::Data(chunk) => writer.write_all(&chunk).await?,
-                Out::Shutdown => {
-                    writer.shutdown().await?;
-                    return Ok(true);
-                }
-            }
-            if rx.is_empty() {
-                writer.flush().await?;
-            }
-        }
-        Ok::<_, io::Error>(false)
-    }
-    .await;
-    match res {
-        Ok(true) => {
-            let _ = shut.send(Ok(()));
-        }
-        Ok(false) => {}
-        Err(e) => {
-            let _ = failed.set((e.kind(), e.to_string()));
-            let _ = shut.send(Err(e));
-        }
-    }
-}
-
 /// One stream of a [`Mux`]: a tokio `AsyncRead + AsyncWrite`.
 ///
 /// `shutdown()` half-closes: the other side reads end of file, and can still write
-/// back until it shuts down too. Drop a stream once done both ways: dropped before
-/// `shutdown()` it is reset (the other side's reads and writes fail), and dropped
-/// after `shutdown()` but before the other side's end of file, whatever the other
-/// side still writes is discarded. Errors are described in the module docs.
+/// back until it shuts down too. Drop a stream once done both ways: dropped earlier it
+/// is reset (the other side's reads and writes fail). Errors are described in the
+/// module docs.
 pub struct MuxStream {
-    // Field order matters: the stream must go before its slot.
-    inner: Compat<yamux::Stream>,
-    /// Resolves when the connection's driver stops: some yamux paths (our own graceful
-    /// close) do not wake waiting streams.
-    ended: Pin<Box<WaitForCancellationFutureOwned>>,
-    write_closed: bool,
-    /// An inbound stream not yet acknowledged to the opener (see the module docs).
-    ack_pending: bool,
+    stream: Arc<StreamShared>,
+    // Last: the stream is forgotten before its slot is given back.
     slot: Slot,
 }
 
 impl fmt::Debug for MuxStream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MuxStream")
-            .field("id", &self.id())
-            .field("write_closed", &self.write_closed)
-            .finish()
+        f.debug_struct("MuxStream").field("id", &self.id()).finish()
     }
 }
 
 impl MuxStream {
-    fn new(stream: yamux::Stream, slot: Slot, inbound: bool) -> Self {
-        Self {
-            inner: stream.compat(),
-            ended: Box::pin(slot.0.ended.clone().cancelled_owned()),
-            write_closed: false,
-            ack_pending: inbound,
-            slot,
-        }
-    }
-
-    /// Acknowledges an inbound stream with an empty data frame (yamux sets the ACK
-    /// flag on a stream's first frame), so that its opener's backlog of
-    /// unacknowledged streams shrinks now rather than when data first flows back.
-    /// Retried on the next poll while yamux's command queue is full; a stream that
-    /// cannot be written any more needs no acknowledgement.
-    fn poll_ack(&mut self, cx: &mut Context<'_>) {
-        if self.ack_pending {
-            let inner = Pin::new(self.inner.get_mut());
-            if futures::AsyncWrite::poll_write(inner, cx, &[]).is_ready() {
-                self.ack_pending = false;
-            }
-        }
+    fn new(stream: Arc<StreamShared>, slot: Slot) -> Self {
+        Self { stream, slot }
     }
 
     /// The stream's id on its connection (for logs).
     pub fn id(&self) -> u32 {
-        self.inner.get_ref().id().val()
+        self.stream.id
     }
 
-    fn shared(&self) -> &Shared {
+    fn shared(&self) -> &Arc<Shared> {
         &self.slot.0
     }
 
-    /// The error for a stream yamux reports closed (or failed): the connection's end
-    /// if it ended, else a reset by the other side.
-    fn closed_error(&self) -> io::Error {
-        match self.shared().end_after_poll() {
-            Some(end) => end.error().into(),
-            None if self.shared().close_requested.is_cancelled() => MuxError::Closed.into(),
-            None => io::Error::new(
-                io::ErrorKind::ConnectionReset,
-                "stream reset by the other side: it refused the stream (too many streams \
-                 open) or dropped it without shutting it down",
-            ),
+    fn reset_error() -> io::Error {
+        io::Error::new(io::ErrorKind::ConnectionReset, RESET_REASON)
+    }
+
+    /// The window update to send after a read, if one is due (auto-tuning the window;
+    /// see the module docs).
+    fn window_update(&self, i: &mut StreamInner) -> Option<u32> {
+        if i.remote_fin || i.reset || i.consumed < i.window / 2 {
+            return None;
+        }
+        let now = Instant::now();
+        let mut delta = i.consumed;
+        if let Some(rtt) = self.shared().rtt() {
+            if now.duration_since(i.last_update) < rtt * 2 && i.window < u64::from(u32::MAX) / 4 {
+                let grown = self.shared().take_growth(i.window as usize) as u64;
+                i.window += grown;
+                delta += grown;
+            }
+        }
+        i.last_update = now;
+        i.consumed = 0;
+        i.recv_allowed += delta;
+        Some(delta as u32)
+    }
+}
+
+impl MuxStream {
+    /// What a read gets when nothing is buffered: end of file, an error, or `None`
+    /// (wait).
+    fn no_data(&self, i: &StreamInner) -> Option<io::Result<()>> {
+        if i.remote_fin {
+            return Some(Ok(()));
+        }
+        if i.reset {
+            return Some(Err(Self::reset_error()));
+        }
+        match self.shared().end.get() {
+            Some(End::Closed) => Some(Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "the multiplexed connection was closed before the stream ended",
+            ))),
+            Some(end) => Some(Err(end.error().into())),
+            None if self.shared().close_requested.is_cancelled() => {
+                Some(Err(MuxError::Closed.into()))
+            }
+            None => None,
         }
     }
 
-    /// Turns `Pending` into an error if the connection has ended meanwhile.
-    fn poll_ended<R>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<R>> {
-        if self.shared().ended.is_cancelled()
-            || std::future::Future::poll(self.ended.as_mut(), cx).is_ready()
+    /// Counts `n` bytes read and sends the window update that is due, if any.
+    fn consumed(&self, mut i: MutexGuard<'_, StreamInner>, n: usize) {
+        i.consumed += n as u64;
+        let update = self.window_update(&mut i);
+        drop(i);
+        if let Some(delta) = update {
+            self.shared()
+                .out
+                .push(control(WINDOW, 0, self.stream.id, delta));
+        }
+    }
+
+    /// The next piece of received data as it arrived (without a copy), or `None` at
+    /// the other side's FIN. Errors as for reads.
+    pub fn poll_recv_chunk(&self, cx: &mut Context<'_>) -> Poll<io::Result<Option<Bytes>>> {
+        let mut i = lock(&self.stream.inner);
+        if let Some(chunk) = i.recv.pop_front() {
+            self.consumed(i, chunk.len());
+            return Poll::Ready(Ok(Some(chunk)));
+        }
+        match self.no_data(&i) {
+            Some(Ok(())) => Poll::Ready(Ok(None)),
+            Some(Err(e)) => Poll::Ready(Err(e)),
+            None => {
+                set_waker(&mut i.read_waker, cx);
+                Poll::Pending
+            }
+        }
+    }
+
+    /// Why nothing can be sent, if so.
+    fn send_error(&self, i: &StreamInner) -> Option<io::Error> {
+        if i.local_fin {
+            return Some(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "write after shutdown",
+            ));
+        }
+        if i.reset {
+            return Some(Self::reset_error());
+        }
+        self.shared().closed_error().map(io::Error::from)
+    }
+
+    /// Waits until data may be sent: the other side granted credit and the
+    /// connection's outbox has room. Returns how many bytes the next frame may carry
+    /// (at most [`FRAME_SIZE`]).
+    pub fn poll_send_capacity(&self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if let Some(e) = self.send_error(&lock(&self.stream.inner)) {
+            return Poll::Ready(Err(e));
+        }
+        std::task::ready!(self.shared().out.poll_room(cx));
+        let mut i = lock(&self.stream.inner);
+        if let Some(e) = self.send_error(&i) {
+            return Poll::Ready(Err(e));
+        }
+        if i.send_credit == 0 {
+            set_waker(&mut i.write_waker, cx);
+            return Poll::Pending;
+        }
+        Poll::Ready(Ok(i.send_credit.min(FRAME_SIZE as u64) as usize))
+    }
+
+    /// An empty frame with room for `capacity` bytes of payload: put the payload in
+    /// with `BufMut` (or a read into it), then [`MuxStream::send_frame`].
+    pub fn frame_buffer(capacity: usize) -> BytesMut {
+        let mut frame = BytesMut::with_capacity(PREFIX + capacity + FRAME_TAILROOM);
+        frame.put_bytes(0, PREFIX);
+        frame
+    }
+
+    /// Sends a frame from [`MuxStream::frame_buffer`] whose payload is at most what
+    /// [`MuxStream::poll_send_capacity`] last allowed. The payload is not copied.
+    pub fn send_frame(&self, mut frame: BytesMut) -> io::Result<()> {
+        let n = frame.len() - PREFIX;
+        if n == 0 {
+            return Ok(());
+        }
         {
-            let e = self.shared().closed_error().unwrap_or(MuxError::Closed);
-            return Poll::Ready(Err(e.into()));
+            let mut i = lock(&self.stream.inner);
+            if let Some(e) = self.send_error(&i) {
+                return Err(e);
+            }
+            if n as u64 > i.send_credit || n > FRAME_SIZE {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "a frame larger than the send capacity",
+                ));
+            }
+            i.send_credit -= n as u64;
         }
-        Poll::Pending
+        let mut header = &mut frame[FRAME_HEADROOM..PREFIX];
+        Header {
+            kind: DATA,
+            flags: 0,
+            id: self.stream.id,
+            len: n as u32,
+        }
+        .put_slice(&mut header);
+        if !self.shared().out.push(frame) {
+            return Err(self
+                .shared()
+                .closed_error()
+                .unwrap_or(MuxError::Closed)
+                .into());
+        }
+        Ok(())
     }
 
-    /// Maps an error from yamux, which only says "connection is closed".
-    fn stream_error(&self, e: io::Error) -> io::Error {
-        if self.inner.get_ref().is_closed() || self.shared().closed_error().is_some() {
-            self.closed_error()
-        } else {
-            e
+    /// Ends our direction (sends the FIN); the other side reads end of file.
+    pub fn finish(&self) -> io::Result<()> {
+        {
+            let mut i = lock(&self.stream.inner);
+            if i.local_fin {
+                return Ok(());
+            }
+            if i.reset {
+                return Err(Self::reset_error());
+            }
+            if let Some(e) = self.shared().closed_error() {
+                return Err(e.into());
+            }
+            i.local_fin = true;
         }
-    }
-
-    fn write_error(&self, e: io::Error) -> io::Error {
-        if self.write_closed {
-            io::Error::new(io::ErrorKind::BrokenPipe, "write after shutdown")
-        } else {
-            self.stream_error(e)
+        if !self
+            .shared()
+            .out
+            .push(control(DATA, FIN, self.stream.id, 0))
+        {
+            return Err(self
+                .shared()
+                .closed_error()
+                .unwrap_or(MuxError::Closed)
+                .into());
         }
+        Ok(())
     }
 }
 
@@ -1064,33 +1541,33 @@ impl AsyncRead for MuxStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        this.poll_ack(cx);
-        let before = buf.filled().len();
-        match Pin::new(&mut this.inner).poll_read(cx, buf) {
-            Poll::Ready(Ok(())) if buf.filled().len() == before && buf.remaining() > 0 => {
-                // End of file from yamux: the other side's FIN, a reset, or the end of
-                // the connection. Only the first is a clean end on its own.
-                if !this.inner.get_ref().is_closed() {
-                    return Poll::Ready(Ok(()));
+        if buf.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
+        let mut i = lock(&this.stream.inner);
+        if !i.recv.is_empty() {
+            let mut n = 0;
+            while buf.remaining() > 0 {
+                let Some(front) = i.recv.front_mut() else {
+                    break;
+                };
+                let k = front.len().min(buf.remaining());
+                buf.put_slice(&front[..k]);
+                front.advance(k);
+                if front.is_empty() {
+                    i.recv.pop_front();
                 }
-                match this.shared().end_after_poll() {
-                    // We had shut down: the other side's FIN or the close ended it;
-                    // yamux does not tell which (see the module docs).
-                    Some(End::Closed) if this.write_closed => Poll::Ready(Ok(())),
-                    Some(End::Closed) => Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::ConnectionAborted,
-                        "the multiplexed connection was closed before the stream ended",
-                    ))),
-                    Some(end) => Poll::Ready(Err(end.error().into())),
-                    // Closed both ways while the connection is up: either we shut down
-                    // and then got the FIN (clean), or the stream was reset.
-                    None if this.write_closed => Poll::Ready(Ok(())),
-                    None => Poll::Ready(Err(this.closed_error())),
-                }
+                n += k;
             }
-            Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
-            Poll::Ready(Err(e)) => Poll::Ready(Err(this.stream_error(e))),
-            Poll::Pending => this.poll_ended(cx),
+            this.consumed(i, n);
+            return Poll::Ready(Ok(()));
+        }
+        match this.no_data(&i) {
+            Some(res) => Poll::Ready(res),
+            None => {
+                set_waker(&mut i.read_waker, cx);
+                Poll::Pending
+            }
         }
     }
 }
@@ -1102,35 +1579,54 @@ impl AsyncWrite for MuxStream {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        this.poll_ack(cx);
-        match Pin::new(&mut this.inner).poll_write(cx, buf) {
-            Poll::Ready(Ok(n)) => Poll::Ready(Ok(n)),
-            Poll::Ready(Err(e)) => Poll::Ready(Err(this.write_error(e))),
-            Poll::Pending => this.poll_ended(cx),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        match Pin::new(&mut this.inner).poll_flush(cx) {
-            Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
-            Poll::Ready(Err(e)) => Poll::Ready(Err(this.write_error(e))),
-            Poll::Pending => this.poll_ended(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if this.write_closed {
-            return Poll::Ready(Ok(()));
-        }
-        match Pin::new(&mut this.inner).poll_shutdown(cx) {
-            Poll::Ready(Ok(())) => {
-                this.write_closed = true;
-                Poll::Ready(Ok(()))
+        if buf.is_empty() {
+            if let Some(e) = this.send_error(&lock(&this.stream.inner)) {
+                return Poll::Ready(Err(e));
             }
-            Poll::Ready(Err(e)) => Poll::Ready(Err(this.write_error(e))),
-            Poll::Pending => this.poll_ended(cx),
+            return Poll::Ready(Ok(0));
+        }
+        let cap = std::task::ready!(this.poll_send_capacity(cx))?;
+        let n = buf.len().min(cap);
+        let mut frame = Self::frame_buffer(n);
+        frame.extend_from_slice(&buf[..n]);
+        this.send_frame(frame)?;
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // The writer task flushes whenever it runs out of frames.
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(self.finish())
+    }
+}
+
+impl Drop for MuxStream {
+    fn drop(&mut self) {
+        let shared = self.slot.0.clone();
+        lock(&shared.streams).remove(&self.stream.id);
+        let flag = {
+            let i = lock(&self.stream.inner);
+            let grown = i.window - STREAM_WINDOW as u64;
+            if grown > 0 {
+                shared
+                    .growth_left
+                    .fetch_add(grown as usize, Ordering::AcqRel);
+            }
+            if i.reset
+                || shared.end.get().is_some()
+                || shared.close_requested.is_cancelled()
+                || (i.local_fin && i.remote_fin)
+            {
+                None
+            } else {
+                Some(RST)
+            }
+        };
+        if let Some(flag) = flag {
+            shared.out.push(control(WINDOW, flag, self.stream.id, 0));
         }
     }
 }
@@ -1387,9 +1883,12 @@ mod tests {
         ping(&mut b, b"b").await;
         assert_eq!(server.active_streams(), 2);
 
-        // The third is refused: its first read fails and says why.
+        // The third is refused: its reads and writes fail and say why (a write fails
+        // only once the reset has arrived).
         let mut c = client.open().await.unwrap();
-        c.write_all(b"c").await.unwrap();
+        if let Err(err) = c.write_all(b"c").await {
+            assert_eq!(err.kind(), io::ErrorKind::ConnectionReset, "{err}");
+        }
         let err = c.read(&mut [0; 1]).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::ConnectionReset, "{err}");
         assert!(err.to_string().contains("too many streams"), "{err}");
@@ -1565,8 +2064,13 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn connection_dropped_tcp() {
-        // Unread data makes the kernel answer with a reset rather than a FIN.
-        connection_dropped(tcp().await, &["hung up without closing", "reset by peer"]).await;
+        // Unread data makes the kernel answer with a reset rather than a FIN; or a
+        // write (a ping) notices first.
+        connection_dropped(
+            tcp().await,
+            &["hung up without closing", "reset by peer", "Broken pipe"],
+        )
+        .await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1596,6 +2100,90 @@ mod tests {
             .await
             .expect("the connection closes after its last stream");
         assert!(matches!(server.open().await, Err(MuxError::Closed)));
+    }
+
+    /// The frame header is the protocol: a change here breaks old peers.
+    #[test]
+    fn frame_header_is_pinned() {
+        assert_eq!(
+            &control(WINDOW, SYN, 5, 7)[FRAME_HEADROOM..],
+            [1, 1, 0, 0, 0, 5, 0, 0, 0, 7]
+        );
+        assert_eq!(
+            &control(DATA, FIN, 258, 0)[FRAME_HEADROOM..],
+            [0, 4, 0, 0, 1, 2, 0, 0, 0, 0]
+        );
+        assert_eq!(
+            &control(GOAWAY, 0, 0, 0)[FRAME_HEADROOM..],
+            [3, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+        );
+    }
+
+    /// A stream dropped after its own shutdown but before the other side finished is
+    /// a reset for the other side (yamux could not tell this from a FIN).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reset_after_a_half_close_is_told_apart() {
+        let (a, b) = duplex();
+        let ((client, _c), (_server, mut accept)) = start(a, b, MuxConfig::default());
+        let mut ours = client.open().await.unwrap();
+        ours.write_all(b"request").await.unwrap();
+        ours.shutdown().await.unwrap();
+        let mut theirs = accept.recv().await.unwrap();
+        let mut request = Vec::new();
+        theirs.read_to_end(&mut request).await.unwrap();
+        assert_eq!(request, b"request");
+        // The asking side goes away without reading the answer.
+        drop(ours);
+        let err = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                if let Err(e) = theirs.write_all(&[0u8; 1024]).await {
+                    return e;
+                }
+            }
+        })
+        .await
+        .expect("the answer's writes fail once the reset arrives");
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionReset, "{err}");
+    }
+
+    /// What the other side sends that breaks the protocol loses the connection with a
+    /// reason; nothing panics.
+    async fn broken_by(raw: Vec<u8>, expect: &str) {
+        let (a, mut b) = duplex();
+        let (mux, _inbound) = Mux::start(a, Role::Server, MuxConfig::default());
+        b.write_all(&raw).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(10), mux.closed())
+            .await
+            .expect("the connection is given up");
+        let err = mux.open().await.unwrap_err();
+        assert!(err.to_string().contains(expect), "{err}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn protocol_errors_lose_the_connection() {
+        broken_by(vec![9, 0, 0, 0, 0, 1, 0, 0, 0, 0], "unknown frame type 9").await;
+        broken_by(
+            vec![0, 0, 0, 0, 0, 1, 0, 1, 0, 0],
+            "a data frame of 65536 bytes",
+        )
+        .await;
+        // A stream of ours (even ids belong to the server side here).
+        broken_by(vec![1, SYN, 0, 0, 0, 2, 0, 0, 0, 0], "an id of ours").await;
+        // More than the window allows: 5 frames of 63 KiB on a 256 KiB window.
+        let mut raw = control(WINDOW, SYN, 1, 0)[FRAME_HEADROOM..].to_vec();
+        for _ in 0..5 {
+            let mut f = BytesMut::new();
+            Header {
+                kind: DATA,
+                flags: 0,
+                id: 1,
+                len: FRAME_SIZE as u32,
+            }
+            .put(&mut f);
+            f.put_bytes(7, FRAME_SIZE);
+            raw.extend_from_slice(&f);
+        }
+        broken_by(raw, "beyond its window").await;
     }
 
     /// Sends `len` bytes one way on one stream; returns MB/s.
@@ -1697,7 +2285,7 @@ mod tests {
         let raw = throughput_raw(c, async move { s }, len).await;
         let mux = throughput_mux(tcp().await, len, MuxConfig::default()).await;
         println!(
-            "loopback TCP, one stream, {} MB: raw TCP {raw:.0} MB/s, yamux {mux:.0} MB/s",
+            "loopback TCP, one stream, {} MB: raw TCP {raw:.0} MB/s, mux {mux:.0} MB/s",
             len / MB
         );
 
@@ -1707,7 +2295,7 @@ mod tests {
         let mux = throughput_mux(noise().await, len, MuxConfig::default()).await;
         println!(
             "loopback Noise, one stream, {} MB: raw Noise {raw:.0} MB/s, \
-             yamux over Noise {mux:.0} MB/s",
+             mux over Noise {mux:.0} MB/s",
             len / MB
         );
 
@@ -1719,13 +2307,13 @@ mod tests {
         let len = 32 * MB;
         let fixed = throughput_mux(delayed_tcp(one_way).await, len, fixed).await;
         println!(
-            "50 ms RTT, {} MB, fixed 256 KiB windows (no growth): yamux {fixed:.1} MB/s",
+            "50 ms RTT, {} MB, fixed 256 KiB windows (no growth): mux {fixed:.1} MB/s",
             len / MB
         );
         let len = 512 * MB;
         let tuned = throughput_mux(delayed_tcp(one_way).await, len, MuxConfig::default()).await;
         println!(
-            "50 ms RTT, {} MB, auto-tuned windows (default): yamux {tuned:.1} MB/s",
+            "50 ms RTT, {} MB, auto-tuned windows (default): mux {tuned:.1} MB/s",
             len / MB
         );
     }

@@ -243,8 +243,8 @@ pub fn datagram_codec() -> tokio_util::codec::LengthDelimitedCodec {
 /// Tells glibc's allocator not to hand freed memory at the top of the heap back to
 /// the system until [`HEAP_TRIM_THRESHOLD`] of it is free (its default is 128 KiB),
 /// and to serve blocks up to [`HEAP_MMAP_THRESHOLD`] from the heap rather than from
-/// fresh `mmap`s (default 128 KiB). yamux allocates a fresh buffer for every data
-/// frame it reads (~64 KiB) and frees it right after, and the Noise reader's buffers
+/// fresh `mmap`s (default 128 KiB). The sending side allocates a buffer for every
+/// multiplexer frame (~64 KiB) and frees it once written, and the Noise reader's buffers
 /// are 256 KiB; with the defaults, glibc gives the pages back on each free and
 /// faults them in again on the next allocation: ~100k page faults and 10–15% more CPU
 /// per GB carried (issue 10). The binaries trim the heap periodically anyway

@@ -26,7 +26,9 @@ use serde::{Deserialize, Serialize};
 ///
 /// 6: [`ExposeSpec::Https`] (TLS routed by server name on the server's HTTPS vhost);
 /// [`ClientMsg::Expose`] carries `compress`; [`HttpRoute`] `route_by_user`;
-/// [`ExposeSpec::TcpMux`].
+/// [`ExposeSpec::TcpMux`]; the multiplexer is punchline's own (`common::mux`:
+/// 10-byte frame headers, no yamux), so that a frame is decrypted in place and handed
+/// to its stream without a copy.
 pub const PROTOCOL_VERSION: u16 = 6;
 
 /// What a connection to the server is for; sent in [`ClientMsg::Hello`].
@@ -44,7 +46,7 @@ pub enum ConnKind {
         local: SocketAddr,
     },
     /// The data connection of a peer that exposes services through the server: after
-    /// `Welcome` it carries yamux (the server opens one stream per user connection,
+    /// `Welcome` it carries multiplexed streams (the server opens one stream per user connection,
     /// the peer accepts them). `instance` ties it to the peer's control connection
     /// (the value the peer sent in its [`ClientMsg::Expose`] requests).
     Data {

@@ -13,7 +13,7 @@
 //! carries bytes as encrypted frames; an encrypted empty frame marks the end of the
 //! stream (a half-close), so a connection that ends without it was cut, not finished.
 //!
-//! # Cipher negotiation and versions (protocol version 5)
+//! # Cipher negotiation and versions (protocol version 5 and later)
 //!
 //! The handshake messages use ChaChaPoly as their names say; the transport cipher is
 //! negotiated inside them. The initiator's first payload holds its
@@ -939,6 +939,7 @@ impl<T: AsyncRead + AsyncWrite + Send + 'static> NoiseStream<T> {
             NoiseWriter {
                 io: w,
                 send: self.send,
+                frames: crate::mux::FrameQueue::default(),
             },
         )
     }
@@ -1015,6 +1016,8 @@ impl<R: AsyncRead + Unpin> AsyncRead for NoiseReader<R> {
 pub struct NoiseWriter<W> {
     io: W,
     send: SendState,
+    /// Frames sealed in place ([`crate::mux::FrameWrite`]), to be written.
+    frames: crate::mux::FrameQueue,
 }
 
 impl<W> std::fmt::Debug for NoiseWriter<W> {
@@ -1041,6 +1044,58 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for NoiseWriter<W> {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         this.send.poll_shutdown(&mut this.io, cx)
+    }
+}
+
+/// The multiplexer's frames, each sealed where it lies: its length goes into the
+/// frame's headroom and the tag into its tailroom, so a frame is never copied.
+impl<W: AsyncWrite + Unpin + Send + 'static> crate::mux::FrameWrite for NoiseWriter<W> {
+    fn queue(&mut self, mut frame: BytesMut) -> io::Result<()> {
+        use crate::mux::FRAME_HEADROOM;
+        if self.send.marker_sent {
+            return Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "write after shutdown",
+            ));
+        }
+        let plain = frame.len() - FRAME_HEADROOM;
+        if plain == 0 || plain > MAX_PLAIN {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a frame of the wrong size for a Noise message",
+            ));
+        }
+        frame[..FRAME_HEADROOM].copy_from_slice(&((plain + TAG_LEN) as u16).to_be_bytes());
+        let nonce = self.send.key.next_nonce()?;
+        let tag = self
+            .send
+            .key
+            .key
+            .seal_in_place_separate_tag(
+                nonce,
+                ring::aead::Aad::empty(),
+                &mut frame[FRAME_HEADROOM..],
+            )
+            .map_err(|_| io::Error::other("encryption failed"))?;
+        frame.extend_from_slice(tag.as_ref());
+        self.frames.push(frame.freeze());
+        Ok(())
+    }
+
+    fn queued(&self) -> usize {
+        self.frames.len() + self.send.wbuf.len()
+    }
+
+    fn poll_write_out(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // Bytes written through `AsyncWrite` went before the frames.
+        ready!(self.send.poll_drain(&mut self.io, cx))?;
+        ready!(self.frames.poll_write_to(&mut self.io, cx))?;
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_finish(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(crate::mux::FrameWrite::poll_write_out(self, cx))?;
+        self.send.poll_shutdown(&mut self.io, cx)
     }
 }
 

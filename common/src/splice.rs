@@ -16,6 +16,12 @@
 //! The pump's buffer starts small and grows while reads fill it: ten thousand idle
 //! connections cost [`PUMP_BUF_START`] per direction each, a busy one reads up to
 //! [`PUMP_BUF_MAX`] at a time.
+//!
+//! [`splice`] copies nothing in user space: toward the stream it reads the TCP
+//! connection straight into a multiplexer frame ([`MuxStream::frame_buffer`]), and
+//! from the stream it writes each received payload to the TCP connection as it
+//! arrived ([`MuxStream::poll_recv_chunk`]). Only the cipher touches the bytes between
+//! the two kernels' buffers.
 
 use std::{
     io,
@@ -25,17 +31,20 @@ use std::{
     },
 };
 
+use bytes::BufMut;
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     net::TcpStream,
 };
+
+use crate::mux::MuxStream;
 
 /// First read buffer of a pump: 4 KiB, one page. Most connections at any moment are
 /// idle or carry small messages; 10,000 of them hold 80 MiB in buffers at 4 KiB per
 /// direction, against 1.25 GiB at [`PUMP_BUF_MAX`].
 pub const PUMP_BUF_START: usize = 4 * 1024;
 
-/// Largest read buffer of a pump: one yamux data frame ([`crate::mux::FRAME_SIZE`],
+/// Largest read buffer of a pump: one multiplexer data frame ([`crate::mux::FRAME_SIZE`],
 /// 63 KiB), so that a full read becomes exactly one frame (and one Noise frame). With
 /// 64 KiB every full read became a 63 KiB frame and a 1 KiB one, twice the per-frame
 /// work. A pump doubles its buffer, from [`PUMP_BUF_START`], each time a read fills
@@ -100,18 +109,18 @@ pub struct Spliced {
 /// Carries `tcp` over `stream` both ways until both directions have ended, with the
 /// rule of the module docs: clean ends pass through as FINs; at the first error the
 /// other direction is abandoned, `tcp` is reset and `stream` dropped without a
-/// shutdown.
-pub async fn splice<S>(mut tcp: TcpStream, stream: S) -> Spliced
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
+/// shutdown (a reset for the other side).
+pub async fn splice(mut tcp: TcpStream, stream: MuxStream) -> Spliced {
     let (up, down) = (Counter::default(), Counter::default());
     let result = {
         let (tcp_r, tcp_w) = tcp.split();
-        let (stream_r, stream_w) = tokio::io::split(stream);
-        // The first error drops the other pump, then both halves of the stream.
-        tokio::try_join!(pump(tcp_r, stream_w, &up), pump(stream_r, tcp_w, &down))
+        // The first error drops the other pump.
+        tokio::try_join!(
+            pump_to_stream(tcp_r, &stream, &up),
+            pump_from_stream(&stream, tcp_w, &down)
+        )
     };
+    drop(stream);
     let error = result.err();
     if error.is_some() {
         crate::net::reset(tcp);
@@ -121,6 +130,52 @@ where
         down: down.get(),
         error,
     }
+}
+
+/// Reads `r` into frames of `stream` until `r` ends, then sends the stream's FIN.
+/// Reads only as much as the other side may be sent, so a slow receiver holds the
+/// TCP sender back through TCP's own flow control.
+async fn pump_to_stream<R: AsyncRead + Unpin>(
+    mut r: R,
+    stream: &MuxStream,
+    counter: &Counter,
+) -> io::Result<u64> {
+    let mut size = PUMP_BUF_START;
+    let mut total = 0u64;
+    loop {
+        let cap = std::future::poll_fn(|cx| stream.poll_send_capacity(cx)).await?;
+        let want = cap.min(size);
+        let mut frame = MuxStream::frame_buffer(want);
+        let n = r.read_buf(&mut (&mut frame).limit(want)).await?;
+        if n == 0 {
+            break;
+        }
+        stream.send_frame(frame)?;
+        total += n as u64;
+        counter.add(n);
+        if n == size && size < PUMP_BUF_MAX {
+            size = (size * 2).min(PUMP_BUF_MAX);
+        }
+    }
+    stream.finish()?;
+    Ok(total)
+}
+
+/// Writes what arrives on `stream` to `w` until the stream's FIN, then shuts `w` down.
+async fn pump_from_stream<W: AsyncWrite + Unpin>(
+    stream: &MuxStream,
+    mut w: W,
+    counter: &Counter,
+) -> io::Result<u64> {
+    let mut total = 0u64;
+    while let Some(chunk) = std::future::poll_fn(|cx| stream.poll_recv_chunk(cx)).await? {
+        w.write_all(&chunk).await?;
+        total += chunk.len() as u64;
+        counter.add(chunk.len());
+    }
+    w.flush().await?;
+    w.shutdown().await?;
+    Ok(total)
 }
 
 #[cfg(test)]
@@ -152,51 +207,16 @@ mod tests {
         (a.unwrap(), b.unwrap().0)
     }
 
-    /// A stream whose reads give `data` and then fail, like a carried stream whose
-    /// link was lost mid-transfer; writes are swallowed.
-    struct Failing {
-        data: Vec<u8>,
-    }
-
-    impl AsyncRead for Failing {
-        fn poll_read(
-            mut self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-            buf: &mut tokio::io::ReadBuf<'_>,
-        ) -> std::task::Poll<io::Result<()>> {
-            if self.data.is_empty() {
-                return std::task::Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::ConnectionAborted,
-                    "link lost",
-                )));
-            }
-            let n = self.data.len().min(buf.remaining());
-            buf.put_slice(&self.data[..n]);
-            self.data.drain(..n);
-            std::task::Poll::Ready(Ok(()))
-        }
-    }
-
-    impl AsyncWrite for Failing {
-        fn poll_write(
-            self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-            buf: &[u8],
-        ) -> std::task::Poll<io::Result<usize>> {
-            std::task::Poll::Ready(Ok(buf.len()))
-        }
-        fn poll_flush(
-            self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<io::Result<()>> {
-            std::task::Poll::Ready(Ok(()))
-        }
-        fn poll_shutdown(
-            self: std::pin::Pin<&mut Self>,
-            _: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<io::Result<()>> {
-            std::task::Poll::Ready(Ok(()))
-        }
+    /// A multiplexed connection over an in-memory pipe; returns our stream, the
+    /// far side's, and the far side's transport end (drop it to cut the connection).
+    async fn mux_pair() -> (MuxStream, MuxStream, crate::mux::Mux) {
+        use crate::mux::{Mux, MuxConfig, Role};
+        let (a, b) = tokio::io::duplex(1 << 20);
+        let (near, _near_in) = Mux::start(a, Role::Client, MuxConfig::default());
+        let (far, mut far_in) = Mux::start(b, Role::Server, MuxConfig::default());
+        let ours = near.open().await.unwrap();
+        let theirs = far_in.recv().await.unwrap();
+        (ours, theirs, far)
     }
 
     /// A stream that fails mid-transfer resets the TCP side: the client gets what
@@ -206,10 +226,13 @@ mod tests {
     async fn abnormal_end_resets_the_tcp_side() {
         let (ours, mut client) = tcp_pair().await;
         let carried = vec![7u8; 100_000];
-        let stream = Failing {
-            data: carried.clone(),
-        };
+        let (stream, mut theirs, far) = mux_pair().await;
+        theirs.write_all(&carried).await.unwrap();
         let done = tokio::spawn(splice(ours, stream));
+        // The far side closes the connection with the stream still open (its data
+        // leaves first).
+        far.close();
+        drop(theirs);
         let mut got = Vec::new();
         let err = tokio::time::timeout(Duration::from_secs(10), client.read_to_end(&mut got))
             .await
@@ -229,7 +252,7 @@ mod tests {
     #[tokio::test]
     async fn clean_end_is_a_fin_with_every_byte() {
         let (ours, mut client) = tcp_pair().await;
-        let (stream, mut far) = tokio::io::duplex(64 * 1024);
+        let (stream, mut far, _far_mux) = mux_pair().await;
         let done = tokio::spawn(splice(ours, stream));
         let down: Vec<u8> = (0..1_000_000u32).map(|i| (i % 253) as u8).collect();
         let up: Vec<u8> = (0..700_000u32).map(|i| (i % 241) as u8).collect();

@@ -307,7 +307,7 @@ impl config::Model for FrpcFile {
 
 const NO_ADMIN: &str = "there is no admin API or web UI";
 const NO_TRANSPORT: &str = "the connection to the server is TCP with Noise encryption and \
-                            yamux, whose settings are punchline's own";
+                            multiplexed streams, whose settings are punchline's own";
 const ENCRYPTED: &str = "traffic is always encrypted";
 const OWN_SCHEDULE: &str = "punch attempts and retries follow punchline's own schedule";
 const RELAY: &str = "a link that cannot go direct is relayed through the server by itself";

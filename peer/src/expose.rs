@@ -3,7 +3,7 @@
 //!
 //! The peer registers every proxy on its control connection (with a random instance
 //! id, so that after a reconnect it takes its ports back), then opens one data
-//! connection (Noise, then yamux) on which the server opens a stream per user
+//! connection (Noise, then multiplexed streams) on which the server opens a stream per user
 //! connection. Each stream names its proxy in the stream header; the peer dials the
 //! proxy's local address and splices. Control and data connections come back with
 //! backoff when the server goes away.

@@ -1,6 +1,6 @@
 //! Named services over peer links (frp's xtcp, over TCP): `peer serve` offers a local
 //! TCP service under a name; `peer connect` opens a local listener whose connections
-//! reach it. All connections of a visitor share one link as yamux streams.
+//! reach it. All connections of a visitor share one link as multiplexed streams.
 //!
 //! A link is direct when punching works: one attempt, so that the first connection
 //! waits at most one punch window; otherwise it runs relayed through the server at

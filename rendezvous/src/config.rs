@@ -405,8 +405,8 @@ impl config::Model for FrpsFile {
 // ---- The file's shape -------------------------------------------------------------
 
 // Reasons shared by several keys.
-const NO_TRANSPORT: &str = "peers connect over TCP with Noise encryption and yamux, whose \
-                            settings are punchline's own";
+const NO_TRANSPORT: &str = "peers connect over TCP with Noise encryption and multiplexed streams, \
+                            whose settings are punchline's own";
 
 /// frp's server keys that the model below does not read: accepted with no effect, or
 /// refused. The README's table of frp keys lists these and the model's own.

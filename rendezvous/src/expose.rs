@@ -3,11 +3,11 @@
 //! is decided by [`crate::registry`].
 //!
 //! A peer sends `Expose` requests on its control connection, tagged with a random
-//! per-process *instance* number, and opens one *data* connection (Noise, then yamux)
+//! per-process *instance* number, and opens one *data* connection (Noise, then multiplexed streams)
 //! with the same number. A data connection is attached only to a live control
 //! connection of the same identity (proved by both handshakes): the number is not a
 //! secret, and nobody else can use it. For every user connection the server opens a
-//! yamux stream toward the peer that holds the port or route (no round trip: yamux
+//! multiplexed stream toward the peer that holds the port or route (no round trip: a stream
 //! opens lazily), writes the stream header naming the proxy, and splices. When a
 //! peer's control connection goes, its claims stay reserved for [`GRACE`] (user
 //! connections are refused at once meanwhile); the same identity takes them back.

@@ -5,10 +5,10 @@
 //! and a hyper "hello" server for connections that start with `GET `):
 //!
 //! * `direct`: the target itself;
-//! * `punchline expose tcp`: `rendezvous` + `peer expose tcp` (Noise, yamux);
+//! * `punchline expose tcp`: `rendezvous` + `peer expose tcp` (Noise, multiplexed streams);
 //! * `punchline vhost`: `peer expose http` through the server's HTTP vhost (HTTP only);
 //! * `punchline serve/connect`: `peer serve` + `peer connect`, a direct link (Noise,
-//!   yamux) punched over loopback;
+//!   multiplexed streams) punched over loopback;
 //! * `rathole` (no encryption) and `bore` (no encryption), installed from crates.io
 //!   into `target/bench-tools` by `cargo install` on first use (skipped if present).
 //!
