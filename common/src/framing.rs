@@ -106,7 +106,7 @@ mod tests {
         };
         assert_eq!(
             wire::encode(&hello).unwrap(),
-            [0, 0, 0, 0, 0, 5, 0, 0, 0, 0]
+            [0, 0, 0, 0, 0, 6, 0, 0, 0, 0]
         );
         let pair = ClientMsg::Pair(Pairing::Code("ab".into()));
         assert_eq!(
@@ -136,6 +136,7 @@ mod tests {
                     session: u64::MAX,
                     attempt: 3,
                     local: v6,
+                    mapped: Some(addr),
                 },
             },
             ClientMsg::Pair(Pairing::Any),
@@ -158,7 +159,8 @@ mod tests {
                 ok: true,
             },
             ClientMsg::Nat {
-                mapping: crate::proto::NatBehaviour::AddressAndPortDependent,
+                mapping: Some(crate::proto::NatBehaviour::AddressAndPortDependent),
+                portmap: true,
             },
             ClientMsg::EndSession { session: 5 },
             ClientMsg::Report {

@@ -607,12 +607,12 @@ async fn respond_server_with<T: AsyncRead + AsyncWrite + Unpin>(
 }
 
 /// What a server tells a peer of protocol version 1.
-pub const UPGRADE: &str = "this rendezvous server speaks protocol version 5 (peers prove an \
+pub const UPGRADE: &str = "this rendezvous server speaks protocol version 6 (peers prove an \
                             identity, ciphers are negotiated); this peer speaks version 1: \
                             upgrade the peer";
 
 /// What a server tells a peer of protocol version 2 (no cipher offer).
-pub const UPGRADE_FROM_2: &str = "this rendezvous server speaks protocol version 5 (ciphers are \
+pub const UPGRADE_FROM_2: &str = "this rendezvous server speaks protocol version 6 (ciphers are \
                                   negotiated); this peer speaks version 2: upgrade the peer";
 
 /// Sends a plaintext refusal in place of a handshake reply (after reading the first

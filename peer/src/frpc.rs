@@ -290,6 +290,7 @@ pub fn proxy_config(
         token,
         proxies: vec![Proxy { name, local, kind }],
         visitors: Vec::new(),
+        portmap: None,
         no_effect: Vec::new(),
     })
 }

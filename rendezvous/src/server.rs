@@ -311,6 +311,8 @@ struct State {
     services: HashMap<String, Waiter>,
     /// The TCP mapping each control connection reported (`ClientMsg::Nat`).
     nat: HashMap<u64, NatBehaviour>,
+    /// Control connections whose router grants port mappings (`ClientMsg::Nat`).
+    portmap: std::collections::HashSet<u64>,
     /// Sessions by id, until their link is up for good, over, or abandoned.
     sessions: HashMap<u64, Session>,
     /// Pairing codes that paired two peers, and when (for at most
@@ -386,7 +388,12 @@ impl State {
     /// they reported: both per destination, relay at once; one, a birthday punch;
     /// otherwise (or unknown) the plain simultaneous open.
     fn punch_modes(&self, a: u64, b: u64) -> (PunchMode, PunchMode) {
-        PunchMode::pair(self.nat.get(&a).copied(), self.nat.get(&b).copied())
+        PunchMode::pair_mapped(
+            self.nat.get(&a).copied(),
+            self.portmap.contains(&a),
+            self.nat.get(&b).copied(),
+            self.portmap.contains(&b),
+        )
     }
 
     /// Forgets session `id`; with a reason, tells both peers it is over.
@@ -702,7 +709,24 @@ async fn handle(
             session,
             attempt,
             local,
-        } => probe(server, ch, addr, session, attempt, local, identity).await,
+            mapped,
+        } => {
+            // A router's mapping on the address the server sees: offered instead of the
+            // observed port (anyone may connect to it). On another address (a router
+            // behind a CGNAT) nobody could reach it.
+            let public = match mapped {
+                Some(m) if m.ip() == addr.ip() => {
+                    info!(observed = %addr, mapped = %m, "probe with a router port mapping");
+                    m
+                }
+                Some(m) => {
+                    info!(observed = %addr, mapped = %m, "probe's port mapping is on another address; ignored");
+                    addr
+                }
+                None => addr,
+            };
+            probe(server, ch, public, session, attempt, local, identity).await
+        }
     }
 }
 
@@ -801,9 +825,18 @@ async fn control(
                     ClientMsg::Repunch { session } => repunch(server, id, session, &tx),
                     ClientMsg::Prove { session, proof } => prove(server, id, session, proof),
                     ClientMsg::Verified { session, ok } => verified(server, id, session, ok),
-                    ClientMsg::Nat { mapping } => {
-                        info!(?mapping, "peer reported its TCP mapping");
-                        server.lock().nat.insert(id, mapping);
+                    ClientMsg::Nat { mapping, portmap } => {
+                        info!(?mapping, portmap, "peer reported its TCP mapping");
+                        let mut st = server.lock();
+                        match mapping {
+                            Some(m) => st.nat.insert(id, m),
+                            None => st.nat.remove(&id),
+                        };
+                        if portmap {
+                            st.portmap.insert(id);
+                        } else {
+                            st.portmap.remove(&id);
+                        }
                     }
                     ClientMsg::Expose { name, instance, spec } => {
                         let reply = match server.exposures.expose(id, identity, instance, &name, &spec).await {
@@ -1270,6 +1303,7 @@ fn forget_conn(server: &Server, id: u64) {
     let mut st = server.lock();
     st.waiting.retain(|_, w| w.conn != id);
     st.nat.remove(&id);
+    st.portmap.remove(&id);
     st.services.retain(|_, w| w.conn != id);
     let mine: Vec<u64> = st
         .tickets

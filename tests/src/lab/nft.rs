@@ -132,6 +132,36 @@ pub(crate) fn forward_rules(port: u16, to: Ipv4Addr, hairpin: Option<Ipv4Addr>) 
     rules
 }
 
+/// The table miniupnpd (nftables backend) fills: it adds and deletes rules but does
+/// not make the chains. `prerouting` runs its DNATs at -105: after the lab's port
+/// forwards (-110), before the NAT table (-100), so a mapping wins over a full-cone
+/// map. `postrouting` at 99, before the lab's masquerade.
+/// `forward` is a plain chain: the lab's own forward chain accepts DNATed flows.
+pub(crate) fn miniupnpd_tables() -> Vec<String> {
+    vec![
+        "add table inet miniupnpd".into(),
+        "add chain inet miniupnpd forward".into(),
+        "add chain inet miniupnpd prerouting { type nat hook prerouting priority -105; }".into(),
+        "add chain inet miniupnpd postrouting { type nat hook postrouting priority 99; }".into(),
+    ]
+}
+
+/// The DNAT rules miniupnpd wrote, as (external TCP port, LAN address and port), from
+/// `nft list table inet miniupnpd` (rules like `iif "wan" @nh,72,8 0x6 th dport 4000
+/// dnat ip to 10.0.1.2:4000`; protocol 0x6 is TCP).
+pub(crate) fn parse_dnat_rules(listing: &str) -> Vec<(u16, std::net::SocketAddrV4)> {
+    listing
+        .lines()
+        .filter(|l| l.contains("dnat") && l.contains("0x6"))
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let port = f.iter().position(|w| *w == "dport")?;
+            let to = f.iter().position(|w| *w == "to")?;
+            Some((f.get(port + 1)?.parse().ok()?, f.get(to + 1)?.parse().ok()?))
+        })
+        .collect()
+}
+
 /// Name of the server's counter of TCP bytes received on its link.
 pub(crate) const COUNTER_IN: &str = "tcp_in";
 /// Name of the server's counter of TCP bytes sent on its link.
@@ -175,6 +205,15 @@ pub(crate) fn parse_counter(listing: &str, name: &str) -> Option<(u64, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parses_miniupnpd_rules() {
+        let listing = "table inet miniupnpd {\n\tchain prerouting {\n\t\ttype nat hook prerouting priority dstnat - 5; policy accept;\n\t\tiif \"wan\" @nh,72,8 0x6 th dport 4000 dnat ip to 10.0.1.2:4000\n\t\tiif \"wan\" @nh,72,8 0x11 th dport 53 dnat ip to 10.0.1.2:53\n\t}\n}\n";
+        assert_eq!(
+            parse_dnat_rules(listing),
+            vec![(4000, "10.0.1.2:4000".parse().unwrap())]
+        );
+    }
 
     #[test]
     fn parses_counters() {

@@ -138,6 +138,13 @@ pub struct SiteSpec {
     /// or a port forward), and sees the connection come from the caller's public
     /// address and port. Off by default, as on many home routers.
     pub hairpin: bool,
+    /// The home router grants port mappings: it runs miniupnpd (UPnP IGD, NAT-PMP and
+    /// PCP) on its LAN; start it with [`crate::Lab::start_miniupnpd`]. miniupnpd
+    /// refuses to map on a reserved external address (TEST-NET 203.0.113.0/24
+    /// included), so such a router's WAN address is [`crate::PORTMAP_PUBLIC_A`] /
+    /// `_B` instead, outside the reserved ranges; the lab has no path out, so nothing
+    /// ever reaches the real network of that address. Not with a CGNAT.
+    pub portmap: bool,
 }
 
 impl SiteSpec {
@@ -150,6 +157,7 @@ impl SiteSpec {
             cgnat: None,
             second_host: false,
             hairpin: false,
+            portmap: false,
         }
     }
 }
@@ -191,6 +199,12 @@ impl Default for LabSpec {
 }
 
 impl LabSpec {
+    /// `site`'s router grants port mappings ([`SiteSpec::portmap`]).
+    pub fn portmap(mut self, site: Site) -> LabSpec {
+        self.site_mut(site).portmap = true;
+        self
+    }
+
     /// The settings of `site`.
     pub fn site(&self, site: Site) -> &SiteSpec {
         match site {
