@@ -22,7 +22,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::defaults::{BIRTHDAY_SOCKETS, BIRTHDAY_SPRAY};
+use common::defaults::{BIRTHDAY_SOCKETS, BIRTHDAY_SPRAY, BIRTHDAY_WINDOW};
 use lab::{Host, Lab, LabSpec, NatProfile, Site};
 use support::*;
 
@@ -285,4 +285,169 @@ fn symmetric_x_symmetric_relays_at_once() {
         println!("BIRTHDAY case=sym x sym relayed {ms} ms after the relay request");
         assert!(ms < 1000, "relayed only {ms} ms after the request:\n{e}");
     }
+}
+
+/// TCP sockets `pid` holds now (entries of /proc/PID/fd that are sockets).
+fn sockets_of(pid: u32) -> usize {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return 0;
+    };
+    dir.filter_map(Result::ok)
+        .filter(|e| {
+            std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy().starts_with("socket:"))
+        })
+        .count()
+}
+
+/// TCP sockets in `host`'s namespace in `state` (ss's state names), all processes.
+fn tcp_in_state(lab: &Lab, host: Host, state: &str) -> Vec<String> {
+    lab.run(host, "ss", &["-tanH", "state", state])
+        .expect("ss")
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// The cost of one birthday punch, counted from outside the peers: sockets each peer
+/// process holds (sampled from /proc every few ms while the link comes up), SYNs each
+/// router forwards (nftables), both within the `BIRTHDAY_*` caps; and afterwards no
+/// socket of the punch is left: nothing in SYN-SENT or SYN-RECV in either host's
+/// namespace, and each peer back to its sockets before the punch plus the link's.
+#[test]
+fn birthday_cost_stays_within_caps_and_losers_are_closed() {
+    if !lab::require_lab() {
+        return;
+    }
+    let r = start(LabSpec::default().nat(Site::B, NatProfile::Symmetric));
+    let mut cmd = r.lab.command(Host::A, bin("stream-check"));
+    cmd.args(["echo", "0"]);
+    let echo = Proc::spawn("echo", cmd);
+    let line = echo
+        .stdout
+        .wait_for("listening on", Duration::from_secs(20));
+    let echo_port = line.rsplit(':').next().unwrap().trim().to_string();
+    let spawn = |host: Host, args: &[&str]| {
+        let mut cmd = r.lab.command(host, bin("peer"));
+        cmd.env_remove("PUNCHLINE_TOKEN")
+            .env_remove("PUNCHLINE_SECRET")
+            .env("RUST_LOG", "info")
+            .args(["--server", &r.addr.to_string()])
+            .args(args);
+        Proc::spawn(&format!("peer {host:?}"), cmd)
+    };
+    let local = format!("127.0.0.1:{echo_port}");
+    // Owner on the easy side (A), visitor on the hard side (B).
+    let owner = spawn(
+        Host::A,
+        &["serve", "svc", "--local", &local, "--secret", "s3cret"],
+    );
+    owner.stderr.wait_for("registered", Duration::from_secs(20));
+    owner
+        .stderr
+        .wait_for("own TCP mapping measured", Duration::from_secs(20));
+    let base_owner = sockets_of(owner.child.id());
+    let syns_before = [syns(&r.lab, Host::RouterA), syns(&r.lab, Host::RouterB)];
+    let visitor = spawn(
+        Host::B,
+        &[
+            "connect",
+            "svc",
+            "--secret",
+            "s3cret",
+            "--listen",
+            "127.0.0.1:0",
+            "--keep-open",
+        ],
+    );
+    let (owner_pid, visitor_pid) = (owner.child.id(), visitor.child.id());
+    // Sample both processes' sockets until well past the punch window.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut peak = [0usize; 2];
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                peak[0] = peak[0].max(sockets_of(owner_pid));
+                peak[1] = peak[1].max(sockets_of(visitor_pid));
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            peak
+        })
+    };
+    let up = visitor.stderr.wait_for("link up:", Duration::from_secs(30));
+    assert!(
+        up.contains("link up: direct"),
+        "{up}\nowner: {}\nvisitor: {}",
+        owner.stderr.text(),
+        visitor.stderr.text()
+    );
+    // Every loser goes: no half-open socket left in either namespace, and each peer
+    // holds only what it held before plus the link (bounded wait: probes live at most
+    // BIRTHDAY_PROBE_LIFETIME, the punch BIRTHDAY_WINDOW).
+    let until = Instant::now() + BIRTHDAY_WINDOW + Duration::from_secs(10);
+    let mut left;
+    loop {
+        left = Vec::new();
+        for h in [Host::A, Host::B] {
+            for state in ["syn-sent", "syn-recv"] {
+                left.extend(tcp_in_state(&r.lab, h, state));
+            }
+        }
+        if left.is_empty() && sockets_of(owner_pid) <= base_owner + 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "punch sockets left: {left:?}; owner holds {} sockets (before the punch {base_owner})",
+            sockets_of(owner_pid)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let peak = sampler.join().unwrap();
+    let syns_after = [syns(&r.lab, Host::RouterA), syns(&r.lab, Host::RouterB)];
+    let cost = [
+        syns_after[0] - syns_before[0],
+        syns_after[1] - syns_before[1],
+    ];
+    let (after_owner, after_visitor) = (sockets_of(owner_pid), sockets_of(visitor_pid));
+    println!(
+        "BIRTHDAY cost: easy side peak {} sockets (before {base_owner}, after {after_owner}), \
+         {} SYNs; hard side peak {} sockets (after {after_visitor}), {} SYNs",
+        peak[0], cost[0], peak[1], cost[1]
+    );
+    // Within the caps (plus the handful of connections to the server and the link).
+    const OTHER_SOCKETS: usize = 16;
+    assert!(
+        peak[0] <= BIRTHDAY_SPRAY + OTHER_SOCKETS,
+        "easy side peak {}",
+        peak[0]
+    );
+    assert!(
+        peak[1] <= BIRTHDAY_SOCKETS + OTHER_SOCKETS,
+        "hard side peak {}",
+        peak[1]
+    );
+    assert!(
+        cost[0] <= BIRTHDAY_SPRAY as u64 + OTHER_SYNS,
+        "easy SYNs {}",
+        cost[0]
+    );
+    assert!(
+        cost[1] <= 2 * BIRTHDAY_SOCKETS as u64 + OTHER_SYNS,
+        "hard SYNs {}",
+        cost[1]
+    );
+    // And the sampler did see the punch: the hard side's sockets open all at once.
+    assert!(
+        peak[1] > BIRTHDAY_SOCKETS / 2,
+        "the hard side never held more than {} sockets: was there a birthday punch?\n{}",
+        peak[1],
+        visitor.stderr.text()
+    );
+    assert!(
+        after_visitor <= OTHER_SOCKETS,
+        "visitor still holds {after_visitor} sockets"
+    );
+    drop(echo);
 }
