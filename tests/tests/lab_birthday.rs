@@ -108,6 +108,17 @@ struct Run {
     direct: bool,
     link: Duration,
     syns: [u64; 2],
+    /// The spray's SYN that hit (its place in the spray), if one did (a crossing
+    /// can also reach the easy side's listener first).
+    hit: Option<usize>,
+}
+
+/// The `nth=` of a "a SYN of the spray hit" line in `log`.
+fn spray_hit(log: &str) -> Option<usize> {
+    let line = log.lines().find(|l| l.contains("a SYN of the spray hit"))?;
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix("nth="))
+        .and_then(|n| n.parse().ok())
 }
 
 /// One pipe run between A and B.
@@ -166,6 +177,7 @@ fn run_once(r: &Running, run: usize) -> Run {
     Run {
         direct,
         link,
+        hit: spray_hit(&ea).or_else(|| spray_hit(&eb)),
         syns: [
             syns_after[0] - syns_before[0],
             syns_after[1] - syns_before[1],
@@ -185,8 +197,10 @@ fn cell(name: &str, spec: LabSpec, hard: Site) {
     let (mut direct, mut good) = (0, 0);
     let mut millis = Vec::new();
     let mut max_syns = [0u64; 2];
+    let mut hits = Vec::new();
     for run in 0..RUNS {
         let x = run_once(&r, run);
+        hits.push(x.hit);
         if x.direct {
             direct += 1;
             millis.push(x.link.as_millis() as u64);
@@ -201,7 +215,7 @@ fn cell(name: &str, spec: LabSpec, hard: Site) {
     let max = millis.last().copied().unwrap_or(0);
     println!(
         "BIRTHDAY case={name} direct={direct}/{RUNS} start_to_link_ms median={median} max={max} \
-         max_syns_per_run easy={} hard={}",
+         max_syns_per_run easy={} hard={} hits (SYN of the spray) {hits:?}",
         max_syns[easy_i], max_syns[hard_i]
     );
     assert!(
@@ -245,6 +259,40 @@ fn symmetric_x_port_restricted_goes_direct() {
         Site::A,
     );
 }
+
+/// A symmetric NAT that hands out ports in sequence: the easy side's first SYNs go to
+/// the ports just above the one the server saw (BIRTHDAY_PREDICT of them), and one of
+/// those hits, within the first few SYNs, where a NAT drawing ports at random needs
+/// ~250 on average (64,512 ports / 256 sockets).
+#[test]
+fn sequential_nat_is_predicted() {
+    if !lab::require_lab() {
+        return;
+    }
+    let r = start(LabSpec::default().nat(Site::B, NatProfile::SymmetricSequential));
+    let mut hits = Vec::new();
+    for run in 0..SEQUENTIAL_RUNS {
+        let x = run_once(&r, 100 + run);
+        assert!(x.direct, "run {run} not direct");
+        hits.push(x.hit);
+    }
+    println!("BIRTHDAY case=pr x sym-sequential hits (SYN of the spray) {hits:?}");
+    let predicted = hits
+        .iter()
+        .filter(|h| h.is_some_and(|n| n < PREDICTED_HIT_WITHIN))
+        .count();
+    assert!(
+        predicted + MAX_MISSES >= SEQUENTIAL_RUNS,
+        "the prediction hit within {PREDICTED_HIT_WITHIN} SYNs only {predicted}/{SEQUENTIAL_RUNS} times: {hits:?}"
+    );
+}
+
+/// Runs of [`sequential_nat_is_predicted`].
+const SEQUENTIAL_RUNS: usize = 3;
+/// A predicted hit comes within this many SYNs: the hard side's sockets take the next
+/// ports in order, so the first predicted ones are theirs (a few more if other
+/// connections of the hard site took ports in between).
+const PREDICTED_HIT_WITHIN: usize = 16;
 
 /// Both symmetric, plain server: the server says so at pairing and the link is
 /// relayed at once, no punch tried.

@@ -52,6 +52,12 @@ pub(crate) fn unsolicited_rules(unsolicited: Unsolicited) -> Vec<String> {
 /// port); `fully-random` draws every port anew, the harshest symmetric NAT.
 const SYMMETRIC_FLAG: &str = "fully-random";
 
+/// The first port of [`NatProfile::SymmetricSequential`]'s sequence.
+const SEQUENTIAL_BASE: u16 = 20000;
+/// Ports in that sequence before it wraps (more than a punch's sockets and the
+/// connections around it, so that a wrap never meets a live tuple to the same peer).
+const SEQUENTIAL_PORTS: u16 = 1024;
+
 /// The NAT table (`ip nat`) of a box whose LAN is `lan_net`; with `hairpin`, the box's
 /// WAN address, to which LAN hosts may connect to reach each other's mappings.
 pub(crate) fn nat_table(
@@ -68,8 +74,22 @@ pub(crate) fn nat_table(
         format!(r#"add rule ip nat postrouting oifname "wan" ip saddr {lan_net} masquerade"#);
     cmds.push(match profile {
         NatProfile::Symmetric => format!("{masq} {SYMMETRIC_FLAG}"),
-        NatProfile::PortRestricted | NatProfile::FullCone => masq,
+        NatProfile::SymmetricSequential => {
+            let ports: Vec<String> = (0..SEQUENTIAL_PORTS)
+                .map(|i| format!("{i} : {}", SEQUENTIAL_BASE + i))
+                .collect();
+            // Port mapping needs a transport match; other protocols (ICMP) fall
+            // through to a plain masquerade, added after this rule.
+            format!(
+                r#"add rule ip nat postrouting oifname "wan" ip saddr {lan_net} meta l4proto {{ tcp, udp }} masquerade to : numgen inc mod {SEQUENTIAL_PORTS} map {{ {} }}"#,
+                ports.join(", ")
+            )
+        }
+        NatProfile::PortRestricted | NatProfile::FullCone => masq.clone(),
     });
+    if profile == NatProfile::SymmetricSequential {
+        cmds.push(masq.clone());
+    }
     if profile == NatProfile::FullCone || hairpin.is_some() {
         // Every outbound mapping (public port → private address and port) goes into a
         // map, per protocol. Priority 200: after the masquerade at 100 chose the port.

@@ -91,6 +91,12 @@ pub enum NatProfile {
     /// `masquerade` plus a map of every outbound mapping, from which any inbound
     /// connection to a mapped public port is forwarded to the host that owns it.
     FullCone,
+    /// Symmetric, with public ports handed out in sequence: every new connection
+    /// (TCP or UDP) gets the next of 20000–21023 (`masquerade to :` an nftables
+    /// `numgen inc` mapped to ports; Linux's own allocator picks randomly whenever it
+    /// cannot keep the source port). Some routers allocate like this, and a birthday
+    /// punch can predict their next ports.
+    SymmetricSequential,
 }
 
 /// What a NAT box does with an unsolicited packet to its WAN address (one that belongs
