@@ -348,6 +348,9 @@ struct Session {
     /// Outcomes counted in the metrics already (failed attempts by number, gave up).
     counted_failures: std::collections::HashSet<u8>,
     counted_gave_up: bool,
+    /// The last punch the peers were told to make was a birthday punch: a direct
+    /// link reported now counts as a birthday link in the metrics.
+    birthday: bool,
 }
 
 impl Session {
@@ -382,6 +385,13 @@ impl State {
             .get(&session)
             .map(|p| p.nonce)
             .unwrap_or_default()
+    }
+
+    /// Remembers which punch session `id`'s peers were told to make (for the metrics).
+    fn note_mode(&mut self, id: u64, mode: PunchMode) {
+        if let Some(s) = self.sessions.get_mut(&id) {
+            s.birthday = matches!(mode, PunchMode::BirthdayEasy | PunchMode::BirthdayHard);
+        }
     }
 
     /// How the peers on control connections `a` and `b` punch, from the NAT mappings
@@ -911,6 +921,7 @@ fn pair(
             info!(session = format_args!("{session:016x}"), "paired");
             let (first_mode, second_mode) = st.punch_modes(w.conn, id);
             log_mode(session, first_mode);
+            st.note_mode(session, first_mode);
             // The later arrival initiates the link's Noise handshake (the C demo's
             // client2 is the one that dials first).
             let nonce = st.nonce(session);
@@ -987,6 +998,7 @@ fn new_session(
             direct: [false; 2],
             counted_failures: Default::default(),
             counted_gave_up: false,
+            birthday: false,
         },
     );
     st.tickets.insert(
@@ -1116,6 +1128,7 @@ fn connect(
     } else {
         let modes = st.punch_modes(oconn, id);
         log_mode(session, modes.0);
+        st.note_mode(session, modes.0);
         modes
     };
     let nonce = st.nonce(session);
@@ -1180,6 +1193,7 @@ fn repunch(server: &Server, id: u64, ticket: u64, tx: &mpsc::Sender<ServerMsg>) 
         None => (PunchMode::Direct, PunchMode::Direct),
     };
     log_mode(t.session, mine);
+    st.note_mode(t.session, mine);
     let _ = tx.try_send(ServerMsg::Repunch {
         session: ticket,
         attempt,
@@ -1268,7 +1282,11 @@ fn report(server: &Server, id: u64, ticket: u64, outcome: Outcome) {
             info!(%session, attempt, millis, "link direct");
             let both = st.sessions.get_mut(&t.session).is_some_and(|s| {
                 if s.direct == [false; 2] {
-                    server.metrics.link_made(LinkKind::Direct);
+                    server.metrics.link_made(if s.birthday {
+                        LinkKind::Birthday
+                    } else {
+                        LinkKind::Direct
+                    });
                 }
                 s.direct[t.side] = true;
                 s.direct == [true; 2]

@@ -45,7 +45,7 @@ const OTHER_SYNS: u64 = 40;
 
 struct Running {
     lab: Lab,
-    _server: Proc,
+    server: Proc,
     addr: SocketAddr,
 }
 
@@ -53,14 +53,15 @@ fn start(spec: LabSpec) -> Running {
     let lab = Lab::new(spec).expect("lab");
     let mut cmd = lab.command(Host::Server, bin("rendezvous"));
     cmd.env_remove("PUNCHLINE_TOKEN").env("RUST_LOG", "info");
-    let (server, addr) = rendezvous(cmd, &[]);
+    // The admin pages (loopback of the server's namespace) for the link metrics.
+    let (server, addr) = rendezvous(cmd, &["--admin", "127.0.0.1:0"]);
     for site in Site::ALL {
         syn_counter(&lab, Host::router(site));
     }
     Running {
         addr: SocketAddr::new(lab.server_ip().into(), addr.port()),
         lab,
-        _server: server,
+        server,
     }
 }
 
@@ -497,5 +498,31 @@ fn birthday_cost_stays_within_caps_and_losers_are_closed() {
         after_visitor <= OTHER_SOCKETS,
         "visitor still holds {after_visitor} sockets"
     );
+    // The server counts it as a birthday link (once, not as a plain direct one).
+    let line = r.server.stdout.wait_for("admin on", Duration::from_secs(5));
+    let admin = line
+        .rsplit(' ')
+        .next()
+        .unwrap()
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_string();
+    let url = format!("http://{admin}/metrics");
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = r
+            .lab
+            .run(Host::Server, "curl", &["-sf", &url])
+            .expect("metrics");
+        if text.contains("punchline_links_total{kind=\"birthday\"} 1") {
+            assert!(
+                text.contains("punchline_links_total{kind=\"direct\"} 0"),
+                "{text}"
+            );
+            break;
+        }
+        assert!(Instant::now() < until, "no birthday link counted:\n{text}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     drop(echo);
 }
