@@ -288,12 +288,14 @@ fn sequential_nat_is_predicted() {
     );
 }
 
-/// Runs of [`sequential_nat_is_predicted`].
-const SEQUENTIAL_RUNS: usize = 3;
+/// Runs of [`sequential_nat_is_predicted`]: with fully random ports a hit within
+/// [`PREDICTED_HIT_WITHIN`] SYNs has probability ~12% per run, so 4 of 5 would pass
+/// by chance about once in a thousand.
+const SEQUENTIAL_RUNS: usize = 5;
 /// A predicted hit comes within this many SYNs: the hard side's sockets take the next
 /// ports in order, so the first predicted ones are theirs (a few more if other
 /// connections of the hard site took ports in between).
-const PREDICTED_HIT_WITHIN: usize = 16;
+const PREDICTED_HIT_WITHIN: usize = 32;
 
 /// Both symmetric, plain server: the server says so at pairing and the link is
 /// relayed at once, no punch tried.
