@@ -20,6 +20,9 @@ command -v script >/dev/null || need+=(bsdutils)
 # turnutils_natdiscovery RFC 5780 client), stun-client's RFC 3489 `stun`.
 command -v turnserver >/dev/null || need+=(coturn)
 command -v stun >/dev/null || need+=(stun-client)
+# Router port mappings (tests/tests/lab_portmap.rs): miniupnpd, a real UPnP IGD /
+# NAT-PMP / PCP router daemon, on the lab's NAT router, nftables backend.
+command -v miniupnpd >/dev/null || need+=(miniupnpd-nftables)
 # The admin dashboard loaded in a real headless browser (tests/tests/admin.rs).
 command -v chromium >/dev/null || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then

@@ -212,6 +212,8 @@ async fn run_spray(
         let now = Instant::now();
         for &port in spray.due(now - begin) {
             let target = SocketAddr::new(ip, port);
+            // This SYN's place in the spray: the first BIRTHDAY_PREDICT are predicted.
+            let nth = sockets;
             let sock = match net::reusable_socket(local) {
                 Ok(s) => s,
                 Err(e) => {
@@ -224,7 +226,14 @@ async fn run_spray(
             probes.spawn(async move {
                 match tokio::time::timeout(BIRTHDAY_PROBE_LIFETIME, sock.connect(target)).await {
                     Ok(Ok(stream)) => {
-                        hit.store(true, Ordering::Relaxed);
+                        if !hit.swap(true, Ordering::Relaxed) {
+                            info!(
+                                %target,
+                                nth,
+                                predicted = nth < BIRTHDAY_PREDICT,
+                                "birthday punch: a SYN of the spray hit"
+                            );
+                        }
                         let _ = tx.send(Event::Connected(stream, target)).await;
                     }
                     Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {

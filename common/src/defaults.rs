@@ -359,3 +359,42 @@ pub const UDP_SESSION_QUEUE: usize = 256;
 /// HAProxy's and nginx's `ssl_preread` look within one such buffer too. A client that
 /// sends more before naming a host is closed.
 pub const MAX_CLIENT_HELLO: usize = 16 * 1024 + 5;
+
+/// How long a port mapping protocol (PCP, NAT-PMP: one UDP round trip to the gateway on
+/// the LAN) has to answer one request before it is sent again. RFC 6886 starts its
+/// retransmissions at 250 ms; a home router answers in a few ms.
+pub const PORTMAP_RTO: Duration = Duration::from_millis(250);
+
+/// How often a PCP / NAT-PMP request is sent before the protocol counts as absent
+/// (RFC 6886 allows 9; a peer must not hold up its start or a punch for seconds on a
+/// network without a mapping-capable router): 250 + 500 ms.
+pub const PORTMAP_TRIES: u32 = 2;
+
+/// How long UPnP IGD discovery (an SSDP search sent to the gateway only) and each of its
+/// SOAP requests may take: miniupnpd answers in milliseconds; a router without UPnP
+/// never answers, and `nat-check` must still finish quickly.
+pub const PORTMAP_UPNP_TIMEOUT: Duration = Duration::from_millis(1500);
+
+/// How long a peer's report of its NAT to the server waits for the port mapping
+/// discovery (below [`NAT_MAPPING_WAIT`], which bounds the whole report): a router that
+/// grants mappings answers within milliseconds; one that ignores the requests makes
+/// the discovery run on, and the peer counts as without port mappings until it knows.
+pub const PORTMAP_DISCOVERY_WAIT: Duration = Duration::from_millis(800);
+
+/// The lease a peer asks for on a port mapping (renewed at half of it while the link
+/// lives, deleted when it ends or the peer exits). Short enough that a crashed peer's
+/// mapping disappears within minutes; RFC 6886 suggests 7200 s for long-lived ones,
+/// but these follow one link. `--portmap-lease` changes it.
+pub const PORTMAP_LEASE: Duration = Duration::from_secs(600);
+
+/// The shortest lease `--portmap-lease` accepts: routers round shorter ones up (or
+/// refuse), and renewing faster than every half second is pointless load.
+pub const PORTMAP_MIN_LEASE: Duration = Duration::from_secs(1);
+
+/// How long a punch attempt waits for a port mapping of its probe's port before it
+/// goes on without one (the mapping protocols were found working at start, so this
+/// is one LAN round trip, or a few SOAP requests for UPnP).
+pub const PORTMAP_MAP_WAIT: Duration = Duration::from_millis(1500);
+
+/// How long a peer's clean exit waits for its mappings' deletions.
+pub const PORTMAP_DELETE_WAIT: Duration = Duration::from_secs(2);

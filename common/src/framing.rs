@@ -136,6 +136,7 @@ mod tests {
                     session: u64::MAX,
                     attempt: 3,
                     local: v6,
+                    mapped: Some(addr),
                 },
             },
             ClientMsg::Pair(Pairing::Any),
@@ -158,7 +159,8 @@ mod tests {
                 ok: true,
             },
             ClientMsg::Nat {
-                mapping: crate::proto::NatBehaviour::AddressAndPortDependent,
+                mapping: Some(crate::proto::NatBehaviour::AddressAndPortDependent),
+                portmap: true,
             },
             ClientMsg::EndSession { session: 5 },
             ClientMsg::Report {

@@ -29,6 +29,10 @@ use serde::{Deserialize, Serialize};
 /// [`ExposeSpec::TcpMux`]; the multiplexer is punchline's own (`common::mux`:
 /// 10-byte frame headers, no yamux), so that a frame is decrypted in place and handed
 /// to its stream without a copy.
+///
+/// Also in 6: router port mappings: [`ConnKind::Probe`] carries the probe port's
+/// `mapped` address (PCP, NAT-PMP or UPnP) and [`ClientMsg::Nat`] says whether the
+/// peer can map ports (`portmap`; its `mapping` may be unknown).
 pub const PROTOCOL_VERSION: u16 = 6;
 
 /// What a connection to the server is for; sent in [`ClientMsg::Hello`].
@@ -44,6 +48,11 @@ pub enum ConnKind {
         attempt: u8,
         /// The probe socket's local address (a LAN address behind a NAT).
         local: SocketAddr,
+        /// The public address the router forwards to the probe's port (a port mapping
+        /// made with PCP, NAT-PMP or UPnP), if the peer got one: the server offers it
+        /// to the other peer instead of the observed address when both have the same
+        /// IP address (a router behind another NAT maps on an address nobody reaches).
+        mapped: Option<SocketAddr>,
     },
     /// The data connection of a peer that exposes services through the server: after
     /// `Welcome` it carries multiplexed streams (the server opens one stream per user connection,
@@ -180,8 +189,12 @@ pub enum ClientMsg {
     /// reconnection). When both peers of a pairing map per destination, the server
     /// says so in [`ServerMsg::Paired`] / [`ServerMsg::Incoming`].
     Nat {
-        /// How the peer's NAT maps its TCP connections.
-        mapping: NatBehaviour,
+        /// How the peer's NAT maps its TCP connections, if measured.
+        mapping: Option<NatBehaviour>,
+        /// Whether the peer's router grants port mappings (PCP, NAT-PMP, UPnP): its
+        /// probes then carry a mapped address that anyone can connect to, so the
+        /// server picks the plain simultaneous open whatever the mappings.
+        portmap: bool,
     },
     /// The link of a session is over: closed, or abandoned before it came up (control
     /// connection). The server forgets the session and tells the other peer
@@ -256,6 +269,23 @@ pub enum PunchMode {
 }
 
 impl PunchMode {
+    /// The modes of two peers whose NATs map as `a` and `b` (`None`: unknown), of
+    /// which `mapped_a` / `mapped_b` can have their router map their punch port: a
+    /// mapped port takes connections from anyone, so the other peer only has to dial
+    /// it, a plain simultaneous open.
+    pub fn pair_mapped(
+        a: Option<NatBehaviour>,
+        mapped_a: bool,
+        b: Option<NatBehaviour>,
+        mapped_b: bool,
+    ) -> (PunchMode, PunchMode) {
+        if mapped_a || mapped_b {
+            (PunchMode::Direct, PunchMode::Direct)
+        } else {
+            Self::pair(a, b)
+        }
+    }
+
     /// The modes of two peers whose NATs map as `a` and `b` (`None`: unknown).
     pub fn pair(a: Option<NatBehaviour>, b: Option<NatBehaviour>) -> (PunchMode, PunchMode) {
         let hard = |m: Option<NatBehaviour>| m.map(NatBehaviour::per_destination);

@@ -89,6 +89,25 @@ pub struct Args {
     #[arg(long, value_name = "N", global = true,
           default_value_t = common::mux::DEFAULT_MAX_STREAMS, value_parser = parse_max_streams)]
     pub max_streams: usize,
+    /// Router port mappings for punch ports: `auto` (PCP, NAT-PMP or UPnP IGD,
+    /// whichever the default gateway answers), `off`, or only `pcp`, `nat-pmp`,
+    /// `upnp`. A mapped port takes connections from anyone, so a symmetric NAT with
+    /// UPnP still gets direct links. Requests go to the default gateway only. Config
+    /// key `portmap`.
+    #[arg(
+        long,
+        value_name = "MODE",
+        global = true,
+        conflicts_with = "no_portmap"
+    )]
+    pub portmap: Option<crate::portmap::Mode>,
+    /// Ask the router for no port mapping (`--portmap off`).
+    #[arg(long, global = true)]
+    pub no_portmap: bool,
+    /// The lease asked for on each port mapping, in seconds (renewed at half of it
+    /// while the link lives; deleted when it ends or the peer exits).
+    #[arg(long, value_name = "SECS", global = true, value_parser = parse_lease)]
+    pub portmap_lease: Option<std::time::Duration>,
     /// What to do (default: `pipe` without a code, or everything -c FILE lists).
     #[command(subcommand)]
     pub command: Option<Command>,
@@ -415,6 +434,31 @@ pub fn load_identity(path: Option<&Path>) -> anyhow::Result<Arc<Identity>> {
     Ok(Arc::new(id))
 }
 
+/// `--portmap-lease`: whole seconds, at least [`PORTMAP_MIN_LEASE`].
+///
+/// [`PORTMAP_MIN_LEASE`]: common::defaults::PORTMAP_MIN_LEASE
+fn parse_lease(s: &str) -> Result<std::time::Duration, String> {
+    let min = common::defaults::PORTMAP_MIN_LEASE;
+    let secs: u32 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    let d = std::time::Duration::from_secs(u64::from(secs));
+    if d < min {
+        return Err(format!("at least {} s", min.as_secs()));
+    }
+    Ok(d)
+}
+
+/// The port mapping mode: `--no-portmap`, `--portmap`, the file's `portmap`, auto.
+fn portmap_mode(args: &Args, file: Option<&crate::config::ClientConfig>) -> crate::portmap::Mode {
+    if args.no_portmap {
+        return crate::portmap::Mode::Off;
+    }
+    args.portmap
+        .or_else(|| file.and_then(|f| f.portmap))
+        .unwrap_or(crate::portmap::Mode::Auto)
+}
+
 /// Runs what `args` say until it ends (or fails).
 pub async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(Command::Id) = &args.command {
@@ -493,6 +537,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             .await
             .map_err(Into::into);
     }
+    let portmap = Arc::new(crate::portmap::Mapper::new(
+        portmap_mode(&args, file.as_ref()),
+        args.portmap_lease
+            .unwrap_or(common::defaults::PORTMAP_LEASE),
+    ));
     let cfg = ServerConfig {
         addr,
         identity: load_identity(args.identity.as_deref())?,
@@ -500,6 +549,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             .token
             .or_else(|| file.as_ref().and_then(|f| f.token.clone())),
         start_wait: (!args.retry_forever).then_some(START_WAIT),
+        portmap,
     };
     let max_streams = args.max_streams;
     // Answers `peer status` while this process runs.
@@ -625,12 +675,18 @@ async fn nat_check(args: &Args, stun: Option<&str>, json: bool) -> anyhow::Resul
             token: args.token.clone(),
             identity: load_identity(args.identity.as_deref())?,
             start_wait: None,
+            portmap: Arc::new(crate::portmap::Mapper::new(
+                portmap_mode(args, None),
+                common::defaults::PORTMAP_LEASE,
+            )),
         }),
         (None, None) => anyhow::bail!(
             "no server given: use --server HOST[:PORT] (or PUNCHLINE_SERVER), or --stun HOST[:PORT]"
         ),
     };
-    let report = natcheck::run(&target).await?;
+    let mapper =
+        crate::portmap::Mapper::new(portmap_mode(args, None), common::defaults::PORTMAP_LEASE);
+    let report = natcheck::run(&target, &mapper).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -33,6 +33,9 @@ pub struct ServerConfig {
     /// How long to keep trying to reach the server before it was ever reached (the
     /// reconnecting commands give up then); `None`: for ever.
     pub start_wait: Option<std::time::Duration>,
+    /// Port mappings from the router for punch ports (`--portmap`); shared by every
+    /// link of the process.
+    pub portmap: Arc<crate::portmap::Mapper>,
 }
 
 impl ServerConfig {
@@ -43,6 +46,7 @@ impl ServerConfig {
             token,
             identity: Arc::new(Identity::generate()),
             start_wait: None,
+            portmap: Arc::new(crate::portmap::Mapper::off()),
         }
     }
 }

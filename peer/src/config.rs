@@ -13,6 +13,7 @@
 //! | `user` | prefixes proxy names: `user.name` (see below) | none |
 //! | `transport.protocol` | `"tcp"`, the only one (a no-op) | `"tcp"` |
 //! | `start` | names of the proxies and visitors to run | all |
+//! | `portmap` | router port mappings: `auto`, `off`, `pcp`, `nat-pmp`, `upnp` (punchline's own; `--portmap` overrides) | `auto` |
 //!
 //! `[[proxies]]`, each with `name` (unique), `type`, `localIP` (an IP address or a host
 //! name, default `127.0.0.1`), `localPort`, and by type:
@@ -94,6 +95,8 @@ pub struct ClientConfig {
     pub proxies: Vec<Proxy>,
     /// The visitors (services of other peers, reached here), in file order.
     pub visitors: Vec<Visitor>,
+    /// Router port mappings (`portmap`); `None`: not set (auto).
+    pub portmap: Option<crate::portmap::Mode>,
     /// frp keys of the file accepted with no effect, each with the reason (see
     /// [`FRP_KEYS`]); [`load`] names them in one warning.
     pub no_effect: Vec<(String, &'static str)>,
@@ -106,6 +109,7 @@ impl fmt::Debug for ClientConfig {
             .field("token", &self.token.as_ref().map(|_| Masked))
             .field("proxies", &self.proxies)
             .field("visitors", &self.visitors)
+            .field("portmap", &self.portmap)
             .field("no_effect", &self.no_effect)
             .finish()
     }
@@ -385,6 +389,8 @@ struct FrpcFile {
     proxies: Vec<ProxyFile>,
     #[serde(default)]
     visitors: Vec<VisitorFile>,
+    /// punchline's own: router port mappings (`auto`, `off`, `pcp`, `nat-pmp`, `upnp`).
+    portmap: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -527,6 +533,12 @@ impl FrpcFile {
             }
         };
 
+        let portmap = match self.portmap.as_deref().map(str::parse) {
+            None => None,
+            Some(Ok(m)) => Some(m),
+            Some(Err(why)) => return Err(e.invalid("portmap", why)),
+        };
+
         let token = match self.auth.token {
             Some(t) if t.is_empty() => {
                 return Err(e.invalid(
@@ -618,6 +630,7 @@ impl FrpcFile {
             token,
             proxies,
             visitors,
+            portmap,
             no_effect: Vec::new(),
         })
     }

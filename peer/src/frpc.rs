@@ -302,6 +302,7 @@ pub fn proxy_config(
             compress: args.use_compression,
         }],
         visitors: Vec::new(),
+        portmap: None,
         no_effect: Vec::new(),
     })
 }

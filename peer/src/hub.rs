@@ -84,9 +84,10 @@ impl Hub {
         let (tx, out_rx) = mpsc::channel(64);
         let (ev_tx, events) = mpsc::channel(64);
         let routes: Routes = Arc::default();
-        // The NAT mapping measurement runs alongside the first connection.
+        // The NAT mapping measurement and the router's port mapping discovery run
+        // alongside the first connection.
         let c = cfg.clone();
-        tokio::spawn(async move { crate::natcheck::own_mapping(&c).await });
+        tokio::spawn(async move { crate::natcheck::own_nat(&c).await });
         let (state_tx, state) = watch::channel(Err("connecting".to_string()));
         let task = tokio::spawn(run(cfg, hello, out_rx, ev_tx, routes.clone(), state_tx));
         Hub {
@@ -191,10 +192,10 @@ async fn run(
             let _ = control.send(h.clone()).await;
         }
         // Before any pairing request queued meanwhile: the server pairs with it.
-        if let Ok(Some(mapping)) =
-            tokio::time::timeout(NAT_MAPPING_WAIT, crate::natcheck::own_mapping(&cfg)).await
+        if let Ok(Some(nat)) =
+            tokio::time::timeout(NAT_MAPPING_WAIT, crate::natcheck::own_nat(&cfg)).await
         {
-            let _ = control.send(ClientMsg::Nat { mapping }).await;
+            let _ = control.send(nat).await;
         }
         info!(server = %cfg.addr, "connected to the rendezvous server");
         let _ = state.send_replace(Ok(()));

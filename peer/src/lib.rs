@@ -14,5 +14,6 @@ pub mod hub;
 pub mod link;
 pub mod natcheck;
 pub mod pipe;
+pub mod portmap;
 pub mod service;
 pub mod status;

@@ -6,7 +6,7 @@ use std::{net::SocketAddr, time::Duration};
 
 use common::{
     birthday,
-    defaults::{PROBE_WAIT, PUNCH_WINDOW},
+    defaults::{PORTMAP_MAP_WAIT, PROBE_WAIT, PUNCH_WINDOW},
     framing::FrameError,
     net::{self, LinkIo, Prefixed},
     proto::{ClientMsg, ConnKind, Outcome, PunchMode, ServerMsg, REASON_WRONG_SECRET},
@@ -50,6 +50,9 @@ pub struct LinkInfo {
     pub attempt: u8,
     /// From the punch signal (or the relay request) to the authenticated link.
     pub signal_to_link: Duration,
+    /// The router's port mapping of the link's local port, held (renewed) while the
+    /// link lives and deleted after.
+    pub portmap: Option<std::sync::Arc<crate::portmap::Lease>>,
 }
 
 /// Why no link came up.
@@ -458,12 +461,22 @@ async fn punch_once(
     let probe_local = probe_local_addr(cfg, local_port)
         .await
         .map_err(AttemptError::Failed)?;
+    // A router port mapping of this port, if the router grants them: the other peer
+    // is told the mapped address, to which anyone can connect.
+    let lease = match tokio::time::timeout(PORTMAP_MAP_WAIT, cfg.portmap.map(local_port)).await {
+        Ok(lease) => lease.map(std::sync::Arc::new),
+        Err(_) => {
+            info!(local_port, "no port mapping in time; punching without");
+            None
+        }
+    };
     let (mut probe, _observed) = client::connect(
         cfg,
         ConnKind::Probe {
             session: ticket,
             attempt,
             local: probe_local,
+            mapped: lease.as_ref().map(|l| SocketAddr::V4(l.external)),
         },
         Some(sock),
     )
@@ -550,6 +563,7 @@ async fn punch_once(
                 remote: link.remote,
                 attempt,
                 signal_to_link: signalled.elapsed(),
+                portmap: lease,
             };
             Ok((link.stream, info))
         }
@@ -602,6 +616,7 @@ pub async fn relay(
             remote,
             attempt: 0,
             signal_to_link: started.elapsed(),
+            portmap: None,
         },
     ))
 }

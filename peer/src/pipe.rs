@@ -90,14 +90,14 @@ where
     // task of its own: if it takes longer than the wait, it still finishes (and is
     // cached and logged) for later use.
     let c = cfg.clone();
-    let measuring = tokio::spawn(async move { crate::natcheck::own_mapping(&c).await });
+    let measuring = tokio::spawn(async move { crate::natcheck::own_nat(&c).await });
     let (control, mapping) = tokio::join!(
         Control::connect(cfg),
         tokio::time::timeout(NAT_MAPPING_WAIT, measuring)
     );
     let mut control = control?;
-    if let Ok(Ok(Some(mapping))) = mapping {
-        control.send(ClientMsg::Nat { mapping }).await?;
+    if let Ok(Ok(Some(nat))) = mapping {
+        control.send(nat).await?;
     }
     let pairing = match &code {
         Some(c) => Pairing::Code(c.clone()),

@@ -656,8 +656,8 @@ impl Visitor {
             // Measure the NAT again first: if it changed (a new network, a router
             // restarted with other settings), the server picks the punch for the NAT
             // as it is now.
-            if let Some(mapping) = crate::natcheck::measure_mapping(&self.cfg).await {
-                let _ = tx.send(ClientMsg::Nat { mapping }).await;
+            if let Some(nat) = crate::natcheck::own_nat_now(&self.cfg).await {
+                let _ = tx.send(nat).await;
             }
             if tx
                 .send(ClientMsg::Repunch { session: ticket })

@@ -455,6 +455,7 @@ mod tests {
             remote: "203.0.113.10:8877".parse().unwrap(),
             attempt: 0,
             signal_to_link: std::time::Duration::from_millis(42),
+            portmap: None,
         };
         let guard = book().link_up("connect", "svc", &info);
         guard.bytes().read.fetch_add(1234, Ordering::Relaxed);

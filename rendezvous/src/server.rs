@@ -380,6 +380,8 @@ struct State {
     services: HashMap<String, Waiter>,
     /// The TCP mapping each control connection reported (`ClientMsg::Nat`).
     nat: HashMap<u64, NatBehaviour>,
+    /// Control connections whose router grants port mappings (`ClientMsg::Nat`).
+    portmap: std::collections::HashSet<u64>,
     /// Sessions by id, until their link is up for good, over, or abandoned.
     sessions: HashMap<u64, Session>,
     /// Pairing codes that paired two peers, and when (for at most
@@ -415,6 +417,9 @@ struct Session {
     /// Outcomes counted in the metrics already (failed attempts by number, gave up).
     counted_failures: std::collections::HashSet<u8>,
     counted_gave_up: bool,
+    /// The last punch the peers were told to make was a birthday punch: a direct
+    /// link reported now counts as a birthday link in the metrics.
+    birthday: bool,
 }
 
 impl Session {
@@ -451,11 +456,23 @@ impl State {
             .unwrap_or_default()
     }
 
+    /// Remembers which punch session `id`'s peers were told to make (for the metrics).
+    fn note_mode(&mut self, id: u64, mode: PunchMode) {
+        if let Some(s) = self.sessions.get_mut(&id) {
+            s.birthday = matches!(mode, PunchMode::BirthdayEasy | PunchMode::BirthdayHard);
+        }
+    }
+
     /// How the peers on control connections `a` and `b` punch, from the NAT mappings
     /// they reported: both per destination, relay at once; one, a birthday punch;
     /// otherwise (or unknown) the plain simultaneous open.
     fn punch_modes(&self, a: u64, b: u64) -> (PunchMode, PunchMode) {
-        PunchMode::pair(self.nat.get(&a).copied(), self.nat.get(&b).copied())
+        PunchMode::pair_mapped(
+            self.nat.get(&a).copied(),
+            self.portmap.contains(&a),
+            self.nat.get(&b).copied(),
+            self.portmap.contains(&b),
+        )
     }
 
     /// Forgets session `id`; with a reason, tells both peers it is over.
@@ -771,7 +788,24 @@ async fn handle(
             session,
             attempt,
             local,
-        } => probe(server, ch, addr, session, attempt, local, identity).await,
+            mapped,
+        } => {
+            // A router's mapping on the address the server sees: offered instead of the
+            // observed port (anyone may connect to it). On another address (a router
+            // behind a CGNAT) nobody could reach it.
+            let public = match mapped {
+                Some(m) if m.ip() == addr.ip() => {
+                    info!(observed = %addr, mapped = %m, "probe with a router port mapping");
+                    m
+                }
+                Some(m) => {
+                    info!(observed = %addr, mapped = %m, "probe's port mapping is on another address; ignored");
+                    addr
+                }
+                None => addr,
+            };
+            probe(server, ch, public, session, attempt, local, identity).await
+        }
     }
 }
 
@@ -870,9 +904,18 @@ async fn control(
                     ClientMsg::Repunch { session } => repunch(server, id, session, &tx),
                     ClientMsg::Prove { session, proof } => prove(server, id, session, proof),
                     ClientMsg::Verified { session, ok } => verified(server, id, session, ok),
-                    ClientMsg::Nat { mapping } => {
-                        info!(?mapping, "peer reported its TCP mapping");
-                        server.lock().nat.insert(id, mapping);
+                    ClientMsg::Nat { mapping, portmap } => {
+                        info!(?mapping, portmap, "peer reported its TCP mapping");
+                        let mut st = server.lock();
+                        match mapping {
+                            Some(m) => st.nat.insert(id, m),
+                            None => st.nat.remove(&id),
+                        };
+                        if portmap {
+                            st.portmap.insert(id);
+                        } else {
+                            st.portmap.remove(&id);
+                        }
                     }
                     ClientMsg::Expose {
                         name,
@@ -952,6 +995,7 @@ fn pair(
             info!(session = format_args!("{session:016x}"), "paired");
             let (first_mode, second_mode) = st.punch_modes(w.conn, id);
             log_mode(session, first_mode);
+            st.note_mode(session, first_mode);
             // The later arrival initiates the link's Noise handshake (the C demo's
             // client2 is the one that dials first).
             let nonce = st.nonce(session);
@@ -1028,6 +1072,7 @@ fn new_session(
             direct: [false; 2],
             counted_failures: Default::default(),
             counted_gave_up: false,
+            birthday: false,
         },
     );
     st.tickets.insert(
@@ -1157,6 +1202,7 @@ fn connect(
     } else {
         let modes = st.punch_modes(oconn, id);
         log_mode(session, modes.0);
+        st.note_mode(session, modes.0);
         modes
     };
     let nonce = st.nonce(session);
@@ -1221,6 +1267,7 @@ fn repunch(server: &Server, id: u64, ticket: u64, tx: &mpsc::Sender<ServerMsg>) 
         None => (PunchMode::Direct, PunchMode::Direct),
     };
     log_mode(t.session, mine);
+    st.note_mode(t.session, mine);
     let _ = tx.try_send(ServerMsg::Repunch {
         session: ticket,
         attempt,
@@ -1309,7 +1356,11 @@ fn report(server: &Server, id: u64, ticket: u64, outcome: Outcome) {
             info!(%session, attempt, millis, "link direct");
             let both = st.sessions.get_mut(&t.session).is_some_and(|s| {
                 if s.direct == [false; 2] {
-                    server.metrics.link_made(LinkKind::Direct);
+                    server.metrics.link_made(if s.birthday {
+                        LinkKind::Birthday
+                    } else {
+                        LinkKind::Direct
+                    });
                 }
                 s.direct[t.side] = true;
                 s.direct == [true; 2]
@@ -1344,6 +1395,7 @@ fn forget_conn(server: &Server, id: u64) {
     let mut st = server.lock();
     st.waiting.retain(|_, w| w.conn != id);
     st.nat.remove(&id);
+    st.portmap.remove(&id);
     st.services.retain(|_, w| w.conn != id);
     let mine: Vec<u64> = st
         .tickets

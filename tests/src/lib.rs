@@ -51,7 +51,10 @@ pub use lab::spec::{
     CgnatProfile, Host, LabSpec, NatProfile, Site, SiteSpec, Unsolicited, DEFAULT_DELAY_A_MS,
     DEFAULT_DELAY_B_MS,
 };
-pub use lab::topology::{Lab, TcpCounters, INTERNET_IP, SERVER_ALT_IP, SERVER_IP};
+pub use lab::topology::{
+    Lab, Miniupnpd, TcpCounters, INTERNET_IP, PORTMAP_PUBLIC_A, PORTMAP_PUBLIC_B, SERVER_ALT_IP,
+    SERVER_IP,
+};
 
 /// A path for a new peer identity file (the peer creates it on first use), unique in
 /// this process. Every `peer` the lab or the tests start gets one of its own, so that

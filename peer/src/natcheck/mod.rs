@@ -41,6 +41,7 @@ use common::{
 };
 
 use crate::client::{self, ServerConfig};
+use crate::portmap::Mapper;
 
 use report::{is_private, is_shared, verdict};
 use tcp::{tcp_mapping_test, tcp_suite};
@@ -99,11 +100,15 @@ pub enum NatCheckError {
     Socket(#[from] std::io::Error),
 }
 
-/// Runs both suites against `target` and draws the conclusion.
-pub async fn run(target: &Target) -> Result<Report, NatCheckError> {
+/// Runs both suites against `target`, and asks the router for a test port mapping
+/// with each protocol `portmap` may use, and draws the conclusion.
+pub async fn run(target: &Target, portmap: &Mapper) -> Result<Report, NatCheckError> {
     let primary = target.primary();
     let guess = target.default_alternate();
-    let (mut udp, other) = udp_suite(primary, guess).await?;
+    let ((udp, other), portmap) = tokio::try_join!(udp_suite(primary, guess), async {
+        Ok(portmap.probe_all().await)
+    })?;
+    let mut udp = udp;
     let tcp = tcp_suite(target, other.or(guess)).await?;
     // Test I over UDP ran first; the TCP suite needs OTHER-ADDRESS from it.
     if !udp.reachable && tcp.reachable {
@@ -140,6 +145,15 @@ pub async fn run(target: &Target) -> Result<Report, NatCheckError> {
                 .into(),
         );
     }
+    if let (Some(public), Some(m)) = (public_ip, portmap.iter().find_map(|p| p.mapped)) {
+        if public != std::net::IpAddr::V4(*m.ip()) {
+            notes.push(format!(
+                "the router maps ports on {}, but the server sees {public}: another NAT is \
+                 in front of the router, so its mappings are not offered to peers",
+                m.ip()
+            ));
+        }
+    }
     let server = match target {
         Target::Rendezvous(_) => format!("rendezvous {primary}"),
         Target::Stun(_) => format!("stun {primary}"),
@@ -151,6 +165,7 @@ pub async fn run(target: &Target) -> Result<Report, NatCheckError> {
         udp,
         verdict,
         notes,
+        portmap,
     })
 }
 
@@ -171,6 +186,40 @@ pub async fn own_mapping(cfg: &ServerConfig) -> Option<NatBehaviour> {
             mapping
         })
         .await
+}
+
+/// What to tell the server about this peer's NAT ([`ClientMsg::Nat`]): its own TCP
+/// mapping ([`own_mapping`], cached) and whether the router grants port mappings
+/// (found out once, at the same time); `None` when neither is known.
+///
+/// [`ClientMsg::Nat`]: common::proto::ClientMsg::Nat
+pub async fn own_nat(cfg: &ServerConfig) -> Option<common::proto::ClientMsg> {
+    let (mapping, portmap) = tokio::join!(own_mapping(cfg), portmap_known(cfg));
+    nat_msg(mapping, portmap)
+}
+
+/// [`own_nat`] with the mapping measured again (not cached): before a re-punch.
+pub async fn own_nat_now(cfg: &ServerConfig) -> Option<common::proto::ClientMsg> {
+    let (mapping, portmap) = tokio::join!(measure_mapping(cfg), portmap_known(cfg));
+    nat_msg(mapping, portmap)
+}
+
+/// Whether the router grants port mappings, as far as known within
+/// [`PORTMAP_DISCOVERY_WAIT`]: the discovery runs on in its own task (and is cached),
+/// so a slow "no" (a router that ignores the requests) never holds up the report.
+///
+/// [`PORTMAP_DISCOVERY_WAIT`]: common::defaults::PORTMAP_DISCOVERY_WAIT
+async fn portmap_known(cfg: &ServerConfig) -> bool {
+    let mapper = cfg.portmap.clone();
+    let discovery = tokio::spawn(async move { mapper.protocol().await });
+    matches!(
+        tokio::time::timeout(common::defaults::PORTMAP_DISCOVERY_WAIT, discovery).await,
+        Ok(Ok(Some(_)))
+    )
+}
+
+fn nat_msg(mapping: Option<NatBehaviour>, portmap: bool) -> Option<common::proto::ClientMsg> {
+    (mapping.is_some() || portmap).then_some(common::proto::ClientMsg::Nat { mapping, portmap })
 }
 
 /// This process's own TCP mapping, measured now (not cached): see [`own_mapping`].

@@ -73,6 +73,30 @@ pub fn render(r: &Report) -> String {
     out.push('\n');
     transport_text(&mut out, "UDP (STUN)", &r.udp);
     out.push('\n');
+    if !r.portmap.is_empty() {
+        let _ = writeln!(out, "Port mapping (asked of the default gateway)");
+        for p in &r.portmap {
+            let what = match (&p.mapped, &p.error) {
+                (Some(m), _) => format!("answered: test port mapped to {m} (and deleted)"),
+                (None, Some(e)) => format!("no: {e}"),
+                (None, None) => "no".to_string(),
+            };
+            let _ = writeln!(out, "  {:<9} {what}", p.protocol.name());
+        }
+        match r.portmap.iter().find(|p| p.mapped.is_some()) {
+            Some(p) => {
+                let _ = writeln!(
+                    out,
+                    "  punch ports are mapped with {}: peers connect to them whatever the NAT type",
+                    p.protocol.name()
+                );
+            }
+            None => {
+                let _ = writeln!(out, "  none answered: no port mappings");
+            }
+        }
+        out.push('\n');
+    }
     for n in &r.notes {
         let _ = writeln!(out, "note: {n}");
     }

@@ -74,6 +74,9 @@ pub struct Report {
     pub verdict: Verdict,
     /// Hints about the network as a whole (carrier-grade NAT, private server).
     pub notes: Vec<String>,
+    /// What the router said to port mapping requests (PCP, NAT-PMP, UPnP IGD), one
+    /// entry per protocol asked; empty with `--portmap off`.
+    pub portmap: Vec<crate::portmap::ProbeResult>,
 }
 
 impl Report {
@@ -241,6 +244,7 @@ mod tests {
             udp: transport(eim, Some(apd)),
             verdict: v,
             notes: vec![],
+            portmap: vec![],
         });
         assert!(
             text.contains("Direct links will work with peers behind any NAT"),

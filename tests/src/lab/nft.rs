@@ -52,6 +52,12 @@ pub(crate) fn unsolicited_rules(unsolicited: Unsolicited) -> Vec<String> {
 /// port); `fully-random` draws every port anew, the harshest symmetric NAT.
 const SYMMETRIC_FLAG: &str = "fully-random";
 
+/// The first port of [`NatProfile::SymmetricSequential`]'s sequence.
+const SEQUENTIAL_BASE: u16 = 20000;
+/// Ports in that sequence before it wraps (more than a punch's sockets and the
+/// connections around it, so that a wrap never meets a live tuple to the same peer).
+const SEQUENTIAL_PORTS: u16 = 1024;
+
 /// The NAT table (`ip nat`) of a box whose LAN is `lan_net`; with `hairpin`, the box's
 /// WAN address, to which LAN hosts may connect to reach each other's mappings.
 pub(crate) fn nat_table(
@@ -68,8 +74,22 @@ pub(crate) fn nat_table(
         format!(r#"add rule ip nat postrouting oifname "wan" ip saddr {lan_net} masquerade"#);
     cmds.push(match profile {
         NatProfile::Symmetric => format!("{masq} {SYMMETRIC_FLAG}"),
-        NatProfile::PortRestricted | NatProfile::FullCone => masq,
+        NatProfile::SymmetricSequential => {
+            let ports: Vec<String> = (0..SEQUENTIAL_PORTS)
+                .map(|i| format!("{i} : {}", SEQUENTIAL_BASE + i))
+                .collect();
+            // Port mapping needs a transport match; other protocols (ICMP) fall
+            // through to a plain masquerade, added after this rule.
+            format!(
+                r#"add rule ip nat postrouting oifname "wan" ip saddr {lan_net} meta l4proto {{ tcp, udp }} masquerade to : numgen inc mod {SEQUENTIAL_PORTS} map {{ {} }}"#,
+                ports.join(", ")
+            )
+        }
+        NatProfile::PortRestricted | NatProfile::FullCone => masq.clone(),
     });
+    if profile == NatProfile::SymmetricSequential {
+        cmds.push(masq.clone());
+    }
     if profile == NatProfile::FullCone || hairpin.is_some() {
         // Every outbound mapping (public port → private address and port) goes into a
         // map, per protocol. Priority 200: after the masquerade at 100 chose the port.
@@ -132,6 +152,36 @@ pub(crate) fn forward_rules(port: u16, to: Ipv4Addr, hairpin: Option<Ipv4Addr>) 
     rules
 }
 
+/// The table miniupnpd (nftables backend) fills: it adds and deletes rules but does
+/// not make the chains. `prerouting` runs its DNATs at -105: after the lab's port
+/// forwards (-110), before the NAT table (-100), so a mapping wins over a full-cone
+/// map. `postrouting` at 99, before the lab's masquerade.
+/// `forward` is a plain chain: the lab's own forward chain accepts DNATed flows.
+pub(crate) fn miniupnpd_tables() -> Vec<String> {
+    vec![
+        "add table inet miniupnpd".into(),
+        "add chain inet miniupnpd forward".into(),
+        "add chain inet miniupnpd prerouting { type nat hook prerouting priority -105; }".into(),
+        "add chain inet miniupnpd postrouting { type nat hook postrouting priority 99; }".into(),
+    ]
+}
+
+/// The DNAT rules miniupnpd wrote, as (external TCP port, LAN address and port), from
+/// `nft list table inet miniupnpd` (rules like `iif "wan" @nh,72,8 0x6 th dport 4000
+/// dnat ip to 10.0.1.2:4000`; protocol 0x6 is TCP).
+pub(crate) fn parse_dnat_rules(listing: &str) -> Vec<(u16, std::net::SocketAddrV4)> {
+    listing
+        .lines()
+        .filter(|l| l.contains("dnat") && l.contains("0x6"))
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let port = f.iter().position(|w| *w == "dport")?;
+            let to = f.iter().position(|w| *w == "to")?;
+            Some((f.get(port + 1)?.parse().ok()?, f.get(to + 1)?.parse().ok()?))
+        })
+        .collect()
+}
+
 /// Name of the server's counter of TCP bytes received on its link.
 pub(crate) const COUNTER_IN: &str = "tcp_in";
 /// Name of the server's counter of TCP bytes sent on its link.
@@ -175,6 +225,15 @@ pub(crate) fn parse_counter(listing: &str, name: &str) -> Option<(u64, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parses_miniupnpd_rules() {
+        let listing = "table inet miniupnpd {\n\tchain prerouting {\n\t\ttype nat hook prerouting priority dstnat - 5; policy accept;\n\t\tiif \"wan\" @nh,72,8 0x6 th dport 4000 dnat ip to 10.0.1.2:4000\n\t\tiif \"wan\" @nh,72,8 0x11 th dport 53 dnat ip to 10.0.1.2:53\n\t}\n}\n";
+        assert_eq!(
+            parse_dnat_rules(listing),
+            vec![(4000, "10.0.1.2:4000".parse().unwrap())]
+        );
+    }
 
     #[test]
     fn parses_counters() {

@@ -91,6 +91,12 @@ pub enum NatProfile {
     /// `masquerade` plus a map of every outbound mapping, from which any inbound
     /// connection to a mapped public port is forwarded to the host that owns it.
     FullCone,
+    /// Symmetric, with public ports handed out in sequence: every new connection
+    /// (TCP or UDP) gets the next of 20000–21023 (`masquerade to :` an nftables
+    /// `numgen inc` mapped to ports; Linux's own allocator picks randomly whenever it
+    /// cannot keep the source port). Some routers allocate like this, and a birthday
+    /// punch can predict their next ports.
+    SymmetricSequential,
 }
 
 /// What a NAT box does with an unsolicited packet to its WAN address (one that belongs
@@ -138,6 +144,13 @@ pub struct SiteSpec {
     /// or a port forward), and sees the connection come from the caller's public
     /// address and port. Off by default, as on many home routers.
     pub hairpin: bool,
+    /// The home router grants port mappings: it runs miniupnpd (UPnP IGD, NAT-PMP and
+    /// PCP) on its LAN; start it with [`crate::Lab::start_miniupnpd`]. miniupnpd
+    /// refuses to map on a reserved external address (TEST-NET 203.0.113.0/24
+    /// included), so such a router's WAN address is [`crate::PORTMAP_PUBLIC_A`] /
+    /// `_B` instead, outside the reserved ranges; the lab has no path out, so nothing
+    /// ever reaches the real network of that address. Not with a CGNAT.
+    pub portmap: bool,
 }
 
 impl SiteSpec {
@@ -150,6 +163,7 @@ impl SiteSpec {
             cgnat: None,
             second_host: false,
             hairpin: false,
+            portmap: false,
         }
     }
 }
@@ -191,6 +205,12 @@ impl Default for LabSpec {
 }
 
 impl LabSpec {
+    /// `site`'s router grants port mappings ([`SiteSpec::portmap`]).
+    pub fn portmap(mut self, site: Site) -> LabSpec {
+        self.site_mut(site).portmap = true;
+        self
+    }
+
     /// The settings of `site`.
     pub fn site(&self, site: Site) -> &SiteSpec {
         match site {

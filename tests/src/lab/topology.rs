@@ -20,6 +20,15 @@ pub const SERVER_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 pub const SERVER_ALT_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 11);
 /// The internet bridge's own address, in [`Host::Internet`].
 pub const INTERNET_IP: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
+/// Site A router's WAN address when it grants port mappings ([`SiteSpec::portmap`]):
+/// miniupnpd refuses every reserved range as its external address, TEST-NET too.
+/// 11.0.0.0/8 is allocated but not announced on the internet; the lab has no path out
+/// anyway. Reached on-link over the internet bridge like the other stations.
+///
+/// [`SiteSpec::portmap`]: super::spec::SiteSpec::portmap
+pub const PORTMAP_PUBLIC_A: Ipv4Addr = Ipv4Addr::new(11, 0, 113, 21);
+/// Site B's, as [`PORTMAP_PUBLIC_A`].
+pub const PORTMAP_PUBLIC_B: Ipv4Addr = Ipv4Addr::new(11, 0, 113, 22);
 
 /// Numbers of each lab made by this process, for unique namespace names.
 static NEXT_LAB: AtomicU32 = AtomicU32::new(0);
@@ -201,14 +210,14 @@ impl Lab {
             Host::B => lan_ip(Site::B, 2),
             Host::B2 => lan_ip(Site::B, 3),
             Host::RouterA | Host::RouterB => self.router_wan_ip(self.site_of(host)),
-            Host::CgnatA | Host::CgnatB => public_ip(self.site_of(host)),
+            Host::CgnatA | Host::CgnatB => self.public_addr(self.site_of(host)),
         }
     }
 
     /// The public address of `site`: its router's WAN address, or its CGNAT's. With
     /// [`LabSpec::same_nat`], site B's is router A's.
     pub fn public_ip(&self, site: Site) -> Ipv4Addr {
-        public_ip(self.real_site(site))
+        self.public_addr(self.real_site(site))
     }
 
     /// Replaces the NAT profile of `site`'s home router while the lab runs (one atomic
@@ -286,6 +295,92 @@ impl Lab {
             packets_out,
             bytes_out,
         })
+    }
+
+    /// The public address of a built site's edge: 203.0.113.21 / .22, or
+    /// [`PORTMAP_PUBLIC_A`] / `_B` for a router that grants port mappings.
+    fn public_addr(&self, site: Site) -> Ipv4Addr {
+        let s = self.spec.site(site);
+        match (s.portmap && s.cgnat.is_none(), site) {
+            (true, Site::A) => PORTMAP_PUBLIC_A,
+            (true, Site::B) => PORTMAP_PUBLIC_B,
+            (false, _) => public_ip(site),
+        }
+    }
+
+    /// Starts miniupnpd (UPnP IGD, NAT-PMP, PCP; nftables backend) on `site`'s router,
+    /// which must have been built with [`SiteSpec::portmap`], and waits until it
+    /// listens. `extra` lines are appended to its config (e.g. `enable_upnp=no`).
+    /// Leases as short as 1 s are granted (`min_lifetime=1`), so that tests can watch
+    /// renewals. Its rules live in table `inet miniupnpd` (DNAT at prerouting priority
+    /// -105, before the lab's NAT; the lab's forward chain accepts DNATed flows).
+    ///
+    /// [`SiteSpec::portmap`]: super::spec::SiteSpec::portmap
+    pub fn start_miniupnpd(&self, site: Site, extra: &[&str]) -> Result<Miniupnpd> {
+        let site = self.real_site(site);
+        if !self.spec.site(site).portmap || self.spec.site(site).cgnat.is_some() {
+            return Err(Error::NotInLab(format!(
+                "site {site:?} was not built with portmap (spec: {:?})",
+                self.spec
+            )));
+        }
+        let ns = self.namespace(Host::router(site));
+        Self::nft_all(&ns, &nft::miniupnpd_tables())?;
+        let dir = std::env::temp_dir();
+        let base = format!("{}-miniupnpd-{}", self.prefix, site_tag(site));
+        let conf = dir.join(format!("{base}.conf"));
+        let log = dir.join(format!("{base}.log"));
+        let pid = dir.join(format!("{base}.pid"));
+        let mut text = miniupnpd_conf(&lan_net(site));
+        for line in extra {
+            text.push_str(line);
+            text.push('\n');
+        }
+        std::fs::write(&conf, text)
+            .map_err(|e| Error::NotReady(format!("{}: {e}", conf.display())))?;
+        let log_file = std::fs::File::create(&log)
+            .map_err(|e| Error::NotReady(format!("{}: {e}", log.display())))?;
+        let child = cmd::in_ns(&ns, "miniupnpd")
+            .arg("-d")
+            .arg("-f")
+            .arg(&conf)
+            .arg("-P")
+            .arg(&pid)
+            .stdout(std::process::Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .map_err(|e| {
+                Error::NotReady(format!(
+                    "cannot start miniupnpd (package miniupnpd-nftables): {e}"
+                ))
+            })?;
+        let mut daemon = Miniupnpd {
+            child,
+            ns,
+            files: vec![conf, log.clone(), pid],
+            log,
+        };
+        // Ready once both listeners are up (it logs them at start; bounded wait).
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let text = daemon.log();
+            if text.contains("Listening for NAT-PMP/PCP traffic")
+                && text.contains("HTTP listening on port")
+            {
+                return Ok(daemon);
+            }
+            if let Ok(Some(status)) = daemon.child.try_wait() {
+                return Err(Error::NotReady(format!(
+                    "miniupnpd exited ({status}): {text}"
+                )));
+            }
+            if std::time::Instant::now() > until {
+                return Err(Error::NotReady(format!(
+                    "miniupnpd not listening after 20 s: {text}"
+                )));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
     }
 
     // ----- naming -----
@@ -366,7 +461,7 @@ impl Lab {
         if self.spec.site(site).cgnat.is_some() {
             cgnat_lan_ip(site, 2)
         } else {
-            public_ip(site)
+            self.public_addr(site)
         }
     }
 
@@ -524,7 +619,7 @@ impl Lab {
             stations.push((
                 self.namespace(edge),
                 "wan",
-                vec![public_ip(site)],
+                vec![self.public_addr(site)],
                 Some(port),
             ));
         }
@@ -552,6 +647,10 @@ impl Lab {
             for (other_ns, _, ips, _) in &stations {
                 if other_ns == ns {
                     continue;
+                }
+                for ip in ips.iter().filter(|ip| !on_internet_net(**ip)) {
+                    let host = format!("{ip}/32");
+                    cmd::ip(ns, &["route", "add", &host, "dev", ifname])?;
                 }
                 for ip in ips {
                     let (ip, mac) = (ip.to_string(), station_mac(ips[0]));
@@ -598,8 +697,21 @@ impl Lab {
         } else {
             cmd::ip(&inet, &["link", "set", &x, "master", "br0", "up"])?;
         }
-        Self::addr(&edge, "wan", &format!("{}/24", public_ip(site)))?;
-        Self::up(&edge, "wan")?;
+        let public = self.public_addr(site);
+        if on_internet_net(public) {
+            Self::addr(&edge, "wan", &format!("{public}/24"))?;
+            Self::up(&edge, "wan")?;
+        } else {
+            // Outside the internet bridge's /24: on-link routes both ways (the other
+            // stations get theirs in pin_internet_neighbours).
+            Self::addr(&edge, "wan", &format!("{public}/32"))?;
+            Self::up(&edge, "wan")?;
+            let src = public.to_string();
+            cmd::ip(
+                &edge,
+                &["route", "add", "203.0.113.0/24", "dev", "wan", "src", &src],
+            )?;
+        }
 
         if let Some(profile) = spec.cgnat {
             self.veth(&edge, "lan", &router, "wan")?;
@@ -691,6 +803,68 @@ impl Drop for Lab {
     }
 }
 
+/// A miniupnpd running on a lab router ([`Lab::start_miniupnpd`]); killed when dropped
+/// (or with the lab).
+#[derive(Debug)]
+pub struct Miniupnpd {
+    child: Child,
+    ns: String,
+    log: std::path::PathBuf,
+    files: Vec<std::path::PathBuf>,
+}
+
+impl Miniupnpd {
+    /// What it logged so far (it runs with `-d`: everything, to stderr).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Its nftables table (`inet miniupnpd`) as `nft list table` prints it: one DNAT
+    /// rule per mapping in chain `prerouting`.
+    pub fn ruleset(&self) -> Result<String> {
+        cmd::exec(&self.ns, "nft", &["list", "table", "inet", "miniupnpd"])
+    }
+
+    /// The TCP ports it forwards now (from [`Miniupnpd::ruleset`]'s DNAT rules), with
+    /// the LAN address and port each goes to.
+    pub fn mapped_ports(&self) -> Result<Vec<(u16, std::net::SocketAddrV4)>> {
+        Ok(nft::parse_dnat_rules(&self.ruleset()?))
+    }
+}
+
+impl Drop for Miniupnpd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        for f in &self.files {
+            let _ = std::fs::remove_file(f);
+        }
+    }
+}
+
+/// miniupnpd's config for a router whose LAN is `lan_net`: all three protocols on the
+/// LAN bridge, mappings only for LAN hosts to themselves, leases from 1 s.
+fn miniupnpd_conf(lan_net: &str) -> String {
+    format!(
+        "ext_ifname=wan\n\
+         listening_ip=lan\n\
+         http_port=0\n\
+         enable_natpmp=yes\n\
+         enable_upnp=yes\n\
+         secure_mode=yes\n\
+         system_uptime=yes\n\
+         uuid=3d3cec3a-8cf0-11e0-98ee-001a6bd2d07b\n\
+         min_lifetime=1\n\
+         upnp_table_name=miniupnpd\n\
+         upnp_nat_table_name=miniupnpd\n\
+         upnp_forward_chain=forward\n\
+         upnp_nat_chain=prerouting\n\
+         upnp_nat_postrouting_chain=postrouting\n\
+         allow 1024-65535 {lan_net} 1024-65535\n\
+         deny 0-65535 0.0.0.0/0 0-65535\n"
+    )
+}
+
 fn site_tag(site: Site) -> &'static str {
     match site {
         Site::A => "a",
@@ -723,6 +897,11 @@ fn cgnat_lan_ip(site: Site, last: u8) -> Ipv4Addr {
 fn station_mac(ip: Ipv4Addr) -> String {
     let o = ip.octets();
     format!("02:00:{:02x}:{:02x}:{:02x}:{:02x}", o[0], o[1], o[2], o[3])
+}
+
+/// Whether `ip` is in the internet bridge's 203.0.113.0/24.
+fn on_internet_net(ip: Ipv4Addr) -> bool {
+    ip.octets()[..3] == [203, 0, 113]
 }
 
 /// 203.0.113.21 (A) / .22 (B).
