@@ -93,6 +93,16 @@ impl<S> Carried<S> {
         }
     }
 
+    /// The stream itself if nothing is compressed (so it can be carried without
+    /// copies), else `self`.
+    pub fn into_plain(self) -> Result<S, Self> {
+        if self.snappy.is_none() {
+            Ok(self.inner)
+        } else {
+            Err(self)
+        }
+    }
+
     /// `plain` or `compressed`.
     pub fn new(inner: S, compress: bool) -> Self {
         if compress {

@@ -132,6 +132,42 @@ pub async fn splice(mut tcp: TcpStream, stream: MuxStream) -> Spliced {
     }
 }
 
+/// [`splice`] for a proxy's stream: as it is when not compressed (no copies), else
+/// through [`splice_io`].
+pub async fn splice_carried(
+    tcp: TcpStream,
+    stream: crate::compress::Carried<MuxStream>,
+) -> Spliced {
+    match stream.into_plain() {
+        Ok(stream) => splice(tcp, stream).await,
+        Err(stream) => splice_io(tcp, stream).await,
+    }
+}
+
+/// [`splice`] over any byte stream (a compressing wrapper): the same rule, with a copy
+/// through the pumps' buffers.
+pub async fn splice_io<S>(mut tcp: TcpStream, stream: S) -> Spliced
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let (up, down) = (Counter::default(), Counter::default());
+    let result = {
+        let (tcp_r, tcp_w) = tcp.split();
+        let (stream_r, stream_w) = tokio::io::split(stream);
+        // The first error drops the other pump, then both halves of the stream.
+        tokio::try_join!(pump(tcp_r, stream_w, &up), pump(stream_r, tcp_w, &down))
+    };
+    let error = result.err();
+    if error.is_some() {
+        crate::net::reset(tcp);
+    }
+    Spliced {
+        up: up.get(),
+        down: down.get(),
+        error,
+    }
+}
+
 /// Reads `r` into frames of `stream` until `r` ends, then sends the stream's FIN.
 /// Reads only as much as the other side may be sent, so a slow receiver holds the
 /// TCP sender back through TCP's own flow control.

@@ -296,7 +296,7 @@ async fn one_data_connection(
             match TcpStream::connect(local).await {
                 Ok(conn) => {
                     let _ = conn.set_nodelay(true);
-                    let done = common::splice::splice(conn, s).await;
+                    let done = common::splice::splice_carried(conn, s).await;
                     match done.error {
                         None => debug!(up = done.up, down = done.down, "stream done"),
                         Some(e) => debug!(up = done.up, down = done.down, %e, "stream reset"),

@@ -667,7 +667,7 @@ impl Exposures {
 /// connection (see `common::splice`).
 async fn splice(user: TcpStream, stream: Carried<MuxStream>) {
     let _ = user.set_nodelay(true);
-    let done = common::splice::splice(user, stream).await;
+    let done = common::splice::splice_carried(user, stream).await;
     match done.error {
         None => debug!(up = done.up, down = done.down, "user connection done"),
         Some(e) => debug!(up = done.up, down = done.down, %e, "user connection reset"),

@@ -181,7 +181,7 @@ async fn connection(
     }
     stream.write_all(&replay).await.map_err(Closed::Io)?;
     let _ = tcp.set_nodelay(true);
-    let done = common::splice::splice(tcp, stream).await;
+    let done = common::splice::splice_carried(tcp, stream).await;
     match done.error {
         None => debug!(up = done.up, down = done.down, "connection done"),
         Some(e) => debug!(up = done.up, down = done.down, %e, "connection reset"),
