@@ -438,6 +438,7 @@ pub fn secret_config(
                 udp: kind == SecretType::Sudp,
             }],
             no_effect: Vec::new(),
+            portmap: None,
         });
     }
     let (Some(local_port), Some(secret)) = (args.local_port, args.secret.clone()) else {
@@ -470,6 +471,7 @@ pub fn secret_config(
         }],
         visitors: Vec::new(),
         no_effect: Vec::new(),
+        portmap: None,
     })
 }
 
