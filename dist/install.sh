@@ -7,7 +7,7 @@
 #   bash dist/install.sh --systemd           # also the systemd units and /etc/punchline/
 #   bash dist/install.sh --from DIR          # install binaries already built in DIR
 #
-# Release binaries carry no debug info (about 7 MB each); for file:line in profiles
+# Release binaries carry no debug info (about 8 and 13 MB); for file:line in profiles
 # build `cargo build --profile profiling` and run target/profiling/ instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -137,9 +137,11 @@ fn systemd_units_run_as_written() {
 }
 
 /// Release binaries are small enough to copy around (no debug info; the `profiling`
-/// profile has it). Checked when the tests run in release, as CI does.
+/// profile has it). Checked when the tests run in release, as CI does. The peer was
+/// 8.2 MB before its UPnP client (igd-next: an HTTP client, URL and XML parsers) made
+/// it 13.2 MB; the limit is 16 MB so that the next such growth is a decision.
 #[test]
-fn release_binaries_are_under_12_mb() {
+fn release_binaries_are_under_16_mb() {
     let peer = bin("peer");
     if !peer.parent().unwrap().ends_with("release") {
         println!("skipped: not a release build ({})", peer.display());
@@ -148,6 +150,6 @@ fn release_binaries_are_under_12_mb() {
     for b in ["peer", "rendezvous"] {
         let size = std::fs::metadata(bin(b)).unwrap().len();
         println!("INSTALL release {b}: {:.1} MB", size as f64 / 1e6);
-        assert!(size < 12_000_000, "{b} is {size} bytes");
+        assert!(size < 16_000_000, "{b} is {size} bytes");
     }
 }
