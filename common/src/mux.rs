@@ -1495,13 +1495,17 @@ impl MuxStream {
         }
         .put_slice(&mut header);
         if !self.shared().out.push(frame) {
-            return Err(self
-                .shared()
-                .closed_error()
-                .unwrap_or(MuxError::Closed)
-                .into());
+            return Err(self.ended_error());
         }
         Ok(())
+    }
+
+    /// The error for a frame the ending connection no longer takes.
+    fn ended_error(&self) -> io::Error {
+        self.shared()
+            .closed_error()
+            .unwrap_or(MuxError::Closed)
+            .into()
     }
 
     /// Ends our direction (sends the FIN); the other side reads end of file.
@@ -1524,11 +1528,7 @@ impl MuxStream {
             .out
             .push(control(DATA, FIN, self.stream.id, 0))
         {
-            return Err(self
-                .shared()
-                .closed_error()
-                .unwrap_or(MuxError::Closed)
-                .into());
+            return Err(self.ended_error());
         }
         Ok(())
     }

@@ -121,7 +121,11 @@ pub async fn splice(mut tcp: TcpStream, stream: MuxStream) -> Spliced {
         )
     };
     drop(stream);
-    let error = result.err();
+    ended(tcp, &up, &down, result.err())
+}
+
+/// How a splice ended; an abnormal end resets the TCP connection (the module's rule).
+fn ended(tcp: TcpStream, up: &Counter, down: &Counter, error: Option<io::Error>) -> Spliced {
     if error.is_some() {
         crate::net::reset(tcp);
     }
@@ -157,15 +161,7 @@ where
         // The first error drops the other pump, then both halves of the stream.
         tokio::try_join!(pump(tcp_r, stream_w, &up), pump(stream_r, tcp_w, &down))
     };
-    let error = result.err();
-    if error.is_some() {
-        crate::net::reset(tcp);
-    }
-    Spliced {
-        up: up.get(),
-        down: down.get(),
-        error,
-    }
+    ended(tcp, &up, &down, result.err())
 }
 
 /// Reads `r` into frames of `stream` until `r` ends, then sends the stream's FIN.
