@@ -7,4 +7,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tests/setup.sh
 cargo build --workspace --release --all-targets
-cargo test --workspace --release -- "$@"
+cargo test --workspace --release --no-fail-fast -- "$@"
