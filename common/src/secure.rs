@@ -642,6 +642,14 @@ impl Key {
         })
     }
 
+    /// Encrypts `buf` in place with the next nonce; returns the tag to append.
+    fn seal(&mut self, buf: &mut [u8]) -> io::Result<ring::aead::Tag> {
+        let nonce = self.next_nonce()?;
+        self.key
+            .seal_in_place_separate_tag(nonce, ring::aead::Aad::empty(), buf)
+            .map_err(|_| io::Error::other("encryption failed"))
+    }
+
     fn next_nonce(&mut self) -> io::Result<ring::aead::Nonce> {
         // Noise reserves 2^64-1; a connection never gets near it (2^64 frames).
         if self.nonce == u64::MAX {
@@ -788,12 +796,7 @@ impl SendState {
         self.wbuf.put_u16((plain.len() + TAG_LEN) as u16);
         let start = self.wbuf.len();
         self.wbuf.extend_from_slice(plain);
-        let nonce = self.key.next_nonce()?;
-        let tag = self
-            .key
-            .key
-            .seal_in_place_separate_tag(nonce, ring::aead::Aad::empty(), &mut self.wbuf[start..])
-            .map_err(|_| io::Error::other("encryption failed"))?;
+        let tag = self.key.seal(&mut self.wbuf[start..])?;
         self.wbuf.extend_from_slice(tag.as_ref());
         Ok(())
     }
@@ -1066,17 +1069,7 @@ impl<W: AsyncWrite + Unpin + Send + 'static> crate::mux::FrameWrite for NoiseWri
             ));
         }
         frame[..FRAME_HEADROOM].copy_from_slice(&((plain + TAG_LEN) as u16).to_be_bytes());
-        let nonce = self.send.key.next_nonce()?;
-        let tag = self
-            .send
-            .key
-            .key
-            .seal_in_place_separate_tag(
-                nonce,
-                ring::aead::Aad::empty(),
-                &mut frame[FRAME_HEADROOM..],
-            )
-            .map_err(|_| io::Error::other("encryption failed"))?;
+        let tag = self.send.key.seal(&mut frame[FRAME_HEADROOM..])?;
         frame.extend_from_slice(tag.as_ref());
         self.frames.push(frame.freeze());
         Ok(())
