@@ -61,7 +61,15 @@ fn until_cut(c: &mut TcpStream, since: Instant, log_of: &Proc) -> Duration {
                     std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
                 ) => {}
             Err(_) => return since.elapsed(),
-            Ok(_) => panic!("an echo through a paused peer"),
+            // SIGSTOP reaches every thread of the peer soon after `kill` returns, but
+            // not at once: a probe sent within the first moments may still be echoed.
+            // Anything else (bytes other than the probes, or an echo later) is wrong.
+            Ok(n) => assert!(
+                buf[..n].iter().all(|&b| b == b'?') && since.elapsed() < Duration::from_secs(2),
+                "{:?} came back through a peer paused {:?} ago",
+                String::from_utf8_lossy(&buf[..n]),
+                since.elapsed()
+            ),
         }
         assert!(
             since.elapsed() < Duration::from_secs(40),
