@@ -535,6 +535,26 @@ struct Cells {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!(
+            "bench-data: punchline's data path against direct TCP, rathole and bore, on loopback\n\n\
+             usage: bench-data [--rounds N] [--secs S] [--only NAME,...]\n\n  \
+             --rounds N       rounds per figure, the median is printed (default 3)\n  \
+             --secs S         seconds per measurement (default 3)\n  \
+             --only NAME,...  only the paths whose names contain one of these \
+             (direct, expose, vhost, serve, rathole, bore)"
+        );
+        return;
+    }
+    if let Some(bad) = args
+        .iter()
+        .skip(1)
+        .step_by(2)
+        .find(|a| !matches!(a.as_str(), "--rounds" | "--secs" | "--only"))
+    {
+        eprintln!("bench-data: unknown option {bad:?} (see --help)");
+        std::process::exit(2);
+    }
     let opt = |k: &str| {
         args.iter()
             .position(|a| a == k)
