@@ -468,7 +468,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(Command::Status { json }) = &args.command {
         let all = crate::status::query_all().await;
         if *json {
-            let docs: Vec<_> = all.into_iter().filter_map(Result::ok).collect();
+            // The documents on stdout; a peer that did not answer is named on stderr
+            // (the text form shows it in line).
+            let mut docs = Vec::new();
+            for one in all {
+                match one {
+                    Ok(doc) => docs.push(doc),
+                    Err(e) => eprintln!("peer status: {e}"),
+                }
+            }
             println!("{}", serde_json::to_string_pretty(&docs)?);
         } else {
             print!("{}", crate::status::render(&all));

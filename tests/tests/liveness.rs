@@ -1,7 +1,8 @@
 //! Liveness and recovery, with the real binaries on loopback:
 //! * a paused owner (SIGSTOP) is noticed by the visitor within 20 s, while a live
 //!   link that is idle for longer than the idle timeout stays up;
-//! * after a server restart an exposed TCP port works again within 3 s.
+//! * after a server restart an exposed TCP port works again within 3 s;
+//! * `peer status` names a paused peer that does not answer, in text and with `--json`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -266,4 +267,57 @@ fn a_paused_exposer_is_noticed_within_20_s() {
         noticed < Duration::from_secs(20),
         "noticed only after {noticed:?}"
     );
+}
+
+/// A peer that does not answer its status socket (paused) is named by `peer status`
+/// with the reason, in the text form and on stderr with `--json`, instead of being
+/// left out silently.
+#[test]
+fn peer_status_names_a_peer_that_does_not_answer() {
+    let (_srv, addr) = rendezvous(local("rendezvous"), &["--bind", "127.0.0.1"]);
+    let (_echo, echo_addr) = echo();
+    let dir =
+        std::env::temp_dir().join(format!("punchline-liveness-status-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut cmd = local("peer");
+    cmd.env_remove("PUNCHLINE_TOKEN")
+        .env("PUNCHLINE_STATUS_DIR", &dir)
+        .args(["--server", &addr.to_string(), "expose", "tcp", "--local"])
+        .arg(echo_addr.to_string())
+        .args(["--remote-port", "0"]);
+    let p = Proc::spawn("peer", cmd);
+    p.stdout.wait_for("exposed", T);
+    let status = |json: bool| {
+        let mut cmd = local("peer");
+        cmd.env("PUNCHLINE_STATUS_DIR", &dir).arg("status");
+        if json {
+            cmd.arg("--json");
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        (
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        )
+    };
+    let (out, _) = status(true);
+    let docs: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(docs.as_array().map(Vec::len), Some(1), "{out}");
+
+    signal(p.child.id(), "-STOP");
+    let (out, err) = status(true);
+    let (text, _) = status(false);
+    signal(p.child.id(), "-CONT");
+    let docs: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(docs.as_array().map(Vec::len), Some(0), "{out}");
+    let sock = format!("peer-{}.sock", p.child.id());
+    assert!(
+        err.contains(&sock) && err.contains("no answer within 2s"),
+        "stderr of --json: {err}"
+    );
+    assert!(
+        text.contains(&sock) && text.contains("no answer within 2s"),
+        "text: {text}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
