@@ -462,13 +462,24 @@ async fn discover(
             options.broadcast_address = SocketAddr::from((gateway, 1900));
             options.timeout = Some(PORTMAP_UPNP_TIMEOUT);
             options.single_search_timeout = Some(PORTMAP_UPNP_TIMEOUT);
-            let gw = tokio::time::timeout(
-                PORTMAP_UPNP_TIMEOUT,
-                igd_next::aio::tokio::search_gateway(options),
-            )
-            .await
-            .map_err(|_| PortmapError::NoAnswer(protocol.name().into()))?
-            .map_err(|e| PortmapError::NoAnswer(format!("{}: {e}", protocol.name())))?;
+            // igd-next searches from an unconnected socket, which never hears the ICMP
+            // "port unreachable" of a router without UPnP and so waits out its
+            // timeout; a connected socket of our own hears it at once.
+            let search = async {
+                tokio::time::timeout(
+                    PORTMAP_UPNP_TIMEOUT,
+                    igd_next::aio::tokio::search_gateway(options),
+                )
+                .await
+                .map_err(|_| PortmapError::NoAnswer(protocol.name().into()))?
+                .map_err(|e| PortmapError::NoAnswer(format!("{}: {e}", protocol.name())))
+            };
+            let gw = tokio::select! {
+                gw = search => gw?,
+                e = ssdp_refused(gateway, client) => {
+                    return Err(PortmapError::NoAnswer(format!("{}: {e}", protocol.name())));
+                }
+            };
             if gw.addr.ip() != std::net::IpAddr::V4(gateway) {
                 return Err(PortmapError::Io(format!(
                     "the UPnP device is at {}, not at the gateway {gateway}",
@@ -487,6 +498,35 @@ async fn discover(
         }
     }
     Ok(backend)
+}
+
+/// Completes only when the gateway refuses an SSDP search on port 1900 (an ICMP port
+/// unreachable, seen on a connected UDP socket): there is no UPnP device there.
+/// Pending otherwise (an answer, silence, or a local error), so that igd-next's own
+/// search decides.
+async fn ssdp_refused(gateway: Ipv4Addr, client: Ipv4Addr) -> std::io::Error {
+    let refused = async {
+        let udp = UdpSocket::bind((client, 0)).await.ok()?;
+        udp.connect((gateway, 1900)).await.ok()?;
+        let search = "M-SEARCH * HTTP/1.1\r\nHOST: 239.255.255.250:1900\r\n\
+                      ST: urn:schemas-upnp-org:device:InternetGatewayDevice:1\r\n\
+                      MAN: \"ssdp:discover\"\r\nMX: 1\r\n\r\n";
+        let refusal =
+            |e: std::io::Error| (e.kind() == std::io::ErrorKind::ConnectionRefused).then_some(e);
+        if let Err(e) = udp.send(search.as_bytes()).await {
+            return refusal(e);
+        }
+        let mut buf = [0u8; 1500];
+        loop {
+            if let Err(e) = udp.recv(&mut buf).await {
+                return refusal(e);
+            }
+        }
+    };
+    match refused.await {
+        Some(e) => e,
+        None => std::future::pending().await,
+    }
 }
 
 /// Asks for (or renews) the mapping of `req`, suggesting `external_port`.
