@@ -450,13 +450,25 @@ fn parse_lease(s: &str) -> Result<std::time::Duration, String> {
 }
 
 /// The port mapping mode: `--no-portmap`, `--portmap`, the file's `portmap`, auto.
-fn portmap_mode(args: &Args, file: Option<&crate::config::ClientConfig>) -> crate::portmap::Mode {
+///
+/// With no choice made, a server on this host's loopback gets no port mappings: no NAT
+/// lies on the way to it, and nothing should be asked of the router on the way out
+/// (the tests run peers against a loopback server).
+fn portmap_mode(
+    args: &Args,
+    file: Option<&crate::config::ClientConfig>,
+    server: std::net::SocketAddr,
+) -> crate::portmap::Mode {
     if args.no_portmap {
         return crate::portmap::Mode::Off;
     }
     args.portmap
         .or_else(|| file.and_then(|f| f.portmap))
-        .unwrap_or(crate::portmap::Mode::Auto)
+        .unwrap_or(if server.ip().is_loopback() {
+            crate::portmap::Mode::Off
+        } else {
+            crate::portmap::Mode::Auto
+        })
 }
 
 /// Runs what `args` say until it ends (or fails).
@@ -546,7 +558,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             .map_err(Into::into);
     }
     let portmap = Arc::new(crate::portmap::Mapper::new(
-        portmap_mode(&args, file.as_ref()),
+        portmap_mode(&args, file.as_ref(), addr),
         args.portmap_lease
             .unwrap_or(common::defaults::PORTMAP_LEASE),
     ));
@@ -676,24 +688,33 @@ async fn nat_check(args: &Args, stun: Option<&str>, json: bool) -> anyhow::Resul
                 .await
                 .with_context(|| format!("cannot resolve STUN server {stun:?}"))?,
         ),
-        (None, Some(server)) => Target::Rendezvous(ServerConfig {
-            addr: common::resolve_server(server, SERVER_PORT)
+        (None, Some(server)) => {
+            let addr = common::resolve_server(server, SERVER_PORT)
                 .await
-                .with_context(|| format!("cannot resolve server {server:?}"))?,
-            token: args.token.clone(),
-            identity: load_identity(args.identity.as_deref())?,
-            start_wait: None,
-            portmap: Arc::new(crate::portmap::Mapper::new(
-                portmap_mode(args, None),
-                common::defaults::PORTMAP_LEASE,
-            )),
-        }),
+                .with_context(|| format!("cannot resolve server {server:?}"))?;
+            Target::Rendezvous(ServerConfig {
+                addr,
+                token: args.token.clone(),
+                identity: load_identity(args.identity.as_deref())?,
+                start_wait: None,
+                portmap: Arc::new(crate::portmap::Mapper::new(
+                    portmap_mode(args, None, addr),
+                    common::defaults::PORTMAP_LEASE,
+                )),
+            })
+        }
         (None, None) => anyhow::bail!(
             "no server given: use --server HOST[:PORT] (or PUNCHLINE_SERVER), or --stun HOST[:PORT]"
         ),
     };
-    let mapper =
-        crate::portmap::Mapper::new(portmap_mode(args, None), common::defaults::PORTMAP_LEASE);
+    let target_addr = match &target {
+        Target::Stun(a) => *a,
+        Target::Rendezvous(cfg) => cfg.addr,
+    };
+    let mapper = crate::portmap::Mapper::new(
+        portmap_mode(args, None, target_addr),
+        common::defaults::PORTMAP_LEASE,
+    );
     let report = natcheck::run(&target, &mapper).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);

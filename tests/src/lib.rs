@@ -63,10 +63,15 @@ pub use lab::topology::{
 pub fn fresh_identity() -> std::path::PathBuf {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(0);
+    static CLEAN: std::sync::Once = std::sync::Once::new();
+    let dir = std::env::temp_dir().join(format!("punchline-test-ids-{}", std::process::id()));
+    // A directory left by an earlier process with the same pid would hand out its
+    // identities (and files where a test wants a directory of its own).
+    CLEAN.call_once(|| {
+        let _ = std::fs::remove_dir_all(&dir);
+    });
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    std::env::temp_dir()
-        .join(format!("punchline-test-ids-{}", std::process::id()))
-        .join(format!("identity-{n}"))
+    dir.join(format!("identity-{n}"))
 }
 
 /// Gives `cmd` a fresh identity (see [`fresh_identity`]) if `program` is the `peer`.

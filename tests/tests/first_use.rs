@@ -163,7 +163,7 @@ fn a_closed_local_output_is_not_a_lost_link() {
     let (_srv, addr) = server();
     let mut tx_cmd = peer_cmd(addr);
     tx_cmd.args(["pipe", "--code", "head"]);
-    let (_tx, _) = Proc::spawn_piped("sender", tx_cmd, Input::Endless);
+    let (tx, _) = Proc::spawn_piped("sender", tx_cmd, Input::Endless);
     let mut rx_cmd = peer_cmd(addr);
     rx_cmd
         .args(["pipe", "--code", "head"])
@@ -174,8 +174,21 @@ fn a_closed_local_output_is_not_a_lost_link() {
     let stderr = Log::default();
     follow(&stderr, child.stderr.take().unwrap());
     let mut out = child.stdout.take().unwrap();
-    let mut first = vec![0u8; 100_000];
-    out.read_exact(&mut first).unwrap();
+    // Read the first 100 kB on a thread, so that a link that never comes fails the
+    // test with both peers' logs instead of hanging it.
+    let (got, read) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut first = vec![0u8; 100_000];
+        let _ = got.send(out.read_exact(&mut first).map(|()| out));
+    });
+    let out = match read.recv_timeout(T) {
+        Ok(Ok(out)) => out,
+        other => panic!(
+            "no 100 kB through the link ({other:?});\nsender:\n{}\nreceiver:\n{}",
+            tx.stderr.text(),
+            stderr.text()
+        ),
+    };
     drop(out);
     let mut rx = Proc {
         child,
