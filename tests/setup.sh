@@ -12,6 +12,8 @@ command -v ethtool >/dev/null || need+=(ethtool)
 command -v cc >/dev/null || need+=(gcc libc6-dev)
 command -v ping >/dev/null || need+=(iputils-ping)
 command -v curl >/dev/null || need+=(curl)
+# TLS certificates and a TLS server for the https (SNI) vhost test (tests/tests/frp_compat.rs).
+command -v openssl >/dev/null || need+=(openssl)
 command -v sysctl >/dev/null || need+=(procps)
 command -v kill >/dev/null || need+=(procps)
 # A pseudo-terminal for the `pipe` terminal tests (tests/tests/first_use.rs).
