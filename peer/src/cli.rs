@@ -707,14 +707,14 @@ async fn nat_check(args: &Args, stun: Option<&str>, json: bool) -> anyhow::Resul
             "no server given: use --server HOST[:PORT] (or PUNCHLINE_SERVER), or --stun HOST[:PORT]"
         ),
     };
-    let target_addr = match &target {
-        Target::Stun(a) => *a,
-        Target::Rendezvous(cfg) => cfg.addr,
+    // The rendezvous target's own mapper, or one for the STUN server.
+    let mapper = match &target {
+        Target::Rendezvous(cfg) => cfg.portmap.clone(),
+        Target::Stun(a) => Arc::new(crate::portmap::Mapper::new(
+            portmap_mode(args, None, *a),
+            common::defaults::PORTMAP_LEASE,
+        )),
     };
-    let mapper = crate::portmap::Mapper::new(
-        portmap_mode(args, None, target_addr),
-        common::defaults::PORTMAP_LEASE,
-    );
     let report = natcheck::run(&target, &mapper).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&report)?);
