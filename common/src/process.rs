@@ -100,6 +100,29 @@ pub fn raise_fd_limit() {
     }
 }
 
+/// Worker threads when `--threads` is not given: one per core (tokio's default).
+///
+/// Fewer cost less CPU per request where the tunnel shares its cores with its load:
+/// on a 2-core machine, HTTP keep-alive through an exposed port cost 13.4 µs of server
+/// CPU per request with 2 workers and 10.3 with 1, the vhost 25 and 16 µs (tokio wakes
+/// idle workers to share out each small burst of work, and those wake-ups cost more
+/// than the work). One worker is not the default because it slows the birthday
+/// punch's spray on a loaded machine: with two busy loops on the 2 cores, the
+/// sequential-NAT prediction hit within 32 SYNs in 2 of 10 runs with 1 worker and
+/// 10 of 10 with 2 (`lab_birthday::sequential_nat_is_predicted`).
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// The multi-threaded runtime both binaries run on, with `threads` workers
+/// ([`default_threads`] when `None`; `TOKIO_WORKER_THREADS` is not read).
+pub fn runtime(threads: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.unwrap_or_else(default_threads).max(1))
+        .enable_all()
+        .build()
+}
+
 /// Hands freed heap back to the system every
 /// [`MALLOC_TRIM_INTERVAL`](crate::defaults::MALLOC_TRIM_INTERVAL), for as long as the
 /// runtime runs: a process that carried thousands of connections shrinks again when

@@ -69,6 +69,12 @@ pub struct Args {
     /// With --classic: stop after sending this many messages (client1).
     #[arg(long, requires = "classic")]
     pub count: Option<u32>,
+    /// Worker threads [default: one per core]. Fewer cost less CPU per request where
+    /// the tunnel shares its cores with its load (see the README's performance
+    /// section).
+    #[arg(long, value_name = "N", env = "PUNCHLINE_THREADS", hide_env_values = true,
+          value_parser = clap::value_parser!(u16).range(1..=1024), global = true)]
+    pub threads: Option<u16>,
     /// More logging (-v info, -vv debug); RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,

@@ -23,7 +23,7 @@ fn main() -> ExitCode {
     common::process::init_logging(peer::cli::default_log_level(args.verbose), args.log_format);
     common::process::raise_fd_limit();
     common::net::keep_freed_heap();
-    let rt = match tokio::runtime::Runtime::new() {
+    let rt = match common::process::runtime(args.threads.map(usize::from)) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("peer: cannot start the runtime: {e}");

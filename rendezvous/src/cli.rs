@@ -101,6 +101,12 @@ pub struct Args {
     /// Speak the original C demo's text protocol instead (unencrypted).
     #[arg(long)]
     pub classic: bool,
+    /// Worker threads [default: one per core]. Fewer cost less CPU per request where
+    /// the tunnel shares its cores with its load (see the README's performance
+    /// section).
+    #[arg(long, value_name = "N", env = "PUNCHLINE_THREADS", hide_env_values = true,
+          value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub threads: Option<u16>,
     /// More logging (-v debug); RUST_LOG overrides. Default: info.
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,

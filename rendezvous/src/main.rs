@@ -17,7 +17,7 @@ fn main() -> ExitCode {
     // peers leave (tests/tests/memory.rs: with it, RSS grew 12.7 -> 24.5 MB over five
     // rounds of 1,000 peers; without, it stays within 10%). The periodic trim is not
     // enough once glibc serves 1 MiB blocks from its arenas.
-    let rt = match tokio::runtime::Runtime::new() {
+    let rt = match common::process::runtime(args.threads.map(usize::from)) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("rendezvous: cannot start the runtime: {e}");

@@ -646,3 +646,69 @@ fn a_duplicate_domain_names_the_holder() {
     );
     assert!(!err.contains("instance"), "{err}");
 }
+
+/// Worker threads of a running process, counted from outside (`/proc`): tokio names
+/// its workers `tokio-rt-worker` (its blocking threads are named otherwise).
+fn workers(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter(|t| {
+                    std::fs::read_to_string(t.path().join("comm"))
+                        .is_ok_and(|c| c.trim() == "tokio-rt-worker")
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// Waits until `pid` runs `want` worker threads; fails with the count it saw.
+fn expect_workers(pid: u32, want: usize, what: &str) {
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        let n = workers(pid);
+        if n == want {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: {n} worker threads, expected {want}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `--threads` / `PUNCHLINE_THREADS` set both binaries' worker threads; without them
+/// it is one per core; 0 is refused by name.
+#[test]
+fn threads_sets_the_worker_threads() {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut cmd = local("rendezvous");
+    cmd.env_remove("PUNCHLINE_THREADS");
+    let (default, addr) = rendezvous(cmd, &["--bind", "127.0.0.1"]);
+    expect_workers(default.child.id(), cores, "rendezvous by default");
+    let mut cmd = local("rendezvous");
+    cmd.env_remove("PUNCHLINE_THREADS");
+    let (three, _) = rendezvous(cmd, &["--bind", "127.0.0.1", "--threads", "3"]);
+    expect_workers(three.child.id(), 3, "rendezvous --threads 3");
+
+    let mut cmd = peer_cmd(addr);
+    cmd.env("PUNCHLINE_THREADS", "2")
+        .args(["pipe", "--code", "threads-test"]);
+    let peer = Proc::spawn("peer", cmd);
+    expect_workers(peer.child.id(), 2, "peer with PUNCHLINE_THREADS=2");
+
+    for bin in ["peer", "rendezvous"] {
+        let out = local(bin)
+            .env_remove("PUNCHLINE_THREADS")
+            .args(["--threads", "0"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{bin} --threads 0");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("'--threads <N>': 0 is not in 1..=1024"),
+            "{err}"
+        );
+    }
+}

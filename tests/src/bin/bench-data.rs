@@ -14,8 +14,10 @@
 //!
 //! Per path: bulk throughput one way at 1 and 8 connections (measured at the sink),
 //! HTTP requests/s and p99 at 50 connections with keep-alive and with
-//! `Connection: close`, CPU seconds per GB of bulk data (utime + stime from
-//! `/proc/PID/stat`, summed over the path's processes), and RSS idle / peak (VmRSS
+//! `Connection: close`, CPU seconds per GB of bulk data and CPU microseconds per
+//! keep-alive request (utime + stime from `/proc/PID/stat`, summed over the path's
+//! processes: on a machine where the load shares the cores with the tunnel, requests/s
+//! is a floor and CPU per request is what the tunnel costs), and RSS idle / peak (VmRSS
 //! after set-up, VmHWM at the end) of each process. Every figure is the median of
 //! `--rounds` rounds; ratios are to `direct` in the same run.
 //!
@@ -280,6 +282,9 @@ struct Path {
     /// Whether bulk data goes through it (the vhost carries HTTP only).
     bulk: bool,
     procs: Vec<Proc>,
+    /// Processes of other paths that carry this path's HTTP too (the vhost's server),
+    /// counted in its CPU per request.
+    http_pids: Vec<u32>,
     /// Processes the path needs but that carry none of its data.
     _others: Vec<Proc>,
     idle_rss: Vec<u64>,
@@ -384,8 +389,8 @@ fn punchline_expose(target: SocketAddr) -> (Path, Path) {
         .args(["--domain", VHOST_DOMAIN]);
     let web = Proc::spawn("peer expose http", cmd);
     web.stdout.wait_for("exposed ", T);
-    // The server process is counted in the tcp path (it carries both, one at a time).
-    let _ = server_pid;
+    // The server process is counted in the tcp path (it carries both, one at a time),
+    // and in the vhost's CPU per request.
     (
         Path {
             name: "punchline expose tcp",
@@ -393,6 +398,7 @@ fn punchline_expose(target: SocketAddr) -> (Path, Path) {
             host: "localhost".into(),
             bulk: true,
             procs: vec![server, peer],
+            http_pids: vec![],
             _others: vec![],
             idle_rss: vec![],
         },
@@ -402,6 +408,7 @@ fn punchline_expose(target: SocketAddr) -> (Path, Path) {
             host: VHOST_DOMAIN.into(),
             bulk: false,
             procs: vec![web],
+            http_pids: vec![server_pid],
             _others: vec![],
             idle_rss: vec![],
         },
@@ -436,6 +443,7 @@ fn punchline_link(target: SocketAddr) -> Path {
         host: "localhost".into(),
         bulk: true,
         procs: vec![owner, visitor],
+        http_pids: vec![],
         // Only signals: no data crosses it on a direct link.
         _others: vec![server],
         idle_rss: vec![],
@@ -474,6 +482,7 @@ fn rathole(bin: &std::path::Path, target: SocketAddr, dir: &std::path::Path) -> 
         host: "localhost".into(),
         bulk: true,
         procs: vec![server, client],
+        http_pids: vec![],
         _others: vec![],
         idle_rss: vec![],
     }
@@ -508,6 +517,7 @@ fn bore(bin: &std::path::Path, target: SocketAddr) -> Path {
         host: "localhost".into(),
         bulk: true,
         procs: vec![server, client],
+        http_pids: vec![],
         _others: vec![],
         idle_rss: vec![],
     }
@@ -528,6 +538,8 @@ struct Cells {
     cpu: Vec<f64>,
     ka: Vec<f64>,
     ka_p99: Vec<f64>,
+    /// CPU µs per keep-alive request, the path's processes together.
+    ka_cpu: Vec<f64>,
     close: Vec<f64>,
     close_p99: Vec<f64>,
     errors: u64,
@@ -589,6 +601,7 @@ fn main() {
         host: "localhost".into(),
         bulk: true,
         procs: vec![],
+        http_pids: vec![],
         _others: vec![],
         idle_rss: vec![],
     }];
@@ -635,7 +648,14 @@ fn main() {
                     c.eight.push(r8 * 8.0 / 1e9);
                     c.cpu.push((cpu1 + cpu8) / 2.0);
                 }
+                let http_pids: Vec<u32> = pids.iter().chain(&p.http_pids).copied().collect();
+                let ticks = || http_pids.iter().map(|&pid| cpu_ticks(pid)).sum::<u64>();
+                let before = ticks();
                 let (rps, p99, e1) = http(p.addr, &p.host, secs, true).await;
+                if !http_pids.is_empty() && rps > 0.0 {
+                    let used = (ticks() - before) as f64 / tck;
+                    c.ka_cpu.push(used * 1e6 / (rps * secs));
+                }
                 c.ka.push(rps);
                 c.ka_p99.push(p99);
                 let (rps, p99, e2) = http(p.addr, &p.host, secs, false).await;
@@ -665,8 +685,8 @@ fn main() {
         "\nbench-data: loopback, {} core(s), median of {rounds} round(s) of {secs} s per figure; ratio to direct in brackets\n",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
-    println!("| path | 1 stream, Gbit/s | 8 streams, Gbit/s | CPU s/GB | HTTP keep-alive, req/s (p99 ms) | HTTP Connection: close, req/s (p99 ms) | RSS idle / peak, MiB |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("| path | 1 stream, Gbit/s | 8 streams, Gbit/s | CPU s/GB | HTTP keep-alive, req/s (p99 ms) | HTTP Connection: close, req/s (p99 ms) | keep-alive CPU µs/request | RSS idle / peak, MiB |");
+    println!("|---|---|---|---|---|---|---|---|");
     let mib = |k: u64| k as f64 / 1024.0;
     for (p, c) in paths.iter().zip(&cells) {
         let (one, eight) = (median(c.one.clone()), median(c.eight.clone()));
@@ -698,7 +718,7 @@ fn main() {
             .collect::<Vec<_>>()
             .join("; ");
         println!(
-            "| {} | {} | {} | {} | {:.0} ({:.2}x) ({:.2}) | {:.0} ({:.2}x) ({:.2}) | {} |{}",
+            "| {} | {} | {} | {} | {:.0} ({:.2}x) ({:.2}) | {:.0} ({:.2}x) ({:.2}) | {} | {} |{}",
             p.name,
             bulk(one, d1),
             bulk(eight, d8),
@@ -709,6 +729,11 @@ fn main() {
             close,
             close / dclose,
             median(c.close_p99.clone()),
+            if c.ka_cpu.is_empty() {
+                "–".into()
+            } else {
+                format!("{:.1}", median(c.ka_cpu.clone()))
+            },
             if rss.is_empty() { "–".into() } else { rss },
             if c.errors > 0 {
                 format!(" {} HTTP errors", c.errors)
