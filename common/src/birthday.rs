@@ -214,18 +214,21 @@ async fn run_spray(
             let target = SocketAddr::new(ip, port);
             // This SYN's place in the spray: the first BIRTHDAY_PREDICT are predicted.
             let nth = sockets;
-            let sock = match net::reusable_socket(local) {
+            // The SYN leaves here, in the spray's order and on its pace, not when
+            // the runtime first polls a task of its own (on a loaded machine, or
+            // with one worker, that came late and newest first).
+            let stream = match syn_from(local, target) {
                 Ok(s) => s,
                 Err(e) => {
-                    let _ = tx.try_send(Event::DialError(format!("bind {local}: {e}")));
+                    let _ = tx.try_send(Event::DialError(format!("connect from {local}: {e}")));
                     continue;
                 }
             };
             sockets += 1;
             let (tx, hit) = (tx.clone(), hit.clone());
             probes.spawn(async move {
-                match tokio::time::timeout(BIRTHDAY_PROBE_LIFETIME, sock.connect(target)).await {
-                    Ok(Ok(stream)) => {
+                match tokio::time::timeout(BIRTHDAY_PROBE_LIFETIME, connected(&stream)).await {
+                    Ok(Ok(())) => {
                         if !hit.swap(true, Ordering::Relaxed) {
                             info!(
                                 %target,
@@ -261,6 +264,37 @@ async fn run_spray(
     while probes.join_next().await.is_some() {}
 }
 
+/// A socket bound to `local` (shared with the easy side's other sockets and its
+/// listener) whose non-blocking connect to `target` is under way: its SYN has left
+/// when this returns.
+fn syn_from(local: SocketAddr, target: SocketAddr) -> std::io::Result<TcpStream> {
+    let sock = Socket::new(
+        Domain::for_address(target),
+        Type::STREAM,
+        Some(Protocol::TCP),
+    )?;
+    sock.set_nonblocking(true)?;
+    sock.set_reuse_address(true)?;
+    sock.set_reuse_port(true)?;
+    sock.bind(&local.into())?;
+    match sock.connect(&target.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    TcpStream::from_std(sock.into())
+}
+
+/// Waits until a connect under way completes: `Ok` once connected, the error (a
+/// refusal, say) if it failed.
+async fn connected(stream: &TcpStream) -> std::io::Result<()> {
+    stream.writable().await?;
+    match stream.take_error()? {
+        Some(e) => Err(e),
+        None => stream.peer_addr().map(|_| ()),
+    }
+}
+
 /// The hard side (see the module docs).
 pub async fn hard(plan: &Plan) -> Result<Link, PunchError> {
     let start = Instant::now();
@@ -290,15 +324,7 @@ pub async fn hard(plan: &Plan) -> Result<Link, PunchError> {
         opened += 1;
         let tx = tx.clone();
         tasks.spawn(async move {
-            let connected = tokio::time::timeout_at(until, async {
-                stream.writable().await?;
-                match stream.take_error()? {
-                    Some(e) => Err(e),
-                    None => stream.peer_addr().map(|_| ()),
-                }
-            })
-            .await;
-            match connected {
+            match tokio::time::timeout_at(until, connected(&stream)).await {
                 Ok(Ok(())) => {
                     let _ = tx.send(Event::Connected(stream, target)).await;
                 }
