@@ -108,8 +108,8 @@ pub fn raise_fd_limit() {
 /// idle workers to share out each small burst of work, and those wake-ups cost more
 /// than the work). One worker is not the default because it slows the birthday
 /// punch's spray on a loaded machine: with two busy loops on the 2 cores, the
-/// sequential-NAT prediction hit within 32 SYNs in 2 of 10 runs with 1 worker and
-/// 10 of 10 with 2 (`lab_birthday::sequential_nat_is_predicted`).
+/// sequential-NAT prediction hit within 32 SYNs in 5 of 10 runs with 1 worker and
+/// 5 of 5 with 2 (`lab_birthday::sequential_nat_is_predicted`).
 pub fn default_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
