@@ -268,21 +268,32 @@ async fn run_spray(
 /// listener) whose non-blocking connect to `target` is under way: its SYN has left
 /// when this returns.
 fn syn_from(local: SocketAddr, target: SocketAddr) -> std::io::Result<TcpStream> {
+    let sock = nonblocking_socket(target)?;
+    sock.set_reuse_address(true)?;
+    sock.set_reuse_port(true)?;
+    sock.bind(&local.into())?;
+    start_connect(&sock, target)?;
+    TcpStream::from_std(sock.into())
+}
+
+/// A non-blocking TCP socket of `target`'s family.
+fn nonblocking_socket(target: SocketAddr) -> std::io::Result<Socket> {
     let sock = Socket::new(
         Domain::for_address(target),
         Type::STREAM,
         Some(Protocol::TCP),
     )?;
     sock.set_nonblocking(true)?;
-    sock.set_reuse_address(true)?;
-    sock.set_reuse_port(true)?;
-    sock.bind(&local.into())?;
+    Ok(sock)
+}
+
+/// Starts a non-blocking connect: the SYN has left when this returns.
+fn start_connect(sock: &Socket, target: SocketAddr) -> std::io::Result<()> {
     match sock.connect(&target.into()) {
-        Ok(()) => {}
-        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
-        Err(e) => return Err(e),
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => Ok(()),
+        Err(e) => Err(e),
     }
-    TcpStream::from_std(sock.into())
 }
 
 /// Waits until a connect under way completes: `Ok` once connected, the error (a
@@ -355,22 +366,13 @@ pub async fn hard(plan: &Plan) -> Result<Link, PunchError> {
 /// the retransmission). The SYN leaves inside `connect()`, so the TTL can go back at
 /// once: a crossing SYN arriving a moment later gets its SYN-ACK through.
 fn low_ttl_connect(target: SocketAddr, normal: u32) -> std::io::Result<Socket> {
-    let sock = Socket::new(
-        Domain::for_address(target),
-        Type::STREAM,
-        Some(Protocol::TCP),
-    )?;
-    sock.set_nonblocking(true)?;
+    let sock = nonblocking_socket(target)?;
     if target.is_ipv4() {
         sock.set_ttl_v4(BIRTHDAY_TTL)?;
     } else {
         sock.set_unicast_hops_v6(BIRTHDAY_TTL)?;
     }
-    match sock.connect(&target.into()) {
-        Ok(()) => {}
-        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
-        Err(e) => return Err(e),
-    }
+    start_connect(&sock, target)?;
     if target.is_ipv4() {
         sock.set_ttl_v4(normal)?;
     } else {
